@@ -1,0 +1,424 @@
+//! [`ChatModel`]: the one facade front ends use, over whichever plugin the config selects.
+//!
+//! Every call goes through a concurrency limit (`max_concurrent`, default 1) held for the whole
+//! call — for a stream, until it ends or is dropped. Plugin calls are blocking, so the async
+//! methods run them on tokio's blocking pool and never stall the executor; the sync methods call
+//! the plugin on the caller's thread and need no runtime (they also work, without panicking, when
+//! called from inside one).
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::Stream;
+use switchyard_abi::{
+    EngineBox, EngineError, ErrorKind, TokenStreamBox,
+    wire::{ChatRequest, EngineInfo, Event, Response, ScoreRequest},
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::generation;
+use crate::registry::{Registry, resolve_plugin_dir};
+
+struct Inner {
+    engine: EngineBox,
+    info: EngineInfo,
+    plugin_path: std::path::PathBuf,
+    config: Config,
+    permits: Arc<Semaphore>,
+    max_concurrent: usize,
+}
+
+/// A loaded backend behind a concurrency limit, with sync and async chat, stream and score calls.
+///
+/// Cheap to clone; clones share the engine and the limit.
+#[derive(Clone)]
+pub struct ChatModel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ChatModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatModel")
+            .field("info", &self.inner.info)
+            .field("max_concurrent", &self.inner.max_concurrent)
+            .finish()
+    }
+}
+
+impl ChatModel {
+    /// Loads the config file, scans the plugin directory (`plugin_dir` flag first; see
+    /// [`resolve_plugin_dir`]) and creates the selected engine.
+    pub fn from_config_file(
+        path: &Path,
+        overrides: &[String],
+        plugin_dir: Option<&Path>,
+    ) -> Result<Self> {
+        let config = Config::load(path, overrides)?;
+        let dir = resolve_plugin_dir(plugin_dir, config.plugin_dir.as_deref());
+        let registry = Registry::scan(&dir)?;
+        Self::new(&registry, config)
+    }
+
+    /// Creates the engine `config.sample_backend` names, from an already scanned registry.
+    pub fn new(registry: &Registry, config: Config) -> Result<Self> {
+        if config.sample_backend.is_empty() {
+            return Err(Error::Config(format!(
+                "`sample_backend` is not set; choose one of: {}",
+                registry.backend_names().join(", ")
+            )));
+        }
+        let (engine, plugin) = registry.create_engine(&config.engine_config())?;
+        let info: EngineInfo = serde_json::from_str(engine.info().as_str()).unwrap_or_default();
+        let max_concurrent = config.max_concurrent();
+        tracing::info!(
+            backend = %config.sample_backend,
+            model = %info.model,
+            plugin = %plugin.path.display(),
+            max_concurrent,
+            "engine ready"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                info,
+                plugin_path: plugin.path.clone(),
+                config,
+                permits: Arc::new(Semaphore::new(max_concurrent)),
+                max_concurrent,
+            }),
+        })
+    }
+
+    /// What the engine reports about itself.
+    pub fn info(&self) -> &EngineInfo {
+        &self.inner.info
+    }
+
+    /// The config the model was created from.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The plugin library serving this model.
+    pub fn plugin_path(&self) -> &Path {
+        &self.inner.plugin_path
+    }
+
+    /// The concurrency limit.
+    pub fn max_concurrent(&self) -> usize {
+        self.inner.max_concurrent
+    }
+
+    /// Requests running right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.max_concurrent - self.inner.permits.available_permits()
+    }
+
+    /// Asks the backend whether it can serve.
+    pub fn health(&self) -> Result<()> {
+        self.inner.engine.health().into_result().map_err(Error::Engine)
+    }
+
+    /// Validates the request and resolves its generation settings against the config.
+    fn prepare(&self, mut request: ChatRequest) -> Result<String> {
+        if request.messages.is_empty() {
+            return Err(Error::InvalidRequest(
+                "`messages` is empty; send at least one user message".to_owned(),
+            ));
+        }
+        if let Some(i) = request
+            .messages
+            .iter()
+            .skip(1)
+            .position(|m| m.role == switchyard_abi::wire::Role::System)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "message {} has role `system`; a system message may only come first (or use the `system` field)",
+                i + 1
+            )));
+        }
+        let caps = &self.inner.info.capabilities;
+        for (kind, count, ok) in [
+            ("images", request.images.len(), caps.images),
+            ("videos", request.videos.len(), caps.videos),
+            ("audios", request.audios.len(), caps.audios),
+        ] {
+            if count > 0 && !ok {
+                return Err(Error::Engine(EngineError::unsupported(format!(
+                    "the request has {count} {kind}, but backend `{}` with model `{}` does not accept {kind}; use a multimodal model or drop them",
+                    self.inner.info.backend, self.inner.info.model
+                ))));
+            }
+        }
+        request.generation = generation::resolve(&self.inner.config.generation, &request.generation)?;
+        serde_json::to_string(&request)
+            .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))
+    }
+
+    fn acquire_blocking(&self) -> OwnedSemaphorePermit {
+        // `futures`' executor parks this thread; unlike `Runtime::block_on` it is safe to call
+        // from inside a tokio runtime (it only blocks that worker).
+        futures::executor::block_on(self.inner.permits.clone().acquire_owned())
+            .expect("the semaphore is never closed")
+    }
+
+    /// Takes a slot without waiting, or fails with [`Error::Overloaded`].
+    fn try_acquire(&self) -> Result<OwnedSemaphorePermit> {
+        self.inner
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded(self.inner.max_concurrent))
+    }
+
+    fn run_chat(&self, json: &str) -> Result<Vec<Response>> {
+        let out = self.inner.engine.chat(json.into()).into_result()?;
+        serde_json::from_str(out.as_str())
+            .map_err(|e| Error::Engine(EngineError::backend(format!("malformed response JSON from plugin: {e}"))))
+    }
+
+    fn start_stream(&self, json: &str) -> Result<TokenStreamBox> {
+        Ok(self.inner.engine.stream_chat(json.into()).into_result()?)
+    }
+
+    fn run_scores(&self, request: &ScoreRequest) -> Result<Vec<f32>> {
+        if request.inputs.is_empty() {
+            return Err(Error::InvalidRequest("no inputs to score".to_owned()));
+        }
+        let json = serde_json::to_string(request)
+            .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))?;
+        Ok(self.inner.engine.get_scores(json.as_str().into()).into_result()?.into_vec())
+    }
+
+    /// Runs a chat request to completion (one [`Response`] per returned sequence).
+    pub fn chat(&self, request: ChatRequest) -> Result<Vec<Response>> {
+        let json = self.prepare(request)?;
+        let _permit = self.acquire_blocking();
+        self.run_chat(&json)
+    }
+
+    /// Streams a chat request. The slot is held until the iterator ends or is dropped; dropping
+    /// it cancels generation.
+    pub fn stream_chat(&self, request: ChatRequest) -> Result<EventIter> {
+        let json = self.prepare(request)?;
+        let permit = self.acquire_blocking();
+        let stream = self.start_stream(&json)?;
+        Ok(EventIter {
+            stream: Some(Arc::new(stream)),
+            _permit: permit,
+        })
+    }
+
+    /// Like [`ChatModel::stream_chat`], but fails with [`Error::Overloaded`] instead of waiting
+    /// for a slot.
+    pub fn try_stream_chat(&self, request: ChatRequest) -> Result<EventIter> {
+        let json = self.prepare(request)?;
+        let permit = self.try_acquire()?;
+        let stream = self.start_stream(&json)?;
+        Ok(EventIter {
+            stream: Some(Arc::new(stream)),
+            _permit: permit,
+        })
+    }
+
+    /// Reward scores, one per input.
+    pub fn get_scores(&self, request: &ScoreRequest) -> Result<Vec<f32>> {
+        let _permit = self.acquire_blocking();
+        self.run_scores(request)
+    }
+
+    /// Runs many requests, up to `max_concurrent` at a time, results in input order.
+    pub fn batch(&self, requests: Vec<ChatRequest>) -> Vec<Result<Vec<Response>>> {
+        let n = requests.len();
+        let queue = std::sync::Mutex::new(requests.into_iter().enumerate());
+        let results = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<_>>());
+        std::thread::scope(|s| {
+            for _ in 0..self.inner.max_concurrent.min(n) {
+                s.spawn(|| {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                        let Some((i, request)) = next else { break };
+                        let r = self.chat(request);
+                        results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+                    }
+                });
+            }
+        });
+        results
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Engine(EngineError::cancelled()))))
+            .collect()
+    }
+
+    /// Async [`ChatModel::chat`].
+    pub async fn achat(&self, request: ChatRequest) -> Result<Vec<Response>> {
+        let json = self.prepare(request)?;
+        let permit = self.inner.permits.clone().acquire_owned().await.expect("never closed");
+        let this = self.clone();
+        spawn_blocking(move || {
+            let _permit = permit;
+            this.run_chat(&json)
+        })
+        .await
+    }
+
+    /// Async [`ChatModel::stream_chat`]: validation and the start of generation happen before this
+    /// returns, so errors come back here rather than inside the stream.
+    pub async fn astream_chat(&self, request: ChatRequest) -> Result<EventStream> {
+        let json = self.prepare(request)?;
+        let permit = self.inner.permits.clone().acquire_owned().await.expect("never closed");
+        self.astream_started(json, permit).await
+    }
+
+    /// Like [`ChatModel::astream_chat`], but fails with [`Error::Overloaded`] at once when every
+    /// slot is busy (an HTTP server turns that into 429).
+    pub async fn try_astream_chat(&self, request: ChatRequest) -> Result<EventStream> {
+        let json = self.prepare(request)?;
+        let permit = self.try_acquire()?;
+        self.astream_started(json, permit).await
+    }
+
+    async fn astream_started(&self, json: String, permit: OwnedSemaphorePermit) -> Result<EventStream> {
+        let this = self.clone();
+        let stream = Arc::new(spawn_blocking(move || this.start_stream(&json)).await?);
+        let (tx, rx) = mpsc::channel(8);
+        let producer = stream.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            loop {
+                let item = match producer.next_event().into_result() {
+                    Ok(abi_stable_option) => match abi_stable_option.into_option() {
+                        Some(e) => Ok(Event::from(e)),
+                        None => break,
+                    },
+                    Err(e) => Err(Error::Engine(e)),
+                };
+                let is_err = item.is_err();
+                if tx.blocking_send(item).is_err() {
+                    producer.cancel();
+                    break;
+                }
+                if is_err {
+                    break;
+                }
+            }
+        });
+        Ok(EventStream { rx, stream })
+    }
+
+    /// Async [`ChatModel::get_scores`].
+    pub async fn aget_scores(&self, request: ScoreRequest) -> Result<Vec<f32>> {
+        let permit = self.inner.permits.clone().acquire_owned().await.expect("never closed");
+        let this = self.clone();
+        spawn_blocking(move || {
+            let _permit = permit;
+            this.run_scores(&request)
+        })
+        .await
+    }
+
+    /// Async [`ChatModel::batch`].
+    pub async fn abatch(&self, requests: Vec<ChatRequest>) -> Vec<Result<Vec<Response>>> {
+        futures::future::join_all(requests.into_iter().map(|r| self.achat(r))).await
+    }
+}
+
+async fn spawn_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Engine(EngineError::new(
+            ErrorKind::PANICKED,
+            format!("the engine call failed on the host side: {e}"),
+        ))),
+    }
+}
+
+/// A blocking stream of [`Event`]s; dropping it cancels generation and frees the slot.
+pub struct EventIter {
+    stream: Option<Arc<TokenStreamBox>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl EventIter {
+    /// A handle that cancels this stream from another thread (e.g. a Ctrl-C handler).
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.stream.clone())
+    }
+}
+
+impl Iterator for EventIter {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let stream = self.stream.as_ref()?;
+        match stream.next_event().into_result() {
+            Ok(e) => match e.into_option() {
+                Some(e) => Some(Ok(Event::from(e))),
+                None => {
+                    self.stream = None;
+                    None
+                }
+            },
+            Err(e) => {
+                self.stream = None;
+                Some(Err(Error::Engine(e)))
+            }
+        }
+    }
+}
+
+impl Drop for EventIter {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stream {
+            s.cancel();
+        }
+    }
+}
+
+/// Cancels a stream from any thread.
+#[derive(Clone)]
+pub struct Canceller(Option<Arc<TokenStreamBox>>);
+
+impl Canceller {
+    /// Requests cancellation; the stream ends promptly.
+    pub fn cancel(&self) {
+        if let Some(s) = &self.0 {
+            s.cancel();
+        }
+    }
+}
+
+/// An async stream of [`Event`]s; dropping it cancels generation and frees the slot.
+pub struct EventStream {
+    rx: mpsc::Receiver<Result<Event>>,
+    stream: Arc<TokenStreamBox>,
+}
+
+impl EventStream {
+    /// Cancels generation; the stream then ends.
+    pub fn cancel(&self) {
+        self.stream.cancel();
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.stream.cancel();
+    }
+}

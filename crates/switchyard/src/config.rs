@@ -1,0 +1,373 @@
+//! The TOML configuration: which backend, which model, generation defaults, backend tables.
+//!
+//! ```toml
+//! sample_backend = "hf-candle"      # which plugin backend serves requests
+//! max_concurrent = 1                # requests run at once (LLaMA-Factory's MAX_CONCURRENT)
+//! # plugin_dir = "plugins"          # where plugin libraries live
+//!
+//! [model]
+//! path = "~/.cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+//! # chat_template = "..."  /  chat_template_file = "template.jinja"
+//! # default_system = "You are a helpful assistant."
+//!
+//! [generation]                      # defaults; requests override them
+//! temperature = 0.7
+//! max_new_tokens = 512
+//!
+//! [backends.hf-candle]              # passed to that plugin as is
+//! threads = 2
+//! ```
+//!
+//! Unknown keys, wrong types and bad TOML are errors that name the file, the line and the key,
+//! and list what is allowed. Every command takes `--set key=value` overrides, applied before
+//! validation (`--set generation.temperature=0`, `--set model.path=/models/x.gguf`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use switchyard_abi::wire::{EngineConfig, GenerationParams, ModelConfig};
+
+use crate::error::{Error, Result};
+
+/// The parsed configuration file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// The backend name that serves requests (`hf-candle`, `vllm`, `sglang`, `ktransformers`, or
+    /// a third-party plugin's name).
+    pub sample_backend: String,
+    /// Where to look for plugin libraries (relative to the config file).
+    pub plugin_dir: Option<PathBuf>,
+    /// How many requests run at once; further ones wait. Default 1.
+    pub max_concurrent: Option<u32>,
+    /// Shared model settings.
+    pub model: ModelConfig,
+    /// Generation defaults.
+    pub generation: GenerationParams,
+    /// Per-backend tables, passed to the plugin as is.
+    pub backends: BTreeMap<String, toml::Value>,
+    /// The directory of the file this config came from (not a TOML key).
+    #[serde(skip)]
+    pub config_dir: Option<PathBuf>,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "sample_backend",
+    "plugin_dir",
+    "max_concurrent",
+    "model",
+    "generation",
+    "backends",
+];
+
+impl Config {
+    /// Reads and validates a config file, applying `--set key=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read config file {}: {e}. Pass an existing file with --config",
+                path.display()
+            ))
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string(), overrides)?;
+        let dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    p.to_path_buf()
+                }
+            })
+            .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+        config.config_dir = dir;
+        config.resolve_paths();
+        Ok(config)
+    }
+
+    /// Parses config text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let mut unknown = Vec::new();
+        let config: Config = serde_ignored::deserialize(toml::Value::Table(table), |path| {
+            unknown.push(path.to_string())
+        })
+        .map_err(|e| {
+            // Values were already parsed, so the error is a type error; find its line.
+            Error::Config(format!("{origin}: {e}"))
+        })?;
+        if let Some(key) = unknown.first() {
+            return Err(Error::Config(unknown_key_message(origin, text, key)));
+        }
+        Ok(config)
+    }
+
+    /// Expands `~` and resolves relative paths against the config file's directory.
+    fn resolve_paths(&mut self) {
+        if let Some(p) = self.model.path.as_mut() {
+            *p = expand_home(p);
+            if let Some(dir) = &self.config_dir {
+                let candidate = dir.join(&*p);
+                if Path::new(p.as_str()).is_relative() && candidate.exists() {
+                    *p = candidate.display().to_string();
+                }
+            }
+        }
+        if let Some(p) = self.model.chat_template_file.as_mut() {
+            *p = expand_home(p);
+            if let Some(dir) = &self.config_dir
+                && Path::new(p.as_str()).is_relative()
+            {
+                *p = dir.join(&*p).display().to_string();
+            }
+        }
+        if let Some(p) = self.plugin_dir.as_mut() {
+            *p = PathBuf::from(expand_home(&p.display().to_string()));
+            if let Some(dir) = &self.config_dir
+                && p.is_relative()
+            {
+                *p = dir.join(&*p);
+            }
+        }
+    }
+
+    /// The concurrency limit (at least 1).
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent.unwrap_or(1).max(1) as usize
+    }
+
+    /// What the selected plugin's `create` receives.
+    pub fn engine_config(&self) -> EngineConfig {
+        let options = self
+            .backends
+            .get(&self.sample_backend)
+            .map(|v| serde_json::to_value(v).unwrap_or_default())
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        EngineConfig {
+            backend: self.sample_backend.clone(),
+            model: self.model.clone(),
+            generation: self.generation.clone(),
+            max_concurrent: self.max_concurrent() as u32,
+            options,
+            config_dir: self.config_dir.as_ref().map(|d| d.display().to_string()),
+        }
+    }
+}
+
+fn expand_home(p: &str) -> String {
+    match (p.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => Path::new(&home).join(rest).display().to_string(),
+        _ => p.to_owned(),
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> Error {
+    let location = match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            let src = text.lines().nth(line - 1).unwrap_or("").trim_end();
+            format!("{origin}:{line}:{col}: {}\n  {line} | {src}", e.message())
+        }
+        None => format!("{origin}: {}", e.message()),
+    };
+    Error::Config(format!("invalid config: {location}"))
+}
+
+/// Applies one `key.path=value` override. The value is read as TOML (`0.7`, `true`, `["a"]`,
+/// `"text"`) and, when that fails, taken as a plain string.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let Some((key, raw)) = spec.split_once('=') else {
+        return Err(Error::Config(format!(
+            "--set {spec}: expected key=value, e.g. --set generation.temperature=0"
+        )));
+    };
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::Config(format!("--set {spec}: empty key segment in `{key}`")));
+    }
+    let mut cur = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            Error::Config(format!("--set {spec}: `{part}` is not a table"))
+        })?;
+    }
+    cur.insert(parts[parts.len() - 1].to_owned(), value);
+    Ok(())
+}
+
+fn allowed_keys(section: &str) -> Vec<String> {
+    let keys_of = |v: serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    match section {
+        "" => TOP_LEVEL_KEYS.iter().map(|s| s.to_string()).collect(),
+        "model" => keys_of(serde_json::to_value(ModelConfig::default()).unwrap_or_default()),
+        "generation" => {
+            keys_of(serde_json::to_value(GenerationParams::default()).unwrap_or_default())
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Finds the line where `section.key` is written (a `[section]` header followed by `key =`,
+/// or a dotted `section.key =` at top level).
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[') {
+            current = h.trim_end_matches(']').trim().to_owned();
+            continue;
+        }
+        let Some((k, _)) = t.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        let full = if current.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{current}.{k}")
+        };
+        let want = if section.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{section}.{key}")
+        };
+        if full == want {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+fn unknown_key_message(origin: &str, text: &str, path: &str) -> String {
+    let (section, key) = match path.rsplit_once('.') {
+        Some((s, k)) => (s, k),
+        None => ("", path),
+    };
+    let allowed = allowed_keys(section);
+    let place = match find_key_line(text, section, key) {
+        Some(line) => format!("{origin}:{line}"),
+        None => format!("{origin} (from --set)"),
+    };
+    let table = if section.is_empty() {
+        "at the top level".to_owned()
+    } else {
+        format!("in [{section}]")
+    };
+    let hint = allowed
+        .iter()
+        .min_by_key(|k| edit_distance(k, key))
+        .filter(|k| edit_distance(k, key) <= 3)
+        .map(|k| format!(" Did you mean `{k}`?"))
+        .unwrap_or_default();
+    format!(
+        "invalid config: {place}: unknown key `{path}` {table}.{hint} Allowed keys {table}: {}",
+        allowed.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str, overrides: &[&str]) -> String {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Config::parse(text, "test.toml", &o).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(
+            "sample_backend = \"echo\"\nmax_concurrent = 3\n[model]\npath = \"m.gguf\"\n[generation]\ntemperature = 0.5\nstop = [\"x\"]\n[backends.echo]\nthreads = 2\n",
+            "t",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.sample_backend, "echo");
+        assert_eq!(c.max_concurrent(), 3);
+        assert_eq!(c.generation.temperature, Some(0.5));
+        assert_eq!(c.generation.stop, Some(vec!["x".to_owned()]));
+        assert_eq!(c.engine_config().options["threads"], 2);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_key_and_allowed_keys() {
+        let e = err("sample_backend = \"x\"\n\n[generation]\ntempreature = 0.1\n", &[]);
+        assert!(e.contains("test.toml:4"), "{e}");
+        assert!(e.contains("generation.tempreature"), "{e}");
+        assert!(e.contains("Did you mean `temperature`?"), "{e}");
+        assert!(e.contains("max_new_tokens"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_key() {
+        let e = err("sample_backend = \"x\"\n[generation]\ntemperature = \"hot\"\n", &[]);
+        assert!(e.contains("temperature"), "{e}");
+        assert!(e.contains("hot"), "{e}");
+    }
+
+    #[test]
+    fn bad_toml_names_line() {
+        let e = err("sample_backend = \"x\"\n[generation\n", &[]);
+        assert!(e.contains("test.toml:2"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_validated() {
+        let c = Config::parse(
+            "sample_backend = \"x\"\n",
+            "t",
+            &[
+                "generation.temperature=0".into(),
+                "model.path=/m/a b.gguf".into(),
+                "backends.x.threads=4".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.generation.temperature, Some(0.0));
+        assert_eq!(c.model.path.as_deref(), Some("/m/a b.gguf"));
+        assert_eq!(c.engine_config().options["threads"], 4);
+        let e = err("sample_backend = \"x\"\n", &["generation.topp=1"]);
+        assert!(e.contains("from --set") && e.contains("top_p"), "{e}");
+        let e = err("sample_backend = \"x\"\n", &["nonsense"]);
+        assert!(e.contains("key=value"), "{e}");
+    }
+}

@@ -1,0 +1,208 @@
+//! Merging generation settings (config defaults, then per-request values) and normalising them.
+//!
+//! The rules are LLaMA-Factory's, applied in its order, so settings mean the same here:
+//!
+//! 1. Merge: a request value wins when set; otherwise the config default applies.
+//! 2. `num_return_sequences > 1` forces sampling (`do_sample = true`, temperature defaults to 1.0).
+//! 3. `temperature == 0` means greedy (`do_sample = false`).
+//! 4. Greedy drops `temperature` and `top_p` (`top_k` is kept, as LLaMA-Factory does).
+//! 5. `max_new_tokens` wins over `max_length`: when the request sets `max_new_tokens`,
+//!    `max_length` is dropped; when it sets only `max_length`, the default `max_new_tokens` is
+//!    dropped.
+//!
+//! Validation (ranges) happens here too, so every backend gets the same errors.
+
+use switchyard_abi::wire::GenerationParams;
+
+use crate::error::{Error, Result};
+
+macro_rules! merge_fields {
+    ($base:ident, $over:ident, $($f:ident),* $(,)?) => {
+        GenerationParams { $($f: $over.$f.clone().or_else(|| $base.$f.clone()),)* }
+    };
+}
+
+/// Merges `request` over `defaults` and normalises the result (see the module docs).
+pub fn resolve(defaults: &GenerationParams, request: &GenerationParams) -> Result<GenerationParams> {
+    let mut p = merge_fields!(
+        defaults,
+        request,
+        do_sample,
+        temperature,
+        top_p,
+        top_k,
+        max_new_tokens,
+        max_length,
+        repetition_penalty,
+        length_penalty,
+        presence_penalty,
+        frequency_penalty,
+        num_return_sequences,
+        seed,
+        stop,
+        stop_token_ids,
+        skip_special_tokens,
+    );
+    validate(&p)?;
+    if p.num_return_sequences.unwrap_or(1) > 1 {
+        p.do_sample = Some(true);
+        if p.temperature.is_none_or(|t| t == 0.0) {
+            p.temperature = Some(1.0);
+        }
+    }
+    if p.temperature == Some(0.0) {
+        p.do_sample = Some(false);
+    }
+    if p.do_sample == Some(false) {
+        p.temperature = None;
+        p.top_p = None;
+    }
+    if request.max_new_tokens.is_some() {
+        p.max_length = None;
+    } else if request.max_length.is_some() {
+        p.max_new_tokens = None;
+    } else if p.max_new_tokens.is_some() {
+        p.max_length = None;
+    }
+    Ok(p)
+}
+
+fn validate(p: &GenerationParams) -> Result<()> {
+    let bad = |name: &str, value: String, allowed: &str| {
+        Err(Error::InvalidRequest(format!(
+            "`{name}` = {value} is out of range; allowed: {allowed}"
+        )))
+    };
+    if let Some(t) = p.temperature
+        && !(0.0..=100.0).contains(&t)
+    {
+        return bad("temperature", t.to_string(), "0 to 100 (0 = greedy)");
+    }
+    if let Some(t) = p.top_p
+        && !(t > 0.0 && t <= 1.0)
+    {
+        return bad("top_p", t.to_string(), "greater than 0 and at most 1");
+    }
+    if let Some(r) = p.repetition_penalty
+        && r <= 0.0
+    {
+        return bad("repetition_penalty", r.to_string(), "greater than 0 (1 = off)");
+    }
+    for (name, v) in [
+        ("presence_penalty", p.presence_penalty),
+        ("frequency_penalty", p.frequency_penalty),
+    ] {
+        if let Some(v) = v
+            && !(-2.0..=2.0).contains(&v)
+        {
+            return bad(name, v.to_string(), "-2 to 2");
+        }
+    }
+    if p.num_return_sequences == Some(0) {
+        return bad("num_return_sequences", "0".into(), "1 or more");
+    }
+    if p.max_new_tokens == Some(0) {
+        return bad("max_new_tokens", "0".into(), "1 or more");
+    }
+    if let Some(stop) = &p.stop
+        && stop.iter().any(String::is_empty)
+    {
+        return bad("stop", "\"\"".into(), "non-empty strings");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> GenerationParams {
+        GenerationParams {
+            do_sample: Some(true),
+            temperature: Some(0.95),
+            top_p: Some(0.7),
+            top_k: Some(50),
+            max_new_tokens: Some(1024),
+            max_length: Some(1024),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn request_values_override_defaults() {
+        let r = GenerationParams {
+            temperature: Some(0.5),
+            ..Default::default()
+        };
+        let p = resolve(&defaults(), &r).unwrap();
+        assert_eq!(p.temperature, Some(0.5));
+        assert_eq!(p.top_p, Some(0.7));
+        assert_eq!(p.do_sample, Some(true));
+    }
+
+    #[test]
+    fn temperature_zero_is_greedy_and_drops_sampling_knobs() {
+        let r = GenerationParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let p = resolve(&defaults(), &r).unwrap();
+        assert_eq!(p.do_sample, Some(false));
+        assert_eq!(p.temperature, None);
+        assert_eq!(p.top_p, None);
+        assert_eq!(p.top_k, Some(50));
+    }
+
+    #[test]
+    fn several_sequences_force_sampling() {
+        let r = GenerationParams {
+            num_return_sequences: Some(2),
+            do_sample: Some(false),
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let p = resolve(&defaults(), &r).unwrap();
+        assert_eq!(p.do_sample, Some(true));
+        assert_eq!(p.temperature, Some(1.0));
+    }
+
+    #[test]
+    fn max_new_tokens_wins_over_max_length() {
+        let p = resolve(&defaults(), &GenerationParams::default()).unwrap();
+        assert_eq!((p.max_new_tokens, p.max_length), (Some(1024), None));
+        let r = GenerationParams {
+            max_length: Some(64),
+            ..Default::default()
+        };
+        let p = resolve(&defaults(), &r).unwrap();
+        assert_eq!((p.max_new_tokens, p.max_length), (None, Some(64)));
+        let r = GenerationParams {
+            max_length: Some(64),
+            max_new_tokens: Some(8),
+            ..Default::default()
+        };
+        let p = resolve(&defaults(), &r).unwrap();
+        assert_eq!((p.max_new_tokens, p.max_length), (Some(8), None));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_with_the_allowed_range() {
+        for r in [
+            GenerationParams {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            GenerationParams {
+                temperature: Some(-1.0),
+                ..Default::default()
+            },
+            GenerationParams {
+                num_return_sequences: Some(0),
+                ..Default::default()
+            },
+        ] {
+            let e = resolve(&defaults(), &r).unwrap_err().to_string();
+            assert!(e.contains("allowed"), "{e}");
+        }
+    }
+}

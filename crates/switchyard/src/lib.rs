@@ -1,0 +1,41 @@
+//! Switchyard's host library: one chat API over any inference backend.
+//!
+//! - [`config`]: the TOML file (`sample_backend`, `[model]`, `[generation]`, `[backends.*]`).
+//! - [`registry`]: scans a directory for backend plugins and loads each file on its own.
+//! - [`ChatModel`]: the facade — `chat`, `stream_chat`, `get_scores`, `batch`, sync and async,
+//!   behind a concurrency limit.
+//! - [`generation`]: merging and normalising generation settings (LLaMA-Factory's rules).
+//!
+//! The host never links a backend: it reaches each one through the stable ABI of
+//! `switchyard-abi`, so a third party can drop a new plugin into the directory and select it by
+//! name without rebuilding anything.
+//!
+//! ```no_run
+//! use switchyard::{ChatModel, ChatRequest, Message};
+//! let model = ChatModel::from_config_file("switchyard.toml".as_ref(), &[], None)?;
+//! let request = ChatRequest { messages: vec![Message::user("Hello!")], ..Default::default() };
+//! for event in model.stream_chat(request)? {
+//!     print!("{}", event?.delta);
+//! }
+//! # Ok::<(), switchyard::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod chat_model;
+pub mod config;
+mod error;
+pub mod generation;
+pub mod registry;
+
+pub use chat_model::{Canceller, ChatModel, EventIter, EventStream};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use registry::{LoadedPlugin, PluginProblem, Registry};
+pub use switchyard_abi::{
+    ABI_VERSION, EngineError, ErrorKind,
+    wire::{
+        Capabilities, ChatRequest, EngineInfo, Event, Finish, FinishReason, FunctionCall,
+        GenerationParams, MediaInput, Message, ModelConfig, PluginMetadata, Response, Role,
+        ScoreInput, ScoreRequest, ToolCall,
+    },
+};

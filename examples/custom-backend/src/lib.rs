@@ -1,0 +1,130 @@
+//! A minimal third-party Switchyard plugin: the `echo` backend.
+//!
+//! It answers with the last user message reversed word by word, streamed one word per event,
+//! which makes it a handy template and a deterministic backend for tests. Build it with
+//! `cargo build --release -p custom-backend`, copy `libcustom_backend.so` into a plugin directory
+//! and set `sample_backend = "echo"`. Options (`[backends.echo]`): `delay_ms` between words,
+//! `prefix` put before the reply.
+//!
+//! Special inputs, for exercising hosts: a message `!panic` panics inside `chat`/`stream_chat`,
+//! `!panic-mid-stream` panics after the first word.
+
+use std::time::Duration;
+
+use switchyard_plugin::{
+    Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo, Event,
+    EventIter, Finish, FinishReason, PluginMetadata, Role, export_backend,
+};
+
+/// The echo engine.
+struct Echo {
+    delay: Duration,
+    prefix: String,
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities {
+        chat: true,
+        stream: true,
+        ..Default::default()
+    }
+}
+
+impl Backend for Echo {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            backend: "echo".into(),
+            model: "reverse-words".into(),
+            context_length: Some(4096),
+            capabilities: capabilities(),
+            details: Default::default(),
+        }
+    }
+
+    fn stream_chat(&self, request: ChatRequest, cancel: CancelToken) -> Result<EventIter, EngineError> {
+        let last = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .ok_or_else(|| EngineError::invalid_request("no user message to echo"))?;
+        if last.content == "!panic" {
+            panic!("echo was asked to panic");
+        }
+        let panic_mid = last.content == "!panic-mid-stream";
+        let mut words: Vec<String> = last.content.split_whitespace().rev().map(str::to_owned).collect();
+        words.insert(0, self.prefix.clone());
+        words.retain(|w| !w.is_empty());
+        let max = request.generation.max_new_tokens.unwrap_or(u32::MAX) as usize;
+        let prompt_length: u32 = request
+            .messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count() as u32)
+            .sum();
+        let total = words.len();
+        let delay = self.delay;
+        let mut sent = 0usize;
+        let iter = std::iter::from_fn(move || {
+            if sent >= total.min(max) {
+                return None;
+            }
+            if cancel.is_cancelled() {
+                return Some(Err(EngineError::cancelled()));
+            }
+            if panic_mid && sent == 1 {
+                panic!("echo was asked to panic mid-stream");
+            }
+            std::thread::sleep(delay);
+            let mut delta = words[sent].clone();
+            if sent > 0 {
+                delta.insert(0, ' ');
+            }
+            sent += 1;
+            let done = sent == total.min(max);
+            Some(Ok(Event {
+                index: 0,
+                delta,
+                token_ids: Vec::new(),
+                finish: done.then(|| Finish {
+                    reason: if sent < total { FinishReason::Length } else { FinishReason::Stop },
+                    prompt_length,
+                    response_length: sent as u32,
+                }),
+            }))
+        });
+        Ok(Box::new(iter))
+    }
+}
+
+fn metadata() -> PluginMetadata {
+    PluginMetadata {
+        backends: vec!["echo".into()],
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "Reverses the last user message, word by word (example plugin)".into(),
+        capabilities: capabilities(),
+    }
+}
+
+fn create(config: EngineConfig) -> Result<Echo, EngineError> {
+    let delay_ms = match config.options.get("delay_ms") {
+        None => 0,
+        Some(v) => v.as_u64().ok_or_else(|| {
+            EngineError::config(format!("[backends.echo] delay_ms must be a whole number of milliseconds, got {v}"))
+        })?,
+    };
+    let prefix = config
+        .options
+        .get("prefix")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Echo {
+        delay: Duration::from_millis(delay_ms),
+        prefix,
+    })
+}
+
+export_backend! {
+    metadata: metadata,
+    create: create,
+}
