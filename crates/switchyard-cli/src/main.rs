@@ -1,1 +1,73 @@
-fn main() {}
+//! The `switchyard` command: list plugins, chat in the terminal, run batches and scores.
+//!
+//! The binary is thin: it parses flags into one command struct, sets up logging, and hands over
+//! to one module per command. Everything reaches backends through `switchyard::ChatModel`.
+
+mod batch;
+mod chat;
+mod common;
+mod plugins;
+mod score;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// One chat API, any inference backend.
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Directory holding backend plugin libraries. Default: `plugin_dir` from the config,
+    /// then $SWITCHYARD_PLUGIN_DIR, then `plugins/` next to this executable, then its directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
+
+    /// Log filter (e.g. `info`, `debug`, `switchyard=trace`); also $SWITCHYARD_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The config file and its overrides, shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+struct ModelArgs {
+    /// The TOML config file (`sample_backend`, `[model]`, `[generation]`, `[backends.*]`).
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+
+    /// Override a config value, e.g. `--set generation.temperature=0` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the backend plugins found in the plugin directory, and files that failed to load.
+    Plugins,
+    /// Chat in the terminal, streaming replies (reads one message per line when stdin is piped).
+    Chat(chat::ChatArgs),
+    /// Run a JSONL file of chat requests; write one JSONL result per input line, in order.
+    Batch(batch::BatchArgs),
+    /// Compute reward-model scores for a JSONL file of texts or conversations.
+    Score(score::ScoreArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    common::init_logging(cli.log.as_deref());
+    let result = match cli.command {
+        Command::Plugins => plugins::run(cli.plugin_dir.as_deref()),
+        Command::Chat(args) => chat::run(args, cli.plugin_dir.as_deref()),
+        Command::Batch(args) => batch::run(args, cli.plugin_dir.as_deref()),
+        Command::Score(args) => score::run(args, cli.plugin_dir.as_deref()),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

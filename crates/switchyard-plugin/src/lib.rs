@@ -48,8 +48,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Starts generation and returns its events. `cancel` is set when the host cancels or drops
     /// the stream; check it between steps and stop promptly.
-    fn stream_chat(&self, request: ChatRequest, cancel: CancelToken)
-    -> Result<EventIter, EngineError>;
+    fn stream_chat(
+        &self,
+        request: ChatRequest,
+        cancel: CancelToken,
+    ) -> Result<EventIter, EngineError>;
 
     /// Runs a request to completion. The default collects [`Backend::stream_chat`].
     fn chat(&self, request: ChatRequest) -> Result<Vec<Response>, EngineError> {

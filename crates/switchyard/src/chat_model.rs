@@ -120,7 +120,11 @@ impl ChatModel {
 
     /// Asks the backend whether it can serve.
     pub fn health(&self) -> Result<()> {
-        self.inner.engine.health().into_result().map_err(Error::Engine)
+        self.inner
+            .engine
+            .health()
+            .into_result()
+            .map_err(Error::Engine)
     }
 
     /// Validates the request and resolves its generation settings against the config.
@@ -154,7 +158,8 @@ impl ChatModel {
                 ))));
             }
         }
-        request.generation = generation::resolve(&self.inner.config.generation, &request.generation)?;
+        request.generation =
+            generation::resolve(&self.inner.config.generation, &request.generation)?;
         serde_json::to_string(&request)
             .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))
     }
@@ -177,8 +182,11 @@ impl ChatModel {
 
     fn run_chat(&self, json: &str) -> Result<Vec<Response>> {
         let out = self.inner.engine.chat(json.into()).into_result()?;
-        serde_json::from_str(out.as_str())
-            .map_err(|e| Error::Engine(EngineError::backend(format!("malformed response JSON from plugin: {e}"))))
+        serde_json::from_str(out.as_str()).map_err(|e| {
+            Error::Engine(EngineError::backend(format!(
+                "malformed response JSON from plugin: {e}"
+            )))
+        })
     }
 
     fn start_stream(&self, json: &str) -> Result<TokenStreamBox> {
@@ -191,7 +199,12 @@ impl ChatModel {
         }
         let json = serde_json::to_string(request)
             .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))?;
-        Ok(self.inner.engine.get_scores(json.as_str().into()).into_result()?.into_vec())
+        Ok(self
+            .inner
+            .engine
+            .get_scores(json.as_str().into())
+            .into_result()?
+            .into_vec())
     }
 
     /// Runs a chat request to completion (one [`Response`] per returned sequence).
@@ -259,7 +272,13 @@ impl ChatModel {
     /// Async [`ChatModel::chat`].
     pub async fn achat(&self, request: ChatRequest) -> Result<Vec<Response>> {
         let json = self.prepare(request)?;
-        let permit = self.inner.permits.clone().acquire_owned().await.expect("never closed");
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let this = self.clone();
         spawn_blocking(move || {
             let _permit = permit;
@@ -272,7 +291,13 @@ impl ChatModel {
     /// returns, so errors come back here rather than inside the stream.
     pub async fn astream_chat(&self, request: ChatRequest) -> Result<EventStream> {
         let json = self.prepare(request)?;
-        let permit = self.inner.permits.clone().acquire_owned().await.expect("never closed");
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         self.astream_started(json, permit).await
     }
 
@@ -284,7 +309,11 @@ impl ChatModel {
         self.astream_started(json, permit).await
     }
 
-    async fn astream_started(&self, json: String, permit: OwnedSemaphorePermit) -> Result<EventStream> {
+    async fn astream_started(
+        &self,
+        json: String,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<EventStream> {
         let this = self.clone();
         let stream = Arc::new(spawn_blocking(move || this.start_stream(&json)).await?);
         let (tx, rx) = mpsc::channel(8);
@@ -314,7 +343,13 @@ impl ChatModel {
 
     /// Async [`ChatModel::get_scores`].
     pub async fn aget_scores(&self, request: ScoreRequest) -> Result<Vec<f32>> {
-        let permit = self.inner.permits.clone().acquire_owned().await.expect("never closed");
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let this = self.clone();
         spawn_blocking(move || {
             let _permit = permit;

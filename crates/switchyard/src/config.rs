@@ -88,7 +88,8 @@ impl Config {
 
     /// Parses config text; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }
@@ -201,16 +202,18 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::Config(format!("--set {spec}: empty key segment in `{key}`")));
+        return Err(Error::Config(format!(
+            "--set {spec}: empty key segment in `{key}`"
+        )));
     }
     let mut cur = table;
     for part in &parts[..parts.len() - 1] {
         let entry = cur
             .entry(part.to_string())
             .or_insert_with(|| toml::Value::Table(Default::default()));
-        cur = entry.as_table_mut().ok_or_else(|| {
-            Error::Config(format!("--set {spec}: `{part}` is not a table"))
-        })?;
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("--set {spec}: `{part}` is not a table")))?;
     }
     cur.insert(parts[parts.len() - 1].to_owned(), value);
     Ok(())
@@ -310,7 +313,9 @@ mod tests {
 
     fn err(text: &str, overrides: &[&str]) -> String {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
-        Config::parse(text, "test.toml", &o).unwrap_err().to_string()
+        Config::parse(text, "test.toml", &o)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -330,7 +335,10 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_key_and_allowed_keys() {
-        let e = err("sample_backend = \"x\"\n\n[generation]\ntempreature = 0.1\n", &[]);
+        let e = err(
+            "sample_backend = \"x\"\n\n[generation]\ntempreature = 0.1\n",
+            &[],
+        );
         assert!(e.contains("test.toml:4"), "{e}");
         assert!(e.contains("generation.tempreature"), "{e}");
         assert!(e.contains("Did you mean `temperature`?"), "{e}");
@@ -339,7 +347,10 @@ mod tests {
 
     #[test]
     fn wrong_type_names_line_and_key() {
-        let e = err("sample_backend = \"x\"\n[generation]\ntemperature = \"hot\"\n", &[]);
+        let e = err(
+            "sample_backend = \"x\"\n[generation]\ntemperature = \"hot\"\n",
+            &[],
+        );
         assert!(e.contains("temperature"), "{e}");
         assert!(e.contains("hot"), "{e}");
     }

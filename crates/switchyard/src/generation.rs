@@ -23,7 +23,10 @@ macro_rules! merge_fields {
 }
 
 /// Merges `request` over `defaults` and normalises the result (see the module docs).
-pub fn resolve(defaults: &GenerationParams, request: &GenerationParams) -> Result<GenerationParams> {
+pub fn resolve(
+    defaults: &GenerationParams,
+    request: &GenerationParams,
+) -> Result<GenerationParams> {
     let mut p = merge_fields!(
         defaults,
         request,
@@ -67,6 +70,44 @@ pub fn resolve(defaults: &GenerationParams, request: &GenerationParams) -> Resul
     Ok(p)
 }
 
+/// Sets one generation setting by name from text, as `/set temperature=0.2` does in the CLI.
+/// The value is read as JSON (`0.2`, `true`, `["###"]`) and otherwise taken as a string.
+pub fn set_param(params: &mut GenerationParams, key: &str, raw: &str) -> Result<()> {
+    let mut value = serde_json::to_value(&*params)
+        .map_err(|e| Error::InvalidRequest(format!("cannot encode settings: {e}")))?;
+    let map = value
+        .as_object_mut()
+        .expect("a struct encodes as an object");
+    if !map.contains_key(key) {
+        let known: Vec<&String> = map.keys().collect();
+        return Err(Error::InvalidRequest(format!(
+            "unknown generation setting `{key}`; known: {}",
+            known
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let raw = raw.trim();
+    let parsed = if raw.is_empty() || raw == "none" || raw == "null" {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_owned()))
+    };
+    let parsed = match (key, parsed) {
+        // A single stop string is a list of one.
+        ("stop", serde_json::Value::String(s)) => serde_json::json!([s]),
+        (_, v) => v,
+    };
+    map.insert(key.to_owned(), parsed);
+    let updated: GenerationParams = serde_json::from_value(value)
+        .map_err(|e| Error::InvalidRequest(format!("bad value for `{key}`: {e}")))?;
+    validate(&updated)?;
+    *params = updated;
+    Ok(())
+}
+
 fn validate(p: &GenerationParams) -> Result<()> {
     let bad = |name: &str, value: String, allowed: &str| {
         Err(Error::InvalidRequest(format!(
@@ -86,7 +127,11 @@ fn validate(p: &GenerationParams) -> Result<()> {
     if let Some(r) = p.repetition_penalty
         && r <= 0.0
     {
-        return bad("repetition_penalty", r.to_string(), "greater than 0 (1 = off)");
+        return bad(
+            "repetition_penalty",
+            r.to_string(),
+            "greater than 0 (1 = off)",
+        );
     }
     for (name, v) in [
         ("presence_penalty", p.presence_penalty),
@@ -183,6 +228,27 @@ mod tests {
         };
         let p = resolve(&defaults(), &r).unwrap();
         assert_eq!((p.max_new_tokens, p.max_length), (Some(8), None));
+    }
+
+    #[test]
+    fn set_param_parses_and_validates() {
+        let mut p = GenerationParams::default();
+        set_param(&mut p, "temperature", "0.2").unwrap();
+        set_param(&mut p, "stop", "###").unwrap();
+        set_param(&mut p, "seed", "7").unwrap();
+        assert_eq!(p.temperature, Some(0.2));
+        assert_eq!(p.stop, Some(vec!["###".to_owned()]));
+        assert_eq!(p.seed, Some(7));
+        set_param(&mut p, "seed", "none").unwrap();
+        assert_eq!(p.seed, None);
+        assert!(
+            set_param(&mut p, "temprature", "1")
+                .unwrap_err()
+                .to_string()
+                .contains("known")
+        );
+        assert!(set_param(&mut p, "top_p", "2").is_err());
+        assert!(set_param(&mut p, "seed", "abc").is_err());
     }
 
     #[test]

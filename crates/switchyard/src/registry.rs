@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use switchyard_abi::{
     ABI_VERSION, EngineBox, PluginModRef,
-    abi_stable::library::{lib_header_from_path, LibraryError},
+    abi_stable::library::{LibraryError, lib_header_from_path},
     wire::{EngineConfig, PluginMetadata},
 };
 
@@ -94,7 +94,12 @@ fn describe_library_error(e: &LibraryError) -> String {
 
 fn first_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = lines.iter().take(n).copied().collect::<Vec<_>>().join(" / ");
+    let mut out = lines
+        .iter()
+        .take(n)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" / ");
     if lines.len() > n {
         out.push_str(" / ...");
     }
@@ -131,7 +136,9 @@ impl Registry {
     pub fn scan(dir: &Path) -> Result<Self> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::PluginDir {
             path: dir.to_path_buf(),
-            reason: format!("{e}. Pass --plugin-dir, set `plugin_dir` in the config or {PLUGIN_DIR_ENV}"),
+            reason: format!(
+                "{e}. Pass --plugin-dir, set `plugin_dir` in the config or {PLUGIN_DIR_ENV}"
+            ),
         })?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -207,7 +214,14 @@ impl Registry {
                 let known = if names.is_empty() {
                     "no loadable plugins".to_owned()
                 } else {
-                    format!("backends {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "backends {}",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 };
                 let mut known = known;
                 if !self.problems.is_empty() {

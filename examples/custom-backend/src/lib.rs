@@ -7,7 +7,7 @@
 //! `prefix` put before the reply.
 //!
 //! Special inputs, for exercising hosts: a message `!panic` panics inside `chat`/`stream_chat`,
-//! `!panic-mid-stream` panics after the first word.
+//! a message starting `!panic-mid-stream` (with more words) panics after the first word.
 
 use std::time::Duration;
 
@@ -41,7 +41,11 @@ impl Backend for Echo {
         }
     }
 
-    fn stream_chat(&self, request: ChatRequest, cancel: CancelToken) -> Result<EventIter, EngineError> {
+    fn stream_chat(
+        &self,
+        request: ChatRequest,
+        cancel: CancelToken,
+    ) -> Result<EventIter, EngineError> {
         let last = request
             .messages
             .iter()
@@ -51,8 +55,13 @@ impl Backend for Echo {
         if last.content == "!panic" {
             panic!("echo was asked to panic");
         }
-        let panic_mid = last.content == "!panic-mid-stream";
-        let mut words: Vec<String> = last.content.split_whitespace().rev().map(str::to_owned).collect();
+        let panic_mid = last.content.starts_with("!panic-mid-stream");
+        let mut words: Vec<String> = last
+            .content
+            .split_whitespace()
+            .rev()
+            .map(str::to_owned)
+            .collect();
         words.insert(0, self.prefix.clone());
         words.retain(|w| !w.is_empty());
         let max = request.generation.max_new_tokens.unwrap_or(u32::MAX) as usize;
@@ -86,7 +95,11 @@ impl Backend for Echo {
                 delta,
                 token_ids: Vec::new(),
                 finish: done.then(|| Finish {
-                    reason: if sent < total { FinishReason::Length } else { FinishReason::Stop },
+                    reason: if sent < total {
+                        FinishReason::Length
+                    } else {
+                        FinishReason::Stop
+                    },
                     prompt_length,
                     response_length: sent as u32,
                 }),
@@ -109,7 +122,9 @@ fn create(config: EngineConfig) -> Result<Echo, EngineError> {
     let delay_ms = match config.options.get("delay_ms") {
         None => 0,
         Some(v) => v.as_u64().ok_or_else(|| {
-            EngineError::config(format!("[backends.echo] delay_ms must be a whole number of milliseconds, got {v}"))
+            EngineError::config(format!(
+                "[backends.echo] delay_ms must be a whole number of milliseconds, got {v}"
+            ))
         })?,
     };
     let prefix = config

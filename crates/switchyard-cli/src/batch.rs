@@ -1,0 +1,262 @@
+//! `switchyard batch`: JSONL chat requests in, JSONL results out, in input order.
+//!
+//! Input line: `{"messages": [...], "system"?: str, "tools"?: [...], <any generation setting>}`
+//! (`n` and `max_tokens` are accepted as aliases of `num_return_sequences` and `max_new_tokens`).
+//! Output line: `{"line", "text", "prompt_length", "response_length", "finish_reason",
+//! "token_ids"?}`, a list of those when `n > 1`, or `{"line", "error": {"kind", "message"}}` for
+//! a line that failed — the rest still run. `--resume` skips input lines that already have an
+//! output line; `--fail-fast` stops at the first error with a non-zero exit status.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Map, Value, json};
+use switchyard::{ChatRequest, Error, GenerationParams, Response};
+
+use crate::ModelArgs;
+use crate::common::load_model;
+
+/// Arguments of `switchyard batch`.
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// JSONL file of requests, one per line.
+    #[arg(short, long, value_name = "FILE")]
+    input: PathBuf,
+
+    /// JSONL file to write results to (one line per input line, same order).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+
+    /// Skip input lines that already have a result in OUTPUT and append the rest.
+    #[arg(long)]
+    resume: bool,
+
+    /// Stop at the first failed line and exit with status 2.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+/// Keys of an input line that are not generation settings.
+const REQUEST_KEYS: &[&str] = &["messages", "system", "tools", "chat_template_kwargs", "id"];
+
+/// Parses one input line into a request; unknown keys are reported as warnings.
+pub fn parse_line(text: &str) -> Result<(ChatRequest, Vec<String>), String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
+    let Value::Object(mut obj) = value else {
+        return Err("expected a JSON object with a `messages` list".to_owned());
+    };
+    let messages = obj
+        .remove("messages")
+        .ok_or_else(|| "missing `messages` (a list of {role, content})".to_owned())?;
+    let messages = serde_json::from_value(messages)
+        .map_err(|e| format!("bad `messages`: {e} (roles: system, user, assistant, tool)"))?;
+    let system = match obj.remove("system") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(format!("`system` must be a string, got {other}")),
+    };
+    let tools = match obj.remove("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(a),
+        Some(other) => return Err(format!("`tools` must be a list, got {other}")),
+    };
+    let chat_template_kwargs = match obj.remove("chat_template_kwargs") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            return Err(format!(
+                "`chat_template_kwargs` must be an object, got {other}"
+            ));
+        }
+    };
+    obj.remove("id");
+    for (alias, name) in [
+        ("n", "num_return_sequences"),
+        ("max_tokens", "max_new_tokens"),
+    ] {
+        if let Some(v) = obj.remove(alias) {
+            obj.entry(name.to_owned()).or_insert(v);
+        }
+    }
+    let known: BTreeSet<String> = serde_json::to_value(GenerationParams::default())
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default();
+    let mut warnings = Vec::new();
+    obj.retain(|k, _| {
+        let ok = known.contains(k);
+        if !ok {
+            warnings.push(format!(
+                "unknown field `{k}` ignored (known: {}, and generation settings)",
+                REQUEST_KEYS.join(", ")
+            ));
+        }
+        ok
+    });
+    let generation: GenerationParams = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| format!("bad generation setting: {e}"))?;
+    Ok((
+        ChatRequest {
+            messages,
+            system,
+            tools,
+            generation,
+            chat_template_kwargs,
+            ..Default::default()
+        },
+        warnings,
+    ))
+}
+
+fn record(line: usize, responses: &[Response]) -> Value {
+    let one = |r: &Response| {
+        let mut v = json!({
+            "line": line,
+            "text": r.text,
+            "prompt_length": r.prompt_length,
+            "response_length": r.response_length,
+            "finish_reason": r.finish_reason.as_str(),
+        });
+        if let Some(ids) = &r.token_ids {
+            v["token_ids"] = json!(ids);
+        }
+        v
+    };
+    match responses {
+        [r] => one(r),
+        many => Value::Array(many.iter().map(one).collect()),
+    }
+}
+
+fn error_record(line: usize, kind: &str, message: &str) -> Value {
+    json!({ "line": line, "error": { "kind": kind, "message": message } })
+}
+
+/// Counts complete result lines already in `path` (for `--resume`).
+fn existing_results(path: &Path) -> anyhow::Result<usize> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok())
+            .count()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Runs the batch.
+pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
+    let input = std::fs::File::open(&args.input)
+        .with_context(|| format!("cannot open input {}", args.input.display()))?;
+    let lines: Vec<String> = std::io::BufReader::new(input)
+        .lines()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let skip = if args.resume {
+        existing_results(&args.output)?
+    } else {
+        0
+    };
+    if skip > 0 {
+        eprintln!("resuming: {skip} line(s) already done");
+    }
+    let (model, _) = load_model(&args.model, plugin_dir)?;
+    let out_file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(args.resume)
+        .truncate(!args.resume)
+        .open(&args.output)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let mut out = BufWriter::new(out_file);
+
+    let todo: Vec<(usize, String)> = lines
+        .into_iter()
+        .enumerate()
+        .skip(skip)
+        .map(|(i, l)| (i + 1, l))
+        .collect();
+    let bar = ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} lines [{elapsed}<{eta}] {msg}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let concurrency = model.max_concurrent();
+    let (mut failed, mut tokens) = (0usize, 0u64);
+    let code = runtime.block_on(async {
+        let mut results = futures::stream::iter(todo.into_iter().map(|(line, text)| {
+            let model = model.clone();
+            async move {
+                if text.trim().is_empty() {
+                    return (
+                        line,
+                        Err(("invalid_request".to_owned(), "empty line".to_owned())),
+                    );
+                }
+                let (request, warnings) = match parse_line(&text) {
+                    Ok(r) => r,
+                    Err(e) => return (line, Err(("invalid_request".to_owned(), e))),
+                };
+                for w in warnings {
+                    tracing::warn!(line, "{w}");
+                }
+                let r = model
+                    .achat(request)
+                    .await
+                    .map_err(|e: Error| (e.kind().name().to_owned(), e.to_string()));
+                (line, r)
+            }
+        }))
+        .buffered(concurrency);
+        while let Some((line, result)) = results.next().await {
+            let value = match &result {
+                Ok(responses) => {
+                    tokens += responses
+                        .iter()
+                        .map(|r| u64::from(r.response_length))
+                        .sum::<u64>();
+                    record(line, responses)
+                }
+                Err((kind, message)) => {
+                    failed += 1;
+                    bar.println(format!("line {line}: {message}"));
+                    error_record(line, kind, message)
+                }
+            };
+            writeln!(out, "{value}")?;
+            out.flush()?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "{:.1} tok/s",
+                tokens as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            ));
+            if result.is_err() && args.fail_fast {
+                return Ok::<i32, anyhow::Error>(2);
+            }
+        }
+        Ok(0)
+    })?;
+    bar.finish();
+    eprintln!(
+        "{} line(s) written to {}, {failed} failed, {tokens} tokens in {:.1} s",
+        bar.position(),
+        args.output.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(code)
+}

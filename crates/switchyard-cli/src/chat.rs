@@ -1,0 +1,245 @@
+//! `switchyard chat`: an interactive terminal chat that streams replies and keeps the history.
+//!
+//! At a terminal it uses `rustyline` (line editing, history); with stdin piped it reads one user
+//! message per line and prints each reply on its own line, so scripts can drive it. Ctrl-C
+//! stops the reply being generated and returns to the prompt; Ctrl-D or `exit` quits.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use clap::Args;
+use rustyline::error::ReadlineError;
+use switchyard::{Canceller, ChatModel, ChatRequest, Error, ErrorKind, GenerationParams, Message};
+
+use crate::ModelArgs;
+use crate::common::load_model;
+
+/// Arguments of `switchyard chat`.
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// System prompt for the session (changeable with `/system`).
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+}
+
+const HELP: &str = "\
+Commands:
+  clear              forget the conversation so far
+  exit               quit (also Ctrl-D)
+  /system TEXT       set the system prompt (empty TEXT removes it); clears the history
+  /set KEY=VALUE     change a generation setting, e.g. /set temperature=0.2, /set stop=###
+  /save FILE         write the conversation to FILE as JSON
+  /help              this text
+Ctrl-C stops the reply being generated.";
+
+/// The stream being generated, for the Ctrl-C handler.
+static CURRENT: Mutex<Option<Canceller>> = Mutex::new(None);
+
+struct Session {
+    model: ChatModel,
+    system: Option<String>,
+    history: Vec<Message>,
+    generation: GenerationParams,
+}
+
+enum Step {
+    Continue,
+    Exit,
+}
+
+impl Session {
+    /// Handles one input line: a command or a user message.
+    fn handle(&mut self, line: &str, out: &mut dyn Write, tty: bool) -> anyhow::Result<Step> {
+        let trimmed = line.trim();
+        match trimmed {
+            "" => return Ok(Step::Continue),
+            "exit" => return Ok(Step::Exit),
+            "clear" => {
+                self.history.clear();
+                writeln!(out, "History has been removed.")?;
+                return Ok(Step::Continue);
+            }
+            "/help" => {
+                writeln!(out, "{HELP}")?;
+                return Ok(Step::Continue);
+            }
+            _ => {}
+        }
+        if let Some(rest) = trimmed.strip_prefix("/system") {
+            let text = rest.trim();
+            self.system = (!text.is_empty()).then(|| text.to_owned());
+            self.history.clear();
+            writeln!(
+                out,
+                "System prompt {}; history cleared.",
+                if text.is_empty() { "removed" } else { "set" }
+            )?;
+            return Ok(Step::Continue);
+        }
+        if let Some(rest) = trimmed.strip_prefix("/set ") {
+            match rest.split_once('=') {
+                Some((k, v)) => {
+                    match switchyard::generation::set_param(&mut self.generation, k.trim(), v) {
+                        Ok(()) => writeln!(out, "{} = {}", k.trim(), v.trim())?,
+                        Err(e) => writeln!(out, "error: {e}")?,
+                    }
+                }
+                None => writeln!(out, "usage: /set KEY=VALUE")?,
+            }
+            return Ok(Step::Continue);
+        }
+        if let Some(rest) = trimmed.strip_prefix("/save") {
+            let file = rest.trim();
+            if file.is_empty() {
+                writeln!(out, "usage: /save FILE")?;
+            } else {
+                match self.save(Path::new(file)) {
+                    Ok(()) => writeln!(out, "Saved {} messages to {file}.", self.history.len())?,
+                    Err(e) => writeln!(out, "error: {e:#}")?,
+                }
+            }
+            return Ok(Step::Continue);
+        }
+        if trimmed.starts_with('/') {
+            writeln!(out, "unknown command `{trimmed}`; /help lists the commands")?;
+            return Ok(Step::Continue);
+        }
+        self.reply(line.to_owned(), out, tty)?;
+        Ok(Step::Continue)
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let doc = serde_json::json!({ "system": self.system, "messages": self.history });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn reply(&mut self, text: String, out: &mut dyn Write, tty: bool) -> anyhow::Result<()> {
+        self.history.push(Message::user(text));
+        let request = ChatRequest {
+            messages: self.history.clone(),
+            system: self.system.clone(),
+            generation: self.generation.clone(),
+            ..Default::default()
+        };
+        let stream = match self.model.stream_chat(request) {
+            Ok(s) => s,
+            Err(e) => {
+                self.history.pop();
+                writeln!(out, "error: {e}")?;
+                return Ok(());
+            }
+        };
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.canceller());
+        if tty {
+            write!(out, "Assistant: ")?;
+        }
+        out.flush()?;
+        let mut answer = String::new();
+        let mut interrupted = false;
+        for event in stream {
+            match event {
+                Ok(e) => {
+                    write!(out, "{}", e.delta)?;
+                    out.flush()?;
+                    answer.push_str(&e.delta);
+                }
+                Err(Error::Engine(e)) if e.kind == ErrorKind::CANCELLED => {
+                    interrupted = true;
+                    break;
+                }
+                Err(e) => {
+                    writeln!(out)?;
+                    writeln!(out, "error: {e}")?;
+                    break;
+                }
+            }
+        }
+        *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if interrupted {
+            write!(out, " [interrupted]")?;
+        }
+        writeln!(out)?;
+        if tty {
+            writeln!(out)?;
+        }
+        self.history.push(Message::assistant(answer));
+        Ok(())
+    }
+}
+
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/switchyard/chat_history.txt"))
+}
+
+/// Runs the chat loop.
+pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
+    let (model, elapsed) = load_model(&args.model, plugin_dir)?;
+    let info = model.info().clone();
+    let tty = std::io::stdin().is_terminal();
+    let banner = format!(
+        "Switchyard chat: backend {} | model {} | loaded in {:.2} s",
+        info.backend,
+        info.model,
+        elapsed.as_secs_f64()
+    );
+    ctrlc::set_handler(move || {
+        let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match current {
+            Some(c) => c.cancel(),
+            None => std::process::exit(130),
+        }
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let mut session = Session {
+        model,
+        system: args.system,
+        history: Vec::new(),
+        generation: GenerationParams::default(),
+    };
+    let mut stdout = std::io::stdout();
+    if !tty {
+        eprintln!("{banner}");
+        for line in std::io::stdin().lock().lines() {
+            let line = line.context("cannot read stdin")?;
+            if let Step::Exit = session.handle(&line, &mut stdout, false)? {
+                break;
+            }
+        }
+        return Ok(0);
+    }
+    println!("{banner}");
+    println!("Type a message; `clear` forgets the history, `exit` quits, /help lists commands.\n");
+    let mut editor = rustyline::DefaultEditor::new().context("cannot open the terminal")?;
+    let history = history_file();
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    loop {
+        match editor.readline("User: ") {
+            Ok(line) => {
+                if !line.trim().is_empty() {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                if let Step::Exit = session.handle(&line, &mut stdout, true)? {
+                    break;
+                }
+            }
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e).context("cannot read from the terminal"),
+        }
+    }
+    if let Some(h) = &history {
+        if let Some(dir) = h.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = editor.save_history(h);
+    }
+    Ok(0)
+}
