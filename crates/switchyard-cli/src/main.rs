@@ -55,7 +55,17 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line: clap's first line, with a pointer to the help.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see `switchyard --help`)");
+            std::process::exit(2);
+        }
+    };
     common::init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Plugins => plugins::run(cli.plugin_dir.as_deref()),

@@ -1,0 +1,224 @@
+//! The `switchyard` binary, driven as a user would: a real pseudo-terminal for `chat`, files for
+//! `batch`, and the error output of bad invocations. Runs on the `echo` example plugin so it is
+//! fast and deterministic; the real-model chat is covered by the hf-candle tests.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use expectrl::process::unix::WaitStatus;
+use expectrl::{ControlCode, Expect, Session};
+use serde_json::Value;
+use switchyard_tests::{plugin_library, switchyard_bin, write_file};
+
+fn echo_dir(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = plugin_library("custom-backend");
+    std::fs::copy(&lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+    let config = write_file(
+        dir.path(),
+        "echo.toml",
+        &format!("sample_backend = \"echo\"\n{extra}"),
+    );
+    (dir, config)
+}
+
+fn switchyard(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(switchyard_bin());
+    c.arg("--plugin-dir").arg(dir).args(args).current_dir(dir);
+    c
+}
+
+/// Types a line as a person would, one key at a time, then Enter.
+fn type_line<S: expectrl::Expect>(p: &mut S, text: &str) {
+    for c in text.chars() {
+        p.send(c.to_string()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    p.send("\r").unwrap();
+}
+
+#[test]
+fn chat_in_a_terminal_streams_clears_interrupts_and_exits() {
+    let (dir, config) = echo_dir("[backends.echo]\ndelay_ms = 40\n");
+    let mut cmd = switchyard(dir.path(), &["chat", "--config"]);
+    cmd.arg(&config).env("HOME", dir.path());
+    let mut p = Session::spawn(cmd).unwrap();
+    // A fresh pty is 0x0; line editors need a real width.
+    p.get_process_mut().set_window_size(200, 50).unwrap();
+    p.set_expect_timeout(Some(Duration::from_secs(30)));
+
+    p.expect("backend echo").unwrap();
+    p.expect("User: ").unwrap();
+    type_line(&mut p, "alpha beta gamma");
+    p.expect("Assistant: gamma beta alpha").unwrap();
+    p.expect("User: ").unwrap();
+
+    // A long reply, interrupted with Ctrl-C: the chat goes on.
+    let long: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    type_line(&mut p, &long.join(" "));
+    p.expect("Assistant: w99 w98").unwrap();
+    p.send(ControlCode::EndOfText).unwrap();
+    p.expect("[interrupted]").unwrap();
+    p.expect("User: ").unwrap();
+    assert!(
+        p.get_process().is_alive().unwrap(),
+        "Ctrl-C must not exit the chat"
+    );
+
+    type_line(&mut p, "/save before.json");
+    p.expect("Saved 4 messages").unwrap();
+    type_line(&mut p, "clear");
+    p.expect("History has been removed.").unwrap();
+    type_line(&mut p, "/save after.json");
+    p.expect("Saved 0 messages").unwrap();
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("before.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["messages"][1]["content"], "gamma beta alpha");
+    assert!(
+        saved["messages"][3]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("w99 w98")
+    );
+
+    type_line(&mut p, "/set temperature=7");
+    p.expect("temperature = 7").unwrap();
+    type_line(&mut p, "/set top_p=9");
+    p.expect("out of range").unwrap();
+
+    type_line(&mut p, "exit");
+    let status = p.get_process().wait().unwrap();
+    assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+}
+
+#[test]
+fn chat_with_piped_stdin_answers_one_line_per_message() {
+    let (dir, config) = echo_dir("");
+    let out = switchyard(dir.path(), &["chat", "--config"])
+        .arg(&config)
+        .stdin(
+            std::fs::File::open(write_file(dir.path(), "in.txt", "one two\nthree four\n")).unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "two one\nfour three\n"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backend echo"));
+}
+
+#[test]
+fn batch_writes_good_records_and_an_error_record_per_bad_line() {
+    let (dir, config) = echo_dir("max_concurrent = 2\n");
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a b\"}], \"max_new_tokens\": 1}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"oops\"}\n\
+         {\"messages\": [{\"role\": \"user\", \"content\": \"c d\"}], \"colour\": \"blue\"}\n",
+    );
+    let output = dir.path().join("out.jsonl");
+    let run = |extra: &[&str]| {
+        switchyard(dir.path(), &["batch", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["text"], "b");
+    assert_eq!(lines[0]["finish_reason"], "length");
+    assert_eq!(lines[0]["line"], 1);
+    assert_eq!(lines[1]["line"], 2);
+    assert!(
+        lines[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed JSON")
+    );
+    assert_eq!(lines[2]["text"], "d c");
+    assert_eq!(lines[2]["prompt_length"], 2);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("colour"),
+        "unknown field is warned about"
+    );
+
+    // --resume with everything done runs nothing and keeps the file.
+    let out = run(&["--resume"]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 3);
+
+    // --fail-fast stops at the bad line with a non-zero status.
+    let out = run(&["--fail-fast"]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 2);
+}
+
+#[test]
+fn help_is_complete_and_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let out = switchyard(dir.path(), args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    for cmd in ["plugins", "chat", "batch", "score"] {
+        assert!(top.contains(cmd), "{top}");
+    }
+    let chat = help(&["chat", "--help"]);
+    for flag in ["--config", "--set", "--system", "--plugin-dir"] {
+        assert!(chat.contains(flag), "{chat}");
+    }
+    let batch = help(&["batch", "--help"]);
+    for flag in ["--input", "--output", "--resume", "--fail-fast"] {
+        assert!(batch.contains(flag), "{batch}");
+    }
+    let score = help(&["score", "--help"]);
+    for flag in ["--input", "--output", "--max-length"] {
+        assert!(score.contains(flag), "{score}");
+    }
+
+    for args in [
+        &["chat", "--config", "missing.toml"][..],
+        &["chat", "--config", "x.toml", "--bogus"][..],
+    ] {
+        let out = switchyard(dir.path(), args).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn plugins_lists_backends_and_problems() {
+    let (dir, _) = echo_dir("");
+    write_file(dir.path(), "libjunk.so", "not a library");
+    let out = switchyard(dir.path(), &["plugins"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("echo") && text.contains("chat,stream"),
+        "{text}"
+    );
+    assert!(text.contains("libjunk.so"), "{text}");
+}
