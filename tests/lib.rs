@@ -85,7 +85,10 @@ pub fn switchyard_bin() -> PathBuf {
 /// returns the path of the library of `package`.
 pub fn broken_plugin(package: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    let target = workspace_root().join("target").join("test-plugins");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("test-plugins");
     BUILT.get_or_init(|| build_broken_plugins(&target));
     target.join("release").join(dylib_name(package))
 }
