@@ -3,6 +3,7 @@
 //! The binary is thin: it parses flags into one command struct, sets up logging, and hands over
 //! to one module per command. Everything reaches backends through `switchyard::ChatModel`.
 
+mod api;
 mod batch;
 mod chat;
 mod common;
@@ -52,6 +53,10 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Compute reward-model scores for a JSONL file of texts or conversations.
     Score(score::ScoreArgs),
+    /// Serve the OpenAI-compatible HTTP API (and the web chat page at /).
+    Api(api::ApiArgs),
+    /// Serve the API and open the web chat page.
+    Webchat(api::ApiArgs),
 }
 
 fn main() {
@@ -72,6 +77,8 @@ fn main() {
         Command::Chat(args) => chat::run(args, cli.plugin_dir.as_deref()),
         Command::Batch(args) => batch::run(args, cli.plugin_dir.as_deref()),
         Command::Score(args) => score::run(args, cli.plugin_dir.as_deref()),
+        Command::Api(args) => api::run(args, cli.plugin_dir.as_deref(), false),
+        Command::Webchat(args) => api::run(args, cli.plugin_dir.as_deref(), true),
     };
     match result {
         Ok(code) => std::process::exit(code),

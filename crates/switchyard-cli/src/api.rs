@@ -1,0 +1,122 @@
+//! `switchyard api` and `switchyard webchat`: the OpenAI-compatible HTTP server (and its page).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use switchyard_server::{MediaLimits, ServerOptions, parse_addr, serve};
+
+use crate::ModelArgs;
+use crate::common::load_model;
+
+/// Arguments of `switchyard api` / `switchyard webchat`.
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// Address to bind.
+    #[arg(long, env = "API_HOST", default_value = "127.0.0.1")]
+    host: String,
+
+    /// Port to bind.
+    #[arg(long, env = "API_PORT", default_value_t = 8000)]
+    port: u16,
+
+    /// Require `Authorization: Bearer KEY` on every route but /health and the page.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
+    /// Model name clients send and /v1/models lists (default: the backend's model name).
+    #[arg(long, env = "API_MODEL_NAME")]
+    model_name: Option<String>,
+
+    /// Requests generating at once (overrides `max_concurrent` in the config).
+    #[arg(long, env = "MAX_CONCURRENT")]
+    max_concurrent: Option<u32>,
+
+    /// Requests that may wait for a slot; beyond that the server answers 429.
+    #[arg(long, default_value_t = 16)]
+    max_queue: usize,
+
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 16)]
+    body_limit_mb: usize,
+
+    /// Most images/videos/audio clips per request.
+    #[arg(long, default_value_t = 4)]
+    max_media: usize,
+
+    /// Largest decoded media item in MiB.
+    #[arg(long, default_value_t = 8)]
+    max_media_mb: usize,
+
+    /// Pass http(s) media URLs to the backend (never ones resolving to private addresses).
+    #[arg(long)]
+    allow_remote_media: bool,
+
+    /// Allow `file://` media URLs under this directory.
+    #[arg(long, value_name = "DIR")]
+    media_dir: Option<PathBuf>,
+
+    /// Return `<think>` text in `reasoning_content` unless a request sets `include_reasoning`.
+    #[arg(long)]
+    reasoning: bool,
+
+    /// Seconds in-flight streams may run on after SIGTERM before they are cut.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace_s: u64,
+}
+
+/// Runs the server until SIGTERM/Ctrl-C. `open_page` prints (and tries to open) the page URL.
+pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> anyhow::Result<i32> {
+    if let Some(n) = args.max_concurrent {
+        args.model.overrides.push(format!("max_concurrent={n}"));
+    }
+    let addr = parse_addr(&args.host, args.port).map_err(anyhow::Error::msg)?;
+    let media_dir = match &args.media_dir {
+        Some(d) => {
+            Some(std::fs::canonicalize(d).with_context(|| format!("--media-dir {}", d.display()))?)
+        }
+        None => None,
+    };
+    let (model, elapsed) = load_model(&args.model, plugin_dir)?;
+    eprintln!(
+        "backend {} | model {} | loaded in {:.2} s | max_concurrent {}",
+        model.info().backend,
+        model.info().model,
+        elapsed.as_secs_f64(),
+        model.max_concurrent()
+    );
+    let options = ServerOptions {
+        model_name: args.model_name,
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        max_queue: args.max_queue,
+        body_limit: args.body_limit_mb << 20,
+        media: MediaLimits {
+            max_items: args.max_media,
+            max_bytes: args.max_media_mb << 20,
+            allow_remote: args.allow_remote_media,
+            local_dir: media_dir,
+        },
+        reasoning: args.reasoning,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_s),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    if open_page {
+        let url = format!("http://{addr}/");
+        eprintln!("web chat: {url}");
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    runtime
+        .block_on(serve(model, addr, options))
+        .with_context(|| format!("cannot serve on {addr}"))?;
+    Ok(0)
+}

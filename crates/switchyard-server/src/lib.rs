@@ -1,0 +1,226 @@
+//! Switchyard's OpenAI-compatible HTTP API, on `axum`, over any backend's `ChatModel`.
+//!
+//! Routes: `GET /v1/models`, `POST /v1/chat/completions` (JSON or SSE), `POST
+//! /v1/score/evaluation` (LLaMA-Factory's reward endpoint), `GET /v1/info`, `GET /health`,
+//! `GET /metrics` (Prometheus), `GET /openapi.json`, and the web chat page at `/`.
+//!
+//! Design notes:
+//! - Validation happens before a stream starts, so bad requests get real 4xx responses in
+//!   OpenAI's error shape; backend error kinds map to statuses in one place ([`ApiError`]).
+//! - Admission control: at most `max_concurrent + max_queue` requests are admitted; the rest get
+//!   429 at once instead of piling up. Admitted requests wait for an engine slot.
+//! - A client that disconnects drops its SSE stream, which drops the engine stream, which cancels
+//!   generation and frees the slot.
+#![deny(missing_docs)]
+
+mod error;
+mod handlers;
+mod metrics;
+mod protocol;
+mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use switchyard::ChatModel;
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use protocol::MediaLimits;
+pub use tools::{ReasoningSplitter, ToolCallHolder, parse_tool_calls, split_reasoning};
+
+/// Server settings (flags and `API_*` environment variables in the CLI).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The model name served (`API_MODEL_NAME`); default: the backend's model name.
+    pub model_name: Option<String>,
+    /// Bearer key required on every route but `/health` and the page (`API_KEY`).
+    pub api_key: Option<String>,
+    /// Requests that may wait for a slot beyond `max_concurrent`; more get 429.
+    pub max_queue: usize,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+    /// Media limits and sources.
+    pub media: MediaLimits,
+    /// Split `<think>` text into `reasoning_content` unless a request says otherwise.
+    pub reasoning: bool,
+    /// How long in-flight streams may run on after SIGTERM/Ctrl-C before they are cut.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            model_name: None,
+            api_key: None,
+            max_queue: 16,
+            body_limit: 16 << 20,
+            media: MediaLimits {
+                max_items: 4,
+                max_bytes: 8 << 20,
+                allow_remote: false,
+                local_dir: None,
+            },
+            reasoning: false,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared state of the handlers.
+pub struct AppState {
+    pub(crate) model: ChatModel,
+    pub(crate) options: ServerOptions,
+    pub(crate) metrics: Metrics,
+    pub(crate) admitted: AtomicU64,
+    pub(crate) served_name: String,
+}
+
+impl AppState {
+    /// The model name clients must send.
+    pub fn served_name(&self) -> &str {
+        &self.served_name
+    }
+
+    /// Admits a request or refuses it with 429 when the queue is full.
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Admission, ApiError> {
+        let limit = (self.model.max_concurrent() + self.options.max_queue) as u64;
+        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::overloaded(limit as usize));
+        }
+        self.metrics.queue_depth.store(prev + 1, Ordering::Relaxed);
+        Ok(Admission(self.clone()))
+    }
+}
+
+/// Holds one admission; released on drop.
+pub(crate) struct Admission(Arc<AppState>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let now = self.0.admitted.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.0.metrics.queue_depth.store(now, Ordering::Relaxed);
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.options.api_key {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), key.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Builds the router for `model`.
+pub fn router(model: ChatModel, options: ServerOptions) -> Router {
+    let served_name = options.model_name.clone().unwrap_or_else(|| {
+        let m = &model.info().model;
+        if m.is_empty() {
+            model.info().backend.clone()
+        } else {
+            m.clone()
+        }
+    });
+    let body_limit = options.body_limit;
+    let state = Arc::new(AppState {
+        model,
+        options,
+        metrics: Metrics::default(),
+        admitted: AtomicU64::new(0),
+        served_name,
+    });
+    let protected = Router::new()
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/info", get(handlers::info))
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/score/evaluation", post(handlers::score))
+        .route("/metrics", get(handlers::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(handlers::health))
+        .route("/openapi.json", get(handlers::openapi))
+        .route("/", get(handlers::page))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish for
+/// `options.shutdown_grace` before returning.
+pub async fn serve(
+    model: ChatModel,
+    addr: SocketAddr,
+    options: ServerOptions,
+) -> std::io::Result<()> {
+    let grace = options.shutdown_grace;
+    let app = router(model, options);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "Switchyard API listening on http://{}",
+        listener.local_addr()?
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = tx.send(());
+    });
+    tokio::select! {
+        r = server => r,
+        _ = async { let _ = rx.await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    eprintln!("shutting down: finishing in-flight requests");
+}
+
+/// Binds `host:port` into an address, with a clear error.
+pub fn parse_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot use host `{host}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("host `{host}` resolves to no address"))
+}

@@ -1,0 +1,624 @@
+//! OpenAI chat-completions request types and their conversion to a Switchyard `ChatRequest`.
+//!
+//! Decoding is lenient (unknown fields are ignored); validation is strict and happens before any
+//! generation starts, so a bad request always gets a 4xx with the field named.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use switchyard::{
+    ChatRequest, FunctionCall, GenerationParams, MediaInput, Message, Role, ToolCall,
+};
+
+use crate::error::ApiError;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// A single stop string.
+    One(String),
+    /// Several stop strings.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with token usage.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ChatCompletionRequest {
+    /// The model name (must be the served one).
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Value>,
+    /// Tool definitions.
+    pub tools: Option<Vec<Value>>,
+    /// `"none"`, `"auto"`, `"required"` or a specific function.
+    pub tool_choice: Option<Value>,
+    /// Sampling temperature (0 = greedy).
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    pub top_k: Option<i64>,
+    /// Max generated tokens (legacy name).
+    pub max_tokens: Option<u32>,
+    /// Max generated tokens.
+    pub max_completion_tokens: Option<u32>,
+    /// Number of choices.
+    pub n: Option<u32>,
+    /// Stop strings.
+    pub stop: Option<Stop>,
+    /// Sampling seed.
+    pub seed: Option<u64>,
+    /// Additive presence penalty.
+    pub presence_penalty: Option<f32>,
+    /// Additive frequency penalty.
+    pub frequency_penalty: Option<f32>,
+    /// Multiplicative repetition penalty.
+    pub repetition_penalty: Option<f32>,
+    /// LLaMA-Factory's `do_sample`.
+    pub do_sample: Option<bool>,
+    /// Drop special tokens from the text.
+    pub skip_special_tokens: Option<bool>,
+    /// Stream with server-sent events.
+    pub stream: bool,
+    /// Streaming options.
+    pub stream_options: Option<StreamOptions>,
+    /// Extra chat-template variables (`enable_thinking`, ...).
+    pub chat_template_kwargs: Option<Map<String, Value>>,
+    /// Split `<think>` text into `reasoning_content` (default: the server's setting).
+    pub include_reasoning: Option<bool>,
+}
+
+/// Limits applied while converting media.
+#[derive(Debug, Clone)]
+pub struct MediaLimits {
+    /// Most media items per request.
+    pub max_items: usize,
+    /// Most decoded bytes per item.
+    pub max_bytes: usize,
+    /// Whether `http(s)` URLs are passed on (never to private addresses).
+    pub allow_remote: bool,
+    /// A directory clients may reference with `file://` URLs.
+    pub local_dir: Option<std::path::PathBuf>,
+}
+
+/// The converted request plus what the response builder needs.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The Switchyard request.
+    pub request: ChatRequest,
+    /// Stream with SSE.
+    pub stream: bool,
+    /// Send a usage chunk at the end of a stream.
+    pub include_usage: bool,
+    /// Whether tools were offered (then tool calls are parsed from the output).
+    pub tools: bool,
+    /// Split `<think>` text out.
+    pub split_reasoning: bool,
+}
+
+fn text_of_parts(
+    parts: &[Value],
+    index: usize,
+    media: &mut Vec<(&'static str, MediaInput)>,
+) -> Result<String, ApiError> {
+    let mut text = String::new();
+    let param = format!("messages[{index}].content");
+    for part in parts {
+        let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "text" => text.push_str(part.get("text").and_then(Value::as_str).unwrap_or("")),
+            "image_url" | "video_url" | "audio_url" => {
+                let url = part
+                    .get(kind)
+                    .and_then(|u| u.get("url").or(Some(u)))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!("`{kind}` part without a url"), Some(&param))
+                    })?;
+                let which = match kind {
+                    "image_url" => "images",
+                    "video_url" => "videos",
+                    _ => "audios",
+                };
+                media.push((
+                    which,
+                    MediaInput::Url {
+                        url: url.to_owned(),
+                    },
+                ));
+            }
+            "input_audio" => {
+                let data = part
+                    .get("input_audio")
+                    .and_then(|a| a.get("data"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        ApiError::invalid("`input_audio` part without data", Some(&param))
+                    })?;
+                let format = part
+                    .get("input_audio")
+                    .and_then(|a| a.get("format"))
+                    .and_then(Value::as_str);
+                media.push((
+                    "audios",
+                    MediaInput::Bytes {
+                        data_base64: data.to_owned(),
+                        mime_type: format.map(|f| format!("audio/{f}")),
+                    },
+                ));
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "unknown content part type `{other}`; use text, image_url, video_url, input_audio or audio_url"
+                    ),
+                    Some(&param),
+                ));
+            }
+        }
+    }
+    Ok(text)
+}
+
+fn parse_message(
+    value: &Value,
+    index: usize,
+    media: &mut Vec<(&'static str, MediaInput)>,
+) -> Result<Message, ApiError> {
+    let param = format!("messages[{index}]");
+    let obj = value.as_object().ok_or_else(|| {
+        ApiError::invalid(
+            "each message must be an object with `role` and `content`",
+            Some(&param),
+        )
+    })?;
+    let role = match obj.get("role").and_then(Value::as_str) {
+        Some("system") | Some("developer") => Role::System,
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("tool") | Some("function") => Role::Tool,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("unknown role `{other}`; use system, user, assistant or tool"),
+                Some(&format!("{param}.role")),
+            ));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                "message without a `role`",
+                Some(&format!("{param}.role")),
+            ));
+        }
+    };
+    let content = match obj.get("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => text_of_parts(parts, index, media)?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`content` must be a string or a list of content parts",
+                Some(&format!("{param}.content")),
+            ));
+        }
+    };
+    let tool_calls = match obj.get("tool_calls") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            serde_json::from_value::<Vec<ToolCall>>(v.clone()).map_err(|e| {
+                ApiError::invalid(
+                    format!("bad tool_calls: {e}"),
+                    Some(&format!("{param}.tool_calls")),
+                )
+            })?,
+        ),
+    };
+    if content.is_empty() && tool_calls.is_none() && role != Role::Assistant {
+        return Err(ApiError::invalid(
+            "message content is empty",
+            Some(&format!("{param}.content")),
+        ));
+    }
+    Ok(Message {
+        role,
+        content,
+        tool_calls,
+        tool_call_id: obj
+            .get("tool_call_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        name: obj.get("name").and_then(Value::as_str).map(str::to_owned),
+        reasoning_content: obj
+            .get("reasoning_content")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+fn is_private_host(host: &str) -> bool {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => match (host, 80).to_socket_addrs() {
+            Ok(a) => a.map(|s| s.ip()).collect(),
+            Err(_) => return true,
+        },
+    };
+    addrs.is_empty()
+        || addrs.iter().any(|ip| match ip {
+            IpAddr::V4(v4) => {
+                v4.is_private()
+                    || v4.is_loopback()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_broadcast()
+            }
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00
+            }
+        })
+}
+
+fn check_media(item: MediaInput, limits: &MediaLimits) -> Result<MediaInput, ApiError> {
+    let too_big = |n: usize| {
+        ApiError::invalid(
+            format!(
+                "a media item decodes to {n} bytes; the limit is {} bytes",
+                limits.max_bytes
+            ),
+            Some("messages"),
+        )
+    };
+    let decode = |b64: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| {
+                ApiError::invalid(
+                    format!("media data is not valid base64: {e}"),
+                    Some("messages"),
+                )
+            })
+    };
+    match item {
+        MediaInput::Bytes {
+            data_base64,
+            mime_type,
+        } => {
+            let n = decode(&data_base64)?.len();
+            if n > limits.max_bytes {
+                return Err(too_big(n));
+            }
+            Ok(MediaInput::Bytes {
+                data_base64,
+                mime_type,
+            })
+        }
+        MediaInput::Url { url } => {
+            if let Some(rest) = url.strip_prefix("data:") {
+                let (meta, data) = rest.split_once(',').ok_or_else(|| {
+                    ApiError::invalid("malformed data: URL (no comma)", Some("messages"))
+                })?;
+                if !meta.ends_with(";base64") {
+                    return Err(ApiError::invalid(
+                        "data: URLs must be base64-encoded",
+                        Some("messages"),
+                    ));
+                }
+                let n = decode(data)?.len();
+                if n > limits.max_bytes {
+                    return Err(too_big(n));
+                }
+                return Ok(MediaInput::Bytes {
+                    data_base64: data.to_owned(),
+                    mime_type: Some(meta.trim_end_matches(";base64").to_owned()),
+                });
+            }
+            if let Some(path) = url.strip_prefix("file://") {
+                let Some(dir) = &limits.local_dir else {
+                    return Err(ApiError::invalid(
+                        "local file URLs are disabled; start the server with --media-dir DIR to allow files under DIR",
+                        Some("messages"),
+                    ));
+                };
+                let full = std::fs::canonicalize(path).map_err(|e| {
+                    ApiError::invalid(format!("cannot open {path}: {e}"), Some("messages"))
+                })?;
+                if !full.starts_with(dir) {
+                    return Err(ApiError::invalid(
+                        format!("{path} is outside the allowed media directory"),
+                        Some("messages"),
+                    ));
+                }
+                return Ok(MediaInput::Url {
+                    url: format!("file://{}", full.display()),
+                });
+            }
+            if url.starts_with("http://") || url.starts_with("https://") {
+                if !limits.allow_remote {
+                    return Err(ApiError::invalid(
+                        "remote media URLs are disabled; send a data: URL, or start the server with --allow-remote-media",
+                        Some("messages"),
+                    ));
+                }
+                let host = url
+                    .split("://")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(['/', '?', '#'])
+                    .next()
+                    .unwrap_or("");
+                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+                let host = if host.starts_with('[') {
+                    host.split(']')
+                        .next()
+                        .map(|h| format!("{h}]"))
+                        .unwrap_or_default()
+                } else {
+                    host.split(':').next().unwrap_or("").to_owned()
+                };
+                if is_private_host(&host) {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "media URL host `{host}` is a private or unresolvable address; refused"
+                        ),
+                        Some("messages"),
+                    ));
+                }
+                return Ok(MediaInput::Url { url });
+            }
+            Err(ApiError::invalid(
+                "unsupported media URL scheme; use data:, http(s): or file:",
+                Some("messages"),
+            ))
+        }
+    }
+}
+
+impl ChatCompletionRequest {
+    /// Validates and converts to a Switchyard request.
+    pub fn prepare(
+        self,
+        limits: &MediaLimits,
+        default_reasoning: bool,
+    ) -> Result<Prepared, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "`messages` must not be empty",
+                Some("messages"),
+            ));
+        }
+        let mut media = Vec::new();
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.iter().enumerate() {
+            messages.push(parse_message(m, i, &mut media)?);
+        }
+        if media.len() > limits.max_items {
+            return Err(ApiError::invalid(
+                format!(
+                    "{} media items in one request; the limit is {}",
+                    media.len(),
+                    limits.max_items
+                ),
+                Some("messages"),
+            ));
+        }
+        let mut request = ChatRequest {
+            messages,
+            tools: None,
+            chat_template_kwargs: self.chat_template_kwargs.unwrap_or_default(),
+            ..Default::default()
+        };
+        for (kind, item) in media {
+            let item = check_media(item, limits)?;
+            match kind {
+                "images" => request.images.push(item),
+                "videos" => request.videos.push(item),
+                _ => request.audios.push(item),
+            }
+        }
+        let tool_choice_none = matches!(
+            self.tool_choice.as_ref().and_then(Value::as_str),
+            Some("none")
+        );
+        if let Some(tools) = self.tools.filter(|t| !t.is_empty()) {
+            for (i, t) in tools.iter().enumerate() {
+                if t.get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
+                    return Err(ApiError::invalid(
+                        "each tool needs {\"type\": \"function\", \"function\": {\"name\", ...}}",
+                        Some(&format!("tools[{i}]")),
+                    ));
+                }
+            }
+            if !tool_choice_none {
+                request.tools = Some(tools);
+            }
+        }
+        let range = |name: &str, v: Option<f32>, lo: f32, hi: f32| -> Result<(), ApiError> {
+            match v {
+                Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::invalid(
+                    format!("`{name}` = {x} is out of range [{lo}, {hi}]"),
+                    Some(name),
+                )),
+                _ => Ok(()),
+            }
+        };
+        range("temperature", self.temperature, 0.0, 2.0)?;
+        range("top_p", self.top_p, 0.0, 1.0)?;
+        if self.top_p == Some(0.0) {
+            return Err(ApiError::invalid(
+                "`top_p` must be greater than 0",
+                Some("top_p"),
+            ));
+        }
+        range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
+        range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
+        if let Some(r) = self.repetition_penalty
+            && r <= 0.0
+        {
+            return Err(ApiError::invalid(
+                "`repetition_penalty` must be greater than 0",
+                Some("repetition_penalty"),
+            ));
+        }
+        let n = self.n.unwrap_or(1);
+        if !(1..=16).contains(&n) {
+            return Err(ApiError::invalid("`n` must be between 1 and 16", Some("n")));
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        if max_tokens == Some(0) {
+            return Err(ApiError::invalid(
+                "`max_tokens` must be at least 1",
+                Some("max_tokens"),
+            ));
+        }
+        let top_k = match self.top_k {
+            None => None,
+            Some(k) if k <= 0 => Some(0),
+            Some(k) => Some(u32::try_from(k).unwrap_or(u32::MAX)),
+        };
+        let stop = match self.stop {
+            None => None,
+            Some(Stop::One(s)) => Some(vec![s]),
+            Some(Stop::Many(v)) => Some(v),
+        };
+        if let Some(s) = &stop {
+            if s.len() > 8 || s.iter().any(String::is_empty) {
+                return Err(ApiError::invalid(
+                    "`stop` takes up to 8 non-empty strings",
+                    Some("stop"),
+                ));
+            }
+        }
+        request.generation = GenerationParams {
+            do_sample: self.do_sample,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k,
+            max_new_tokens: max_tokens,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+            num_return_sequences: (n > 1).then_some(n),
+            seed: self.seed,
+            stop: stop.filter(|s| !s.is_empty()),
+            skip_special_tokens: self.skip_special_tokens,
+            ..Default::default()
+        };
+        Ok(Prepared {
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            tools: request.tools.is_some(),
+            split_reasoning: self.include_reasoning.unwrap_or(default_reasoning),
+            request,
+        })
+    }
+}
+
+/// A function call in OpenAI's response shape.
+pub fn tool_call_json(index: usize, call: &FunctionCall) -> Value {
+    serde_json::json!({
+        "index": index,
+        "id": format!("call_{}", uuid::Uuid::new_v4().simple()),
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> MediaLimits {
+        MediaLimits {
+            max_items: 2,
+            max_bytes: 16,
+            allow_remote: false,
+            local_dir: None,
+        }
+    }
+
+    fn req(v: Value) -> Result<Prepared, ApiError> {
+        serde_json::from_value::<ChatCompletionRequest>(v)
+            .unwrap()
+            .prepare(&limits(), false)
+    }
+
+    #[test]
+    fn content_parts_and_media_are_converted_and_limited() {
+        let p = req(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}),
+        )
+        .unwrap();
+        assert_eq!(p.request.messages[0].content, "look");
+        assert_eq!(p.request.images.len(), 1);
+        let big = format!("data:image/png;base64,{}", "A".repeat(64));
+        let e = req(
+            serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": big}}]}]}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("limit"), "{e}");
+        let e = req(
+            serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://10.0.0.1/x.png"}}]}]}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("--allow-remote-media"), "{e}");
+        let e = req(
+            serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]}),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("--media-dir"), "{e}");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (body, param) in [
+            (serde_json::json!({"messages": []}), "messages"),
+            (
+                serde_json::json!({"messages": [{"role": "wizard", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+                "temperature",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "n": 0}),
+                "n",
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}),
+                "top_p",
+            ),
+        ] {
+            let e = req(body).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{e}");
+        }
+    }
+
+    #[test]
+    fn private_hosts_are_refused() {
+        assert!(is_private_host("127.0.0.1"));
+        assert!(is_private_host("192.168.1.1"));
+        assert!(is_private_host("[::1]"));
+        assert!(!is_private_host("8.8.8.8"));
+    }
+}
