@@ -7,7 +7,9 @@
 //! `prefix` put before the reply.
 //!
 //! Special inputs, for exercising hosts: a message `!panic` panics inside `chat`/`stream_chat`,
-//! a message starting `!panic-mid-stream` (with more words) panics after the first word.
+//! a message starting `!panic-mid-stream` (with more words) panics after the first word, and
+//! `!say TEXT` replies TEXT verbatim (not reversed), streamed word by word — handy for testing
+//! what a host does with given model output (tool calls, `<think>` blocks, stop strings).
 
 use std::time::Duration;
 
@@ -56,13 +58,24 @@ impl Backend for Echo {
             panic!("echo was asked to panic");
         }
         let panic_mid = last.content.starts_with("!panic-mid-stream");
-        let mut words: Vec<String> = last
-            .content
-            .split_whitespace()
-            .rev()
-            .map(str::to_owned)
-            .collect();
-        words.insert(0, self.prefix.clone());
+        let mut words: Vec<String> = match last.content.strip_prefix("!say ") {
+            // Verbatim: split after each space so the pieces concatenate to the exact text.
+            Some(text) => text.split_inclusive(' ').map(str::to_owned).collect(),
+            None => {
+                let mut w: Vec<String> = last
+                    .content
+                    .split_whitespace()
+                    .rev()
+                    .map(str::to_owned)
+                    .collect();
+                w.insert(0, self.prefix.clone());
+                w.retain(|w| !w.is_empty());
+                w.iter()
+                    .enumerate()
+                    .map(|(i, w)| if i > 0 { format!(" {w}") } else { w.clone() })
+                    .collect()
+            }
+        };
         words.retain(|w| !w.is_empty());
         let max = request.generation.max_new_tokens.unwrap_or(u32::MAX) as usize;
         let prompt_length: u32 = request
@@ -84,10 +97,7 @@ impl Backend for Echo {
                 panic!("echo was asked to panic mid-stream");
             }
             std::thread::sleep(delay);
-            let mut delta = words[sent].clone();
-            if sent > 0 {
-                delta.insert(0, ' ');
-            }
+            let delta = words[sent].clone();
             sent += 1;
             let done = sent == total.min(max);
             Some(Ok(Event {
