@@ -222,3 +222,29 @@ fn plugins_lists_backends_and_problems() {
     );
     assert!(text.contains("libjunk.so"), "{text}");
 }
+
+#[test]
+fn the_host_app_example_streams_a_reply_from_a_dropped_in_plugin() {
+    let (dir, config) = echo_dir("");
+    switchyard_tests::build_packages(&["host-app"]);
+    let bin =
+        switchyard_tests::profile_dir().join(format!("host-app{}", std::env::consts::EXE_SUFFIX));
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .arg("--plugin-dir")
+        .arg(dir.path())
+        .args(["one", "two", "three"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.starts_with("three two one\n[stop | 3 prompt + 3 generated tokens]"),
+        "{stdout}"
+    );
+}
