@@ -8,9 +8,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard::{FinishReason, Message, ScoreInput, ScoreRequest};
@@ -35,6 +36,32 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> AppResult<T> {
         ApiError::invalid(
             format!("the request body is not valid JSON for this endpoint: {e}"),
             None,
+        )
+    })
+}
+
+/// The body, or an error in OpenAI's shape (413 when it is over the limit) instead of axum's
+/// plain-text rejection.
+fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> AppResult<Bytes> {
+    body.map_err(|r| {
+        let status = r.status();
+        let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
+        failed(
+            state,
+            ApiError {
+                status,
+                kind: "invalid_request_error",
+                message: if too_large {
+                    format!(
+                        "the request body is larger than this server's limit of {} bytes",
+                        state.options.body_limit
+                    )
+                } else {
+                    format!("cannot read the request body: {}", r.body_text())
+                },
+                param: None,
+                code: too_large.then_some("request_too_large"),
+            },
         )
     })
 }
@@ -104,8 +131,38 @@ pub(crate) async fn openapi() -> Response {
         .into_response()
 }
 
-pub(crate) async fn page() -> Html<&'static str> {
-    Html(include_str!("web/index.html"))
+/// The page may load only its own script, style and attached images, and talk only to this
+/// server: model output can never pull in a script or reach another host.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
+
+fn web_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /`: the web chat page.
+pub(crate) async fn page() -> Response {
+    web_file("text/html; charset=utf-8", include_str!("web/index.html"))
+}
+
+/// `GET /web/app.js`.
+pub(crate) async fn page_js() -> Response {
+    web_file("text/javascript; charset=utf-8", include_str!("web/app.js"))
+}
+
+/// `GET /web/style.css`.
+pub(crate) async fn page_css() -> Response {
+    web_file("text/css; charset=utf-8", include_str!("web/style.css"))
 }
 
 pub(crate) async fn not_found() -> ApiError {
@@ -118,13 +175,24 @@ pub(crate) async fn not_found() -> ApiError {
     }
 }
 
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        kind: "invalid_request_error",
+        message: "this route does not take that HTTP method; see GET /openapi.json".to_owned(),
+        param: None,
+        code: Some("method_not_allowed"),
+    }
+}
+
 /// `POST /v1/score/evaluation`: `{"model", "messages": [str | [message]], "max_length"?}`.
 pub(crate) async fn score(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> AppResult<Json<Value>> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
+    let body = body_bytes(&state, body)?;
     let v: Value = parse_body(&body).map_err(|e| failed(&state, e))?;
     check_model(&state, v.get("model").and_then(Value::as_str).unwrap_or(""))
         .map_err(|e| failed(&state, e))?;
@@ -221,10 +289,11 @@ fn message_json(text: &str, tools: bool, split: bool) -> (Value, bool) {
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> AppResult<Response> {
     state.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
+    let body = body_bytes(&state, body)?;
     let req: ChatCompletionRequest = parse_body(&body).map_err(|e| failed(&state, e))?;
     check_model(&state, &req.model).map_err(|e| failed(&state, e))?;
     let prepared = req
@@ -233,9 +302,14 @@ pub(crate) async fn chat_completions(
     let admission = state.admit()?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if !prepared.stream {
-        let responses = state
+        // Generated through the stream: a client that hangs up drops this future, which drops
+        // the stream and cancels generation (`achat` would run on to the end, holding the slot).
+        let events = state
             .model
-            .achat(prepared.request)
+            .astream_chat(prepared.request)
+            .await
+            .map_err(|e| failed(&state, e))?;
+        let responses = collect_events(events)
             .await
             .map_err(|e| failed(&state, e))?;
         let prompt = responses.first().map_or(0, |r| r.prompt_length);
@@ -297,6 +371,34 @@ pub(crate) async fn chat_completions(
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
     Ok(Sse::new(stream).into_response())
+}
+
+/// Collects a stream into one response per sequence index (like `ChatModel::achat`).
+async fn collect_events(
+    mut events: switchyard::EventStream,
+) -> switchyard::Result<Vec<switchyard::Response>> {
+    let mut out: Vec<switchyard::Response> = Vec::new();
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let i = event.index as usize;
+        while out.len() <= i {
+            out.push(switchyard::Response {
+                text: String::new(),
+                response_length: 0,
+                prompt_length: 0,
+                finish_reason: FinishReason::Stop,
+                token_ids: None,
+            });
+        }
+        let r = &mut out[i];
+        r.text.push_str(&event.delta);
+        if let Some(f) = event.finish {
+            r.finish_reason = f.reason;
+            r.prompt_length = f.prompt_length;
+            r.response_length = f.response_length;
+        }
+    }
+    Ok(out)
 }
 
 struct StreamCtx {

@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /v1/models`, `POST /v1/chat/completions` (JSON or SSE), `POST
 //! /v1/score/evaluation` (LLaMA-Factory's reward endpoint), `GET /v1/info`, `GET /health`,
-//! `GET /metrics` (Prometheus), `GET /openapi.json`, and the web chat page at `/`.
+//! `GET /metrics` (Prometheus), `GET /openapi.json`, and the web chat page at `/` (with its
+//! assets under `/web/`).
 //!
 //! Design notes:
 //! - Validation happens before a stream starts, so bad requests get real 4xx responses in
@@ -162,7 +163,10 @@ pub fn router(model: ChatModel, options: ServerOptions) -> Router {
         .route("/health", get(handlers::health))
         .route("/openapi.json", get(handlers::openapi))
         .route("/", get(handlers::page))
+        .route("/web/app.js", get(handlers::page_js))
+        .route("/web/style.css", get(handlers::page_css))
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

@@ -503,8 +503,13 @@ impl ChatCompletionRequest {
                 ));
             }
         }
+        // OpenAI semantics: a positive temperature asks for sampling, whatever the backend's
+        // default (hf-candle, like transformers, is greedy unless `do_sample` is set).
+        let do_sample = self
+            .do_sample
+            .or_else(|| self.temperature.filter(|&t| t > 0.0).map(|_| true));
         request.generation = GenerationParams {
-            do_sample: self.do_sample,
+            do_sample,
             temperature: self.temperature,
             top_p: self.top_p,
             top_k,
@@ -612,6 +617,25 @@ mod tests {
             let e = req(body).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{e}");
         }
+    }
+
+    #[test]
+    fn a_positive_temperature_means_sampling() {
+        let msgs = serde_json::json!([{"role": "user", "content": "x"}]);
+        let sample = |extra: Value| {
+            let mut body = serde_json::json!({"messages": msgs});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            req(body).unwrap().request.generation.do_sample
+        };
+        assert_eq!(sample(serde_json::json!({"temperature": 0.8})), Some(true));
+        assert_eq!(sample(serde_json::json!({"temperature": 0})), None);
+        assert_eq!(sample(serde_json::json!({})), None);
+        assert_eq!(
+            sample(serde_json::json!({"temperature": 0.8, "do_sample": false})),
+            Some(false)
+        );
     }
 
     #[test]
