@@ -1,0 +1,529 @@
+//! The `hf-candle` engine: loading, prompt building, request validation, scores.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{Map, Value};
+use switchyard_plugin::{
+    Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo,
+    EventIter, Message, Role, ScoreInput, ScoreRequest,
+};
+
+use crate::assets::{self, GenerationDefaults, TemplateSource, TokenizerConfig};
+use crate::config::{Options, ids_of};
+use crate::error::{Error, Result};
+use crate::model::{Instance, Net, ScoreHead, gguf, hf};
+use crate::sampling::SamplingParams;
+use crate::stream::{GenPlan, GenStream};
+use crate::template::{ChatTemplate, RenderInput};
+use crate::tokenizer::{self, Tok};
+
+/// New tokens generated when neither the request nor the model sets a limit.
+pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
+
+/// Where the default model lives (fetched by `scripts/fetch-model.sh`).
+pub fn default_model_path() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// State shared by the engine and its streams (model pool, tokenizer, template, thread pool).
+pub struct Shared {
+    pub(crate) info: EngineInfo,
+    proto: Instance,
+    pool: Mutex<Vec<Instance>>,
+    pub(crate) tok: Tok,
+    template: ChatTemplate,
+    default_system: Option<String>,
+    gen_defaults: GenerationDefaults,
+    context_length: usize,
+    head: Option<ScoreHead>,
+    pad_id: Option<u32>,
+    pub(crate) threads: rayon::ThreadPool,
+}
+
+impl Shared {
+    /// Leases a model instance (a cheap clone of the prototype when the pool is empty).
+    pub(crate) fn checkout(&self) -> Result<Instance> {
+        let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(i) => Ok(i),
+            None => self.proto.try_clone(),
+        }
+    }
+
+    /// Returns a leased instance, with its cache cleared.
+    pub(crate) fn checkin(&self, mut inst: Instance) {
+        inst.reset();
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(inst);
+    }
+}
+
+/// The engine. Cheap to clone; every method takes `&self` and may run on any thread.
+#[derive(Clone)]
+pub struct HfCandle {
+    shared: Arc<Shared>,
+}
+
+fn resolve_path(config: &EngineConfig) -> PathBuf {
+    let Some(raw) = config.model.path.as_deref() else {
+        return default_model_path();
+    };
+    let p = match raw.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from(raw), |h| PathBuf::from(h).join(rest)),
+        None => PathBuf::from(raw),
+    };
+    match (&config.config_dir, p.is_relative()) {
+        (Some(dir), true) => Path::new(dir).join(p),
+        _ => p,
+    }
+}
+
+fn is_gguf(path: &Path) -> bool {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|_| &magic == b"GGUF")
+}
+
+struct Loaded {
+    net: Net,
+    tok: Tok,
+    model_template: Option<String>,
+    gen_defaults: GenerationDefaults,
+    context_length: usize,
+    head: Option<ScoreHead>,
+    pad_id: Option<u32>,
+    details: Map<String, Value>,
+}
+
+fn load_gguf(path: &Path, device: &Device) -> Result<Loaded> {
+    let g = gguf::load(path, device)?;
+    let tok = tokenizer::from_gguf(&g.metadata, path)?;
+    let template = gguf::md_str(&g.metadata, "tokenizer.chat_template").map(str::to_owned);
+    let pad_id = g
+        .metadata
+        .get("tokenizer.ggml.padding_token_id")
+        .and_then(|v| v.to_u32().ok());
+    let mut details = Map::new();
+    details.insert("format".into(), "gguf".into());
+    details.insert("architecture".into(), g.arch.clone().into());
+    Ok(Loaded {
+        net: Net::Quant(g.model),
+        tok,
+        model_template: template,
+        gen_defaults: GenerationDefaults::default(),
+        context_length: g.context_length,
+        head: None,
+        pad_id,
+        details,
+    })
+}
+
+fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
+    if !dir.join("config.json").is_file() {
+        return Err(Error::file(
+            dir,
+            "has no config.json; point [model] path at a Hugging Face model folder or a .gguf file",
+        ));
+    }
+    let inner = Tok::from_file(&dir.join("tokenizer.json"))?;
+    let tc = TokenizerConfig::load(dir)?;
+    let gen_defaults = GenerationDefaults::load(dir)?;
+    let template = assets::folder_template(dir, &tc)?;
+    let m = hf::load(dir, dtype, device)?;
+    let mut eos_ids: Vec<u32> = Vec::new();
+    for id in ids_of(m.config.eos_token_id.as_ref())
+        .into_iter()
+        .chain(gen_defaults.eos_ids.iter().copied())
+        .chain(tc.eos_token.as_deref().and_then(|t| inner.token_to_id(t)))
+    {
+        if !eos_ids.contains(&id) {
+            eos_ids.push(id);
+        }
+    }
+    let pad_id = m
+        .config
+        .pad_id()
+        .or_else(|| tc.pad_token.as_deref().and_then(|t| inner.token_to_id(t)));
+    let mut details = Map::new();
+    details.insert("format".into(), "safetensors".into());
+    details.insert("architecture".into(), m.config.architecture().into());
+    details.insert("dtype".into(), format!("{dtype:?}").to_lowercase().into());
+    let context_length = m.model.max_positions();
+    Ok(Loaded {
+        net: Net::Dense(m.model),
+        tok: Tok {
+            inner,
+            bos_token: tc.bos_token,
+            eos_token: tc.eos_token,
+            eos_ids,
+        },
+        model_template: template,
+        gen_defaults,
+        context_length,
+        head: m.head,
+        pad_id,
+        details,
+    })
+}
+
+impl HfCandle {
+    /// Loads the model named by `config` (`[model] path`: a `.gguf` file or a Hugging Face folder).
+    pub fn load(config: &EngineConfig) -> Result<Self> {
+        let opts = Options::from_value(&config.options)?;
+        let device = if opts.cuda {
+            Device::new_cuda(0).map_err(|e| {
+                Error::Config(format!(
+                    "[backends.hf-candle] device = \"cuda\": {e} (build the plugin with `--features cuda` on a machine with CUDA)"
+                ))
+            })?
+        } else {
+            Device::Cpu
+        };
+        let path = resolve_path(config);
+        if !path.exists() {
+            return Err(Error::file(
+                &path,
+                "does not exist; run scripts/fetch-model.sh for the default model, or set [model] path to a .gguf file or a Hugging Face folder",
+            ));
+        }
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("hf-candle-{i}"))
+            .build()
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot start {} compute threads: {e}",
+                    opts.threads
+                ))
+            })?;
+        let candle_threads = candle_core::utils::get_num_threads();
+        if candle_threads != opts.threads {
+            tracing::warn!(
+                threads = opts.threads,
+                candle_threads,
+                "candle's quantized kernels size their pool from CANDLE_NUM_THREADS / the physical cores; set CANDLE_NUM_THREADS to match"
+            );
+        }
+        let loaded = threads.install(|| {
+            if path.is_dir() {
+                load_folder(&path, opts.dtype, &device)
+            } else if is_gguf(&path) {
+                load_gguf(&path, &device)
+            } else {
+                Err(Error::file(
+                    &path,
+                    "is neither a GGUF file nor a Hugging Face model folder (config.json + model.safetensors)",
+                ))
+            }
+        })?;
+        let template_file = config.model.chat_template_file.as_deref().map(|f| {
+            let p = PathBuf::from(f);
+            match (&config.config_dir, p.is_relative()) {
+                (Some(dir), true) => Path::new(dir).join(p),
+                _ => p,
+            }
+        });
+        let (template_src, source) = assets::choose_template(
+            config.model.chat_template.as_deref(),
+            template_file.as_deref(),
+            loaded.model_template,
+        )?;
+        let template = ChatTemplate::new(&template_src)?;
+        let is_reward = loaded.head.is_some();
+        let capabilities = Capabilities {
+            chat: !is_reward,
+            stream: !is_reward,
+            scores: is_reward,
+            tools: !is_reward,
+            ..Default::default()
+        };
+        let mut details = loaded.details;
+        details.insert(
+            "device".into(),
+            if opts.cuda { "cuda:0" } else { "cpu" }.into(),
+        );
+        details.insert("threads".into(), opts.threads.into());
+        details.insert(
+            "chat_template".into(),
+            match source {
+                TemplateSource::ConfigInline => "config",
+                TemplateSource::ConfigFile => "config file",
+                TemplateSource::Model => "model",
+                TemplateSource::ChatMlFallback => "chatml fallback",
+            }
+            .into(),
+        );
+        let info = EngineInfo {
+            backend: "hf-candle".into(),
+            model: path.display().to_string(),
+            context_length: Some(loaded.context_length as u32),
+            capabilities,
+            details,
+        };
+        tracing::info!(model = %path.display(), context = loaded.context_length, threads = opts.threads, "hf-candle model loaded");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                info,
+                proto: Instance::new(loaded.net, device),
+                pool: Mutex::new(Vec::new()),
+                tok: loaded.tok,
+                template,
+                default_system: config.model.default_system.clone(),
+                gen_defaults: loaded.gen_defaults,
+                context_length: loaded.context_length,
+                head: loaded.head,
+                pad_id: loaded.pad_id,
+                threads,
+            }),
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tok {
+        &self.shared.tok
+    }
+
+    /// The context window in tokens.
+    pub fn context_length(&self) -> usize {
+        self.shared.context_length
+    }
+
+    /// Renders a conversation with the chat template (with `system` / the default system
+    /// prompt applied as a leading system message).
+    pub fn render(
+        &self,
+        messages: &[Message],
+        system: Option<&str>,
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Value>,
+    ) -> Result<String> {
+        let s = &self.shared;
+        let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);
+        let has_system = messages.first().is_some_and(|m| m.role == Role::System);
+        let rest = if system.is_some() && has_system {
+            &messages[1..]
+        } else {
+            messages
+        };
+        if let Some(sys) = system.or(if has_system {
+            None
+        } else {
+            s.default_system.as_deref()
+        }) {
+            msgs.push(serde_json::to_value(Message::system(sys)).unwrap_or(Value::Null));
+        }
+        for m in rest {
+            msgs.push(serde_json::to_value(m).map_err(|e| Error::InvalidRequest(e.to_string()))?);
+        }
+        s.template.render(&RenderInput {
+            messages: &msgs,
+            tools,
+            add_generation_prompt,
+            bos_token: s.tok.bos_token.as_deref(),
+            eos_token: s.tok.eos_token.as_deref(),
+            kwargs,
+        })
+    }
+
+    /// The prompt text and ids a chat request runs on.
+    pub fn prompt(&self, request: &ChatRequest) -> Result<(String, Vec<u32>)> {
+        let text = self.render(
+            &request.messages,
+            request.system.as_deref(),
+            request.tools.as_deref(),
+            true,
+            &request.chat_template_kwargs,
+        )?;
+        let ids = self.shared.tok.encode(&text, false)?;
+        Ok((text, ids))
+    }
+
+    /// Logits (f32) at every position of `ids` (safetensors models only), `(len, vocab)`.
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        let s = &self.shared;
+        let mut inst = s.checkout()?;
+        let out = s.threads.install(|| inst.all_logits(ids));
+        s.checkin(inst);
+        out
+    }
+
+    fn plan(&self, request: &ChatRequest, prompt_len: usize) -> Result<GenPlan> {
+        let s = &self.shared;
+        let g = &request.generation;
+        let d = &s.gen_defaults;
+        let ctx = s.context_length;
+        let room = ctx - prompt_len;
+        let max_new = if let Some(n) = g.max_new_tokens {
+            n as usize
+        } else if let Some(l) = g.max_length {
+            let l = l as usize;
+            if l <= prompt_len {
+                return Err(Error::InvalidRequest(format!(
+                    "max_length = {l} leaves no room to generate: the prompt has {prompt_len} tokens"
+                )));
+            }
+            l - prompt_len
+        } else if let Some(n) = d.max_new_tokens {
+            n as usize
+        } else if let Some(l) = d.max_length.map(|l| l as usize).filter(|&l| l > prompt_len) {
+            l - prompt_len
+        } else {
+            DEFAULT_MAX_NEW_TOKENS
+        };
+        let n = g.num_return_sequences.unwrap_or(1).max(1) as usize;
+        let do_sample = g.do_sample.or(d.do_sample).unwrap_or(n > 1);
+        let temperature = g
+            .temperature
+            .or(if do_sample { d.temperature } else { None })
+            .unwrap_or(1.0);
+        let greedy = !do_sample || temperature <= 0.0;
+        let sampling = SamplingParams {
+            greedy,
+            temperature,
+            top_p: g
+                .top_p
+                .or(if greedy { None } else { d.top_p })
+                .unwrap_or(1.0),
+            top_k: g.top_k.or(if greedy { None } else { d.top_k }).unwrap_or(0) as usize,
+            repetition_penalty: g.repetition_penalty.or(d.repetition_penalty).unwrap_or(1.0),
+            presence_penalty: g.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: g.frequency_penalty.unwrap_or(0.0),
+        };
+        let mut stop_ids: HashSet<u32> = s.tok.eos_ids.iter().copied().collect();
+        stop_ids.extend(g.stop_token_ids.iter().flatten().copied());
+        Ok(GenPlan {
+            sampling,
+            seed: g.seed,
+            max_new: max_new.min(room),
+            stops: g.stop.clone().unwrap_or_default(),
+            stop_ids,
+            skip_special: g.skip_special_tokens.unwrap_or(true),
+            n,
+        })
+    }
+
+    fn check_chat(&self, request: &ChatRequest) -> Result<()> {
+        if self.shared.head.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{} is a reward model: it computes scores (get_scores), not chat replies",
+                self.shared.info.model
+            )));
+        }
+        for (name, n) in [
+            ("images", request.images.len()),
+            ("videos", request.videos.len()),
+            ("audios", request.audios.len()),
+        ] {
+            if n > 0 {
+                return Err(Error::Unsupported(format!(
+                    "the request has {n} {name}, but {} is a text-only model (no `{name}` capability)",
+                    self.shared.info.model
+                )));
+            }
+        }
+        if request.messages.is_empty() {
+            return Err(Error::InvalidRequest("the request has no messages".into()));
+        }
+        Ok(())
+    }
+
+    fn score_ids(&self, input: &ScoreInput, max_length: Option<u32>) -> Result<Vec<u32>> {
+        let s = &self.shared;
+        let mut ids = match input {
+            ScoreInput::Text(t) => s.tok.encode(t, true)?,
+            ScoreInput::Conversation(msgs) => {
+                let text = self.render(msgs, None, None, false, &Map::new())?;
+                s.tok.encode(&text, false)?
+            }
+        };
+        if let Some(m) = max_length {
+            ids.truncate(m as usize);
+        }
+        if ids.is_empty() {
+            return Err(Error::InvalidRequest(
+                "an input to score has no tokens".into(),
+            ));
+        }
+        if ids.len() > s.context_length {
+            return Err(Error::InvalidRequest(format!(
+                "an input to score has {} tokens, more than the context window of {} tokens; set max_length to truncate",
+                ids.len(),
+                s.context_length
+            )));
+        }
+        Ok(ids)
+    }
+}
+
+impl Backend for HfCandle {
+    fn info(&self) -> EngineInfo {
+        self.shared.info.clone()
+    }
+
+    fn stream_chat(
+        &self,
+        request: ChatRequest,
+        cancel: CancelToken,
+    ) -> Result<EventIter, EngineError> {
+        self.check_chat(&request)?;
+        let (_, ids) = self.prompt(&request)?;
+        let ctx = self.shared.context_length;
+        if ids.len() >= ctx {
+            return Err(EngineError::invalid_request(format!(
+                "the prompt has {} tokens, but the context window is {ctx} tokens (and generation needs at least one more); shorten the conversation",
+                ids.len()
+            )));
+        }
+        let plan = self.plan(&request, ids.len())?;
+        tracing::debug!(
+            prompt_tokens = ids.len(),
+            max_new = plan.max_new,
+            n = plan.n,
+            "generation starts"
+        );
+        Ok(Box::new(GenStream::new(
+            Arc::clone(&self.shared),
+            ids,
+            plan,
+            cancel,
+        )))
+    }
+
+    fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {
+        let s = &self.shared;
+        let Some(head) = s.head.as_ref() else {
+            return Err(EngineError::unsupported(format!(
+                "{} is a generating model without a reward head; load a *ForSequenceClassification model or one with value_head.safetensors for scores",
+                s.info.model
+            )));
+        };
+        let all: Vec<Vec<u32>> = request
+            .inputs
+            .iter()
+            .map(|i| self.score_ids(i, request.max_length))
+            .collect::<Result<_>>()?;
+        let mut inst = s.checkout()?;
+        let out = s.threads.install(|| {
+            all.iter()
+                .map(|ids| inst.score(ids, head, s.pad_id))
+                .collect::<Result<Vec<f32>>>()
+        });
+        s.checkin(inst);
+        Ok(out?)
+    }
+}

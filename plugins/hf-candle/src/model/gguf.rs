@@ -1,0 +1,214 @@
+//! Single-file GGUF models, run quantized with `candle-transformers`' quantized architectures.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_transformers::models::{
+    quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
+};
+
+use crate::error::{Error, Result};
+
+/// GGUF architectures (`general.architecture`) supported here.
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+
+/// A quantized model with its own KV cache.
+pub enum QuantModel {
+    /// `llama` (also SmolLM2, Mistral-in-llama-format).
+    Llama(quantized_llama::ModelWeights),
+    /// `qwen2`. candle's quantized Qwen2 cannot be cloned, so a second instance is read from
+    /// the file again (the path is kept for that).
+    Qwen2(quantized_qwen2::ModelWeights, Arc<PathBuf>),
+    /// `qwen3`.
+    Qwen3(quantized_qwen3::ModelWeights),
+    /// `gemma3`.
+    Gemma3(quantized_gemma3::ModelWeights),
+}
+
+/// A parsed GGUF file: its metadata plus the model.
+pub struct LoadedGguf {
+    /// The model.
+    pub model: QuantModel,
+    /// `general.architecture`.
+    pub arch: String,
+    /// Usable context window.
+    pub context_length: usize,
+    /// All metadata (tokenizer, chat template...).
+    pub metadata: std::collections::HashMap<String, Value>,
+}
+
+fn fix_hint() -> &'static str {
+    "re-download it (scripts/fetch-model.sh fetches the default model) and check its sha256"
+}
+
+/// Reads and loads a GGUF file.
+pub fn load(path: &Path, device: &Device) -> Result<LoadedGguf> {
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader).map_err(|e| {
+        Error::file(
+            path,
+            format!(
+                "is not a readable GGUF file ({e}); the file is truncated or corrupt: {}",
+                fix_hint()
+            ),
+        )
+    })?;
+    // Check every tensor lies inside the file before loading anything.
+    for (name, info) in &content.tensor_infos {
+        let elems = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        let bytes = (elems / block.max(1) * info.ggml_dtype.type_size()) as u64;
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes);
+        if end > file_len {
+            return Err(Error::file(
+                path,
+                format!(
+                    "is truncated: tensor `{name}` ends at byte {end} but the file has {file_len} bytes; {}",
+                    fix_hint()
+                ),
+            ));
+        }
+    }
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| "(none)".to_owned());
+    let md_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
+    let ctx = md_u32(&format!("{arch}.context_length")).unwrap_or(4096) as usize;
+    let metadata = content.metadata.clone();
+    let wrap = |e: candle_core::Error| {
+        Error::file(
+            path,
+            format!("cannot load the `{arch}` model ({e}); {}", fix_hint()),
+        )
+    };
+    let (model, context_length) = match arch.as_str() {
+        "llama" => (
+            QuantModel::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
+                    .map_err(wrap)?,
+            ),
+            // candle's quantized llama precomputes rotary tables for this many positions.
+            ctx.min(quantized_llama::MAX_SEQ_LEN),
+        ),
+        "qwen2" => (
+            QuantModel::Qwen2(
+                quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, device)
+                    .map_err(wrap)?,
+                Arc::new(path.to_path_buf()),
+            ),
+            ctx,
+        ),
+        "qwen3" => (
+            QuantModel::Qwen3(
+                quantized_qwen3::ModelWeights::from_gguf(content, &mut reader, device)
+                    .map_err(wrap)?,
+            ),
+            ctx,
+        ),
+        "gemma3" => (
+            QuantModel::Gemma3(
+                quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device)
+                    .map_err(wrap)?,
+            ),
+            ctx.min(quantized_gemma3::MAX_SEQ_LEN),
+        ),
+        other => {
+            return Err(Error::UnsupportedArch {
+                arch: format!("{other} (GGUF {})", path.display()),
+                supported: ARCHITECTURES.join(", "),
+            });
+        }
+    };
+    if context_length < ctx {
+        tracing::info!(
+            arch,
+            ctx,
+            context_length,
+            "context window capped by the candle model"
+        );
+    }
+    Ok(LoadedGguf {
+        model,
+        arch,
+        context_length,
+        metadata,
+    })
+}
+
+impl std::fmt::Debug for QuantModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            QuantModel::Llama(_) => "llama",
+            QuantModel::Qwen2(..) => "qwen2",
+            QuantModel::Qwen3(_) => "qwen3",
+            QuantModel::Gemma3(_) => "gemma3",
+        };
+        write!(f, "QuantModel({name})")
+    }
+}
+
+impl QuantModel {
+    /// A second instance sharing the weights; `true` when it also kept the KV cache
+    /// (a reloaded Qwen2 starts empty).
+    pub fn try_clone(&self, device: &Device) -> Result<(Self, bool)> {
+        Ok(match self {
+            QuantModel::Llama(m) => (QuantModel::Llama(m.clone()), true),
+            QuantModel::Qwen3(m) => (QuantModel::Qwen3(m.clone()), true),
+            QuantModel::Gemma3(m) => (QuantModel::Gemma3(m.clone()), true),
+            QuantModel::Qwen2(_, path) => match load(path, device)?.model {
+                fresh @ QuantModel::Qwen2(..) => (fresh, false),
+                _ => {
+                    return Err(Error::file(
+                        path.as_path(),
+                        "changed architecture while loaded",
+                    ));
+                }
+            },
+        })
+    }
+
+    /// Runs `ids` at position `pos` and returns the last position's logits.
+    pub fn forward_last(&mut self, ids: &[u32], pos: usize, dev: &Device) -> Result<Vec<f32>> {
+        let x = candle_core::Tensor::new(ids, dev)?.unsqueeze(0)?;
+        let out = match self {
+            QuantModel::Llama(m) => m.forward(&x, pos)?,
+            QuantModel::Qwen2(m, _) => m.forward(&x, pos)?,
+            QuantModel::Qwen3(m) => m.forward(&x, pos)?,
+            QuantModel::Gemma3(m) => m.forward(&x, pos)?,
+        };
+        Ok(out
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?)
+    }
+
+    /// Forgets the KV cache.
+    pub fn reset(&mut self) {
+        match self {
+            QuantModel::Llama(m) => m.clear_kv_cache(),
+            QuantModel::Qwen2(m, _) => m.clear_kv_cache(),
+            QuantModel::Qwen3(m) => m.clear_kv_cache(),
+            // Gemma 3 restarts its cache whenever it is fed position 0.
+            QuantModel::Gemma3(_) => {}
+        }
+    }
+}
+
+/// Reads a string metadata value.
+pub fn md_str<'a>(md: &'a std::collections::HashMap<String, Value>, key: &str) -> Option<&'a str> {
+    md.get(key)
+        .and_then(|v| v.to_string().ok())
+        .map(String::as_str)
+}
