@@ -248,3 +248,74 @@ fn the_host_app_example_streams_a_reply_from_a_dropped_in_plugin() {
         "{stdout}"
     );
 }
+
+/// The README's main job: `switchyard chat` on the default model with the embedded hf-candle
+/// backend. The greedy answer must be the one llama.cpp gives for the same file (recorded in
+/// tests/fixtures/llama_cpp; this prompt's margins are clear at every step, EOS included).
+#[test]
+fn chat_on_the_default_model_answers_like_llama_cpp() {
+    let model = std::env::var("SWITCHYARD_MODEL").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    assert!(
+        Path::new(&model).exists(),
+        "{model} is missing; run scripts/fetch-model.sh"
+    );
+    plugin_library("hf-candle");
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            switchyard_tests::workspace_root()
+                .join("tests/fixtures/llama_cpp/smollm2_q4_1_greedy.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let case = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["messages"][1]["content"] == "What is the chemical symbol for gold?")
+        .expect("the gold case is recorded");
+    assert_eq!(
+        case["reliable_prefix"].as_u64(),
+        Some(case["greedy_ids"].as_array().unwrap().len() as u64)
+    );
+    let system = case["messages"][0]["content"].as_str().unwrap();
+    let expected = case["greedy_text"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = switchyard_tests::workspace_root().join("configs/smollm2.toml");
+    let out = Command::new(switchyard_bin())
+        .args(["chat", "--config"])
+        .arg(&config)
+        .args([
+            "--set",
+            &format!("model.path={model}"),
+            "--set",
+            "generation.temperature=0",
+            "--set",
+            "generation.repetition_penalty=1.0",
+        ])
+        .args(["--set", "generation.max_new_tokens=24", "--system", system])
+        .stdin(
+            std::fs::File::open(write_file(
+                dir.path(),
+                "in.txt",
+                "What is the chemical symbol for gold?\n",
+            ))
+            .unwrap(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("backend hf-candle"), "{stderr}");
+    let reply = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        reply.trim_end(),
+        expected.trim_end(),
+        "llama.cpp said {expected:?}"
+    );
+}
