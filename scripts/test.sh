@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
-# Run every test: installs what the tests need (the default model), builds the workspace,
-# checks formatting and lints, then runs the unit and integration tests in release mode.
+# Run every test. Installs what the tests need (the default model, llama.cpp's llama-server as a
+# real peer, a Python venv with the official `openai` client, Chromium + playwright-core), checks
+# formatting and lints, builds the workspace, then runs the Rust unit and integration tests, the
+# OpenAI-client API tests and the browser test of the web chat page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}"
-echo "[test] fetching the default model" >&2
+step() { echo "[test] $*" >&2; }
+
+step "fetching the default model"
 SWITCHYARD_MODEL="$(scripts/fetch-model.sh)"
 export SWITCHYARD_MODEL
-echo "[test] cargo fmt --check" >&2
+
+step "cargo fmt --check"
 cargo fmt --all --check
-echo "[test] cargo clippy" >&2
+step "cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
-echo "[test] cargo build --release --workspace" >&2
+step "cargo build --release --workspace"
 cargo build --release --workspace
-echo "[test] cargo test --release --workspace" >&2
+
+step "llama.cpp (the real peer server for the bridge tests)"
+SWITCHYARD_LLAMA_CPP_BIN="$(scripts/build-llama-cpp.sh | tail -n 1)"
+export SWITCHYARD_LLAMA_CPP_BIN
+
+step "cargo test --release --workspace"
 cargo test --release --workspace
-echo "[test] all tests passed" >&2
+
+step "API tests with the official openai client"
+scripts/test-api.sh
+step "web chat page in headless Chromium"
+scripts/test-web.sh
+
+step "all tests passed"
