@@ -171,6 +171,16 @@ impl ChatModel {
             .expect("the semaphore is never closed")
     }
 
+    /// Waits for a slot without blocking the executor.
+    async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.inner
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
     /// Takes a slot without waiting, or fails with [`Error::Overloaded`].
     fn try_acquire(&self) -> Result<OwnedSemaphorePermit> {
         self.inner
@@ -218,20 +228,18 @@ impl ChatModel {
     /// it cancels generation.
     pub fn stream_chat(&self, request: ChatRequest) -> Result<EventIter> {
         let json = self.prepare(request)?;
-        let permit = self.acquire_blocking();
-        let stream = self.start_stream(&json)?;
-        Ok(EventIter {
-            stream: Some(Arc::new(stream)),
-            _permit: permit,
-        })
+        self.iter_started(&json, self.acquire_blocking())
     }
 
     /// Like [`ChatModel::stream_chat`], but fails with [`Error::Overloaded`] instead of waiting
     /// for a slot.
     pub fn try_stream_chat(&self, request: ChatRequest) -> Result<EventIter> {
         let json = self.prepare(request)?;
-        let permit = self.try_acquire()?;
-        let stream = self.start_stream(&json)?;
+        self.iter_started(&json, self.try_acquire()?)
+    }
+
+    fn iter_started(&self, json: &str, permit: OwnedSemaphorePermit) -> Result<EventIter> {
+        let stream = self.start_stream(json)?;
         Ok(EventIter {
             stream: Some(Arc::new(stream)),
             _permit: permit,
@@ -272,13 +280,7 @@ impl ChatModel {
     /// Async [`ChatModel::chat`].
     pub async fn achat(&self, request: ChatRequest) -> Result<Vec<Response>> {
         let json = self.prepare(request)?;
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.acquire().await;
         let this = self.clone();
         spawn_blocking(move || {
             let _permit = permit;
@@ -291,13 +293,7 @@ impl ChatModel {
     /// returns, so errors come back here rather than inside the stream.
     pub async fn astream_chat(&self, request: ChatRequest) -> Result<EventStream> {
         let json = self.prepare(request)?;
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.acquire().await;
         self.astream_started(json, permit).await
     }
 
@@ -343,13 +339,7 @@ impl ChatModel {
 
     /// Async [`ChatModel::get_scores`].
     pub async fn aget_scores(&self, request: ScoreRequest) -> Result<Vec<f32>> {
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.acquire().await;
         let this = self.clone();
         spawn_blocking(move || {
             let _permit = permit;
