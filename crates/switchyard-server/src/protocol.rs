@@ -200,6 +200,7 @@ fn parse_message(
             ));
         }
     };
+    let media_before = media.len();
     let content = match obj.get("content") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -222,7 +223,12 @@ fn parse_message(
             })?,
         ),
     };
-    if content.is_empty() && tool_calls.is_none() && role != Role::Assistant {
+    // An image-only (or audio-only) message is not empty.
+    if content.is_empty()
+        && media.len() == media_before
+        && tool_calls.is_none()
+        && role != Role::Assistant
+    {
         return Err(ApiError::invalid(
             "message content is empty",
             Some(&format!("{param}.content")),
@@ -495,13 +501,13 @@ impl ChatCompletionRequest {
             Some(Stop::One(s)) => Some(vec![s]),
             Some(Stop::Many(v)) => Some(v),
         };
-        if let Some(s) = &stop {
-            if s.len() > 8 || s.iter().any(String::is_empty) {
-                return Err(ApiError::invalid(
-                    "`stop` takes up to 8 non-empty strings",
-                    Some("stop"),
-                ));
-            }
+        if let Some(s) = &stop
+            && (s.len() > 8 || s.iter().any(String::is_empty))
+        {
+            return Err(ApiError::invalid(
+                "`stop` takes up to 8 non-empty strings",
+                Some("stop"),
+            ));
         }
         // OpenAI semantics: a positive temperature asks for sampling, whatever the backend's
         // default (hf-candle, like transformers, is greedy unless `do_sample` is set).

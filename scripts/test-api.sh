@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# HTTP API tests: the official `openai` Python client against real `switchyard api` processes
+# (tests/api). Installs a venv with openai + pytest + httpx + psutil under the cache, builds the
+# server and the plugins the tests use (a no-op when they are up to date), then runs pytest.
+#
+#   scripts/test-api.sh                  # whole suite
+#   scripts/test-api.sh -k load -x       # extra arguments go to pytest
+#   scripts/test-api.sh tests/api/test_tools.py
+#
+# Env: SWITCHYARD_CACHE (default ~/.cache/switchyard), CARGO_TARGET_DIR (default ./target),
+# SWITCHYARD_API_NO_BUILD=1 to skip the cargo build, SWITCHYARD_API_STRICT=0 to let tests skip
+# when the hf-candle plugin or the model is missing (by default that fails the run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}"
+VENV="$SWITCHYARD_CACHE/venv-api"
+PY="${PYTHON:-python3}"
+
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import openai, pytest, httpx, psutil" 2>/dev/null; then
+    echo "[test-api] creating $VENV" >&2
+    mkdir -p "$SWITCHYARD_CACHE"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet "openai>=1.40,<3" "pytest>=8" "httpx>=0.27" "psutil>=5.9"
+fi
+
+if [[ "${SWITCHYARD_API_NO_BUILD:-0}" != 1 ]]; then
+    echo "[test-api] cargo build --release -p switchyard-cli -p custom-backend -p hf-candle" >&2
+    cargo build --release -p switchyard-cli -p custom-backend -p hf-candle
+fi
+
+if [[ -z "${SWITCHYARD_MODEL:-}" && -x scripts/fetch-model.sh ]]; then
+    SWITCHYARD_MODEL="$(scripts/fetch-model.sh)"
+    export SWITCHYARD_MODEL
+fi
+
+export SWITCHYARD_API_STRICT="${SWITCHYARD_API_STRICT:-1}"
+echo "[test-api] pytest tests/api" >&2
+# Test paths given on the command line replace the default (the whole of tests/api).
+paths=(tests/api)
+for a in "$@"; do [[ "$a" == tests/* ]] && paths=() && break; done
+exec "$VENV/bin/python" -m pytest "${paths[@]}" -q -rs -p no:cacheprovider "$@"
