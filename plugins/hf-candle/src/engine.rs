@@ -267,9 +267,18 @@ impl HfCandle {
             }
             .into(),
         );
+        details.insert("path".into(), path.display().to_string().into());
+        // A short name clients can type: the file stem of a GGUF, the folder name otherwise.
+        let name = if path.is_file() {
+            path.file_stem()
+        } else {
+            path.file_name()
+        }
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
         let info = EngineInfo {
             backend: "hf-candle".into(),
-            model: path.display().to_string(),
+            model: name,
             context_length: Some(loaded.context_length as u32),
             capabilities,
             details,
