@@ -98,7 +98,7 @@ fn build_broken_plugins(target: &Path) {
         .args(["build", "--quiet", "--release", "--manifest-path"])
         .arg(workspace_root().join("tests/plugins/Cargo.toml"))
         .arg("--target-dir")
-        .arg(&target)
+        .arg(target)
         .status()
         .expect("run cargo");
     assert!(status.success(), "building tests/plugins failed");

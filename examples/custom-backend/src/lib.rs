@@ -104,7 +104,7 @@ impl Backend for Echo {
                 index: 0,
                 delta,
                 token_ids: Vec::new(),
-                finish: done.then(|| Finish {
+                finish: done.then_some(Finish {
                     reason: if sent < total {
                         FinishReason::Length
                     } else {
