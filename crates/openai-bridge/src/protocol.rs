@@ -1,0 +1,356 @@
+//! The OpenAI chat protocol: request bodies from Switchyard requests, and lenient decoding of
+//! responses and stream chunks (every field optional, unknown fields ignored).
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use switchyard_plugin::{ChatRequest, FinishReason, MediaInput, Message, Role};
+
+use crate::error::{BridgeError, Result};
+use crate::flavor::{Field, Flavor};
+use crate::options::ReasoningMode;
+
+/// A chat completion or a stream chunk (`message` in the first, `delta` in the second).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Completion {
+    /// The choices (empty in a usage chunk).
+    pub choices: Vec<Choice>,
+    /// Token counts, when sent.
+    pub usage: Option<Usage>,
+    /// An in-band error (`data: {"error": ...}`).
+    pub error: Option<Value>,
+}
+
+/// One choice of a completion or chunk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Choice {
+    /// Sequence index.
+    pub index: u32,
+    /// The whole message (non-streaming).
+    pub message: Option<Delta>,
+    /// The new part (streaming).
+    pub delta: Option<Delta>,
+    /// Why the sequence ended, on its last chunk.
+    pub finish_reason: Option<String>,
+    /// SGLang: the stop token id or string that matched.
+    pub matched_stop: Option<Value>,
+    /// vLLM: the stop token id or string that matched.
+    pub stop_reason: Option<Value>,
+}
+
+/// Message or delta content.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Delta {
+    /// Answer text.
+    pub content: Option<String>,
+    /// Reasoning text (vLLM ≥ Nov 2025).
+    pub reasoning: Option<String>,
+    /// Reasoning text (SGLang, older vLLM).
+    pub reasoning_content: Option<String>,
+    /// Tool calls (whole, or fragments in a stream).
+    pub tool_calls: Option<Vec<Value>>,
+}
+
+impl Delta {
+    /// The reasoning text under either name.
+    pub fn reasoning_text(&self) -> Option<&str> {
+        self.reasoning
+            .as_deref()
+            .or(self.reasoning_content.as_deref())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// Token counts.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Generated tokens (all choices together).
+    pub completion_tokens: u32,
+}
+
+/// Maps a server finish reason; `Err` for `abort`/`error`, which mean the server gave up.
+pub fn finish_reason(server: &str, reason: &str) -> Result<FinishReason> {
+    match reason {
+        "length" => Ok(FinishReason::Length),
+        "tool_calls" | "function_call" => Ok(FinishReason::ToolCalls),
+        "abort" | "error" => Err(BridgeError::InStream {
+            server: server.to_owned(),
+            code: None,
+            message: format!(
+                "generation ended with finish_reason `{reason}` (the server aborted the request; see its log)"
+            ),
+        }),
+        _ => Ok(FinishReason::Stop),
+    }
+}
+
+/// Renders finished tool calls as text, one `<tool_call>` block each (the Hermes/Qwen format),
+/// since Switchyard responses carry text only.
+pub fn render_tool_calls(calls: &[Value]) -> String {
+    calls
+        .iter()
+        .map(|c| {
+            let f = c.get("function").unwrap_or(c);
+            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
+            let args = match f.get("arguments") {
+                Some(Value::String(s)) => {
+                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
+                }
+                Some(v) => v.clone(),
+                None => json!({}),
+            };
+            format!(
+                "<tool_call>\n{}\n</tool_call>",
+                json!({"name": name, "arguments": args})
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Joins reasoning and answer text per `mode`.
+pub fn join_reasoning(mode: ReasoningMode, reasoning: Option<&str>, content: &str) -> String {
+    match (mode, reasoning) {
+        (ReasoningMode::Inline, Some(r)) => format!("<think>{r}</think>{content}"),
+        _ => content.to_owned(),
+    }
+}
+
+fn data_url(media: &MediaInput, default_mime: &str) -> String {
+    match media {
+        MediaInput::Url { url } => url.clone(),
+        MediaInput::Bytes {
+            data_base64,
+            mime_type,
+        } => format!(
+            "data:{};base64,{data_base64}",
+            mime_type.as_deref().unwrap_or(default_mime)
+        ),
+    }
+}
+
+/// The content parts for the request's media, in OpenAI's shape with `data:` URLs.
+fn media_parts(request: &ChatRequest) -> Vec<Value> {
+    let part = |kind: &str, mime: &str, m: &MediaInput| json!({"type": kind, kind: {"url": data_url(m, mime)}});
+    let images = request
+        .images
+        .iter()
+        .map(|m| part("image_url", "image/png", m));
+    let videos = request
+        .videos
+        .iter()
+        .map(|m| part("video_url", "video/mp4", m));
+    let audios = request
+        .audios
+        .iter()
+        .map(|m| part("audio_url", "audio/wav", m));
+    images.chain(videos).chain(audios).collect()
+}
+
+fn message_json(m: &Message, tools: bool) -> Value {
+    let mut o = Map::new();
+    o.insert("role".into(), m.role.as_str().into());
+    o.insert("content".into(), m.content.clone().into());
+    if let Some(name) = &m.name {
+        o.insert("name".into(), name.clone().into());
+    }
+    if tools {
+        if let Some(calls) = &m.tool_calls {
+            o.insert("tool_calls".into(), json!(calls));
+        }
+        if let Some(id) = &m.tool_call_id {
+            o.insert("tool_call_id".into(), id.clone().into());
+        }
+    }
+    Value::Object(o)
+}
+
+/// The `messages` array: the request's `system` first (replacing a leading system message),
+/// media attached to the last user message as content parts.
+pub fn messages(flavor: &Flavor, request: &ChatRequest) -> Result<Vec<Value>> {
+    let mut msgs: Vec<&Message> = request.messages.iter().collect();
+    let system = request.system.as_ref().map(|s| Message::system(s.clone()));
+    if let Some(s) = &system {
+        if msgs.first().is_some_and(|m| m.role == Role::System) {
+            msgs.remove(0);
+        }
+        msgs.insert(0, s);
+    }
+    let tools = flavor.supports(Field::Tools);
+    let mut out: Vec<Value> = msgs.iter().map(|m| message_json(m, tools)).collect();
+    let parts = media_parts(request);
+    if !parts.is_empty() {
+        if !flavor.supports(Field::Media) {
+            return Err(BridgeError::Unsupported(format!(
+                "the {} server takes text only; drop the images/videos/audio",
+                flavor.server
+            )));
+        }
+        let last_user = msgs
+            .iter()
+            .rposition(|m| m.role == Role::User)
+            .ok_or_else(|| {
+                BridgeError::Unsupported("media needs a user message to attach to".into())
+            })?;
+        let text = out[last_user]["content"].take();
+        let mut content = vec![json!({"type": "text", "text": text})];
+        content.extend(parts);
+        out[last_user]["content"] = Value::Array(content);
+    }
+    Ok(out)
+}
+
+/// The chat completions request body for `flavor`. Settings the server does not accept are left
+/// out and named in a warning.
+pub fn chat_body(
+    flavor: &Flavor,
+    model: &str,
+    request: &ChatRequest,
+    stream: bool,
+) -> Result<Value> {
+    let g = &request.generation;
+    let mut body = Map::new();
+    body.insert("model".into(), model.into());
+    body.insert("messages".into(), messages(flavor, request)?.into());
+    if let Some(n) = g.max_new_tokens {
+        body.insert("max_tokens".into(), n.into());
+    }
+    if g.do_sample == Some(false) {
+        body.insert("temperature".into(), json!(0.0));
+    } else if let Some(t) = g.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = g.top_p {
+        body.insert("top_p".into(), json!(p));
+    }
+    if let Some(p) = g.presence_penalty {
+        body.insert("presence_penalty".into(), json!(p));
+    }
+    if let Some(p) = g.frequency_penalty {
+        body.insert("frequency_penalty".into(), json!(p));
+    }
+    let mut ignored: Vec<&str> = Vec::new();
+    let n = g.num_return_sequences.filter(|n| *n > 1);
+    let kwargs = (!request.chat_template_kwargs.is_empty())
+        .then(|| Value::Object(request.chat_template_kwargs.clone()));
+    let optional: [(Field, &str, Option<Value>); 9] = [
+        (
+            Field::TopK,
+            "top_k",
+            g.top_k.map(|k| if k == 0 { json!(-1) } else { json!(k) }),
+        ),
+        (
+            Field::RepetitionPenalty,
+            "repetition_penalty",
+            g.repetition_penalty.map(|p| json!(p)),
+        ),
+        (Field::Stop, "stop", g.stop.as_ref().map(|s| json!(s))),
+        (
+            Field::StopTokenIds,
+            "stop_token_ids",
+            g.stop_token_ids.as_ref().map(|s| json!(s)),
+        ),
+        (
+            Field::SkipSpecialTokens,
+            "skip_special_tokens",
+            g.skip_special_tokens.map(Value::Bool),
+        ),
+        (Field::ChatTemplateKwargs, "chat_template_kwargs", kwargs),
+        (Field::Seed, "seed", g.seed.map(|s| json!(s))),
+        (Field::N, "n", n.map(|n| json!(n))),
+        (
+            Field::Tools,
+            "tools",
+            request.tools.as_ref().map(|t| json!(t)),
+        ),
+    ];
+    for (field, key, value) in optional {
+        let Some(value) = value else { continue };
+        if flavor.supports(field) {
+            body.insert(key.into(), value);
+        } else {
+            ignored.push(key);
+        }
+    }
+    if g.max_length.is_some() {
+        ignored.push("max_length");
+    }
+    if !ignored.is_empty() {
+        tracing::warn!(
+            server = flavor.server,
+            "the {} server does not take these settings; they are ignored: {}",
+            flavor.server,
+            ignored.join(", ")
+        );
+    }
+    if stream {
+        body.insert("stream".into(), true.into());
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(Value::Object(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flavor::{KT_LEGACY, VLLM};
+    use switchyard_plugin::GenerationParams;
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            messages: vec![Message::system("old"), Message::user("Say hi")],
+            system: Some("You are helpful.".into()),
+            generation: GenerationParams {
+                do_sample: Some(false),
+                top_k: Some(0),
+                seed: Some(7),
+                max_new_tokens: Some(16),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn system_replaces_the_leading_one_and_greedy_sends_temperature_zero() {
+        let b = chat_body(&VLLM, "m", &request(), true).unwrap();
+        assert_eq!(b["messages"][0]["content"], "You are helpful.");
+        assert_eq!(b["messages"].as_array().unwrap().len(), 2);
+        assert_eq!(b["temperature"], 0.0);
+        assert_eq!(b["top_k"], -1);
+        assert_eq!(b["seed"], 7);
+        assert_eq!(b["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn legacy_drops_what_it_cannot_take_and_refuses_media() {
+        let mut r = request();
+        let b = chat_body(&KT_LEGACY, "m", &r, false).unwrap();
+        assert!(b.get("top_k").is_none() && b.get("seed").is_none());
+        r.images.push(MediaInput::Url {
+            url: "data:image/png;base64,AA".into(),
+        });
+        assert!(chat_body(&KT_LEGACY, "m", &r, false).is_err());
+        let b = chat_body(&VLLM, "m", &r, false).unwrap();
+        assert_eq!(
+            b["messages"][1]["content"][1]["image_url"]["url"],
+            "data:image/png;base64,AA"
+        );
+    }
+
+    #[test]
+    fn tool_calls_render_as_text() {
+        let calls = vec![
+            json!({"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}),
+        ];
+        assert_eq!(
+            render_tool_calls(&calls),
+            "<tool_call>\n{\"name\":\"f\",\"arguments\":{\"a\":1}}\n</tool_call>"
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! Turning a server's SSE chat stream into Switchyard events, and the async stream into the
+//! blocking pull iterator the plugin API wants.
+//!
+//! A task on the bridge's runtime reads the body, decodes chunks and sends events through a
+//! bounded channel; the iterator waits on the channel while watching the [`CancelToken`].
+//! Dropping the iterator (or cancelling) aborts the task, which drops the response and closes the
+//! connection, so the server sees the client go away and stops generating.
+//!
+//! Servers differ in where `finish_reason` and the usage come (vLLM: with the last delta, then a
+//! usage chunk; SGLang: a separate empty finish chunk, then usage; KTransformers legacy: usage,
+//! then a finish chunk that may repeat), so finish events are held back until `[DONE]` (or the
+//! end of the body) and then carry the usage counts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use switchyard_plugin::{CancelToken, EngineError, Event, Finish, FinishReason};
+use tokio::sync::mpsc;
+
+use crate::client::{Client, Runtime};
+use crate::error::{BridgeError, parse_error_value};
+use crate::options::ReasoningMode;
+use crate::protocol::{Completion, Usage, finish_reason, render_tool_calls};
+use crate::sse::SseDecoder;
+
+type Item = Result<Event, EngineError>;
+
+#[derive(Default)]
+struct Seq {
+    finish: Option<FinishReason>,
+    chunks: u32,
+    thinking: bool,
+    /// Tool-call fragments by tool index: (name, arguments).
+    tools: BTreeMap<u64, (String, String)>,
+}
+
+/// Assembles events from decoded chunks.
+pub struct Assembler {
+    server: &'static str,
+    reasoning: ReasoningMode,
+    seqs: BTreeMap<u32, Seq>,
+    usage: Option<Usage>,
+}
+
+impl Assembler {
+    /// A fresh assembler.
+    pub fn new(server: &'static str, reasoning: ReasoningMode) -> Self {
+        Self {
+            server,
+            reasoning,
+            seqs: BTreeMap::new(),
+            usage: None,
+        }
+    }
+
+    /// Handles one chunk payload; returns the events it completes.
+    pub fn chunk(&mut self, payload: &str) -> Result<Vec<Event>, BridgeError> {
+        let raw: Value = serde_json::from_str(payload).map_err(|e| BridgeError::Decode {
+            server: self.server.to_owned(),
+            path: "/v1/chat/completions".into(),
+            cause: format!(
+                "bad stream chunk ({e}): {}",
+                payload.chars().take(200).collect::<String>()
+            ),
+        })?;
+        if raw.get("error").is_some_and(|e| !e.is_null()) {
+            let (message, code) =
+                parse_error_value(&raw).unwrap_or_else(|| (raw.to_string(), None));
+            return Err(BridgeError::InStream {
+                server: self.server.to_owned(),
+                code,
+                message,
+            });
+        }
+        let chunk: Completion = serde_json::from_value(raw).unwrap_or_default();
+        if let Some(u) = chunk.usage {
+            self.usage = Some(u);
+        }
+        let mut out = Vec::new();
+        for choice in chunk.choices {
+            let seq = self.seqs.entry(choice.index).or_default();
+            let mut text = String::new();
+            if let Some(d) = &choice.delta {
+                if let Some(r) = d.reasoning_text()
+                    && self.reasoning == ReasoningMode::Inline
+                {
+                    if !seq.thinking {
+                        text.push_str("<think>");
+                        seq.thinking = true;
+                    }
+                    text.push_str(r);
+                }
+                if let Some(c) = d.content.as_deref().filter(|c| !c.is_empty()) {
+                    if seq.thinking {
+                        text.push_str("</think>");
+                        seq.thinking = false;
+                    }
+                    text.push_str(c);
+                }
+                for call in d.tool_calls.iter().flatten() {
+                    let idx = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let entry = seq.tools.entry(idx).or_default();
+                    let f = call.get("function").unwrap_or(call);
+                    if let Some(n) = f.get("name").and_then(Value::as_str) {
+                        entry.0.push_str(n);
+                    }
+                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                        entry.1.push_str(a);
+                    }
+                }
+            }
+            if !text.is_empty() {
+                seq.chunks += 1;
+            }
+            if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
+                if let Some(m) = choice.matched_stop.as_ref().or(choice.stop_reason.as_ref())
+                    && !m.is_null()
+                {
+                    tracing::debug!(
+                        server = self.server,
+                        index = choice.index,
+                        "matched stop: {m}"
+                    );
+                }
+                let reason = finish_reason(self.server, reason)?;
+                // A repeated finish chunk (KTransformers legacy) keeps the first reason.
+                seq.finish.get_or_insert(reason);
+                if seq.thinking {
+                    text.push_str("</think>");
+                    seq.thinking = false;
+                }
+            }
+            if !text.is_empty() {
+                out.push(Event {
+                    index: choice.index,
+                    delta: text,
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The finish events, once the stream is complete.
+    pub fn finish(&mut self) -> Vec<Event> {
+        if self.seqs.is_empty() {
+            self.seqs.insert(0, Seq::default());
+        }
+        let usage = self.usage.unwrap_or_default();
+        let single = self.seqs.len() == 1;
+        let mut out = Vec::new();
+        for (&index, seq) in &mut self.seqs {
+            let mut delta = String::new();
+            if seq.thinking {
+                delta.push_str("</think>");
+            }
+            let mut reason = seq.finish.unwrap_or(FinishReason::Stop);
+            if !seq.tools.is_empty() {
+                let calls: Vec<Value> = seq
+                    .tools
+                    .values()
+                    .map(|(n, a)| serde_json::json!({"function": {"name": n, "arguments": a}}))
+                    .collect();
+                delta.push_str(&render_tool_calls(&calls));
+                reason = FinishReason::ToolCalls;
+            }
+            let response_length = if single && self.usage.is_some() {
+                usage.completion_tokens
+            } else {
+                seq.chunks
+            };
+            out.push(Event {
+                index,
+                delta,
+                token_ids: Vec::new(),
+                finish: Some(Finish {
+                    reason,
+                    prompt_length: usage.prompt_tokens,
+                    response_length,
+                }),
+            });
+        }
+        out
+    }
+}
+
+/// Aborts the producer task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The blocking side of a stream.
+pub struct BlockingEvents {
+    rx: mpsc::Receiver<Item>,
+    rt: Arc<Runtime>,
+    cancel: CancelToken,
+    task: AbortOnDrop,
+    done: bool,
+}
+
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+async fn cancelled(cancel: &CancelToken) {
+    while !cancel.is_cancelled() {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
+}
+
+impl Iterator for BlockingEvents {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        if self.done {
+            return None;
+        }
+        let (rx, cancel) = (&mut self.rx, &self.cancel);
+        let next = self.rt.block_on(async {
+            tokio::select! {
+                item = rx.recv() => Some(item),
+                () = cancelled(cancel) => None,
+            }
+        });
+        match next {
+            None => {
+                self.done = true;
+                self.task.0.abort();
+                Some(Err(EngineError::cancelled()))
+            }
+            Some(None) => {
+                self.done = true;
+                None
+            }
+            Some(Some(Err(e))) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            Some(Some(Ok(e))) => Some(Ok(e)),
+        }
+    }
+}
+
+/// Starts reading `resp` as a chat stream on the runtime and returns the blocking iterator.
+pub fn spawn(
+    rt: Arc<Runtime>,
+    client: Client,
+    resp: reqwest::Response,
+    assembler: Assembler,
+    cancel: CancelToken,
+) -> BlockingEvents {
+    let (tx, rx) = mpsc::channel(32);
+    let task_cancel = cancel.clone();
+    let task = rt.spawn(async move {
+        tokio::select! {
+            () = produce(client, resp, assembler, &tx) => {}
+            () = cancelled(&task_cancel) => {
+                tracing::debug!("stream cancelled; closing the connection");
+            }
+        }
+    });
+    BlockingEvents {
+        rx,
+        rt,
+        cancel,
+        task: AbortOnDrop(task),
+        done: false,
+    }
+}
+
+async fn produce(
+    client: Client,
+    resp: reqwest::Response,
+    mut assembler: Assembler,
+    tx: &mpsc::Sender<Item>,
+) {
+    const PATH: &str = "/v1/chat/completions";
+    let mut body = resp.bytes_stream();
+    let mut sse = SseDecoder::new();
+    let mut seen_any = false;
+    loop {
+        let (payloads, eof) = match body.next().await {
+            Some(Ok(bytes)) => (sse.push(&bytes), false),
+            Some(Err(e)) => {
+                let err = client.body_error(PATH, &e);
+                let err = BridgeError::Connection {
+                    server: client.server().to_owned(),
+                    url: format!("{}{PATH}", client.root()),
+                    cause: format!(
+                        "the stream broke off{}: {err}",
+                        if seen_any { " mid-generation" } else { "" }
+                    ),
+                };
+                let _ = tx.send(Err(err.into())).await;
+                return;
+            }
+            None => (sse.finish(), true),
+        };
+        for payload in payloads {
+            if payload.trim() == "[DONE]" {
+                for e in assembler.finish() {
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            match assembler.chunk(&payload) {
+                Ok(events) => {
+                    for e in events {
+                        seen_any = true;
+                        if tx.send(Ok(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
+                }
+            }
+        }
+        if eof {
+            // No `[DONE]`: complete only if every sequence said how it finished.
+            let complete =
+                !assembler.seqs.is_empty() && assembler.seqs.values().all(|s| s.finish.is_some());
+            let item = if complete {
+                for e in assembler.finish() {
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            } else {
+                Err(BridgeError::Connection {
+                    server: client.server().to_owned(),
+                    url: format!("{}{PATH}", client.root()),
+                    cause: "the server closed the stream before it finished (no `[DONE]`); it may have crashed or been stopped".into(),
+                })
+            };
+            let _ = tx.send(item.map_err(Into::into)).await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&str]) -> Vec<Event> {
+        let mut a = Assembler::new("t", ReasoningMode::Inline);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(a.chunk(c).unwrap());
+        }
+        out.extend(a.finish());
+        out
+    }
+
+    #[test]
+    fn sglang_separate_finish_chunk_then_usage() {
+        let ev = run(&[
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi!"},"finish_reason":null,"matched_stop":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":null},"finish_reason":"stop","matched_stop":151645}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":21,"total_tokens":23,"completion_tokens":2}}"#,
+        ]);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].delta, "Hi!");
+        let f = ev[1].finish.as_ref().unwrap();
+        assert_eq!((f.prompt_length, f.response_length), (21, 2));
+    }
+
+    #[test]
+    fn reasoning_is_wrapped_and_errors_surface() {
+        let ev = run(&[
+            r#"{"choices":[{"delta":{"reasoning":"hmm"}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":" ok"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"Yes"},"finish_reason":"length"}]}"#,
+        ]);
+        let text: String = ev.iter().map(|e| e.delta.as_str()).collect();
+        assert_eq!(text, "<think>hmm ok</think>Yes");
+        assert_eq!(
+            ev.last().unwrap().finish.as_ref().unwrap().reason,
+            FinishReason::Length
+        );
+        let mut a = Assembler::new("t", ReasoningMode::Inline);
+        let e = a
+            .chunk(r#"{"error":{"message":"boom","code":500}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("boom"));
+    }
+}
