@@ -12,6 +12,10 @@ step "fetching the default model"
 SWITCHYARD_MODEL="$(scripts/fetch-model.sh)"
 export SWITCHYARD_MODEL
 
+step "the SmolLM2 Hugging Face folder made from the GGUF (for the safetensors-path test)"
+SWITCHYARD_SMOLLM2_HF="$(scripts/make-smollm2-hf.sh | tail -n 1)"
+export SWITCHYARD_SMOLLM2_HF
+
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
