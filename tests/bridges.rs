@@ -880,3 +880,83 @@ fn peer_a_launched_server_does_not_outlive_a_killed_host() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Kills a child process when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Switchyard's own `switchyard api` (hf-candle behind it) as the upstream: greedy text through
+/// each bridge equals greedy text from hf-candle directly.
+#[test]
+fn switchyard_api_as_upstream_gives_each_bridge_the_direct_greedy_text() {
+    let gguf = peer::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "{} is missing; run scripts/fetch-model.sh",
+        gguf.display()
+    );
+    let dir = plugin_dir();
+    let lib = plugin_library("hf-candle");
+    std::fs::copy(&lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+    let top = format!(
+        "[model]\npath = \"{}\"\n[generation]\ntemperature = 0\nrepetition_penalty = 1.0\nmax_new_tokens = 16",
+        gguf.display()
+    );
+    let question = "What is the chemical symbol for gold?";
+    let direct = load(dir.path(), "hf-candle", &top, "threads = 2").unwrap();
+    let expected = direct.chat(greedy(question, 16)).unwrap().remove(0).text;
+    drop(direct);
+    assert!(expected.contains("Au"), "{expected}");
+
+    let port = peer::free_port();
+    let upstream = KillOnDrop(
+        std::process::Command::new(switchyard_bin())
+            .args(["--plugin-dir"])
+            .arg(dir.path())
+            .args(["api", "--config"])
+            .arg(dir.path().join("hf-candle.toml"))
+            .args(["--port", &port.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while peer::http_get(port, "/health").is_none_or(|(status, _)| status != 200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "switchyard api did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for backend in BACKENDS {
+        let model = load(
+            dir.path(),
+            backend,
+            "",
+            &format!("base_url = \"http://127.0.0.1:{port}\""),
+        )
+        .unwrap();
+        assert_eq!(
+            model.info().model,
+            "SmolLM2-135M-Instruct.Q4_1",
+            "{backend}"
+        );
+        let got = model.chat(greedy(question, 16)).unwrap().remove(0);
+        assert_eq!(
+            got.text, expected,
+            "{backend}: bridge text differs from direct"
+        );
+        if backend == "vllm" {
+            let (streamed, finish) = deltas_and_finish(&model, greedy(question, 16));
+            assert_eq!(streamed, expected, "{backend}: streamed through the bridge");
+            assert_eq!(finish.response_length, got.response_length, "{backend}");
+        }
+    }
+    drop(upstream);
+}
