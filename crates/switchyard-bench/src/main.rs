@@ -48,7 +48,12 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--model" => a.model = PathBuf::from(value()?),
             "--llama-bench" => a.llama_bench = Some(PathBuf::from(value()?)),
-            "--threads" => a.threads = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            "--threads" => {
+                a.threads = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             "--reps" => a.reps = value()?.parse()?,
             "--prompt-tokens" => a.prompt_tokens = value()?.parse()?,
             "--gen-tokens" => a.gen_tokens = value()?.parse()?,
@@ -57,13 +62,19 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if !a.model.is_file() {
-        bail!("--model {} is not a file (try $(scripts/fetch-model.sh))", a.model.display());
+        bail!(
+            "--model {} is not a file (try $(scripts/fetch-model.sh))",
+            a.model.display()
+        );
     }
     Ok(a)
 }
 
 fn request(text: String, max_new_tokens: u32) -> ChatRequest {
-    let mut r = ChatRequest { messages: vec![Message::user(text)], ..Default::default() };
+    let mut r = ChatRequest {
+        messages: vec![Message::user(text)],
+        ..Default::default()
+    };
     r.generation.temperature = Some(0.0);
     r.generation.max_new_tokens = Some(max_new_tokens);
     r
@@ -96,14 +107,21 @@ fn child(a: &Args, threads: usize) -> anyhow::Result<()> {
     let mut first = None;
     let mut n = 0u32;
     let mut last = Instant::now();
-    for e in model.stream_chat(request("Write a long story about a lighthouse keeper.".into(), a.gen_tokens))? {
+    for e in model.stream_chat(request(
+        "Write a long story about a lighthouse keeper.".into(),
+        a.gen_tokens,
+    ))? {
         let e = e?;
         n += e.token_ids.len().max(usize::from(!e.delta.is_empty())) as u32;
         last = Instant::now();
         first.get_or_insert(last);
     }
-    let tg = f64::from(n.saturating_sub(1)) / (last - first.unwrap_or(last)).as_secs_f64().max(1e-9);
-    println!("{}", json!({"pp": pp, "pp_tokens": prompt_len, "tg": tg, "tg_tokens": n}));
+    let tg =
+        f64::from(n.saturating_sub(1)) / (last - first.unwrap_or(last)).as_secs_f64().max(1e-9);
+    println!(
+        "{}",
+        json!({"pp": pp, "pp_tokens": prompt_len, "tg": tg, "tg_tokens": n})
+    );
     Ok(())
 }
 
@@ -111,12 +129,20 @@ fn run_child(a: &Args, threads: usize) -> anyhow::Result<Value> {
     let out = Command::new(std::env::current_exe()?)
         .args(["--child", "--model"])
         .arg(&a.model)
-        .args(["--threads", &threads.to_string(), "--prompt-tokens", &a.prompt_tokens.to_string()])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--prompt-tokens",
+            &a.prompt_tokens.to_string(),
+        ])
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
         .env("CANDLE_NUM_THREADS", threads.to_string())
         .output()?;
     if !out.status.success() {
-        bail!("switchyard child failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "switchyard child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
 }
@@ -125,11 +151,21 @@ fn run_llama(a: &Args, bin: &PathBuf, threads: usize) -> anyhow::Result<(f64, f6
     let out = Command::new(bin)
         .arg("-m")
         .arg(&a.model)
-        .args(["-t", &threads.to_string(), "-p", &a.prompt_tokens.to_string(), "-n", &a.gen_tokens.to_string()])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            &a.prompt_tokens.to_string(),
+            "-n",
+            &a.gen_tokens.to_string(),
+        ])
         .args(["-r", "1", "-o", "json"])
         .output()?;
     if !out.status.success() {
-        bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout)?;
     let ts = |decode: bool| {
@@ -143,7 +179,11 @@ fn run_llama(a: &Args, bin: &PathBuf, threads: usize) -> anyhow::Result<(f64, f6
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -151,7 +191,11 @@ fn main() -> anyhow::Result<()> {
     if a.child {
         return child(&a, a.threads[0]);
     }
-    println!("model: {}   reps: {}   (A B A B: llama.cpp, then switchyard)", a.model.display(), a.reps);
+    println!(
+        "model: {}   reps: {}   (A B A B: llama.cpp, then switchyard)",
+        a.model.display(),
+        a.reps
+    );
     println!("| threads | test | llama.cpp t/s | switchyard t/s | ratio |");
     println!("|---:|---|---:|---:|---:|");
     for &t in &a.threads {
@@ -166,7 +210,10 @@ fn main() -> anyhow::Result<()> {
             spp.push(s["pp"].as_f64().unwrap_or(f64::NAN));
             stg.push(s["tg"].as_f64().unwrap_or(f64::NAN));
         }
-        for (name, l, s) in [(format!("pp{}", a.prompt_tokens), lpp, spp), (format!("tg{}", a.gen_tokens), ltg, stg)] {
+        for (name, l, s) in [
+            (format!("pp{}", a.prompt_tokens), lpp, spp),
+            (format!("tg{}", a.gen_tokens), ltg, stg),
+        ] {
             let (l, s) = (median(l), median(s));
             println!("| {t} | {name} | {l:.1} | {s:.1} | {:.2}x |", s / l);
         }
