@@ -54,13 +54,12 @@ pub fn load(dir: &Path, backend: &str, top: &str, table: &str) -> switchyard::Re
 }
 
 fn attach(dir: &Path, backend: &str, server: &FakeServer, extra: &str) -> ChatModel {
-    load(
-        dir,
-        backend,
-        "",
-        &format!("base_url = \"{}/v1\"\n{extra}", server.url),
-    )
-    .unwrap()
+    attach_url(dir, backend, &format!("{}/v1", server.url), extra)
+}
+
+/// Loads `backend` attached to the server at `url`, with extra `[backends.*]` lines.
+fn attach_url(dir: &Path, backend: &str, url: &str, extra: &str) -> ChatModel {
+    load(dir, backend, "", &format!("base_url = \"{url}\"\n{extra}")).unwrap()
 }
 
 pub fn ask(text: &str) -> ChatRequest {
@@ -647,13 +646,7 @@ fn peer_chat_stream_stop_max_tokens_seed_and_usage_through_each_bridge() {
     let dir = plugin_dir();
     let prompt = "Tell me a story.";
     for backend in BACKENDS {
-        let model = load(
-            dir.path(),
-            backend,
-            "",
-            &format!("base_url = \"{}\"", server.url),
-        )
-        .unwrap();
+        let model = attach_url(dir.path(), backend, &server.url, "");
         assert_eq!(
             model.info().model,
             "smollm2",
@@ -717,13 +710,7 @@ fn peer_cancelling_mid_stream_closes_the_connection_and_frees_the_slot() {
             .is_some_and(|(_, body)| body.contains("\"is_processing\":true"))
     };
     for (i, backend) in BACKENDS.into_iter().enumerate() {
-        let model = load(
-            dir.path(),
-            backend,
-            "",
-            &format!("base_url = \"{}\"", server.url),
-        )
-        .unwrap();
+        let model = attach_url(dir.path(), backend, &server.url, "");
         let mut stream = model.stream_chat(greedy("Tell me a story.", 1500)).unwrap();
         stream.next().unwrap().unwrap();
         stream.next().unwrap().unwrap();
@@ -756,13 +743,7 @@ fn peer_killed_mid_stream_is_a_clear_error_and_the_host_survives() {
     let dir = plugin_dir();
     for backend in BACKENDS {
         let mut server = peer::Peer::start(&bin, &gguf);
-        let model = load(
-            dir.path(),
-            backend,
-            "",
-            &format!("base_url = \"{}\"\nconnect_retries = 0", server.url),
-        )
-        .unwrap();
+        let model = attach_url(dir.path(), backend, &server.url, "connect_retries = 0");
         let mut stream = model.stream_chat(greedy("Tell me a story.", 1500)).unwrap();
         stream.next().unwrap().unwrap();
         server.child.kill().unwrap();

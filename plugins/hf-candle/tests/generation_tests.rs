@@ -2,6 +2,7 @@
 //! UTF-8 deltas, cancellation, limits and request validation.
 
 mod common;
+use common::greedy;
 
 use std::path::PathBuf;
 
@@ -26,14 +27,6 @@ fn req(text: &str, generation: GenerationParams) -> ChatRequest {
     ChatRequest {
         generation,
         ..common::ask(text)
-    }
-}
-
-fn greedy(n: u32) -> GenerationParams {
-    GenerationParams {
-        do_sample: Some(false),
-        max_new_tokens: Some(n),
-        ..Default::default()
     }
 }
 

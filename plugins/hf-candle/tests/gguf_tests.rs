@@ -3,18 +3,11 @@
 //! (tests/fixtures/llama_cpp/smollm2_q4_1_greedy.json) over each case's reliable prefix.
 
 mod common;
+use common::greedy;
 
 use std::time::Instant;
 
-use switchyard_plugin::{Backend, CancelToken, ChatRequest, GenerationParams};
-
-fn greedy(n: u32) -> GenerationParams {
-    GenerationParams {
-        do_sample: Some(false),
-        max_new_tokens: Some(n),
-        ..Default::default()
-    }
-}
+use switchyard_plugin::{Backend, CancelToken, ChatRequest};
 
 #[test]
 fn smollm2_prompt_matches_the_template_fixture() {

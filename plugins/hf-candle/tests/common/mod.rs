@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use hf_candle::HfCandle;
 use serde_json::{Value, json};
-use switchyard_plugin::{ChatRequest, EngineConfig, Message, Role};
+use switchyard_plugin::{ChatRequest, EngineConfig, GenerationParams, Message, Role};
 
 /// `tests/fixtures` at the workspace root.
 pub fn fixtures() -> PathBuf {
@@ -63,5 +63,14 @@ pub fn smollm2() -> Option<PathBuf> {
             p.display()
         );
         None
+    }
+}
+
+/// Greedy decoding of at most `n` new tokens.
+pub fn greedy(n: u32) -> GenerationParams {
+    GenerationParams {
+        do_sample: Some(false),
+        max_new_tokens: Some(n),
+        ..Default::default()
     }
 }
