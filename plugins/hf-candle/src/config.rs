@@ -20,6 +20,13 @@ pub struct Options {
     pub threads: usize,
     /// Run on CUDA device 0 instead of the CPU (needs the `cuda` feature).
     pub cuda: bool,
+    /// Run GGUF files on the native batched engine when it supports them (`engine = "auto"`,
+    /// the default) or always on candle's quantized models (`engine = "candle"`).
+    pub native: bool,
+    /// Byte budget of the prefix (multi-turn) KV cache, in MiB (`prefix_cache_mb`, 0 = off).
+    pub prefix_cache_mb: usize,
+    /// Prompt tokens prefilled per batched step (`prefill_chunk`).
+    pub prefill_chunk: usize,
 }
 
 impl Options {
@@ -65,10 +72,32 @@ impl Options {
                 )));
             }
         };
+        let native = match get_str("engine")?.as_deref() {
+            None | Some("auto") | Some("native") => true,
+            Some("candle") => false,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "[backends.hf-candle] engine = \"{other}\" is not supported; use \"auto\" (native kernels where the GGUF allows) or \"candle\""
+                )));
+            }
+        };
+        let count = |key: &str, default: usize| -> Result<usize> {
+            match v.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(t) => t.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    Error::Config(format!(
+                        "[backends.hf-candle] {key} must be a whole number, got {t}"
+                    ))
+                }),
+            }
+        };
         Ok(Options {
             dtype,
             threads,
             cuda,
+            native,
+            prefix_cache_mb: count("prefix_cache_mb", 256)?,
+            prefill_chunk: count("prefill_chunk", 512)?.max(1),
         })
     }
 }

@@ -14,11 +14,16 @@ use switchyard_plugin::{
 use crate::assets::{self, GenerationDefaults, TemplateSource, TokenizerConfig};
 use crate::config::{Options, ids_of};
 use crate::error::{Error, Result};
+use crate::model::gguf::GgufModel;
 use crate::model::{Instance, Net, ScoreHead, gguf, hf};
+use crate::native::batcher::{BatchConfig, Batcher, Job};
+use crate::native::model::Transformer;
+use crate::native::stream::NativeStream;
 use crate::sampling::SamplingParams;
 use crate::stream::{GenPlan, GenStream};
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::{self, Tok};
+use std::sync::atomic::AtomicBool;
 
 /// New tokens generated when neither the request nor the model sets a limit.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
@@ -32,25 +37,32 @@ pub fn default_model_path() -> PathBuf {
 /// State shared by the engine and its streams (model pool, tokenizer, template, thread pool).
 pub struct Shared {
     pub(crate) info: EngineInfo,
-    proto: Instance,
+    /// The candle-run model (safetensors folders, GGUF files the native model cannot run).
+    proto: Option<Instance>,
     pool: Mutex<Vec<Instance>>,
-    pub(crate) tok: Tok,
+    /// The batching thread of a natively run GGUF model.
+    native: Option<Batcher>,
+    pub(crate) tok: Arc<Tok>,
     template: ChatTemplate,
     default_system: Option<String>,
     gen_defaults: GenerationDefaults,
     context_length: usize,
     head: Option<ScoreHead>,
     pad_id: Option<u32>,
-    pub(crate) threads: rayon::ThreadPool,
+    pub(crate) threads: Arc<rayon::ThreadPool>,
 }
 
 impl Shared {
     /// Leases a model instance (a cheap clone of the prototype when the pool is empty).
     pub(crate) fn checkout(&self) -> Result<Instance> {
         let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(i) => Ok(i),
-            None => self.proto.try_clone(),
+        match (idle, &self.proto) {
+            (Some(i), _) => Ok(i),
+            (None, Some(p)) => p.try_clone(),
+            (None, None) => Err(Error::Unsupported(
+                "this operation needs a safetensors model (GGUF models run on the batching engine)"
+                    .into(),
+            )),
         }
     }
 
@@ -98,8 +110,14 @@ fn is_gguf(path: &Path) -> bool {
         .is_ok_and(|_| &magic == b"GGUF")
 }
 
+/// What runs a loaded model.
+enum Runner {
+    Candle(Net),
+    Native(Transformer),
+}
+
 struct Loaded {
-    net: Net,
+    net: Runner,
     tok: Tok,
     model_template: Option<String>,
     gen_defaults: GenerationDefaults,
@@ -109,8 +127,8 @@ struct Loaded {
     details: Map<String, Value>,
 }
 
-fn load_gguf(path: &Path, device: &Device) -> Result<Loaded> {
-    let g = gguf::load(path, device)?;
+fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded> {
+    let g = gguf::load(path, device, allow_native)?;
     let tok = tokenizer::from_gguf(&g.metadata, path)?;
     let template = gguf::md_str(&g.metadata, "tokenizer.chat_template").map(str::to_owned);
     let pad_id = g
@@ -120,8 +138,19 @@ fn load_gguf(path: &Path, device: &Device) -> Result<Loaded> {
     let mut details = Map::new();
     details.insert("format".into(), "gguf".into());
     details.insert("architecture".into(), g.arch.clone().into());
+    let net = match g.model {
+        GgufModel::Native(m) => {
+            details.insert("engine".into(), "native".into());
+            details.insert("kernels".into(), crate::kernels::isa().name().into());
+            Runner::Native(m)
+        }
+        GgufModel::Candle(m) => {
+            details.insert("engine".into(), "candle".into());
+            Runner::Candle(Net::Quant(m))
+        }
+    };
     Ok(Loaded {
-        net: Net::Quant(g.model),
+        net,
         tok,
         model_template: template,
         gen_defaults: GenerationDefaults::default(),
@@ -164,7 +193,7 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     details.insert("dtype".into(), format!("{dtype:?}").to_lowercase().into());
     let context_length = m.model.max_positions();
     Ok(Loaded {
-        net: Net::Dense(m.model),
+        net: Runner::Candle(Net::Dense(m.model)),
         tok: Tok {
             inner,
             bos_token: tc.bos_token,
@@ -200,16 +229,18 @@ impl HfCandle {
                 "does not exist; run scripts/fetch-model.sh for the default model, or set [model] path to a .gguf file or a Hugging Face folder",
             ));
         }
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .thread_name(|i| format!("hf-candle-{i}"))
-            .build()
-            .map_err(|e| {
-                Error::Config(format!(
-                    "cannot start {} compute threads: {e}",
-                    opts.threads
-                ))
-            })?;
+        let threads = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(opts.threads)
+                .thread_name(|i| format!("hf-candle-{i}"))
+                .build()
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "cannot start {} compute threads: {e}",
+                        opts.threads
+                    ))
+                })?,
+        );
         let candle_threads = candle_core::utils::get_num_threads();
         if candle_threads != opts.threads {
             tracing::warn!(
@@ -222,7 +253,7 @@ impl HfCandle {
             if path.is_dir() {
                 load_folder(&path, opts.dtype, &device)
             } else if is_gguf(&path) {
-                load_gguf(&path, &device)
+                load_gguf(&path, &device, opts.native)
             } else {
                 Err(Error::file(
                     &path,
@@ -284,12 +315,25 @@ impl HfCandle {
             details,
         };
         tracing::info!(model = %path.display(), context = loaded.context_length, threads = opts.threads, "hf-candle model loaded");
+        let (proto, native) = match loaded.net {
+            Runner::Candle(net) => (Some(Instance::new(net, device)), None),
+            Runner::Native(model) => {
+                let config = BatchConfig {
+                    prefill_chunk: opts.prefill_chunk,
+                    prefix_cache_bytes: opts.prefix_cache_mb << 20,
+                };
+                let batcher = Batcher::start(Arc::new(model), Arc::clone(&threads), config)
+                    .map_err(|e| Error::Config(format!("cannot start the batching thread: {e}")))?;
+                (None, Some(batcher))
+            }
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 info,
-                proto: Instance::new(loaded.net, device),
+                proto,
                 pool: Mutex::new(Vec::new()),
-                tok: loaded.tok,
+                native,
+                tok: Arc::new(loaded.tok),
                 template,
                 default_system: config.model.default_system.clone(),
                 gen_defaults: loaded.gen_defaults,
@@ -498,6 +542,11 @@ impl Backend for HfCandle {
                 ids.len()
             )));
         }
+        if ids.is_empty() {
+            return Err(EngineError::invalid_request(
+                "nothing to run: the prompt has no tokens",
+            ));
+        }
         let plan = self.plan(&request, ids.len())?;
         tracing::debug!(
             prompt_tokens = ids.len(),
@@ -505,6 +554,31 @@ impl Backend for HfCandle {
             n = plan.n,
             "generation starts"
         );
+        if let Some(batcher) = &self.shared.native {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let stop: Arc<[AtomicBool]> =
+                (0..plan.n.max(1)).map(|_| AtomicBool::new(false)).collect();
+            let prompt_len = ids.len();
+            let job = Job {
+                prompt: ids,
+                plan: plan.clone(),
+                out: tx,
+                stop: Arc::clone(&stop),
+            };
+            if !batcher.submit(job) {
+                return Err(EngineError::backend(
+                    "the hf-candle generation thread is gone; reload the model",
+                ));
+            }
+            return Ok(Box::new(NativeStream::new(
+                Arc::clone(&self.shared.tok),
+                rx,
+                stop,
+                cancel,
+                plan,
+                prompt_len,
+            )));
+        }
         Ok(Box::new(GenStream::new(
             Arc::clone(&self.shared),
             ids,

@@ -12,6 +12,8 @@ use candle_transformers::models::{
 };
 
 use crate::error::{Error, Result};
+use crate::native::model::{NATIVE_ARCHITECTURES, Transformer};
+use crate::native::weights::GgufWeights;
 
 /// GGUF architectures (`general.architecture`) supported here.
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
@@ -29,10 +31,18 @@ pub enum QuantModel {
     Gemma3(quantized_gemma3::ModelWeights),
 }
 
+/// Which implementation runs a GGUF file.
+pub enum GgufModel {
+    /// Switchyard's own batched transformer with SIMD kernels (see [`crate::native`]).
+    Native(Transformer),
+    /// candle's quantized model (architectures or tensor formats the native model lacks).
+    Candle(QuantModel),
+}
+
 /// A parsed GGUF file: its metadata plus the model.
 pub struct LoadedGguf {
     /// The model.
-    pub model: QuantModel,
+    pub model: GgufModel,
     /// `general.architecture`.
     pub arch: String,
     /// Usable context window.
@@ -45,8 +55,8 @@ fn fix_hint() -> &'static str {
     "re-download it (scripts/fetch-model.sh fetches the default model) and check its sha256"
 }
 
-/// Reads and loads a GGUF file.
-pub fn load(path: &Path, device: &Device) -> Result<LoadedGguf> {
+/// Reads and loads a GGUF file, natively when `allow_native` and the file allows it.
+pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGguf> {
     let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = BufReader::new(file);
@@ -87,13 +97,33 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedGguf> {
     let md_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
     let ctx = md_u32(&format!("{arch}.context_length")).unwrap_or(4096) as usize;
     let metadata = content.metadata.clone();
+    if allow_native && device.is_cpu() && NATIVE_ARCHITECTURES.contains(&arch.as_str()) {
+        let weights = GgufWeights::new(path, &content)?;
+        match weights.unsupported_tensor() {
+            None => {
+                let model = Transformer::load(&weights, &arch)?;
+                let context_length = model.hp.context_length;
+                return Ok(LoadedGguf {
+                    model: GgufModel::Native(model),
+                    arch,
+                    context_length,
+                    metadata,
+                });
+            }
+            Some((name, format)) => tracing::info!(
+                tensor = %name,
+                %format,
+                "a tensor format the native kernels lack: running on candle's quantized model"
+            ),
+        }
+    }
     let wrap = |e: candle_core::Error| {
         Error::file(
             path,
             format!("cannot load the `{arch}` model ({e}); {}", fix_hint()),
         )
     };
-    let (model, context_length) = match arch.as_str() {
+    let (candle, context_length) = match arch.as_str() {
         "llama" => (
             QuantModel::Llama(
                 quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)
@@ -140,7 +170,7 @@ pub fn load(path: &Path, device: &Device) -> Result<LoadedGguf> {
         );
     }
     Ok(LoadedGguf {
-        model,
+        model: GgufModel::Candle(candle),
         arch,
         context_length,
         metadata,
@@ -167,8 +197,8 @@ impl QuantModel {
             QuantModel::Llama(m) => (QuantModel::Llama(m.clone()), true),
             QuantModel::Qwen3(m) => (QuantModel::Qwen3(m.clone()), true),
             QuantModel::Gemma3(m) => (QuantModel::Gemma3(m.clone()), true),
-            QuantModel::Qwen2(_, path) => match load(path, device)?.model {
-                fresh @ QuantModel::Qwen2(..) => (fresh, false),
+            QuantModel::Qwen2(_, path) => match load(path, device, false)?.model {
+                GgufModel::Candle(fresh @ QuantModel::Qwen2(..)) => (fresh, false),
                 _ => {
                     return Err(Error::file(
                         path.as_path(),

@@ -1,0 +1,262 @@
+//! x86-64 kernels with AVX2, FMA and F16C, used only after run-time detection.
+//!
+//! The integer dot products follow the classic scheme: unpack a block of weights to 32 bytes,
+//! multiply with the activation bytes by `vpmaddubsw` (unsigned × signed → i16 pairs; signed
+//! weights go through `vpsignb` first), widen with `vpmaddwd`, convert to f32 and accumulate
+//! with one FMA per block scaled by `d_w * d_x`.
+//!
+//! The `unsafe` here is confined to unaligned SIMD loads from fixed-size arrays (the
+//! `load_*` helpers) and to entering `#[target_feature]` functions, which the dispatch in
+//! `super` does only after `available()` said yes.
+
+use std::arch::x86_64::*;
+
+use super::{BlockQ8, QK, WeightKind};
+
+/// Whether this CPU has everything these kernels use.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// Quantized weight row · quantized activations.
+pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
+    debug_assert!(available());
+    // SAFETY: `super::isa()` returns `Isa::Avx2`, the only way here, after `available()`
+    // confirmed AVX2, FMA and F16C on this CPU.
+    unsafe {
+        match kind {
+            WeightKind::Q4_0 => dot_q4_0(row, act),
+            WeightKind::Q4_1 => dot_q4_1(row, act),
+            WeightKind::Q8_0 => dot_q8_0(row, act),
+            _ => unreachable!("float weights use dot_f"),
+        }
+    }
+}
+
+/// Float weight row · f32 activations.
+pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
+    debug_assert!(available());
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe {
+        match kind {
+            WeightKind::F32 => dot_w_f32(row, act),
+            WeightKind::F16 => dot_w_f16(row, act),
+            WeightKind::BF16 => dot_w_bf16(row, act),
+            _ => unreachable!("quantized weights use dot_q"),
+        }
+    }
+}
+
+/// `Σ a[i] * b[i]`.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe { dot_f32_imp(a, b) }
+}
+
+/// `y[i] += a * x[i]`.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe { axpy_imp(y, a, x) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_32(b: &[u8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_16(b: &[u8; 16]) -> __m128i {
+    // SAFETY: reads exactly the 16 bytes of `b`; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_q8(a: &BlockQ8) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `a.qs`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_f32x8(x: &[f32; 8]) -> __m256 {
+    // SAFETY: reads exactly the 8 floats of `x`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "f16c")]
+fn f16(lo: u8, hi: u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([lo, hi]) as i32,
+    )))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+/// 16 bytes of packed nibbles → 32 bytes: low nibbles (values 0..16) then high (16..32).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unpack_nibbles(q: &[u8; 16]) -> __m256i {
+    let q = load_16(q);
+    let both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// `Σ w[i] * x[i]` over 32 unsigned weight bytes (< 128) and signed activation bytes, as 8 f32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(w, x);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1(row: &[u8], act: &[BlockQ8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (b, a) in row.chunks_exact(20).zip(act) {
+        let qs: &[u8; 16] = b[4..20].try_into().expect("20-byte block");
+        let p = dot_u8_i8(unpack_nibbles(qs), load_q8(a));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0], b[1]) * a.d), p, acc);
+        mins += f16(b[2], b[3]) * a.s;
+    }
+    hsum(acc) + mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0(row: &[u8], act: &[BlockQ8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut offs = 0f32;
+    for (b, a) in row.chunks_exact(18).zip(act) {
+        let qs: &[u8; 16] = b[2..18].try_into().expect("18-byte block");
+        let d = f16(b[0], b[1]);
+        let p = dot_u8_i8(unpack_nibbles(qs), load_q8(a));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), p, acc);
+        offs += 8.0 * d * a.s;
+    }
+    hsum(acc) - offs
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(row: &[u8], act: &[BlockQ8]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in row.chunks_exact(34).zip(act) {
+        let qs: &[u8; 32] = b[2..34].try_into().expect("34-byte block");
+        let w = load_32(qs);
+        let x = load_q8(a);
+        // |w| · (x with w's sign): unsigned × signed, as vpmaddubsw needs.
+        let p = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0], b[1]) * a.d), p, acc);
+    }
+    hsum(acc)
+}
+
+/// `QK` is the block size the quantized kernels assume.
+const _: () = assert!(QK == 32);
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_w_f32(row: &[u8], act: &[f32]) -> f32 {
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let n = act.len() / 16 * 16;
+    for i in (0..n).step_by(16) {
+        for (k, acc) in [(0usize, &mut acc0), (8, &mut acc1)] {
+            let wb: &[u8; 32] = row[(i + k) * 4..(i + k + 8) * 4]
+                .try_into()
+                .expect("8 floats");
+            let w = _mm256_castsi256_ps(load_32(wb));
+            let x: &[f32; 8] = act[i + k..i + k + 8].try_into().expect("8 floats");
+            *acc = _mm256_fmadd_ps(w, load_f32x8(x), *acc);
+        }
+    }
+    let mut total = hsum(_mm256_add_ps(acc0, acc1));
+    for (i, x) in act.iter().enumerate().skip(n) {
+        let w = f32::from_le_bytes(row[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+        total += w * x;
+    }
+    total
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_w_f16(row: &[u8], act: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let n = act.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        let wb: &[u8; 16] = row[i * 2..i * 2 + 16].try_into().expect("8 halves");
+        let w = _mm256_cvtph_ps(load_16(wb));
+        let x: &[f32; 8] = act[i..i + 8].try_into().expect("8 floats");
+        acc = _mm256_fmadd_ps(w, load_f32x8(x), acc);
+    }
+    let mut total = hsum(acc);
+    for (i, x) in act.iter().enumerate().skip(n) {
+        total += f16(row[i * 2], row[i * 2 + 1]) * x;
+    }
+    total
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_w_bf16(row: &[u8], act: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let n = act.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        let wb: &[u8; 16] = row[i * 2..i * 2 + 16].try_into().expect("8 bf16");
+        let w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_16(wb)), 16));
+        let x: &[f32; 8] = act[i..i + 8].try_into().expect("8 floats");
+        acc = _mm256_fmadd_ps(w, load_f32x8(x), acc);
+    }
+    let mut total = hsum(acc);
+    for (i, x) in act.iter().enumerate().skip(n) {
+        total += half::bf16::from_le_bytes([row[i * 2], row[i * 2 + 1]]).to_f32() * x;
+    }
+    total
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn dot_f32_imp(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let m = n / 16 * 16;
+    for i in (0..m).step_by(16) {
+        let a0: &[f32; 8] = a[i..i + 8].try_into().expect("8");
+        let b0: &[f32; 8] = b[i..i + 8].try_into().expect("8");
+        let a1: &[f32; 8] = a[i + 8..i + 16].try_into().expect("8");
+        let b1: &[f32; 8] = b[i + 8..i + 16].try_into().expect("8");
+        acc0 = _mm256_fmadd_ps(load_f32x8(a0), load_f32x8(b0), acc0);
+        acc1 = _mm256_fmadd_ps(load_f32x8(a1), load_f32x8(b1), acc1);
+    }
+    let mut total = hsum(_mm256_add_ps(acc0, acc1));
+    for i in m..n {
+        total += a[i] * b[i];
+    }
+    total
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn axpy_imp(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let m = n / 8 * 8;
+    let av = _mm256_set1_ps(a);
+    for i in (0..m).step_by(8) {
+        let xv: &[f32; 8] = x[i..i + 8].try_into().expect("8");
+        let yv: &mut [f32; 8] = (&mut y[i..i + 8]).try_into().expect("8");
+        let r = _mm256_fmadd_ps(av, load_f32x8(xv), load_f32x8(yv));
+        // SAFETY: writes exactly the 8 floats of `yv`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(yv.as_mut_ptr(), r) };
+    }
+    for i in m..n {
+        y[i] += a * x[i];
+    }
+}

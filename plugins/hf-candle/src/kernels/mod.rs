@@ -1,0 +1,321 @@
+//! CPU kernels for the native transformer: dot products between weight rows stored in GGUF
+//! block formats (or plain floats) and activations, picked once at run time.
+//!
+//! Quantized weights (`Q4_0`, `Q4_1`, `Q8_0`) are multiplied against activations quantized to
+//! [`BlockQ8`] (32 values, an f32 scale and the scaled sum), the way llama.cpp does, so the
+//! inner loop is 8-bit integer multiply-adds. Float weights (`F32`, `F16`, `BF16`) meet f32
+//! activations.
+//!
+//! Every kernel computes one row against one activation vector, so a token's result does not
+//! depend on what else is in the batch: batched prefill, batched decoding and a solo run give
+//! bit-identical logits.
+//!
+//! Instruction sets are chosen at run time (`is_x86_feature_detected!`), never at compile time:
+//! the binary runs on any x86-64 (or other) CPU, and uses AVX2 + FMA + F16C where the CPU has
+//! them. `SWITCHYARD_KERNELS=portable` forces the portable code (used by the tests to check
+//! that both paths agree).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod portable;
+
+use std::sync::OnceLock;
+
+/// Values per quantized block.
+pub const QK: usize = 32;
+
+/// How a weight matrix's rows are stored (GGUF `ggml_type`s this module can multiply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 32 4-bit values with one f16 scale: `(q - 8) * d`.
+    Q4_0,
+    /// 32 4-bit values with an f16 scale and minimum: `q * d + m`.
+    Q4_1,
+    /// 32 signed bytes with one f16 scale: `q * d`.
+    Q8_0,
+}
+
+impl WeightKind {
+    /// Values per storage block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            WeightKind::F32 | WeightKind::F16 | WeightKind::BF16 => 1,
+            WeightKind::Q4_0 | WeightKind::Q4_1 | WeightKind::Q8_0 => QK,
+        }
+    }
+
+    /// Bytes per storage block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightKind::F32 => 4,
+            WeightKind::F16 | WeightKind::BF16 => 2,
+            WeightKind::Q4_0 => 18,
+            WeightKind::Q4_1 => 20,
+            WeightKind::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes one row of `cols` values takes (`cols` must be a multiple of the block size).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_elems() * self.block_bytes()
+    }
+
+    /// Whether activations must be quantized to [`BlockQ8`] before multiplying.
+    pub fn is_quantized(self) -> bool {
+        self.block_elems() > 1
+    }
+
+    /// The GGUF name of the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightKind::F32 => "F32",
+            WeightKind::F16 => "F16",
+            WeightKind::BF16 => "BF16",
+            WeightKind::Q4_0 => "Q4_0",
+            WeightKind::Q4_1 => "Q4_1",
+            WeightKind::Q8_0 => "Q8_0",
+        }
+    }
+}
+
+/// 32 activation values quantized to signed bytes: `x ≈ d * q`, with `s = d * Σq`
+/// (the term `Q4_0`'s offset and `Q4_1`'s minimum need).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8 {
+    /// Scale.
+    pub d: f32,
+    /// `d` times the sum of `qs`.
+    pub s: f32,
+    /// The quantized values.
+    pub qs: [i8; QK],
+}
+
+/// The instruction set the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// Plain Rust (what the compiler makes of it for the build target).
+    Portable,
+}
+
+impl Isa {
+    /// A short name for logs and benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// The instruction set picked for this process (detected once).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var("SWITCHYARD_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("portable")) {
+            return Isa::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    })
+}
+
+/// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    portable::quantize_row(x, out);
+}
+
+/// Dot product of one quantized weight row (`kind`'s bytes) with quantized activations.
+pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
+    debug_assert!(row.len() >= kind.row_bytes(act.len() * QK));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_q(kind, row, act),
+        _ => portable::dot_q(kind, row, act),
+    }
+}
+
+/// Dot product of one float weight row (`F32`/`F16`/`BF16` bytes) with f32 activations.
+pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
+    debug_assert!(row.len() >= kind.row_bytes(act.len()));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_f(kind, row, act),
+        _ => portable::dot_f(kind, row, act),
+    }
+}
+
+/// `Σ a[i] * b[i]`.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_f32(a, b),
+        _ => portable::dot_f32(a, b),
+    }
+}
+
+/// `y[i] += a * x[i]`.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::axpy(y, a, x),
+        _ => portable::axpy(y, a, x),
+    }
+}
+
+/// Writes row values `0..out.len()` of a weight row as f32 (embedding lookups).
+pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
+    portable::dequantize_row(kind, row, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    /// Encodes `w` in `kind` with the reference (scalar) rules, for tests.
+    fn encode(kind: WeightKind, w: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match kind {
+            WeightKind::F32 => w.iter().for_each(|x| out.extend(x.to_le_bytes())),
+            WeightKind::F16 => w
+                .iter()
+                .for_each(|x| out.extend(half::f16::from_f32(*x).to_le_bytes())),
+            WeightKind::BF16 => w
+                .iter()
+                .for_each(|x| out.extend(half::bf16::from_f32(*x).to_le_bytes())),
+            WeightKind::Q8_0 => {
+                for b in w.chunks(QK) {
+                    let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    let d = amax / 127.0;
+                    out.extend(half::f16::from_f32(d).to_le_bytes());
+                    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                    out.extend(b.iter().map(|x| (x * id).round() as i8 as u8));
+                }
+            }
+            WeightKind::Q4_0 | WeightKind::Q4_1 => {
+                for b in w.chunks(QK) {
+                    let (min, max) = b
+                        .iter()
+                        .fold((f32::MAX, f32::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                    let (d, m) = if kind == WeightKind::Q4_1 {
+                        ((max - min) / 15.0, min)
+                    } else {
+                        let amax = if max.abs() > min.abs() { max } else { min };
+                        (amax / -8.0, 0.0)
+                    };
+                    out.extend(half::f16::from_f32(d).to_le_bytes());
+                    if kind == WeightKind::Q4_1 {
+                        out.extend(half::f16::from_f32(m).to_le_bytes());
+                    }
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let q = |x: f32| -> u8 {
+                        if kind == WeightKind::Q4_1 {
+                            ((x - m) * id + 0.5).clamp(0.0, 15.0) as u8
+                        } else {
+                            (x * id + 8.5).clamp(0.0, 15.0) as u8
+                        }
+                    };
+                    for j in 0..QK / 2 {
+                        out.push(q(b[j]) | (q(b[j + QK / 2]) << 4));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    const KINDS: [WeightKind; 6] = [
+        WeightKind::F32,
+        WeightKind::F16,
+        WeightKind::BF16,
+        WeightKind::Q4_0,
+        WeightKind::Q4_1,
+        WeightKind::Q8_0,
+    ];
+
+    #[test]
+    fn every_kind_dequantizes_close_to_the_source() {
+        let mut seed = 7;
+        let w: Vec<f32> = (0..256).map(|_| lcg(&mut seed)).collect();
+        for kind in KINDS {
+            let bytes = encode(kind, &w);
+            assert_eq!(bytes.len(), kind.row_bytes(w.len()), "{kind:?}");
+            let mut back = vec![0f32; w.len()];
+            dequantize_row(kind, &bytes, &mut back);
+            let tol = match kind {
+                WeightKind::F32 => 0.0,
+                WeightKind::F16 => 1e-3,
+                WeightKind::BF16 => 1e-2,
+                WeightKind::Q8_0 => 1e-2,
+                _ => 0.14,
+            };
+            for (a, b) in w.iter().zip(&back) {
+                assert!((a - b).abs() <= tol, "{kind:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_and_portable_kernels_agree_with_the_dequantized_dot() {
+        let mut seed = 42;
+        for cols in [32usize, 64, 576, 1536] {
+            let w: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+            let x: Vec<f32> = (0..cols).map(|_| lcg(&mut seed) * 3.0).collect();
+            let mut xq = vec![BlockQ8::default(); cols / QK];
+            quantize_row(&x, &mut xq);
+            for kind in KINDS {
+                let bytes = encode(kind, &w);
+                let mut wd = vec![0f32; cols];
+                dequantize_row(kind, &bytes, &mut wd);
+                let exact: f64 = wd.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let (fast, slow) = if kind.is_quantized() {
+                    (dot_q(kind, &bytes, &xq), portable::dot_q(kind, &bytes, &xq))
+                } else {
+                    (dot_f(kind, &bytes, &x), portable::dot_f(kind, &bytes, &x))
+                };
+                // Activation quantization error: at most half a step per value.
+                let tol = if kind.is_quantized() {
+                    wd.iter().map(|v| v.abs()).sum::<f32>() * 3.0 / 254.0 + 1e-3
+                } else {
+                    1e-3 * cols as f32
+                };
+                assert!(
+                    (fast as f64 - exact).abs() <= tol as f64,
+                    "{kind:?} cols {cols}: fast {fast} vs exact {exact}"
+                );
+                assert!(
+                    (fast - slow).abs() <= 1e-4 * (1.0 + exact.abs() as f32),
+                    "{kind:?} cols {cols}: {:?} {fast} vs portable {slow}",
+                    isa()
+                );
+            }
+            let y: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+            let d = dot_f32(&x, &y);
+            let e: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            assert!((d - e).abs() < 1e-3, "dot_f32 {d} vs {e}");
+            let mut z = y.clone();
+            axpy(&mut z, 0.5, &x);
+            for i in 0..cols {
+                assert!((z[i] - (y[i] + 0.5 * x[i])).abs() < 1e-6);
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The portable kernels: plain Rust, correct on every target, and the reference the SIMD
+//! kernels are tested against.
+
+use half::{bf16, f16};
+
+use super::{BlockQ8, QK, WeightKind};
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+fn bf16_at(b: &[u8], i: usize) -> f32 {
+    bf16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// Quantizes 32-value blocks of `x` to signed bytes (round half away from zero).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in blk.qs.iter_mut().zip(xs) {
+            let r = (v * id).round() as i8;
+            *q = r;
+            sum += r as i32;
+        }
+        blk.d = d;
+        blk.s = d * sum as f32;
+    }
+}
+
+/// Quantized weight row · quantized activations.
+pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
+    let bb = kind.block_bytes();
+    let mut total = 0f32;
+    for (i, a) in act.iter().enumerate() {
+        let b = &row[i * bb..(i + 1) * bb];
+        total += match kind {
+            WeightKind::Q8_0 => {
+                let d = f16_at(b, 0);
+                let s: i32 = b[2..]
+                    .iter()
+                    .zip(&a.qs)
+                    .map(|(w, y)| (*w as i8 as i32) * (*y as i32))
+                    .sum();
+                d * a.d * s as f32
+            }
+            WeightKind::Q4_0 | WeightKind::Q4_1 => {
+                let d = f16_at(b, 0);
+                let qs = if kind == WeightKind::Q4_1 {
+                    &b[4..20]
+                } else {
+                    &b[2..18]
+                };
+                let mut s = 0i32;
+                for j in 0..QK / 2 {
+                    s += (qs[j] & 0x0F) as i32 * a.qs[j] as i32;
+                    s += (qs[j] >> 4) as i32 * a.qs[j + QK / 2] as i32;
+                }
+                if kind == WeightKind::Q4_1 {
+                    d * a.d * s as f32 + f16_at(b, 2) * a.s
+                } else {
+                    d * a.d * s as f32 - 8.0 * d * a.s
+                }
+            }
+            _ => unreachable!("float weights use dot_f"),
+        };
+    }
+    total
+}
+
+/// Float weight row · f32 activations.
+pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, x) in act.iter().enumerate() {
+        let w = match kind {
+            WeightKind::F32 => f32_at(row, i * 4),
+            WeightKind::F16 => f16_at(row, i * 2),
+            WeightKind::BF16 => bf16_at(row, i * 2),
+            _ => unreachable!("quantized weights use dot_q"),
+        };
+        acc[i % 8] += w * x;
+    }
+    acc.iter().sum()
+}
+
+/// `Σ a[i] * b[i]`, eight partial sums (so the compiler can vectorize it).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y[i] += a * x[i]`.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Dequantizes the first `out.len()` values of a weight row.
+pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
+    match kind {
+        WeightKind::F32 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f32_at(row, i * 4)),
+        WeightKind::F16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = f16_at(row, i * 2)),
+        WeightKind::BF16 => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = bf16_at(row, i * 2)),
+        WeightKind::Q8_0 => {
+            for (bi, o) in out.chunks_mut(QK).enumerate() {
+                let b = &row[bi * 34..];
+                let d = f16_at(b, 0);
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = d * b[2 + j] as i8 as f32;
+                }
+            }
+        }
+        WeightKind::Q4_0 | WeightKind::Q4_1 => {
+            let bb = kind.block_bytes();
+            for (bi, o) in out.chunks_mut(QK).enumerate() {
+                let b = &row[bi * bb..];
+                let d = f16_at(b, 0);
+                let (m, off, sub) = if kind == WeightKind::Q4_1 {
+                    (f16_at(b, 2), 4, 0.0)
+                } else {
+                    (0.0, 2, 8.0)
+                };
+                for (j, v) in o.iter_mut().enumerate() {
+                    let byte = b[off + j % (QK / 2)];
+                    let q = if j < QK / 2 { byte & 0x0F } else { byte >> 4 };
+                    *v = (q as f32 - sub) * d + m;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Per-sequence KV caches and the prefix cache that lets a conversation's next turn skip the
+//! prefill of everything it shares with an earlier request.
+
+use std::collections::VecDeque;
+
+/// Keys and values of one sequence, every layer, f32, laid out `[position][kv_heads * head_dim]`.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    /// `(keys, values)` per layer.
+    pub(crate) layers: Vec<(Vec<f32>, Vec<f32>)>,
+    kv_dim: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` layers of `kv_dim` floats per position.
+    pub fn new(layers: usize, kv_dim: usize) -> Self {
+        Self {
+            layers: vec![(Vec::new(), Vec::new()); layers],
+            kv_dim,
+            len: 0,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the first `n` positions.
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len);
+        for (k, v) in &mut self.layers {
+            k.truncate(n * self.kv_dim);
+            v.truncate(n * self.kv_dim);
+        }
+        self.len = n;
+    }
+
+    /// Records that `n` more positions were appended to every layer.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+        debug_assert!(
+            self.layers
+                .iter()
+                .all(|(k, v)| k.len() == self.len * self.kv_dim && v.len() == k.len())
+        );
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.layers.len() * 2 * self.len * self.kv_dim * std::mem::size_of::<f32>()
+    }
+
+    /// Releases spare capacity (for caches parked in the prefix cache).
+    pub fn shrink(&mut self) {
+        for (k, v) in &mut self.layers {
+            k.shrink_to_fit();
+            v.shrink_to_fit();
+        }
+    }
+}
+
+/// Finished sequences' caches, keyed by the tokens they hold, least recently used first out,
+/// bounded in bytes.
+#[derive(Debug)]
+pub struct PrefixCache {
+    entries: VecDeque<(Vec<u32>, KvCache)>,
+    bytes: usize,
+    budget: usize,
+    /// Shortest shared prefix worth reusing.
+    min_tokens: usize,
+}
+
+impl PrefixCache {
+    /// A cache holding at most `budget` bytes of KV.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            budget,
+            min_tokens: 4,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Parks a finished sequence's cache (`tokens` are exactly the positions it holds).
+    pub fn put(&mut self, tokens: Vec<u32>, mut kv: KvCache) {
+        debug_assert_eq!(tokens.len(), kv.len());
+        if self.budget == 0 || kv.len() < self.min_tokens || kv.bytes() > self.budget {
+            return;
+        }
+        kv.shrink();
+        // An entry that is a prefix of the new one is redundant.
+        self.entries.retain(|(t, c)| {
+            let redundant = t.len() <= tokens.len() && tokens[..t.len()] == t[..];
+            if redundant {
+                self.bytes -= c.bytes();
+            }
+            !redundant
+        });
+        self.bytes += kv.bytes();
+        self.entries.push_back((tokens, kv));
+        while self.bytes > self.budget {
+            let Some((_, old)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= old.bytes();
+        }
+    }
+
+    /// The cache sharing the longest prefix with `prompt`, truncated to that prefix (at most
+    /// `prompt.len() - 1` positions, so the last prompt token is always run and yields logits).
+    /// The entry stays cached when it holds more than the shared part (another request may
+    /// branch from it), in which case the caller gets a copy.
+    pub fn take(&mut self, prompt: &[u32]) -> Option<KvCache> {
+        let limit = prompt.len().saturating_sub(1);
+        let (best, shared) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| {
+                let n = t.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+                (i, n.min(limit))
+            })
+            .max_by_key(|&(_, n)| n)?;
+        if shared < self.min_tokens {
+            return None;
+        }
+        let whole = self.entries[best].0.len() == shared;
+        let mut kv = if whole {
+            let (_, kv) = self.entries.remove(best).expect("index from enumerate");
+            self.bytes -= kv.bytes();
+            kv
+        } else {
+            // Move it to the back (most recently used) and copy the shared part.
+            let entry = self.entries.remove(best).expect("index from enumerate");
+            let mut copy = KvCache::new(entry.1.layers.len(), entry.1.kv_dim);
+            for ((k, v), (sk, sv)) in copy.layers.iter_mut().zip(&entry.1.layers) {
+                k.extend_from_slice(&sk[..shared * entry.1.kv_dim]);
+                v.extend_from_slice(&sv[..shared * entry.1.kv_dim]);
+            }
+            copy.len = shared;
+            self.entries.push_back(entry);
+            copy
+        };
+        kv.truncate(shared);
+        Some(kv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(tokens: &[u32]) -> KvCache {
+        let mut kv = KvCache::new(2, 3);
+        for (k, v) in &mut kv.layers {
+            for &t in tokens {
+                k.extend([t as f32; 3]);
+                v.extend([-(t as f32); 3]);
+            }
+        }
+        kv.advance(tokens.len());
+        kv
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_the_last_prompt_token_is_left_to_run() {
+        let mut pc = PrefixCache::new(1 << 20);
+        pc.put(vec![1, 2, 3, 4, 5, 6], filled(&[1, 2, 3, 4, 5, 6]));
+        pc.put(vec![1, 2, 9, 9, 9], filled(&[1, 2, 9, 9, 9]));
+        let kv = pc.take(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        assert_eq!(kv.len(), 6);
+        assert_eq!(kv.layers[1].0[5 * 3], 6.0);
+        // Exactly the cached tokens again: all but the last are reused.
+        pc.put(vec![1, 2, 3, 4, 5, 6], kv);
+        let kv = pc.take(&[1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(kv.len(), 5);
+        // Nothing shared beyond 2 tokens: no reuse.
+        assert!(pc.take(&[1, 2, 7, 7, 7, 7]).is_none());
+    }
+
+    #[test]
+    fn a_branch_copies_and_keeps_the_entry() {
+        let mut pc = PrefixCache::new(1 << 20);
+        pc.put(vec![1, 2, 3, 4, 5, 6], filled(&[1, 2, 3, 4, 5, 6]));
+        let kv = pc.take(&[1, 2, 3, 4, 0, 0]).unwrap();
+        assert_eq!(kv.len(), 4);
+        assert_eq!(pc.take(&[1, 2, 3, 4, 5, 6, 7]).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn the_budget_evicts_least_recently_used() {
+        let one = filled(&[1, 2, 3, 4]).bytes();
+        let mut pc = PrefixCache::new(one * 2);
+        pc.put(vec![1, 1, 1, 1], filled(&[1, 1, 1, 1]));
+        pc.put(vec![2, 2, 2, 2], filled(&[2, 2, 2, 2]));
+        pc.put(vec![3, 3, 3, 3], filled(&[3, 3, 3, 3]));
+        assert!(pc.bytes() <= one * 2);
+        assert!(pc.take(&[1, 1, 1, 1, 1]).is_none());
+        assert!(pc.take(&[3, 3, 3, 3, 3]).is_some());
+    }
+}

@@ -1,0 +1,500 @@
+//! The native decoder-only transformer (GGUF `llama`, `qwen2`, `qwen3`): one batched forward
+//! pass over tokens of any number of sequences, each with its own KV cache.
+//!
+//! A step may mix a new request's whole prompt with single decode tokens of running ones:
+//! matrix products run once over all the step's tokens, attention runs per token against its
+//! own sequence's cache. Kernels work row by row, so a token's numbers never depend on its
+//! batch-mates.
+
+use rayon::prelude::*;
+
+use super::kv::KvCache;
+use super::weights::{GgufWeights, Matrix};
+use crate::error::{Error, Result};
+use crate::kernels::{self, BlockQ8, QK};
+
+/// GGUF architectures the native model runs.
+pub const NATIVE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Clone, Debug)]
+pub struct Hparams {
+    /// `general.architecture`.
+    pub arch: String,
+    /// Residual width.
+    pub hidden: usize,
+    /// Layers.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Trained context window.
+    pub context_length: usize,
+    /// Vocabulary size (rows of the output matrix).
+    pub vocab: usize,
+    /// Rotate pairs `(i, i + d/2)` (NEOX) instead of `(2i, 2i + 1)`.
+    pub rope_neox: bool,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    w_gate: Matrix,
+    w_up: Matrix,
+    w_down: Matrix,
+}
+
+/// The loaded model (weights are views into the mapped file).
+pub struct Transformer {
+    /// Hyper-parameters.
+    pub hp: Hparams,
+    embed: Matrix,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    output: Matrix,
+    /// Rotary inverse frequencies, `head_dim / 2` of them.
+    inv_freq: Vec<f64>,
+}
+
+/// One sequence's part of a forward step.
+pub struct SeqStep<'a> {
+    /// Its cache (the step appends to it).
+    pub kv: &'a mut KvCache,
+    /// Tokens to run, at positions `kv.len()..`.
+    pub tokens: &'a [u32],
+}
+
+/// A step's activations, quantized once and shared by every matrix that reads them.
+enum Input<'a> {
+    Quant(&'a [BlockQ8]),
+    Float(&'a [f32]),
+}
+
+impl Transformer {
+    /// Builds the model from a mapped GGUF file.
+    pub fn load(w: &GgufWeights, arch: &str) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = w.md_req(&key("embedding_length"))? as usize;
+        let n_layers = w.md_req(&key("block_count"))? as usize;
+        let n_heads = w.md_req(&key("attention.head_count"))? as usize;
+        let n_kv_heads = w
+            .md_num(&key("attention.head_count_kv"))
+            .map_or(n_heads, |v| v as usize);
+        let head_dim = w
+            .md_num(&key("attention.key_length"))
+            .map_or(hidden / n_heads.max(1), |v| v as usize);
+        let eps = w
+            .md_num(&key("attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5) as f32;
+        let base = w.md_num(&key("rope.freq_base")).unwrap_or(10_000.0);
+        let rot_dims = w
+            .md_num(&key("rope.dimension_count"))
+            .map_or(head_dim, |v| v as usize);
+        let context_length = w.md_num(&key("context_length")).unwrap_or(4096.0) as usize;
+        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || rot_dims != head_dim {
+            return Err(Error::Unsupported(format!(
+                "GGUF `{arch}` with {n_heads} heads, {n_kv_heads} KV heads, rope over {rot_dims} of {head_dim} dims is not supported by the native model"
+            )));
+        }
+        let embed = w.matrix("token_embd.weight")?;
+        let output = if w.has("output.weight") {
+            w.matrix("output.weight")?
+        } else {
+            embed.clone()
+        };
+        // Llama 3 style rope scaling arrives as per-frequency divisors.
+        let freq_factors = w.opt_vector("rope_freqs.weight")?;
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| {
+                let f = 1.0 / base.powf(2.0 * i as f64 / head_dim as f64);
+                f / freq_factors.as_ref().map_or(1.0, |ff| ff[i] as f64)
+            })
+            .collect();
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let t = |n: &str| format!("blk.{l}.{n}");
+            layers.push(Layer {
+                attn_norm: w.vector(&t("attn_norm.weight"))?,
+                wq: w.matrix(&t("attn_q.weight"))?,
+                wk: w.matrix(&t("attn_k.weight"))?,
+                wv: w.matrix(&t("attn_v.weight"))?,
+                wo: w.matrix(&t("attn_output.weight"))?,
+                bq: w.opt_vector(&t("attn_q.bias"))?,
+                bk: w.opt_vector(&t("attn_k.bias"))?,
+                bv: w.opt_vector(&t("attn_v.bias"))?,
+                q_norm: w.opt_vector(&t("attn_q_norm.weight"))?,
+                k_norm: w.opt_vector(&t("attn_k_norm.weight"))?,
+                ffn_norm: w.vector(&t("ffn_norm.weight"))?,
+                w_gate: w.matrix(&t("ffn_gate.weight"))?,
+                w_up: w.matrix(&t("ffn_up.weight"))?,
+                w_down: w.matrix(&t("ffn_down.weight"))?,
+            });
+        }
+        let hp = Hparams {
+            arch: arch.to_owned(),
+            hidden,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            eps,
+            context_length,
+            vocab: output.rows,
+            rope_neox: arch != "llama",
+        };
+        let m = Self {
+            norm: w.vector("output_norm.weight")?,
+            hp,
+            embed,
+            layers,
+            output,
+            inv_freq,
+        };
+        m.check_shapes()?;
+        Ok(m)
+    }
+
+    fn check_shapes(&self) -> Result<()> {
+        let hp = &self.hp;
+        let q = hp.n_heads * hp.head_dim;
+        let kv = hp.n_kv_heads * hp.head_dim;
+        for (i, l) in self.layers.iter().enumerate() {
+            let ok = l.wq.rows == q
+                && l.wq.cols == hp.hidden
+                && l.wk.rows == kv
+                && l.wv.rows == kv
+                && l.wo.rows == hp.hidden
+                && l.wo.cols == q
+                && l.w_gate.cols == hp.hidden
+                && l.w_up.rows == l.w_gate.rows
+                && l.w_down.cols == l.w_gate.rows
+                && l.w_down.rows == hp.hidden
+                && l.attn_norm.len() == hp.hidden
+                && l.ffn_norm.len() == hp.hidden;
+            if !ok {
+                return Err(Error::Unsupported(format!(
+                    "layer {i} of the `{}` GGUF has tensor shapes this model does not expect",
+                    hp.arch
+                )));
+            }
+        }
+        if self.embed.cols != hp.hidden || self.output.cols != hp.hidden {
+            return Err(Error::Unsupported(
+                "embedding width differs from the residual width".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Floats one position of the KV cache takes per layer.
+    pub fn kv_dim(&self) -> usize {
+        self.hp.n_kv_heads * self.hp.head_dim
+    }
+
+    /// A fresh, empty cache.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.hp.n_layers, self.kv_dim())
+    }
+
+    /// Bytes of weights (for the memory report).
+    pub fn weight_bytes(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.wq.bytes()
+                    + l.wk.bytes()
+                    + l.wv.bytes()
+                    + l.wo.bytes()
+                    + l.w_gate.bytes()
+                    + l.w_up.bytes()
+                    + l.w_down.bytes()
+            })
+            .sum();
+        l + self.embed.bytes()
+    }
+
+    /// Runs one step over every sequence's tokens; returns each sequence's logits at its last
+    /// token. Call inside the compute thread pool.
+    pub fn forward(&self, seqs: &mut [SeqStep<'_>]) -> Vec<Vec<f32>> {
+        let hp = &self.hp;
+        let (h, hd) = (hp.hidden, hp.head_dim);
+        // Token index → (sequence, position).
+        let mut where_: Vec<(usize, usize)> = Vec::new();
+        for (s, step) in seqs.iter().enumerate() {
+            let start = step.kv.len();
+            where_.extend((0..step.tokens.len()).map(|i| (s, start + i)));
+        }
+        let t = where_.len();
+        let mut x = vec![0f32; t * h];
+        let ids = seqs.iter().flat_map(|s| s.tokens.iter().copied());
+        for (row, id) in x.chunks_mut(h).zip(ids) {
+            let id = (id as usize).min(self.embed.rows - 1);
+            kernels::dequantize_row(self.embed.kind, self.embed.row(id), row);
+        }
+        let (cos, sin) = self.rope_tables(&where_);
+        let mut xn = vec![0f32; t * h];
+        let q_dim = hp.n_heads * hd;
+        let kv_dim = self.kv_dim();
+        let mut q = vec![0f32; t * q_dim];
+        let mut k = vec![0f32; t * kv_dim];
+        let mut v = vec![0f32; t * kv_dim];
+        let mut attn = vec![0f32; t * q_dim];
+        let ffn = self.layers.first().map_or(0, |l| l.w_gate.rows);
+        let mut gate = vec![0f32; t * ffn];
+        let mut up = vec![0f32; t * ffn];
+        let mut tmp = vec![0f32; t * h];
+        let mut qbuf = Vec::new();
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&x, &l.attn_norm, hp.eps, &mut xn);
+            {
+                let input = quantize_for(&l.wq, &xn, h, &mut qbuf);
+                matmul(&l.wq, &input, t, &mut q);
+                matmul(&l.wk, &input, t, &mut k);
+                matmul(&l.wv, &input, t, &mut v);
+            }
+            add_bias(&mut q, l.bq.as_deref());
+            add_bias(&mut k, l.bk.as_deref());
+            add_bias(&mut v, l.bv.as_deref());
+            if let Some(w) = &l.q_norm {
+                rms_norm(&q.clone(), w, hp.eps, &mut q);
+            }
+            if let Some(w) = &l.k_norm {
+                rms_norm(&k.clone(), w, hp.eps, &mut k);
+            }
+            self.rope(&mut q, &cos, &sin);
+            self.rope(&mut k, &cos, &sin);
+            // Append this step's keys and values to each sequence's cache.
+            let mut off = 0;
+            for s in seqs.iter_mut() {
+                let n = s.tokens.len();
+                let (kc, vc) = &mut s.kv.layers[li];
+                kc.extend_from_slice(&k[off * kv_dim..(off + n) * kv_dim]);
+                vc.extend_from_slice(&v[off * kv_dim..(off + n) * kv_dim]);
+                off += n;
+            }
+            {
+                let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.kv).collect();
+                self.attention(li, &caches, &where_, &q, &mut attn);
+            }
+            let input = quantize_for(&l.wo, &attn, q_dim, &mut qbuf);
+            matmul(&l.wo, &input, t, &mut tmp);
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            rms_norm(&x, &l.ffn_norm, hp.eps, &mut xn);
+            {
+                let input = quantize_for(&l.w_gate, &xn, h, &mut qbuf);
+                matmul(&l.w_gate, &input, t, &mut gate);
+                matmul(&l.w_up, &input, t, &mut up);
+            }
+            gate.par_iter_mut()
+                .with_min_len(4096)
+                .zip(&up)
+                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            let input = quantize_for(&l.w_down, &gate, ffn, &mut qbuf);
+            matmul(&l.w_down, &input, t, &mut tmp);
+            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+        }
+        for s in seqs.iter_mut() {
+            s.kv.advance(s.tokens.len());
+        }
+        // Logits for each sequence's last token only.
+        let mut last = Vec::with_capacity(seqs.len() * h);
+        let mut end = 0;
+        for s in seqs.iter() {
+            end += s.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * h..end * h]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.norm, hp.eps, &mut normed);
+        let input = quantize_for(&self.output, &normed, h, &mut qbuf);
+        let mut logits = vec![0f32; seqs.len() * hp.vocab];
+        matmul(&self.output, &input, seqs.len(), &mut logits);
+        logits.chunks(hp.vocab).map(<[f32]>::to_vec).collect()
+    }
+
+    fn rope_tables(&self, where_: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.hp.head_dim / 2;
+        let mut cos = Vec::with_capacity(where_.len() * half);
+        let mut sin = Vec::with_capacity(where_.len() * half);
+        for &(_, pos) in where_ {
+            for f in &self.inv_freq {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                cos.push(c as f32);
+                sin.push(s as f32);
+            }
+        }
+        (cos, sin)
+    }
+
+    /// Rotates every head of every token in `x` (`[t][heads * head_dim]`).
+    fn rope(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let hd = self.hp.head_dim;
+        let half = hd / 2;
+        let per_tok = x.len() / (cos.len() / half).max(1);
+        for (ti, row) in x.chunks_mut(per_tok).enumerate() {
+            let (c, s) = (&cos[ti * half..][..half], &sin[ti * half..][..half]);
+            for head in row.chunks_mut(hd) {
+                for i in 0..half {
+                    let (a, b) = if self.hp.rope_neox {
+                        (i, i + half)
+                    } else {
+                        (2 * i, 2 * i + 1)
+                    };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * c[i] - x1 * s[i];
+                    head[b] = x0 * s[i] + x1 * c[i];
+                }
+            }
+        }
+    }
+
+    /// Causal attention of every (token, head) against its own sequence's cache.
+    fn attention(
+        &self,
+        layer: usize,
+        caches: &[&KvCache],
+        where_: &[(usize, usize)],
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        let hp = &self.hp;
+        let hd = hp.head_dim;
+        let group = hp.n_heads / hp.n_kv_heads;
+        let kv_dim = self.kv_dim();
+        let scale = 1.0 / (hd as f32).sqrt();
+        out.par_chunks_mut(hd).enumerate().for_each_init(
+            Vec::new,
+            |scores: &mut Vec<f32>, (i, o)| {
+                let (tok, head) = (i / hp.n_heads, i % hp.n_heads);
+                let (seq, pos) = where_[tok];
+                let (keys, values) = &caches[seq].layers[layer];
+                let kvh = head / group;
+                let qh = &q[i * hd..(i + 1) * hd];
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..=pos {
+                    let kj = &keys[j * kv_dim + kvh * hd..][..hd];
+                    let sc = kernels::dot_f32(qh, kj) * scale;
+                    max = max.max(sc);
+                    scores.push(sc);
+                }
+                let mut sum = 0f32;
+                for sc in scores.iter_mut() {
+                    *sc = (*sc - max).exp();
+                    sum += *sc;
+                }
+                o.fill(0.0);
+                let inv = 1.0 / sum;
+                for (j, w) in scores.iter().enumerate() {
+                    let vj = &values[j * kv_dim + kvh * hd..][..hd];
+                    kernels::axpy(o, w * inv, vj);
+                }
+            },
+        );
+    }
+}
+
+fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in x.chunks_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(a, c)| *a += c);
+        }
+    }
+}
+
+/// RMSNorm of each `w.len()`-wide row of `x` into `out`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks(n).zip(out.chunks_mut(n)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let r = 1.0 / (ss + eps).sqrt();
+        for ((o, a), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = a * r * g;
+        }
+    }
+}
+
+/// Prepares `x` (`[t][cols]`) for the matrices of kind `w.kind`.
+fn quantize_for<'a>(w: &Matrix, x: &'a [f32], cols: usize, buf: &'a mut Vec<BlockQ8>) -> Input<'a> {
+    if !w.kind.is_quantized() {
+        return Input::Float(x);
+    }
+    let per_row = cols / QK;
+    let t = x.len() / cols;
+    buf.clear();
+    buf.resize(t * per_row, BlockQ8::default());
+    buf.par_chunks_mut(per_row)
+        .with_min_len(8)
+        .zip(x.par_chunks(cols))
+        .for_each(|(b, r)| kernels::quantize_row(r, b));
+    Input::Quant(buf)
+}
+
+/// Rows per task; token tiles keep a tile of activations in L1 while a row block streams.
+const ROW_BLOCK: usize = 16;
+const TOKEN_TILE: usize = 16;
+
+/// `out[t][r] = w[r] · x[t]` for `t` tokens.
+fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
+    let rows = w.rows;
+    let dot = |r: usize, tok: usize| -> f32 {
+        match x {
+            Input::Quant(b) => {
+                let per = w.cols / QK;
+                kernels::dot_q(w.kind, w.row(r), &b[tok * per..(tok + 1) * per])
+            }
+            Input::Float(f) => {
+                kernels::dot_f(w.kind, w.row(r), &f[tok * w.cols..(tok + 1) * w.cols])
+            }
+        }
+    };
+    if t == 1 {
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = rows.div_ceil(threads * 4).max(ROW_BLOCK);
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| {
+                for (j, y) in o.iter_mut().enumerate() {
+                    *y = dot(ci * chunk + j, 0);
+                }
+            });
+        return;
+    }
+    // Row-major per weight row (`[r][t]`), then transposed into `[t][r]`.
+    let mut by_row = vec![0f32; rows * t];
+    by_row
+        .par_chunks_mut(ROW_BLOCK * t)
+        .enumerate()
+        .for_each(|(ci, o)| {
+            let r0 = ci * ROW_BLOCK;
+            let nr = o.len() / t;
+            for t0 in (0..t).step_by(TOKEN_TILE) {
+                let t1 = (t0 + TOKEN_TILE).min(t);
+                for j in 0..nr {
+                    for tok in t0..t1 {
+                        o[j * t + tok] = dot(r0 + j, tok);
+                    }
+                }
+            }
+        });
+    for (r, col) in by_row.chunks(t).enumerate() {
+        for (tok, v) in col.iter().enumerate() {
+            out[tok * rows + r] = *v;
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Weights of a GGUF file, memory-mapped: each matrix is a view into the mapped file, so
+//! loading copies nothing and the page cache is shared between processes.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::kernels::{self, WeightKind};
+
+/// A 2-D weight matrix stored row by row in one of the [`WeightKind`] formats.
+#[derive(Clone)]
+pub struct Matrix {
+    /// Storage format.
+    pub kind: WeightKind,
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    map: Arc<Mmap>,
+    start: usize,
+    row_bytes: usize,
+}
+
+impl Matrix {
+    /// The bytes of row `r`.
+    #[inline]
+    pub fn row(&self, r: usize) -> &[u8] {
+        let s = self.start + r * self.row_bytes;
+        &self.map[s..s + self.row_bytes]
+    }
+
+    /// Bytes the matrix occupies.
+    pub fn bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Matrix({} {}x{})",
+            self.kind.name(),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+/// The GGUF formats the native kernels multiply, or `None`.
+pub fn weight_kind(t: GgmlDType) -> Option<WeightKind> {
+    Some(match t {
+        GgmlDType::F32 => WeightKind::F32,
+        GgmlDType::F16 => WeightKind::F16,
+        GgmlDType::BF16 => WeightKind::BF16,
+        GgmlDType::Q4_0 => WeightKind::Q4_0,
+        GgmlDType::Q4_1 => WeightKind::Q4_1,
+        GgmlDType::Q8_0 => WeightKind::Q8_0,
+        _ => return None,
+    })
+}
+
+/// Where a tensor lies in the file.
+struct Tensor {
+    ggml_dtype: GgmlDType,
+    dims: Vec<usize>,
+    offset: u64,
+}
+
+/// A parsed, mapped GGUF file.
+pub struct GgufWeights {
+    map: Arc<Mmap>,
+    data_offset: usize,
+    tensors: HashMap<String, Tensor>,
+    /// All metadata.
+    pub metadata: HashMap<String, Value>,
+    path: std::path::PathBuf,
+}
+
+impl GgufWeights {
+    /// Maps `path` and takes the tensor directory from `content` (already read from it).
+    pub fn new(path: &Path, content: &Content) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
+        // SAFETY: the file is mapped read-only; like every mmap-based loader (llama.cpp,
+        // safetensors) this assumes nobody truncates the model file while it is loaded.
+        let map = unsafe { Mmap::map(&file) }
+            .map_err(|e| Error::file(path, format!("cannot be memory-mapped ({e})")))?;
+        Ok(Self {
+            map: Arc::new(map),
+            data_offset: content.tensor_data_offset as usize,
+            tensors: content
+                .tensor_infos
+                .iter()
+                .map(|(n, t)| {
+                    let tensor = Tensor {
+                        ggml_dtype: t.ggml_dtype,
+                        dims: t.shape.dims().to_vec(),
+                        offset: t.offset,
+                    };
+                    (n.clone(), tensor)
+                })
+                .collect(),
+            metadata: content.metadata.clone(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Whether a tensor exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// The first tensor format the native kernels cannot run, if any (`(name, format)`).
+    pub fn unsupported_tensor(&self) -> Option<(String, String)> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        names.into_iter().find_map(|n| {
+            let t = self.tensors[n].ggml_dtype;
+            weight_kind(t)
+                .is_none()
+                .then(|| (n.clone(), format!("{t:?}")))
+        })
+    }
+
+    fn info(&self, name: &str) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::file(
+                &self.path,
+                format!("has no tensor `{name}`; the file is incomplete or not a supported model"),
+            )
+        })
+    }
+
+    /// A 2-D matrix `[rows, cols]`.
+    pub fn matrix(&self, name: &str) -> Result<Matrix> {
+        let info = self.info(name)?;
+        let dims = &info.dims;
+        let (rows, cols) = match dims[..] {
+            [r, c] => (r, c),
+            [c] => (1, c),
+            _ => {
+                return Err(Error::file(
+                    &self.path,
+                    format!("tensor `{name}` has shape {dims:?}, expected a matrix"),
+                ));
+            }
+        };
+        let kind = weight_kind(info.ggml_dtype).ok_or_else(|| {
+            Error::file(
+                &self.path,
+                format!(
+                    "tensor `{name}` is {:?}, which the native kernels do not run",
+                    info.ggml_dtype
+                ),
+            )
+        })?;
+        if cols % kind.block_elems() != 0 {
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "tensor `{name}`: {cols} columns is not a multiple of the {}-value block",
+                    kind.block_elems()
+                ),
+            ));
+        }
+        let row_bytes = kind.row_bytes(cols);
+        let start = self.data_offset + info.offset as usize;
+        if start + rows * row_bytes > self.map.len() {
+            return Err(Error::file(
+                &self.path,
+                format!("is truncated: tensor `{name}` runs past the end of the file"),
+            ));
+        }
+        Ok(Matrix {
+            kind,
+            rows,
+            cols,
+            map: Arc::clone(&self.map),
+            start,
+            row_bytes,
+        })
+    }
+
+    /// A 1-D tensor as f32 (norm weights, biases).
+    pub fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        let m = self.matrix(name)?;
+        let n = m.rows * m.cols;
+        let mut out = vec![0f32; n];
+        for r in 0..m.rows {
+            kernels::dequantize_row(m.kind, m.row(r), &mut out[r * m.cols..(r + 1) * m.cols]);
+        }
+        Ok(out)
+    }
+
+    /// A 1-D tensor when present.
+    pub fn opt_vector(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        if self.has(name) {
+            self.vector(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A metadata number (any integer or float type) as f64.
+    pub fn md_num(&self, key: &str) -> Option<f64> {
+        match self.metadata.get(key)? {
+            Value::U8(v) => Some(*v as f64),
+            Value::I8(v) => Some(*v as f64),
+            Value::U16(v) => Some(*v as f64),
+            Value::I16(v) => Some(*v as f64),
+            Value::U32(v) => Some(*v as f64),
+            Value::I32(v) => Some(*v as f64),
+            Value::U64(v) => Some(*v as f64),
+            Value::I64(v) => Some(*v as f64),
+            Value::F32(v) => Some(*v as f64),
+            Value::F64(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A required metadata number.
+    pub fn md_req(&self, key: &str) -> Result<f64> {
+        self.md_num(key).ok_or_else(|| {
+            Error::file(
+                &self.path,
+                format!("has no metadata `{key}`; the file is incomplete or was written by an unsupported converter"),
+            )
+        })
+    }
+}
