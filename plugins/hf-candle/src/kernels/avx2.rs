@@ -35,6 +35,20 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// The 8 dot products of an interleaved group with quantized activations.
+pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; 8] {
+    debug_assert!(available());
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe {
+        match kind {
+            WeightKind::Q4_0 => dot_x8_q4(group, act, false),
+            WeightKind::Q4_1 => dot_x8_q4(group, act, true),
+            WeightKind::Q8_0 => dot_x8_q8_0(group, act),
+            _ => unreachable!("float weights are not interleaved"),
+        }
+    }
+}
+
 /// Float weight row · f32 activations.
 pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
     debug_assert!(available());
@@ -124,15 +138,29 @@ fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_1(row: &[u8], act: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (b, a) in row.chunks_exact(20).zip(act) {
+    // Two blocks per iteration, two accumulator chains.
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut mins = [0f32; 2];
+    let pairs = act.len() / 2;
+    for (bb, aa) in row.chunks_exact(40).zip(act.chunks_exact(2)).take(pairs) {
+        for k in 0..2 {
+            let b = &bb[k * 20..k * 20 + 20];
+            let a = &aa[k];
+            let qs: &[u8; 16] = b[4..20].try_into().expect("20-byte block");
+            let p = dot_u8_i8(unpack_nibbles(qs), load_q8(a));
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0], b[1]) * a.d), p, acc[k]);
+            mins[k] += f16(b[2], b[3]) * a.s;
+        }
+    }
+    if act.len() % 2 == 1 {
+        let i = act.len() - 1;
+        let (b, a) = (&row[i * 20..i * 20 + 20], &act[i]);
         let qs: &[u8; 16] = b[4..20].try_into().expect("20-byte block");
         let p = dot_u8_i8(unpack_nibbles(qs), load_q8(a));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0], b[1]) * a.d), p, acc);
-        mins += f16(b[2], b[3]) * a.s;
+        acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0], b[1]) * a.d), p, acc[0]);
+        mins[0] += f16(b[2], b[3]) * a.s;
     }
-    hsum(acc) + mins
+    hsum(_mm256_add_ps(acc[0], acc[1])) + (mins[0] + mins[1])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -161,6 +189,113 @@ fn dot_q8_0(row: &[u8], act: &[BlockQ8]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b[0], b[1]) * a.d), p, acc);
     }
     hsum(acc)
+}
+
+/// Activation bytes 0..16 and 16..32, each repeated in both 128-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_q8_halves(a: &BlockQ8) -> (__m256i, __m256i) {
+    // SAFETY: reads bytes 0..16 and 16..32 of the 32-byte `a.qs`; no alignment requirement.
+    let (lo, hi) = unsafe {
+        (
+            _mm_loadu_si128(a.qs.as_ptr().cast()),
+            _mm_loadu_si128(a.qs.as_ptr().add(16).cast()),
+        )
+    };
+    (
+        _mm256_broadcastsi128_si256(lo),
+        _mm256_broadcastsi128_si256(hi),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_8(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: writes exactly the 8 floats of `out`; `storeu` has no alignment requirement.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// 8 interleaved `Q4_0`/`Q4_1` rows: per block `[d; 8] [m; 8]? [qs; 8]`. Two rows' nibbles
+/// share one 256-bit register (row `2k` in the low lane, `2k + 1` in the high lane); three
+/// `vphaddd` and one permute turn the 4 partial-sum vectors into the 8 row sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_x8_q4(group: &[u8], act: &[BlockQ8], with_min: bool) -> [f32; 8] {
+    let gb = if with_min { 160 } else { 144 };
+    let qoff = if with_min { 32 } else { 16 };
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut acc = _mm256_setzero_ps();
+    let mut extra = _mm256_setzero_ps();
+    for (g, a) in group.chunks_exact(gb).zip(act) {
+        let (ylo, yhi) = load_q8_halves(a);
+        let mut p = [_mm256_setzero_si256(); 4];
+        for (k, pk) in p.iter_mut().enumerate() {
+            let q: &[u8; 32] = g[qoff + 32 * k..qoff + 32 * k + 32]
+                .try_into()
+                .expect("two rows of nibbles");
+            let w = load_32(q);
+            let lo = _mm256_and_si256(w, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+            let s16 =
+                _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+            *pk = _mm256_madd_epi16(s16, ones);
+        }
+        let h1 = _mm256_hadd_epi32(p[0], p[1]);
+        let h2 = _mm256_hadd_epi32(p[2], p[3]);
+        let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h1, h2), order);
+        let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
+        let dv = _mm256_cvtph_ps(load_16(d));
+        acc = _mm256_fmadd_ps(
+            _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
+            _mm256_cvtepi32_ps(sums),
+            acc,
+        );
+        if with_min {
+            let m: &[u8; 16] = g[16..32].try_into().expect("8 minimums");
+            extra = _mm256_fmadd_ps(_mm256_cvtph_ps(load_16(m)), _mm256_set1_ps(a.s), extra);
+        } else {
+            extra = _mm256_fmadd_ps(dv, _mm256_set1_ps(-8.0 * a.s), extra);
+        }
+    }
+    store_8(_mm256_add_ps(acc, extra))
+}
+
+/// 8 interleaved `Q8_0` rows: per block `[d; 8] [qs; 8]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_x8_q8_0(group: &[u8], act: &[BlockQ8]) -> [f32; 8] {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (g, a) in group.chunks_exact(272).zip(act) {
+        let y = load_q8(a);
+        let mut p = [_mm256_setzero_si256(); 8];
+        for (k, pk) in p.iter_mut().enumerate() {
+            let q: &[u8; 32] = g[16 + 32 * k..48 + 32 * k].try_into().expect("a row");
+            let w = load_32(q);
+            let s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+            *pk = _mm256_madd_epi16(s16, ones);
+        }
+        let h01 = _mm256_hadd_epi32(p[0], p[1]);
+        let h23 = _mm256_hadd_epi32(p[2], p[3]);
+        let h45 = _mm256_hadd_epi32(p[4], p[5]);
+        let h67 = _mm256_hadd_epi32(p[6], p[7]);
+        let a4 = _mm256_hadd_epi32(h01, h23);
+        let b4 = _mm256_hadd_epi32(h45, h67);
+        let sums = _mm256_add_epi32(
+            _mm256_permute2x128_si256(a4, b4, 0x20),
+            _mm256_permute2x128_si256(a4, b4, 0x31),
+        );
+        let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
+        let dv = _mm256_cvtph_ps(load_16(d));
+        acc = _mm256_fmadd_ps(
+            _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
+            _mm256_cvtepi32_ps(sums),
+            acc,
+        );
+    }
+    store_8(acc)
 }
 
 /// `QK` is the block size the quantized kernels assume.

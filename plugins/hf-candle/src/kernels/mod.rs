@@ -146,6 +146,71 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// Rows per interleaved group (see [`interleave8`]).
+pub const GROUP: usize = 8;
+
+/// Bytes one interleaved group of 8 rows takes per 32-column block.
+pub fn group_block_bytes(kind: WeightKind) -> usize {
+    kind.block_bytes() * GROUP
+}
+
+/// Repacks 8 consecutive quantized rows (`src`, row-major GGUF blocks) so that, block by
+/// block, the 8 scales (and `Q4_1` minimums) come first, then the 8 rows' quants:
+/// `[d; 8] [m; 8]? [qs; 8]`. One SIMD load then converts all 8 scales and the kernel
+/// produces 8 outputs at once, with no per-row horizontal sum.
+pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    let rb = kind.row_bytes(cols);
+    let nb = cols / QK;
+    let head = if kind == WeightKind::Q4_1 { 4 } else { 2 };
+    let qb = bb - head;
+    let mut out = Vec::with_capacity(rb * GROUP);
+    for i in 0..nb {
+        for r in 0..GROUP {
+            out.extend_from_slice(&src[r * rb + i * bb..][..2]);
+        }
+        if kind == WeightKind::Q4_1 {
+            for r in 0..GROUP {
+                out.extend_from_slice(&src[r * rb + i * bb + 2..][..2]);
+            }
+        }
+        for r in 0..GROUP {
+            out.extend_from_slice(&src[r * rb + i * bb + head..][..qb]);
+        }
+    }
+    out
+}
+
+/// Rebuilds row `j` (0..8) of an interleaved group in GGUF block layout (embedding lookups).
+pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    let gb = group_block_bytes(kind);
+    let head = if kind == WeightKind::Q4_1 { 4 } else { 2 };
+    let qb = bb - head;
+    let mut out = Vec::with_capacity(kind.row_bytes(cols));
+    for i in 0..cols / QK {
+        let g = &group[i * gb..(i + 1) * gb];
+        out.extend_from_slice(&g[j * 2..j * 2 + 2]);
+        if kind == WeightKind::Q4_1 {
+            out.extend_from_slice(&g[16 + j * 2..16 + j * 2 + 2]);
+        }
+        let q0 = head * GROUP + j * qb;
+        out.extend_from_slice(&g[q0..q0 + qb]);
+    }
+    out
+}
+
+/// The 8 dot products of an interleaved group (see [`interleave8`]) with quantized
+/// activations.
+pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
+    debug_assert!(group.len() >= group_block_bytes(kind) * act.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_x8(kind, group, act),
+        _ => portable::dot_x8(kind, group, act),
+    }
+}
+
 /// Dot product of one float weight row (`F32`/`F16`/`BF16` bytes) with f32 activations.
 pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
     debug_assert!(row.len() >= kind.row_bytes(act.len()));
@@ -306,6 +371,34 @@ mod tests {
                     "{kind:?} cols {cols}: {:?} {fast} vs portable {slow}",
                     isa()
                 );
+            }
+            for kind in [WeightKind::Q4_0, WeightKind::Q4_1, WeightKind::Q8_0] {
+                let rows: Vec<u8> = (0..GROUP)
+                    .flat_map(|_| {
+                        let w: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+                        encode(kind, &w)
+                    })
+                    .collect();
+                let rb = kind.row_bytes(cols);
+                let group = interleave8(kind, &rows, cols);
+                assert_eq!(group.len(), rows.len());
+                let eight = dot_x8(kind, &group, &xq);
+                let slow = portable::dot_x8(kind, &group, &xq);
+                for r in 0..GROUP {
+                    let row = &rows[r * rb..(r + 1) * rb];
+                    assert_eq!(
+                        deinterleave_row(kind, &group, r, cols),
+                        row,
+                        "{kind:?} row {r}"
+                    );
+                    let one = dot_q(kind, row, &xq);
+                    assert!(
+                        (eight[r] - one).abs() <= 1e-4 * (1.0 + one.abs()),
+                        "{kind:?} x8 row {r}: {} vs {one}",
+                        eight[r]
+                    );
+                    assert!((slow[r] - one).abs() <= 1e-4 * (1.0 + one.abs()));
+                }
             }
             let y: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
             let d = dot_f32(&x, &y);

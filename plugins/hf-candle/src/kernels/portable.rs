@@ -158,3 +158,42 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+/// The 8 dot products of an interleaved group (see `super::interleave8`).
+pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::GROUP] {
+    let gb = super::group_block_bytes(kind);
+    let mut out = [0f32; super::GROUP];
+    for (i, a) in act.iter().enumerate() {
+        let g = &group[i * gb..(i + 1) * gb];
+        for (r, o) in out.iter_mut().enumerate() {
+            let d = f16_at(g, r * 2);
+            *o += match kind {
+                WeightKind::Q8_0 => {
+                    let qs = &g[16 + r * 32..16 + (r + 1) * 32];
+                    let s: i32 = qs
+                        .iter()
+                        .zip(&a.qs)
+                        .map(|(w, y)| (*w as i8 as i32) * (*y as i32))
+                        .sum();
+                    d * a.d * s as f32
+                }
+                WeightKind::Q4_0 | WeightKind::Q4_1 => {
+                    let head = if kind == WeightKind::Q4_1 { 32 } else { 16 };
+                    let qs = &g[head + r * 16..head + (r + 1) * 16];
+                    let mut s = 0i32;
+                    for j in 0..QK / 2 {
+                        s += (qs[j] & 0x0F) as i32 * a.qs[j] as i32;
+                        s += (qs[j] >> 4) as i32 * a.qs[j + QK / 2] as i32;
+                    }
+                    if kind == WeightKind::Q4_1 {
+                        d * a.d * s as f32 + f16_at(g, 16 + r * 2) * a.s
+                    } else {
+                        d * a.d * s as f32 - 8.0 * d * a.s
+                    }
+                }
+                _ => unreachable!("float weights are not interleaved"),
+            };
+        }
+    }
+    out
+}

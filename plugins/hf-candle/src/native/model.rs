@@ -110,9 +110,9 @@ impl Transformer {
                 "GGUF `{arch}` with {n_heads} heads, {n_kv_heads} KV heads, rope over {rot_dims} of {head_dim} dims is not supported by the native model"
             )));
         }
-        let embed = w.matrix("token_embd.weight")?;
+        let embed = w.matrix("token_embd.weight")?.for_kernels();
         let output = if w.has("output.weight") {
-            w.matrix("output.weight")?
+            w.matrix("output.weight")?.for_kernels()
         } else {
             embed.clone()
         };
@@ -129,19 +129,19 @@ impl Transformer {
             let t = |n: &str| format!("blk.{l}.{n}");
             layers.push(Layer {
                 attn_norm: w.vector(&t("attn_norm.weight"))?,
-                wq: w.matrix(&t("attn_q.weight"))?,
-                wk: w.matrix(&t("attn_k.weight"))?,
-                wv: w.matrix(&t("attn_v.weight"))?,
-                wo: w.matrix(&t("attn_output.weight"))?,
+                wq: w.matrix(&t("attn_q.weight"))?.for_kernels(),
+                wk: w.matrix(&t("attn_k.weight"))?.for_kernels(),
+                wv: w.matrix(&t("attn_v.weight"))?.for_kernels(),
+                wo: w.matrix(&t("attn_output.weight"))?.for_kernels(),
                 bq: w.opt_vector(&t("attn_q.bias"))?,
                 bk: w.opt_vector(&t("attn_k.bias"))?,
                 bv: w.opt_vector(&t("attn_v.bias"))?,
                 q_norm: w.opt_vector(&t("attn_q_norm.weight"))?,
                 k_norm: w.opt_vector(&t("attn_k_norm.weight"))?,
                 ffn_norm: w.vector(&t("ffn_norm.weight"))?,
-                w_gate: w.matrix(&t("ffn_gate.weight"))?,
-                w_up: w.matrix(&t("ffn_up.weight"))?,
-                w_down: w.matrix(&t("ffn_down.weight"))?,
+                w_gate: w.matrix(&t("ffn_gate.weight"))?.for_kernels(),
+                w_up: w.matrix(&t("ffn_up.weight"))?.for_kernels(),
+                w_down: w.matrix(&t("ffn_down.weight"))?.for_kernels(),
             });
         }
         let hp = Hparams {
@@ -244,7 +244,7 @@ impl Transformer {
         let ids = seqs.iter().flat_map(|s| s.tokens.iter().copied());
         for (row, id) in x.chunks_mut(h).zip(ids) {
             let id = (id as usize).min(self.embed.rows - 1);
-            kernels::dequantize_row(self.embed.kind, self.embed.row(id), row);
+            self.embed.dequantize_row(id, row);
         }
         let (cos, sin) = self.rope_tables(&where_);
         let mut xn = vec![0f32; t * h];
@@ -444,57 +444,74 @@ fn quantize_for<'a>(w: &Matrix, x: &'a [f32], cols: usize, buf: &'a mut Vec<Bloc
     Input::Quant(buf)
 }
 
-/// Rows per task; token tiles keep a tile of activations in L1 while a row block streams.
+/// Rows per task in prefill (their weights stay in L1 while every token passes).
 const ROW_BLOCK: usize = 16;
-const TOKEN_TILE: usize = 16;
+
+/// `out[j] = w[r0 + j] · x[tok]` for a run of rows (`r0` and the run's length are multiples
+/// of 8 for interleaved matrices).
+fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
+    match x {
+        Input::Quant(b) => {
+            let per = w.cols / QK;
+            let act = &b[tok * per..(tok + 1) * per];
+            if w.interleaved {
+                for (k, o) in out.chunks_exact_mut(kernels::GROUP).enumerate() {
+                    o.copy_from_slice(&kernels::dot_x8(
+                        w.kind,
+                        w.group(r0 / kernels::GROUP + k),
+                        act,
+                    ));
+                }
+            } else {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = kernels::dot_q(w.kind, w.row(r0 + j), act);
+                }
+            }
+        }
+        Input::Float(f) => {
+            let act = &f[tok * w.cols..(tok + 1) * w.cols];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = kernels::dot_f(w.kind, w.row(r0 + j), act);
+            }
+        }
+    }
+}
 
 /// `out[t][r] = w[r] · x[t]` for `t` tokens.
 fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
     let rows = w.rows;
-    let dot = |r: usize, tok: usize| -> f32 {
-        match x {
-            Input::Quant(b) => {
-                let per = w.cols / QK;
-                kernels::dot_q(w.kind, w.row(r), &b[tok * per..(tok + 1) * per])
-            }
-            Input::Float(f) => {
-                kernels::dot_f(w.kind, w.row(r), &f[tok * w.cols..(tok + 1) * w.cols])
-            }
-        }
-    };
     if t == 1 {
         let threads = rayon::current_num_threads().max(1);
-        let chunk = rows.div_ceil(threads * 4).max(ROW_BLOCK);
+        let chunk = rows
+            .div_ceil(threads * 4)
+            .max(ROW_BLOCK)
+            .next_multiple_of(kernels::GROUP);
         out[..rows]
             .par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(ci, o)| {
-                for (j, y) in o.iter_mut().enumerate() {
-                    *y = dot(ci * chunk + j, 0);
-                }
-            });
+            .for_each(|(ci, o)| dot_rows(w, x, 0, ci * chunk, o));
         return;
     }
-    // Row-major per weight row (`[r][t]`), then transposed into `[t][r]`.
-    let mut by_row = vec![0f32; rows * t];
-    by_row
-        .par_chunks_mut(ROW_BLOCK * t)
-        .enumerate()
-        .for_each(|(ci, o)| {
-            let r0 = ci * ROW_BLOCK;
-            let nr = o.len() / t;
-            for t0 in (0..t).step_by(TOKEN_TILE) {
-                let t1 = (t0 + TOKEN_TILE).min(t);
-                for j in 0..nr {
-                    for tok in t0..t1 {
-                        o[j * t + tok] = dot(r0 + j, tok);
-                    }
-                }
+    // Blocks of rows × tiles of tokens, computed token-major into a per-block buffer and
+    // scattered into `[t][r]`.
+    let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .map(|bi| {
+            let r0 = bi * ROW_BLOCK;
+            let nr = ROW_BLOCK.min(rows - r0);
+            let mut o = vec![0f32; nr * t];
+            for tok in 0..t {
+                dot_rows(w, x, tok, r0, &mut o[tok * nr..(tok + 1) * nr]);
             }
-        });
-    for (r, col) in by_row.chunks(t).enumerate() {
-        for (tok, v) in col.iter().enumerate() {
-            out[tok * rows + r] = *v;
+            o
+        })
+        .collect();
+    for (bi, o) in blocks.iter().enumerate() {
+        let r0 = bi * ROW_BLOCK;
+        let nr = o.len() / t;
+        for tok in 0..t {
+            out[tok * rows + r0..tok * rows + r0 + nr]
+                .copy_from_slice(&o[tok * nr..(tok + 1) * nr]);
         }
     }
 }

@@ -12,7 +12,15 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::kernels::{self, WeightKind};
 
-/// A 2-D weight matrix stored row by row in one of the [`WeightKind`] formats.
+enum Bytes {
+    /// A range of the mapped file.
+    Mapped { map: Arc<Mmap>, start: usize },
+    /// Repacked in memory.
+    Owned(Arc<Vec<u8>>),
+}
+
+/// A 2-D weight matrix: rows in GGUF block layout (mapped from the file), or, for quantized
+/// matrices, groups of 8 rows interleaved for the 8-row kernels ([`kernels::interleave8`]).
 #[derive(Clone)]
 pub struct Matrix {
     /// Storage format.
@@ -21,22 +29,67 @@ pub struct Matrix {
     pub rows: usize,
     /// Input features.
     pub cols: usize,
-    map: Arc<Mmap>,
-    start: usize,
+    data: Arc<Bytes>,
     row_bytes: usize,
+    /// Stored as interleaved groups of [`kernels::GROUP`] rows.
+    pub interleaved: bool,
 }
 
 impl Matrix {
-    /// The bytes of row `r`.
+    fn all(&self) -> &[u8] {
+        match &*self.data {
+            Bytes::Mapped { map, start } => &map[*start..*start + self.rows * self.row_bytes],
+            Bytes::Owned(v) => v,
+        }
+    }
+
+    /// The bytes of row `r` (row layout only).
     #[inline]
     pub fn row(&self, r: usize) -> &[u8] {
-        let s = self.start + r * self.row_bytes;
-        &self.map[s..s + self.row_bytes]
+        debug_assert!(!self.interleaved);
+        &self.all()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// The bytes of interleaved group `g` (rows `8g..8g + 8`).
+    #[inline]
+    pub fn group(&self, g: usize) -> &[u8] {
+        let gb = self.row_bytes * kernels::GROUP;
+        &self.all()[g * gb..(g + 1) * gb]
+    }
+
+    /// Row `r` as f32 (embedding lookups), whatever the layout.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.interleaved {
+            let g = self.group(r / kernels::GROUP);
+            let row = kernels::deinterleave_row(self.kind, g, r % kernels::GROUP, self.cols);
+            kernels::dequantize_row(self.kind, &row, out);
+        } else {
+            kernels::dequantize_row(self.kind, self.row(r), out);
+        }
     }
 
     /// Bytes the matrix occupies.
     pub fn bytes(&self) -> usize {
         self.rows * self.row_bytes
+    }
+
+    /// This matrix repacked for the 8-row kernels when it is quantized and its row count
+    /// allows; otherwise itself.
+    pub fn for_kernels(self) -> Matrix {
+        if !self.kind.is_quantized() || self.rows % kernels::GROUP != 0 || self.interleaved {
+            return self;
+        }
+        let gb = self.row_bytes * kernels::GROUP;
+        let src = self.all();
+        let mut packed = Vec::with_capacity(src.len());
+        for g in src.chunks_exact(gb) {
+            packed.extend(kernels::interleave8(self.kind, g, self.cols));
+        }
+        Matrix {
+            data: Arc::new(Bytes::Owned(Arc::new(packed))),
+            interleaved: true,
+            ..self
+        }
     }
 }
 
@@ -181,9 +234,12 @@ impl GgufWeights {
             kind,
             rows,
             cols,
-            map: Arc::clone(&self.map),
-            start,
+            data: Arc::new(Bytes::Mapped {
+                map: Arc::clone(&self.map),
+                start,
+            }),
             row_bytes,
+            interleaved: false,
         })
     }
 
@@ -193,7 +249,7 @@ impl GgufWeights {
         let n = m.rows * m.cols;
         let mut out = vec![0f32; n];
         for r in 0..m.rows {
-            kernels::dequantize_row(m.kind, m.row(r), &mut out[r * m.cols..(r + 1) * m.cols]);
+            m.dequantize_row(r, &mut out[r * m.cols..(r + 1) * m.cols]);
         }
         Ok(out)
     }
