@@ -115,6 +115,40 @@ pub struct Rope {
     pub scaling: RopeScaling,
 }
 
+impl Rope {
+    /// The rotary inverse frequencies (`head_dim / 2`), scaling applied (f64).
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f64> {
+        let mut inv_freq: Vec<f64> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / self.theta.powf(i as f64 / head_dim as f64))
+            .collect();
+        match self.scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        inv_freq
+    }
+}
+
 /// The rope scaling kinds implemented here.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {

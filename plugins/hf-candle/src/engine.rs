@@ -12,11 +12,13 @@ use switchyard_plugin::{
 };
 
 use crate::assets::{self, GenerationDefaults, TemplateSource, TokenizerConfig};
-use crate::config::{Options, ids_of};
+use crate::config::{HfConfig, Options, ids_of};
 use crate::error::{Error, Result};
+use crate::kernels::WeightKind;
+use crate::model::dense::Family;
 use crate::model::gguf::GgufModel;
 use crate::model::{Instance, Net, ScoreHead, gguf, hf};
-use crate::native::batcher::{BatchConfig, Batcher, Job};
+use crate::native::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
 use crate::native::model::Transformer;
 use crate::native::stream::NativeStream;
 use crate::sampling::SamplingParams;
@@ -40,8 +42,10 @@ pub struct Shared {
     /// The candle-run model (safetensors folders, GGUF files the native model cannot run).
     proto: Option<Instance>,
     pool: Mutex<Vec<Instance>>,
-    /// The batching thread of a natively run GGUF model.
+    /// The batching thread of a natively run model.
     native: Option<Batcher>,
+    /// The natively run model (shared with the batching thread; per-position logits).
+    native_model: Option<Arc<Transformer>>,
     pub(crate) tok: Arc<Tok>,
     template: ChatTemplate,
     default_system: Option<String>,
@@ -161,7 +165,7 @@ fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded>
     })
 }
 
-fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
+fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) -> Result<Loaded> {
     if !dir.join("config.json").is_file() {
         return Err(Error::file(
             dir,
@@ -172,7 +176,38 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     let tc = TokenizerConfig::load(dir)?;
     let gen_defaults = GenerationDefaults::load(dir)?;
     let template = assets::folder_template(dir, &tc)?;
-    let m = hf::load(dir, dtype, device)?;
+    let config = HfConfig::load(&dir.join("config.json"))?;
+    let arch = config.architecture();
+    let family = Family::from_arch(&arch);
+    // Generating models of the supported families run natively (batched, f32 math over
+    // f32/bf16/f16 weights); reward models and sliding-window attention stay on candle.
+    let native = allow_native
+        && device.is_cpu()
+        && arch.ends_with("ForCausalLM")
+        && family.is_some()
+        && !dir.join("value_head.safetensors").is_file()
+        && config
+            .effective_sliding_window()
+            .is_none_or(|w| w >= config.max_position_embeddings);
+    let (net, head, context_length) = match family {
+        Some(family) if native => {
+            let kind = match dtype {
+                DType::BF16 => WeightKind::BF16,
+                DType::F16 => WeightKind::F16,
+                _ => WeightKind::F32,
+            };
+            let files = hf::weight_files(dir)?;
+            let model = Transformer::load_hf(&config, family, &files, kind)?;
+            let ctx = model.hp.context_length;
+            (Runner::Native(model), None, ctx)
+        }
+        _ => {
+            let m = hf::load(dir, dtype, device)?;
+            let ctx = m.model.max_positions();
+            (Runner::Candle(Net::Dense(m.model)), m.head, ctx)
+        }
+    };
+    let m = LoadedConfig { config };
     let mut eos_ids: Vec<u32> = Vec::new();
     for id in ids_of(m.config.eos_token_id.as_ref())
         .into_iter()
@@ -191,9 +226,16 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     details.insert("format".into(), "safetensors".into());
     details.insert("architecture".into(), m.config.architecture().into());
     details.insert("dtype".into(), format!("{dtype:?}").to_lowercase().into());
-    let context_length = m.model.max_positions();
+    details.insert(
+        "engine".into(),
+        match net {
+            Runner::Native(_) => "native",
+            Runner::Candle(_) => "candle",
+        }
+        .into(),
+    );
     Ok(Loaded {
-        net: Runner::Candle(Net::Dense(m.model)),
+        net,
         tok: Tok {
             inner,
             bos_token: tc.bos_token,
@@ -203,10 +245,15 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
         model_template: template,
         gen_defaults,
         context_length,
-        head: m.head,
+        head,
         pad_id,
         details,
     })
+}
+
+/// The parsed `config.json` (named like `hf::LoadedHf` so the code above reads the same).
+struct LoadedConfig {
+    config: HfConfig,
 }
 
 impl HfCandle {
@@ -251,7 +298,7 @@ impl HfCandle {
         }
         let loaded = threads.install(|| {
             if path.is_dir() {
-                load_folder(&path, opts.dtype, &device)
+                load_folder(&path, opts.dtype, &device, opts.native)
             } else if is_gguf(&path) {
                 load_gguf(&path, &device, opts.native)
             } else {
@@ -315,16 +362,17 @@ impl HfCandle {
             details,
         };
         tracing::info!(model = %path.display(), context = loaded.context_length, threads = opts.threads, "hf-candle model loaded");
-        let (proto, native) = match loaded.net {
-            Runner::Candle(net) => (Some(Instance::new(net, device)), None),
+        let (proto, native, native_model) = match loaded.net {
+            Runner::Candle(net) => (Some(Instance::new(net, device)), None, None),
             Runner::Native(model) => {
+                let model = Arc::new(model);
                 let config = BatchConfig {
                     prefill_chunk: opts.prefill_chunk,
                     prefix_cache_bytes: opts.prefix_cache_mb << 20,
                 };
-                let batcher = Batcher::start(Arc::new(model), Arc::clone(&threads), config)
+                let batcher = Batcher::start(Arc::clone(&model), Arc::clone(&threads), config)
                     .map_err(|e| Error::Config(format!("cannot start the batching thread: {e}")))?;
-                (None, Some(batcher))
+                (None, Some(batcher), Some(model))
             }
         };
         Ok(Self {
@@ -333,6 +381,7 @@ impl HfCandle {
                 proto,
                 pool: Mutex::new(Vec::new()),
                 native,
+                native_model,
                 tok: Arc::new(loaded.tok),
                 template,
                 default_system: config.model.default_system.clone(),
@@ -343,6 +392,11 @@ impl HfCandle {
                 threads,
             }),
         })
+    }
+
+    /// The batching engine's counters (`None` for models candle runs).
+    pub fn batch_stats(&self) -> Option<StatsSnapshot> {
+        self.shared.native.as_ref().map(Batcher::stats)
     }
 
     /// The tokenizer.
@@ -409,6 +463,19 @@ impl HfCandle {
     /// Logits (f32) at every position of `ids` (safetensors models only), `(len, vocab)`.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
         let s = &self.shared;
+        if let Some(m) = &s.native_model {
+            if ids.is_empty() || ids.len() > s.context_length {
+                return Err(Error::InvalidRequest(format!(
+                    "{} tokens: need 1 to {}",
+                    ids.len(),
+                    s.context_length
+                )));
+            }
+            let rows = s.threads.install(|| m.all_logits(ids));
+            let vocab = rows.first().map_or(0, Vec::len);
+            let flat: Vec<f32> = rows.into_iter().flatten().collect();
+            return Ok(Tensor::from_vec(flat, (ids.len(), vocab), &Device::Cpu)?);
+        }
         let mut inst = s.checkout()?;
         let out = s.threads.install(|| inst.all_logits(ids));
         s.checkin(inst);

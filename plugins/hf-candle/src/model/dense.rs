@@ -12,7 +12,7 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Linear, RmsNorm, VarBuilder};
 
-use crate::config::{HfConfig, Rope, RopeScaling};
+use crate::config::{HfConfig, Rope};
 use crate::error::{Error, Result};
 
 /// Architectures this module implements (the `architectures[0]` stem before `For...`).
@@ -60,33 +60,7 @@ impl RopeTables {
         dtype: DType,
         dev: &Device,
     ) -> Result<Self> {
-        let mut inv_freq: Vec<f64> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1.0 / rope.theta.powf(i as f64 / head_dim as f64))
-            .collect();
-        match rope.scaling {
-            RopeScaling::Default => {}
-            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings: old,
-            } => {
-                let low_wavelen = old / low_freq_factor;
-                let high_wavelen = old / high_freq_factor;
-                for f in inv_freq.iter_mut() {
-                    let wavelen = 2.0 * std::f64::consts::PI / *f;
-                    if wavelen > low_wavelen {
-                        *f /= factor;
-                    } else if wavelen >= high_wavelen {
-                        let smooth = (old / wavelen - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
-                    }
-                }
-            }
-        }
+        let inv_freq = rope.inv_freq(head_dim);
         // Same arithmetic as transformers: f32 inverse frequencies times f32 positions.
         let inv: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
         let half = inv.len();

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use switchyard_plugin::FinishReason;
@@ -55,9 +55,48 @@ pub struct BatchConfig {
     pub prefix_cache_bytes: usize,
 }
 
+/// Counters the batching thread keeps (for tests, benchmarks and logs).
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Forward passes run.
+    pub steps: AtomicU64,
+    /// Most sequences that ran in one forward pass.
+    pub max_batch: AtomicUsize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub reused_tokens: AtomicU64,
+    /// Prompt tokens actually run.
+    pub prefilled_tokens: AtomicU64,
+}
+
+/// A copy of [`BatchStats`] at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Forward passes run.
+    pub steps: u64,
+    /// Most sequences that ran in one forward pass.
+    pub max_batch: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub reused_tokens: u64,
+    /// Prompt tokens actually run.
+    pub prefilled_tokens: u64,
+}
+
+impl BatchStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            steps: self.steps.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+            reused_tokens: self.reused_tokens.load(Ordering::Relaxed),
+            prefilled_tokens: self.prefilled_tokens.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The handle streams submit to.
 pub struct Batcher {
     tx: Sender<Job>,
+    stats: Arc<BatchStats>,
 }
 
 impl Batcher {
@@ -68,10 +107,17 @@ impl Batcher {
         config: BatchConfig,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(BatchStats::default());
+        let worker = Worker::new(model, pool, config, Arc::clone(&stats));
         std::thread::Builder::new()
             .name("hf-candle-batcher".into())
-            .spawn(move || Worker::new(model, pool, config).run(rx))?;
-        Ok(Self { tx })
+            .spawn(move || worker.run(rx))?;
+        Ok(Self { tx, stats })
+    }
+
+    /// The batching thread's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Queues a request; `false` when the batching thread is gone.
@@ -111,11 +157,18 @@ struct Worker {
     config: BatchConfig,
     prefix: PrefixCache,
     live: Vec<Seq>,
+    stats: Arc<BatchStats>,
 }
 
 impl Worker {
-    fn new(model: Arc<Transformer>, pool: Arc<rayon::ThreadPool>, config: BatchConfig) -> Self {
+    fn new(
+        model: Arc<Transformer>,
+        pool: Arc<rayon::ThreadPool>,
+        config: BatchConfig,
+        stats: Arc<BatchStats>,
+    ) -> Self {
         Self {
+            stats,
             prefix: PrefixCache::new(config.prefix_cache_bytes),
             model,
             pool,
@@ -159,6 +212,12 @@ impl Worker {
         let kv = self.prefix.take(&job.prompt);
         let reused = kv.as_ref().map_or(0, KvCache::len);
         let kv = kv.unwrap_or_else(|| self.model.new_cache());
+        self.stats
+            .reused_tokens
+            .fetch_add(reused as u64, Ordering::Relaxed);
+        self.stats
+            .prefilled_tokens
+            .fetch_add((job.prompt.len() - reused) as u64, Ordering::Relaxed);
         tracing::debug!(
             prompt = job.prompt.len(),
             reused,
@@ -230,6 +289,10 @@ impl Worker {
             if steps.is_empty() {
                 return;
             }
+            self.stats.steps.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .max_batch
+                .fetch_max(steps.len(), Ordering::Relaxed);
             let out = self.pool.install(|| model.forward(&mut steps));
             idx.into_iter().zip(out).collect::<Vec<_>>()
         };

@@ -10,8 +10,100 @@ use rayon::prelude::*;
 
 use super::kv::KvCache;
 use super::weights::{GgufWeights, Matrix};
+use crate::config::HfConfig;
 use crate::error::{Error, Result};
-use crate::kernels::{self, BlockQ8, QK};
+use crate::kernels::{self, BlockQ8, QK, WeightKind};
+use crate::model::dense::Family;
+
+/// Safetensors files of one model, read through candle's mapped reader.
+struct SafeTensors {
+    files: Vec<(
+        std::path::PathBuf,
+        candle_core::safetensors::MmapedSafetensors,
+    )>,
+}
+
+impl SafeTensors {
+    fn open(files: &[std::path::PathBuf]) -> Result<Self> {
+        let mut out = Vec::new();
+        for f in files {
+            // SAFETY: read-only mapping of a model file (see `GgufWeights::new`).
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| {
+                Error::file(f, format!("is not a valid safetensors file ({e}); re-download or re-export the model"))
+            })?;
+            out.push((f.clone(), st));
+        }
+        Ok(Self { files: out })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.files.iter().any(|(_, st)| st.get(name).is_ok())
+    }
+
+    /// `(dims, values as f32)` of a tensor.
+    fn floats(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        for (path, st) in &self.files {
+            let Ok(view) = st.get(name) else { continue };
+            let data = view.data();
+            let vals: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "tensor `{name}` is {other:?}; only F32, BF16 and F16 weights are supported"
+                        ),
+                    ));
+                }
+            };
+            return Ok((view.shape().to_vec(), vals));
+        }
+        Err(Error::Unsupported(format!(
+            "the safetensors files have no tensor `{name}`; the weights do not match config.json"
+        )))
+    }
+
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.floats(name)?.1)
+    }
+
+    fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
+        let (dims, vals) = self.floats(name)?;
+        let [rows, cols] = dims[..] else {
+            return Err(Error::Unsupported(format!(
+                "tensor `{name}` has shape {dims:?}, expected a matrix"
+            )));
+        };
+        let mut bytes = Vec::with_capacity(kind.row_bytes(cols) * rows);
+        match kind {
+            WeightKind::F32 => vals.iter().for_each(|v| bytes.extend(v.to_le_bytes())),
+            WeightKind::BF16 => vals
+                .iter()
+                .for_each(|v| bytes.extend(half::bf16::from_f32(*v).to_le_bytes())),
+            WeightKind::F16 => vals
+                .iter()
+                .for_each(|v| bytes.extend(half::f16::from_f32(*v).to_le_bytes())),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "safetensors weights run as F32, BF16 or F16, not {}",
+                    kind.name()
+                )));
+            }
+        }
+        Ok(Matrix::owned(kind, rows, cols, bytes))
+    }
+}
 
 /// GGUF architectures the native model runs.
 pub const NATIVE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
@@ -39,6 +131,9 @@ pub struct Hparams {
     pub vocab: usize,
     /// Rotate pairs `(i, i + d/2)` (NEOX) instead of `(2i, 2i + 1)`.
     pub rope_neox: bool,
+    /// Rotary angles as transformers computes them (f32 frequency × f32 position) rather
+    /// than in f64.
+    pub rope_f32: bool,
 }
 
 struct Layer {
@@ -155,6 +250,7 @@ impl Transformer {
             context_length,
             vocab: output.rows,
             rope_neox: arch != "llama",
+            rope_f32: false,
         };
         let m = Self {
             norm: w.vector("output_norm.weight")?,
@@ -163,6 +259,90 @@ impl Transformer {
             layers,
             output,
             inv_freq,
+        };
+        m.check_shapes()?;
+        Ok(m)
+    }
+
+    /// Builds the model from a Hugging Face folder's safetensors (`*ForCausalLM` of the
+    /// Llama, Mistral, Qwen2 and Qwen3 families), weights stored as `kind` (F32/BF16/F16).
+    pub fn load_hf(
+        cfg: &HfConfig,
+        family: Family,
+        files: &[std::path::PathBuf],
+        kind: WeightKind,
+    ) -> Result<Self> {
+        let st = SafeTensors::open(files)?;
+        let (h, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.head_dim(),
+        );
+        let qkv_bias = family == Family::Qwen2 || cfg.attention_bias;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{l}.{n}");
+            let bias = |n: &str| -> Result<Option<Vec<f32>>> {
+                if qkv_bias {
+                    st.vector(&p(n)).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let qk_norm = family == Family::Qwen3;
+            layers.push(Layer {
+                attn_norm: st.vector(&p("input_layernorm.weight"))?,
+                wq: st.matrix(&p("self_attn.q_proj.weight"), kind)?,
+                wk: st.matrix(&p("self_attn.k_proj.weight"), kind)?,
+                wv: st.matrix(&p("self_attn.v_proj.weight"), kind)?,
+                wo: st.matrix(&p("self_attn.o_proj.weight"), kind)?,
+                bq: bias("self_attn.q_proj.bias")?,
+                bk: bias("self_attn.k_proj.bias")?,
+                bv: bias("self_attn.v_proj.bias")?,
+                q_norm: if qk_norm {
+                    Some(st.vector(&p("self_attn.q_norm.weight"))?)
+                } else {
+                    None
+                },
+                k_norm: if qk_norm {
+                    Some(st.vector(&p("self_attn.k_norm.weight"))?)
+                } else {
+                    None
+                },
+                ffn_norm: st.vector(&p("post_attention_layernorm.weight"))?,
+                w_gate: st.matrix(&p("mlp.gate_proj.weight"), kind)?,
+                w_up: st.matrix(&p("mlp.up_proj.weight"), kind)?,
+                w_down: st.matrix(&p("mlp.down_proj.weight"), kind)?,
+            });
+        }
+        let embed = st.matrix("model.embed_tokens.weight", kind)?;
+        let tied = cfg.tie_word_embeddings.unwrap_or(false) || !st.has("lm_head.weight");
+        let output = if tied {
+            embed.clone()
+        } else {
+            st.matrix("lm_head.weight", kind)?
+        };
+        let hp = Hparams {
+            arch: cfg.architecture(),
+            hidden: h,
+            n_layers: cfg.num_hidden_layers,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            eps: cfg.rms_norm_eps as f32,
+            context_length: cfg.max_position_embeddings,
+            vocab: output.rows,
+            rope_neox: true,
+            rope_f32: true,
+        };
+        let m = Self {
+            norm: st.vector("model.norm.weight")?,
+            inv_freq: cfg.rope()?.inv_freq(hd),
+            hp,
+            embed,
+            layers,
+            output,
         };
         m.check_shapes()?;
         Ok(m)
@@ -231,6 +411,22 @@ impl Transformer {
     /// Runs one step over every sequence's tokens; returns each sequence's logits at its last
     /// token. Call inside the compute thread pool.
     pub fn forward(&self, seqs: &mut [SeqStep<'_>]) -> Vec<Vec<f32>> {
+        self.forward_inner(seqs, false)
+    }
+
+    /// Logits at every position of `tokens`, from an empty cache (`[len][vocab]`).
+    pub fn all_logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+        let mut kv = self.new_cache();
+        self.forward_inner(
+            &mut [SeqStep {
+                kv: &mut kv,
+                tokens,
+            }],
+            true,
+        )
+    }
+
+    fn forward_inner(&self, seqs: &mut [SeqStep<'_>], every: bool) -> Vec<Vec<f32>> {
         let hp = &self.hp;
         let (h, hd) = (hp.hidden, hp.head_dim);
         // Token index → (sequence, position).
@@ -311,18 +507,24 @@ impl Transformer {
         for s in seqs.iter_mut() {
             s.kv.advance(s.tokens.len());
         }
-        // Logits for each sequence's last token only.
-        let mut last = Vec::with_capacity(seqs.len() * h);
-        let mut end = 0;
-        for s in seqs.iter() {
-            end += s.tokens.len();
-            last.extend_from_slice(&x[(end - 1) * h..end * h]);
-        }
+        // Logits for each sequence's last token (or every token).
+        let last = if every {
+            x
+        } else {
+            let mut last = Vec::with_capacity(seqs.len() * h);
+            let mut end = 0;
+            for s in seqs.iter() {
+                end += s.tokens.len();
+                last.extend_from_slice(&x[(end - 1) * h..end * h]);
+            }
+            last
+        };
+        let n = last.len() / h;
         let mut normed = vec![0f32; last.len()];
         rms_norm(&last, &self.norm, hp.eps, &mut normed);
         let input = quantize_for(&self.output, &normed, h, &mut qbuf);
-        let mut logits = vec![0f32; seqs.len() * hp.vocab];
-        matmul(&self.output, &input, seqs.len(), &mut logits);
+        let mut logits = vec![0f32; n * hp.vocab];
+        matmul(&self.output, &input, n, &mut logits);
         logits.chunks(hp.vocab).map(<[f32]>::to_vec).collect()
     }
 
@@ -332,7 +534,12 @@ impl Transformer {
         let mut sin = Vec::with_capacity(where_.len() * half);
         for &(_, pos) in where_ {
             for f in &self.inv_freq {
-                let (s, c) = (pos as f64 * f).sin_cos();
+                let angle = if self.hp.rope_f32 {
+                    ((*f as f32) * pos as f32) as f64
+                } else {
+                    pos as f64 * f
+                };
+                let (s, c) = angle.sin_cos();
                 cos.push(c as f32);
                 sin.push(s as f32);
             }

@@ -93,6 +93,21 @@ impl Matrix {
     }
 }
 
+impl Matrix {
+    /// A matrix owning `data` (row-major rows of `kind`).
+    pub fn owned(kind: WeightKind, rows: usize, cols: usize, data: Vec<u8>) -> Matrix {
+        debug_assert_eq!(data.len(), kind.row_bytes(cols) * rows);
+        Matrix {
+            kind,
+            rows,
+            cols,
+            data: Arc::new(Bytes::Owned(Arc::new(data))),
+            row_bytes: kind.row_bytes(cols),
+            interleaved: false,
+        }
+    }
+}
+
 impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
