@@ -1,53 +1,74 @@
-//! `switchyard-bench`: decode and prefill speed of the embedded `hf-candle` backend, measured
-//! through the dynamically loaded plugin exactly as users run it, side by side with llama.cpp's
-//! `llama-bench` on the same GGUF file and thread count, alternating A B A B, and printed as one
-//! table of medians and ratios.
+//! `switchyard-bench`: the embedded `hf-candle` backend measured through the dynamically loaded
+//! plugin exactly as users run it, side by side with its peers on the same file and thread
+//! count, alternating A B A B, printed as tables of medians and ratios.
 //!
 //! ```text
 //! cargo build --release -p switchyard-bench -p hf-candle
-//! target/release/switchyard-bench --model M.gguf --llama-bench $(scripts/build-llama-cpp.sh)/llama-bench \
-//!     [--threads 1,2] [--reps 3] [--prompt-tokens 512] [--gen-tokens 128]
+//! target/release/switchyard-bench --model M.gguf \
+//!     --llama-bin-dir "$(scripts/build-llama-cpp.sh | tail -n 1)" \
+//!     [--threads 1,2] [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] \
+//!     [--hf-model DIR --transformers-python ~/.cache/switchyard/venv-ref/bin/python]
 //! ```
 //!
-//! Each Switchyard measurement runs in a child process with `CANDLE_NUM_THREADS` set, because
-//! candle sizes its kernel thread pool once per process. Prefill: time to the first event of a
-//! ~`prompt-tokens` prompt with one new token. Decode: tokens after the first, over the time
-//! after the first, greedy. Not run in CI (CI only builds it).
+//! Tables:
+//! - speed: prefill (`pp`, time to the first event of a `prompt-tokens` prompt, prefix cache
+//!   off) and decode (`tg`, greedy, tokens after the first over the time after the first) vs
+//!   `llama-bench`;
+//! - cold start: wall time of a fresh process that loads the plugin and the model and prints
+//!   the first token of "Hi", vs `llama-simple` generating one token;
+//! - multi-turn: time to first token of turn 1 and turn 5 of a conversation (prefix cache on);
+//! - concurrency: aggregate decode tokens/s of 4 concurrent streams (`max_concurrent = 4`)
+//!   vs one stream;
+//! - plugin boundary: decode through the loaded plugin vs the same engine linked statically;
+//! - memory: peak RSS of the decode child vs the model file size;
+//! - safetensors (with `--hf-model`): the Hugging Face folder in f32 and bf16 vs Transformers
+//!   `generate()` (`scripts/bench/transformers_generate.py`).
+//!
+//! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
+//! Not run in CI (CI only builds it).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use switchyard::{ChatModel, ChatRequest, Config, Message, Registry, registry::resolve_plugin_dir};
+use switchyard_plugin::Backend;
 
+#[derive(Clone)]
 struct Args {
     model: PathBuf,
-    llama_bench: Option<PathBuf>,
+    llama_dir: Option<PathBuf>,
     threads: Vec<usize>,
     reps: usize,
     prompt_tokens: usize,
     gen_tokens: u32,
-    child: bool,
+    hf_model: Option<PathBuf>,
+    transformers_python: Option<PathBuf>,
+    child: Option<String>,
+    dtype: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         model: PathBuf::new(),
-        llama_bench: None,
+        llama_dir: None,
         threads: vec![1, 2],
         reps: 3,
         prompt_tokens: 512,
         gen_tokens: 128,
-        child: false,
+        hf_model: None,
+        transformers_python: None,
+        child: None,
+        dtype: "f32".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--model" => a.model = PathBuf::from(value()?),
-            "--llama-bench" => a.llama_bench = Some(PathBuf::from(value()?)),
+            "--llama-bin-dir" => a.llama_dir = Some(PathBuf::from(value()?)),
             "--threads" => {
                 a.threads = value()?
                     .split(',')
@@ -57,20 +78,23 @@ fn parse_args() -> anyhow::Result<Args> {
             "--reps" => a.reps = value()?.parse()?,
             "--prompt-tokens" => a.prompt_tokens = value()?.parse()?,
             "--gen-tokens" => a.gen_tokens = value()?.parse()?,
-            "--child" => a.child = true,
+            "--hf-model" => a.hf_model = Some(PathBuf::from(value()?)),
+            "--transformers-python" => a.transformers_python = Some(PathBuf::from(value()?)),
+            "--child" => a.child = Some(value()?),
+            "--dtype" => a.dtype = value()?,
             other => bail!("unknown flag {other}; see the crate docs for usage"),
         }
     }
-    if !a.model.is_file() {
+    if !a.model.exists() {
         bail!(
-            "--model {} is not a file (try $(scripts/fetch-model.sh))",
+            "--model {} does not exist (try $(scripts/fetch-model.sh))",
             a.model.display()
         );
     }
     Ok(a)
 }
 
-fn request(text: String, max_new_tokens: u32) -> ChatRequest {
+fn request(text: &str, max_new_tokens: u32) -> ChatRequest {
     let mut r = ChatRequest {
         messages: vec![Message::user(text)],
         ..Default::default()
@@ -80,85 +104,184 @@ fn request(text: String, max_new_tokens: u32) -> ChatRequest {
     r
 }
 
-/// In the child: load the plugin, measure prefill and decode once, print JSON.
-fn child(a: &Args, threads: usize) -> anyhow::Result<()> {
+fn load(a: &Args, threads: usize, extra: &str, max_concurrent: u32) -> anyhow::Result<ChatModel> {
     let toml = format!(
-        "sample_backend = \"hf-candle\"\n[model]\npath = \"{}\"\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\n",
-        a.model.display()
+        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\n{extra}\n",
+        a.model.display(),
+        a.dtype
     );
     let config = Config::parse(&toml, "bench", &[])?;
     let registry = Registry::scan(&resolve_plugin_dir(None, None))?;
-    let model = ChatModel::new(&registry, config)?;
-    // Warm-up (page in the weights).
-    model.chat(request("Hi".into(), 2))?;
+    Ok(ChatModel::new(&registry, config)?)
+}
 
-    // Prefill: a long prompt, one new token; the 10-token chat scaffold is included.
-    let words = "the quick brown fox jumps over the lazy dog ".repeat(a.prompt_tokens / 9 + 1);
-    let start = Instant::now();
-    let mut prompt_len = 0;
-    for e in model.stream_chat(request(words, 1))? {
-        if let Some(f) = e?.finish {
-            prompt_len = f.prompt_length;
-        }
-    }
-    let pp = f64::from(prompt_len) / start.elapsed().as_secs_f64();
+const STORY: &str = "Write a long story about a lighthouse keeper.";
 
-    // Decode: tokens after the first over the time after the first.
+/// Decode speed of one stream: (tokens after the first) / (time after the first).
+fn decode<I, E>(events: I) -> anyhow::Result<(f64, u32)>
+where
+    I: IntoIterator<Item = Result<switchyard_plugin::Event, E>>,
+    E: std::fmt::Display,
+{
     let mut first = None;
     let mut n = 0u32;
     let mut last = Instant::now();
-    for e in model.stream_chat(request(
-        "Write a long story about a lighthouse keeper.".into(),
-        a.gen_tokens,
-    ))? {
-        let e = e?;
+    for e in events {
+        let e = e.map_err(|e| anyhow::anyhow!("{e}"))?;
         n += e.token_ids.len().max(usize::from(!e.delta.is_empty())) as u32;
         last = Instant::now();
         first.get_or_insert(last);
     }
-    let tg =
-        f64::from(n.saturating_sub(1)) / (last - first.unwrap_or(last)).as_secs_f64().max(1e-9);
-    println!(
-        "{}",
-        json!({"pp": pp, "pp_tokens": prompt_len, "tg": tg, "tg_tokens": n})
-    );
-    Ok(())
+    let dt = (last - first.unwrap_or(last)).as_secs_f64().max(1e-9);
+    Ok((f64::from(n.saturating_sub(1)) / dt, n))
 }
 
-fn run_child(a: &Args, threads: usize) -> anyhow::Result<Value> {
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// In a child process: one measurement, printed as JSON.
+fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
+    let t = a.threads[0];
+    Ok(match mode {
+        "speed" => {
+            let model = load(a, t, "prefix_cache_mb = 0", 1)?;
+            model.chat(request("Hi", 2))?; // warm-up
+            let words =
+                "the quick brown fox jumps over the lazy dog ".repeat(a.prompt_tokens / 9 + 1);
+            let start = Instant::now();
+            let mut prompt_len = 0;
+            for e in model.stream_chat(request(&words, 1))? {
+                if let Some(f) = e?.finish {
+                    prompt_len = f.prompt_length;
+                }
+            }
+            let pp = f64::from(prompt_len) / start.elapsed().as_secs_f64();
+            let (tg, n) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
+            json!({"pp": pp, "pp_tokens": prompt_len, "tg": tg, "tg_tokens": n, "rss_mb": peak_rss_mb()})
+        }
+        "cold" => {
+            let model = load(a, t, "", 1)?;
+            let mut stream = model.stream_chat(request("Hi", 1))?;
+            let first = stream.next().context("no event")??;
+            json!({"first": first.delta})
+        }
+        "turns" => {
+            let model = load(a, t, "", 1)?;
+            // Warm-up sharing no prefix with the conversation (another system prompt).
+            let mut warm = request("Hi", 2);
+            warm.system = Some("Be brief.".into());
+            model.chat(warm)?;
+            let mut messages: Vec<Message> = Vec::new();
+            let mut ttft = Vec::new();
+            for i in 0..5 {
+                messages.push(Message::user(format!(
+                    "Tell me one more short fact about animal number {i}."
+                )));
+                let mut r = request("", 48);
+                r.messages = messages.clone();
+                let start = Instant::now();
+                let mut text = String::new();
+                let mut first = None;
+                for e in model.stream_chat(r)? {
+                    let e = e?;
+                    first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+                    text.push_str(&e.delta);
+                }
+                ttft.push(first.unwrap_or(f64::NAN) * 1e3);
+                messages.push(Message::assistant(text));
+            }
+            json!({"ttft_ms": ttft})
+        }
+        "concurrent" => {
+            let model = load(a, t, "prefix_cache_mb = 0", 4)?;
+            model.chat(request("Hi", 2))?;
+            let (solo, _) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
+            let prompts = [
+                STORY,
+                "Write a long story about a dragon.",
+                "Write a long story about a sailor.",
+                "Write a long story about a robot.",
+            ];
+            let start = Instant::now();
+            let total: u32 = std::thread::scope(|s| {
+                let hs: Vec<_> = prompts
+                    .iter()
+                    .map(|p| {
+                        let model = &model;
+                        s.spawn(move || -> anyhow::Result<u32> {
+                            Ok(decode(model.stream_chat(request(p, a.gen_tokens))?)?.1)
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("stream thread"))
+                    .sum::<anyhow::Result<u32>>()
+            })?;
+            let agg = f64::from(total) / start.elapsed().as_secs_f64();
+            json!({"solo": solo, "aggregate": agg})
+        }
+        "static" => {
+            let cfg: switchyard_plugin::EngineConfig = serde_json::from_value(json!({
+                "backend": "hf-candle",
+                "model": {"path": a.model},
+                "options": {"threads": t, "prefix_cache_mb": 0, "dtype": a.dtype},
+            }))?;
+            let eng = hf_candle::HfCandle::load(&cfg)?;
+            let cancel = switchyard_plugin::CancelToken::new();
+            let (tg, _) = decode(eng.stream_chat(request(STORY, a.gen_tokens), cancel.clone())?)?;
+            let model = load(a, t, "prefix_cache_mb = 0", 1)?;
+            let (tg_plugin, _) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
+            // Second round, in the other order.
+            let (tg_plugin2, _) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
+            let (tg2, _) = decode(eng.stream_chat(request(STORY, a.gen_tokens), cancel)?)?;
+            json!({"static": (tg + tg2) / 2.0, "plugin": (tg_plugin + tg_plugin2) / 2.0})
+        }
+        other => bail!("unknown child mode {other}"),
+    })
+}
+
+fn run_child(
+    a: &Args,
+    mode: &str,
+    threads: usize,
+    model: &Path,
+    dtype: &str,
+) -> anyhow::Result<(Value, f64)> {
+    let start = Instant::now();
     let out = Command::new(std::env::current_exe()?)
-        .args(["--child", "--model"])
-        .arg(&a.model)
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "--prompt-tokens",
-            &a.prompt_tokens.to_string(),
-        ])
+        .args(["--child", mode, "--model"])
+        .arg(model)
+        .args(["--threads", &threads.to_string(), "--dtype", dtype])
+        .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
-        .env("CANDLE_NUM_THREADS", threads.to_string())
         .output()?;
+    let wall = start.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!(
-            "switchyard child failed: {}",
+            "switchyard child ({mode}) failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(serde_json::from_slice(out.stdout.trim_ascii())?)
+    Ok((serde_json::from_slice(out.stdout.trim_ascii())?, wall))
 }
 
-fn run_llama(a: &Args, bin: &PathBuf, threads: usize) -> anyhow::Result<(f64, f64)> {
-    let out = Command::new(bin)
+fn run_llama_bench(a: &Args, dir: &Path, threads: usize) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new(dir.join("llama-bench"))
+        .env("LD_LIBRARY_PATH", dir)
         .arg("-m")
         .arg(&a.model)
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-p",
-            &a.prompt_tokens.to_string(),
-            "-n",
-            &a.gen_tokens.to_string(),
-        ])
+        .args(["-t", &threads.to_string()])
+        .args(["-p", &a.prompt_tokens.to_string()])
+        .args(["-n", &a.gen_tokens.to_string()])
         .args(["-r", "1", "-o", "json"])
         .output()?;
     if !out.status.success() {
@@ -177,6 +300,62 @@ fn run_llama(a: &Args, bin: &PathBuf, threads: usize) -> anyhow::Result<(f64, f6
     Ok((ts(false), ts(true)))
 }
 
+/// Wall time of `llama-simple` loading the model and generating one token.
+fn run_llama_cold(a: &Args, dir: &Path) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let out = Command::new(dir.join("llama-simple"))
+        .env("LD_LIBRARY_PATH", dir)
+        .arg("-m")
+        .arg(&a.model)
+        .args(["-n", "1", "Hi"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "llama-simple failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn run_transformers(
+    a: &Args,
+    py: &Path,
+    hf: &Path,
+    threads: usize,
+    dtype: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench/transformers_generate.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg("--model")
+        .arg(hf)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--dtype",
+            dtype,
+            "--reps",
+            "1",
+        ])
+        .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
+        .args(["--gen-tokens", &a.gen_tokens.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "transformers failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
+    Ok((
+        v["pp"].as_f64().unwrap_or(f64::NAN),
+        v["tg"].as_f64().unwrap_or(f64::NAN),
+    ))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -186,36 +365,128 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(f64::NAN)
+}
+
 fn main() -> anyhow::Result<()> {
     let a = parse_args()?;
-    if a.child {
-        return child(&a, a.threads[0]);
+    if let Some(mode) = a.child.clone() {
+        println!("{}", child(&a, &mode)?);
+        return Ok(());
     }
+    let file_mb = std::fs::metadata(&a.model).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0);
     println!(
-        "model: {}   reps: {}   (A B A B: llama.cpp, then switchyard)",
+        "model: {} ({file_mb:.1} MiB)   reps: {}   kernels: {:?}   (A B A B: peer, then switchyard)\n",
         a.model.display(),
-        a.reps
+        a.reps,
+        hf_candle::kernels::isa()
     );
-    println!("| threads | test | llama.cpp t/s | switchyard t/s | ratio |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("| threads | test | peer | peer t/s | switchyard t/s | ratio |");
+    println!("|---:|---|---|---:|---:|---:|");
+    let mut rss = Vec::new();
     for &t in &a.threads {
         let (mut lpp, mut ltg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
         for _ in 0..a.reps {
-            if let Some(bin) = &a.llama_bench {
-                let (pp, tg) = run_llama(&a, bin, t)?;
+            if let Some(dir) = &a.llama_dir {
+                let (pp, tg) = run_llama_bench(&a, dir, t)?;
                 lpp.push(pp);
                 ltg.push(tg);
             }
-            let s = run_child(&a, t)?;
-            spp.push(s["pp"].as_f64().unwrap_or(f64::NAN));
-            stg.push(s["tg"].as_f64().unwrap_or(f64::NAN));
+            let (s, _) = run_child(&a, "speed", t, &a.model, &a.dtype)?;
+            spp.push(f(&s, "pp"));
+            stg.push(f(&s, "tg"));
+            rss.push(f(&s, "rss_mb"));
         }
         for (name, l, s) in [
             (format!("pp{}", a.prompt_tokens), lpp, spp),
             (format!("tg{}", a.gen_tokens), ltg, stg),
         ] {
             let (l, s) = (median(l), median(s));
-            println!("| {t} | {name} | {l:.1} | {s:.1} | {:.2}x |", s / l);
+            println!(
+                "| {t} | {name} | llama.cpp | {l:.1} | {s:.1} | {:.2}x |",
+                s / l
+            );
+        }
+    }
+    let t = *a.threads.iter().max().unwrap_or(&1);
+    println!("\n| threads | test | peer | peer | switchyard | switchyard / peer |");
+    println!("|---:|---|---|---:|---:|---:|");
+    if let Some(dir) = &a.llama_dir {
+        let (mut l, mut s) = (vec![], vec![]);
+        for _ in 0..a.reps {
+            l.push(run_llama_cold(&a, dir)?);
+            s.push(run_child(&a, "cold", t, &a.model, &a.dtype)?.1);
+        }
+        let (l, s) = (median(l), median(s));
+        println!(
+            "| {t} | cold start to first token (s) | llama-simple | {l:.2} | {s:.2} | {:.2}x |",
+            s / l
+        );
+    }
+    let (mut t1, mut t5) = (vec![], vec![]);
+    let (mut solo, mut agg) = (vec![], vec![]);
+    let (mut st, mut pl) = (vec![], vec![]);
+    for _ in 0..a.reps {
+        let (v, _) = run_child(&a, "turns", t, &a.model, &a.dtype)?;
+        t1.push(v["ttft_ms"][0].as_f64().unwrap_or(f64::NAN));
+        t5.push(v["ttft_ms"][4].as_f64().unwrap_or(f64::NAN));
+        let (v, _) = run_child(&a, "concurrent", t, &a.model, &a.dtype)?;
+        solo.push(f(&v, "solo"));
+        agg.push(f(&v, "aggregate"));
+        let (v, _) = run_child(&a, "static", t, &a.model, &a.dtype)?;
+        st.push(f(&v, "static"));
+        pl.push(f(&v, "plugin"));
+    }
+    let (t1, t5) = (median(t1), median(t5));
+    println!(
+        "| {t} | time to first token, turn 5 vs turn 1 (ms) | turn 1 | {t1:.1} | {t5:.1} | {:.2}x |",
+        t5 / t1
+    );
+    let (solo, agg) = (median(solo), median(agg));
+    println!(
+        "| {t} | decode t/s, 4 concurrent streams (aggregate) vs 1 | 1 stream | {solo:.1} | {agg:.1} | {:.2}x |",
+        agg / solo
+    );
+    let (st, pl) = (median(st), median(pl));
+    println!(
+        "| {t} | decode t/s through the plugin vs linked statically | static | {st:.1} | {pl:.1} | {:.3}x |",
+        pl / st
+    );
+    let rss = median(rss);
+    println!(
+        "| - | peak RSS of the speed child (MiB) vs model file | file | {file_mb:.1} | {rss:.1} | {:.2}x |",
+        rss / file_mb
+    );
+    if let (Some(hf), Some(py)) = (&a.hf_model, &a.transformers_python) {
+        println!(
+            "\nSafetensors folder {} vs Transformers generate() (same threads)\n",
+            hf.display()
+        );
+        println!("| threads | dtype | test | transformers t/s | switchyard t/s | ratio |");
+        println!("|---:|---|---|---:|---:|---:|");
+        for &t in &a.threads {
+            for (dtype, tdtype) in [("f32", "float32"), ("bf16", "bfloat16")] {
+                let (mut hpp, mut htg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
+                for _ in 0..a.reps {
+                    let (pp, tg) = run_transformers(&a, py, hf, t, tdtype)?;
+                    hpp.push(pp);
+                    htg.push(tg);
+                    let (s, _) = run_child(&a, "speed", t, hf, dtype)?;
+                    spp.push(f(&s, "pp"));
+                    stg.push(f(&s, "tg"));
+                }
+                for (name, h, s) in [
+                    (format!("pp{}", a.prompt_tokens), hpp, spp),
+                    (format!("tg{}", a.gen_tokens), htg, stg),
+                ] {
+                    let (h, s) = (median(h), median(s));
+                    println!(
+                        "| {t} | {dtype} | {name} | {h:.1} | {s:.1} | {:.2}x |",
+                        s / h
+                    );
+                }
+            }
         }
     }
     Ok(())

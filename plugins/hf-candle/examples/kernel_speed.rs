@@ -17,7 +17,7 @@ fn main() {
     let rows = total / rb;
     let mut data = vec![0u8; rows * rb];
     for (i, b) in data.iter_mut().enumerate() {
-        *b = (i * 2654435761usize >> 7) as u8;
+        *b = ((i * 2654435761usize) >> 7) as u8;
     }
     // Valid f16 scales.
     for r in 0..rows * (cols / QK) {

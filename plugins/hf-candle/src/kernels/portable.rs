@@ -34,6 +34,15 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
+/// `Σ q[j] * y[j]` over 32 nibbles (low nibbles are values 0..16, high ones 16..32).
+fn nibble_dot(qs: &[u8], y: &[i8; QK]) -> i32 {
+    let (lo, hi) = y.split_at(QK / 2);
+    qs.iter()
+        .zip(lo.iter().zip(hi))
+        .map(|(q, (l, h))| (q & 0x0F) as i32 * *l as i32 + (q >> 4) as i32 * *h as i32)
+        .sum()
+}
+
 /// Quantized weight row · quantized activations.
 pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     let bb = kind.block_bytes();
@@ -57,11 +66,7 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
                 } else {
                     &b[2..18]
                 };
-                let mut s = 0i32;
-                for j in 0..QK / 2 {
-                    s += (qs[j] & 0x0F) as i32 * a.qs[j] as i32;
-                    s += (qs[j] >> 4) as i32 * a.qs[j + QK / 2] as i32;
-                }
+                let s = nibble_dot(qs, &a.qs);
                 if kind == WeightKind::Q4_1 {
                     d * a.d * s as f32 + f16_at(b, 2) * a.s
                 } else {
@@ -180,11 +185,7 @@ pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::G
                 WeightKind::Q4_0 | WeightKind::Q4_1 => {
                     let head = if kind == WeightKind::Q4_1 { 32 } else { 16 };
                     let qs = &g[head + r * 16..head + (r + 1) * 16];
-                    let mut s = 0i32;
-                    for j in 0..QK / 2 {
-                        s += (qs[j] & 0x0F) as i32 * a.qs[j] as i32;
-                        s += (qs[j] >> 4) as i32 * a.qs[j + QK / 2] as i32;
-                    }
+                    let s = nibble_dot(qs, &a.qs);
                     if kind == WeightKind::Q4_1 {
                         d * a.d * s as f32 + f16_at(g, 16 + r * 2) * a.s
                     } else {

@@ -200,7 +200,11 @@ impl Transformer {
             .md_num(&key("rope.dimension_count"))
             .map_or(head_dim, |v| v as usize);
         let context_length = w.md_num(&key("context_length")).unwrap_or(4096.0) as usize;
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 || rot_dims != head_dim {
+        if n_heads == 0
+            || n_kv_heads == 0
+            || !n_heads.is_multiple_of(n_kv_heads)
+            || rot_dims != head_dim
+        {
             return Err(Error::Unsupported(format!(
                 "GGUF `{arch}` with {n_heads} heads, {n_kv_heads} KV heads, rope over {rot_dims} of {head_dim} dims is not supported by the native model"
             )));

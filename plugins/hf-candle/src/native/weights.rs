@@ -76,7 +76,10 @@ impl Matrix {
     /// This matrix repacked for the 8-row kernels when it is quantized and its row count
     /// allows; otherwise itself.
     pub fn for_kernels(self) -> Matrix {
-        if !self.kind.is_quantized() || self.rows % kernels::GROUP != 0 || self.interleaved {
+        if !self.kind.is_quantized()
+            || !self.rows.is_multiple_of(kernels::GROUP)
+            || self.interleaved
+        {
             return self;
         }
         let gb = self.row_bytes * kernels::GROUP;
