@@ -229,7 +229,7 @@ def keyed_server(tmp_path_factory, echo_plugin):
 
 @pytest.fixture(scope="module")
 def hf_server(tmp_path_factory, hf_plugin):
-    """SmolLM2-135M-Instruct on hf-candle (one slot, like configs/smollm2.toml)."""
+    """SmolLM2-135M-Instruct on hf-candle (one slot)."""
     require(SMOLLM2, "the SmolLM2 model (scripts/fetch-model.sh)")
     cfg = (
         'sample_backend = "hf-candle"\nmax_concurrent = 1\n\n'
