@@ -293,7 +293,15 @@ impl Worker {
             self.stats
                 .max_batch
                 .fetch_max(steps.len(), Ordering::Relaxed);
+            let tokens: usize = steps.iter().map(|s| s.tokens.len()).sum();
+            let started = std::time::Instant::now();
             let out = self.pool.install(|| model.forward(&mut steps));
+            tracing::trace!(
+                seqs = steps.len(),
+                tokens,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "step"
+            );
             idx.into_iter().zip(out).collect::<Vec<_>>()
         };
         let mut new_forks = Vec::new();
