@@ -12,6 +12,10 @@ step "fetching the default model"
 SWITCHYARD_MODEL="$(scripts/fetch-model.sh)"
 export SWITCHYARD_MODEL
 
+step "fetching Gemma-3-270m Q4_K_M (GGUF for hf-candle's format tests)"
+SWITCHYARD_GEMMA3="$(scripts/fetch-gemma3.sh | tail -n 1)"
+export SWITCHYARD_GEMMA3
+
 step "the SmolLM2 Hugging Face folder made from the GGUF (for the safetensors-path test)"
 SWITCHYARD_SMOLLM2_HF="$(scripts/make-smollm2-hf.sh | tail -n 1)"
 export SWITCHYARD_SMOLLM2_HF
