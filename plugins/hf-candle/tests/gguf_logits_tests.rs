@@ -16,18 +16,39 @@
 
 mod common;
 
-use candle_core::Device;
-use hf_candle::model::{Instance, Net, gguf};
+use hf_candle::HfCandle;
 use serde_json::Value;
 
 fn ids(v: &Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).unwrap()
 }
 
+/// Incremental feeding on top of the engine's per-position logits (a fresh pass over the
+/// whole sequence each time, from an empty cache).
+struct Instance {
+    eng: HfCandle,
+    seq: Vec<u32>,
+}
+
+impl Instance {
+    fn feed(&mut self, ids: &[u32]) -> hf_candle::Result<Vec<f32>> {
+        self.seq.extend_from_slice(ids);
+        let all = self.eng.logits(&self.seq)?;
+        let last = all.get(self.seq.len() - 1)?;
+        Ok(last.to_vec1::<f32>()?)
+    }
+
+    fn reset(&mut self) {
+        self.seq.clear();
+    }
+}
+
 fn instance(file: &str) -> Instance {
     let path = common::fixtures().join("gguf").join(file);
-    let g = gguf::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Instance::new(Net::Quant(g.model), Device::Cpu)
+    Instance {
+        eng: common::engine(&path),
+        seq: Vec::new(),
+    }
 }
 
 fn expected(arch: &str, kind: &str) -> Value {

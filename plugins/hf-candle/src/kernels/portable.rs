@@ -17,7 +17,9 @@ fn f32_at(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Quantizes 32-value blocks of `x` to signed bytes (round half away from zero).
+/// Quantizes 32-value blocks of `x` to signed bytes (round half away from zero), the way
+/// llama.cpp does: the values are scaled by the exact `amax / 127`, the stored scale and
+/// scaled sum are rounded to f16 (so results agree with llama.cpp's to float rounding).
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -29,8 +31,8 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
             *q = r;
             sum += r as i32;
         }
-        blk.d = d;
-        blk.s = d * sum as f32;
+        blk.d = f16::from_f32(d).to_f32();
+        blk.s = f16::from_f32(d * sum as f32).to_f32();
     }
 }
 

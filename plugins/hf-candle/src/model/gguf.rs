@@ -123,6 +123,19 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
             format!("cannot load the `{arch}` model ({e}); {}", fix_hint()),
         )
     };
+    let mut content = content;
+    if arch == "qwen3" && !content.metadata.contains_key("general.dtype") {
+        // candle's quantized Qwen3 builds its rotary tables in F16 unless `general.dtype` says
+        // F32 (0); llama.cpp never writes that key, so say it here (rope in F32, as llama.cpp).
+        content
+            .metadata
+            .insert("general.dtype".into(), Value::U32(0));
+    }
+    if arch == "gemma3" {
+        tracing::warn!(
+            "gemma3 GGUF runs on candle-transformers 0.11's quantized_gemma3, whose MLP uses SiLU where Gemma 3 uses GELU (tanh): its outputs differ from llama.cpp's and transformers'"
+        );
+    }
     let (candle, context_length) = match arch.as_str() {
         "llama" => (
             QuantModel::Llama(

@@ -29,7 +29,7 @@ impl SafeTensors {
         for f in files {
             // SAFETY: read-only mapping of a model file (see `GgufWeights::new`).
             let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| {
-                Error::file(f, format!("is not a valid safetensors file ({e}); re-download or re-export the model"))
+                Error::file(f, format!("is not a valid safetensors file ({e}); the header is corrupt or the file is truncated: re-download or re-export the model"))
             })?;
             out.push((f.clone(), st));
         }
@@ -131,9 +131,6 @@ pub struct Hparams {
     pub vocab: usize,
     /// Rotate pairs `(i, i + d/2)` (NEOX) instead of `(2i, 2i + 1)`.
     pub rope_neox: bool,
-    /// Rotary angles as transformers computes them (f32 frequency × f32 position) rather
-    /// than in f64.
-    pub rope_f32: bool,
 }
 
 struct Layer {
@@ -254,7 +251,6 @@ impl Transformer {
             context_length,
             vocab: output.rows,
             rope_neox: arch != "llama",
-            rope_f32: false,
         };
         let m = Self {
             norm: w.vector("output_norm.weight")?,
@@ -338,7 +334,6 @@ impl Transformer {
             context_length: cfg.max_position_embeddings,
             vocab: output.rows,
             rope_neox: true,
-            rope_f32: true,
         };
         let m = Self {
             norm: st.vector("model.norm.weight")?,
@@ -538,14 +533,10 @@ impl Transformer {
         let mut sin = Vec::with_capacity(where_.len() * half);
         for &(_, pos) in where_ {
             for f in &self.inv_freq {
-                let angle = if self.hp.rope_f32 {
-                    ((*f as f32) * pos as f32) as f64
-                } else {
-                    pos as f64 * f
-                };
-                let (s, c) = angle.sin_cos();
-                cos.push(c as f32);
-                sin.push(s as f32);
+                // transformers: f32 frequency × f32 position; llama.cpp (GGUF): f32 angle too.
+                let angle = (*f as f32) * pos as f32;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
             }
         }
         (cos, sin)
