@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::model::Instance;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::{Scan, StopBuffer};
-use crate::tokenizer::StreamDecoder;
+use crate::tokenizer::{StreamDecoder, Tok};
 
 /// Everything generation needs to know about one request, resolved.
 #[derive(Clone, Debug)]
@@ -36,15 +36,109 @@ pub struct GenPlan {
     pub n: usize,
 }
 
+/// The text side of one generated sequence, shared by both generation loops: UTF-8-safe
+/// decoding, stop strings, and the events it becomes.
+pub(crate) struct SeqText {
+    index: u32,
+    prompt_len: u32,
+    decoder: StreamDecoder,
+    stops: StopBuffer,
+    pending_ids: Vec<u32>,
+    /// Tokens sampled so far.
+    pub(crate) generated: usize,
+}
+
+impl SeqText {
+    /// Sequence `index` of a request whose prompt has `prompt_len` tokens.
+    pub(crate) fn new(index: usize, prompt_len: usize, stops: &[String]) -> Self {
+        Self {
+            index: index as u32,
+            prompt_len: prompt_len as u32,
+            decoder: StreamDecoder::default(),
+            stops: StopBuffer::new(stops),
+            pending_ids: Vec::new(),
+            generated: 0,
+        }
+    }
+
+    /// Takes the sampled `id`. `ended` says the sampler ended the sequence with it: `Stop` for
+    /// an end id (not decoded), `Length` for the limit. Returns the event to hand out, if
+    /// there is text or the sequence ended (a stop string may end it here too).
+    pub(crate) fn push(
+        &mut self,
+        tok: &Tok,
+        id: u32,
+        ended: Option<FinishReason>,
+        skip_special: bool,
+    ) -> Result<Option<Event>> {
+        self.generated += 1;
+        self.pending_ids.push(id);
+        let end_id = ended == Some(FinishReason::Stop);
+        let mut text = String::new();
+        let mut reason = ended;
+        let mut by_stop_string = false;
+        if !end_id {
+            let delta = self.decoder.push(tok, id, skip_special)?;
+            match self.stops.push(&delta) {
+                Scan::Stop(t) => {
+                    text = t;
+                    reason = Some(FinishReason::Stop);
+                    by_stop_string = true;
+                }
+                Scan::Emit(t) => text = t,
+            }
+        }
+        if reason.is_some() && !by_stop_string {
+            // Ended without a stop string: release what the decoder and stop buffer hold,
+            // unless that completes a stop string after all.
+            let rest = self.decoder.flush(tok, skip_special)?;
+            match self.stops.push(&rest) {
+                Scan::Stop(t) => {
+                    text.push_str(&t);
+                    reason = Some(FinishReason::Stop);
+                }
+                Scan::Emit(t) => {
+                    text.push_str(&t);
+                    text.push_str(&self.stops.finish());
+                }
+            }
+        }
+        if reason.is_none() && text.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Event {
+            index: self.index,
+            delta: text,
+            token_ids: std::mem::take(&mut self.pending_ids),
+            finish: reason.map(|reason| Finish {
+                reason,
+                prompt_length: self.prompt_len,
+                response_length: self.generated as u32,
+            }),
+        }))
+    }
+}
+
+impl GenPlan {
+    /// Why sampling `id` as the `generated`-th new token ends its sequence, if it does: an end
+    /// id (`Stop`) or the new-token limit (`Length`). Stop strings are the text side's.
+    pub fn finish_for(&self, id: u32, generated: usize) -> Option<FinishReason> {
+        if self.stop_ids.contains(&id) {
+            Some(FinishReason::Stop)
+        } else if generated >= self.max_new {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+}
+
 struct SeqState {
     logits: Vec<f32>,
     to_feed: Option<u32>,
     seen: Vec<u32>,
-    generated: usize,
     counts: HashMap<u32, u32>,
-    decoder: StreamDecoder,
-    stops: StopBuffer,
-    pending_ids: Vec<u32>,
+    text: SeqText,
 }
 
 /// The event iterator behind `stream_chat`.
@@ -117,11 +211,8 @@ impl GenStream {
             logits,
             to_feed: None,
             seen: self.prompt.clone(),
-            generated: 0,
             counts: HashMap::new(),
-            decoder: StreamDecoder::default(),
-            stops: StopBuffer::new(&self.plan.stops),
-            pending_ids: Vec::new(),
+            text: SeqText::new(self.seq, self.prompt.len(), &self.plan.stops),
         });
         Ok(())
     }
@@ -149,67 +240,20 @@ impl GenStream {
             }
             let id = self.sampler.sample(&mut st.logits, &st.seen, &st.counts);
             st.seen.push(id);
-            st.generated += 1;
             *st.counts.entry(id).or_default() += 1;
-            st.pending_ids.push(id);
-            let mut text = String::new();
-            let mut reason = None;
-            if self.plan.stop_ids.contains(&id) {
-                reason = Some(FinishReason::Stop);
-            } else {
-                let delta = st.decoder.push(tok, id, skip)?;
-                match st.stops.push(&delta) {
-                    Scan::Stop(t) => {
-                        text = t;
-                        reason = Some(FinishReason::Stop);
-                    }
-                    Scan::Emit(t) => text = t,
-                }
-                if reason.is_none() && st.generated >= self.plan.max_new {
-                    reason = Some(FinishReason::Length);
-                }
-            }
-            if reason.is_some_and(|r| r != FinishReason::Stop || self.plan.stop_ids.contains(&id)) {
-                // Ended without a stop string: release what the decoder and stop buffer hold,
-                // unless that completes a stop string after all.
-                let rest = st.decoder.flush(tok, skip)?;
-                match st.stops.push(&rest) {
-                    Scan::Stop(t) => {
-                        text.push_str(&t);
-                        reason = Some(FinishReason::Stop);
-                    }
-                    Scan::Emit(t) => {
-                        text.push_str(&t);
-                        text.push_str(&st.stops.finish());
-                    }
-                }
-            }
-            if let Some(reason) = reason {
-                let event = Event {
-                    index: self.seq as u32,
-                    delta: text,
-                    token_ids: std::mem::take(&mut st.pending_ids),
-                    finish: Some(Finish {
-                        reason,
-                        prompt_length: self.prompt.len() as u32,
-                        response_length: st.generated as u32,
-                    }),
-                };
+            let ended = self.plan.finish_for(id, st.text.generated + 1);
+            let event = st.text.push(tok, id, ended, skip)?;
+            if event.as_ref().is_some_and(|e| e.finish.is_some()) {
                 self.cur = None;
                 self.seq += 1;
                 if self.seq >= self.plan.n {
                     self.release();
                 }
-                return Ok(Some(event));
+                return Ok(event);
             }
             st.to_feed = Some(id);
-            if !text.is_empty() {
-                return Ok(Some(Event {
-                    index: self.seq as u32,
-                    delta: text,
-                    token_ids: std::mem::take(&mut st.pending_ids),
-                    finish: None,
-                }));
+            if event.is_some() {
+                return Ok(event);
             }
         }
     }

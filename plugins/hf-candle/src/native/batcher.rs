@@ -359,13 +359,7 @@ fn sample_and_send(s: &mut Seq, logits: &mut [f32]) -> bool {
     s.seen.push(id);
     *s.counts.entry(id).or_default() += 1;
     s.generated += 1;
-    let finish = if s.plan.stop_ids.contains(&id) {
-        Some(FinishReason::Stop)
-    } else if s.generated >= s.plan.max_new {
-        Some(FinishReason::Length)
-    } else {
-        None
-    };
+    let finish = s.plan.finish_for(id, s.generated);
     let sent = s
         .out
         .send(Msg::Token {

@@ -6,21 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use switchyard_plugin::{CancelToken, EngineError, Event, Finish, FinishReason};
+use switchyard_plugin::{CancelToken, EngineError, Event};
 
 use super::batcher::Msg;
-use crate::stop::{Scan, StopBuffer};
-use crate::stream::GenPlan;
-use crate::tokenizer::{StreamDecoder, Tok};
+use crate::stream::{GenPlan, SeqText};
+use crate::tokenizer::Tok;
 
 /// How often a waiting stream looks at its cancel token.
 const CANCEL_POLL: Duration = Duration::from_millis(20);
 
-struct SeqText {
-    decoder: StreamDecoder,
-    stops: StopBuffer,
-    pending_ids: Vec<u32>,
-    generated: usize,
+struct Seq {
+    text: SeqText,
     done: bool,
 }
 
@@ -31,8 +27,7 @@ pub struct NativeStream {
     stop: Arc<[AtomicBool]>,
     cancel: CancelToken,
     plan: GenPlan,
-    prompt_len: usize,
-    seqs: Vec<SeqText>,
+    seqs: Vec<Seq>,
     finished: bool,
 }
 
@@ -47,11 +42,8 @@ impl NativeStream {
         prompt_len: usize,
     ) -> Self {
         let seqs = (0..plan.n.max(1))
-            .map(|_| SeqText {
-                decoder: StreamDecoder::default(),
-                stops: StopBuffer::new(&plan.stops),
-                pending_ids: Vec::new(),
-                generated: 0,
+            .map(|i| Seq {
+                text: SeqText::new(i, prompt_len, &plan.stops),
                 done: false,
             })
             .collect();
@@ -61,7 +53,6 @@ impl NativeStream {
             stop,
             cancel,
             plan,
-            prompt_len,
             seqs,
             finished: false,
         }
@@ -94,65 +85,21 @@ impl NativeStream {
                 Msg::Failed(e) => return Err(EngineError::backend(e)),
                 Msg::Token { index, id, finish } => (index, id, finish),
             };
-            let skip = self.plan.skip_special;
-            let tok = Arc::clone(&self.tok);
             let Some(st) = self.seqs.get_mut(index).filter(|s| !s.done) else {
                 continue;
             };
-            st.generated += 1;
-            st.pending_ids.push(id);
-            let mut text = String::new();
-            let mut reason = finish;
-            let stop_id = finish == Some(FinishReason::Stop);
-            if !stop_id {
-                let delta = st.decoder.push(&tok, id, skip)?;
-                match st.stops.push(&delta) {
-                    Scan::Stop(t) => {
-                        text = t;
-                        reason = Some(FinishReason::Stop);
-                    }
-                    Scan::Emit(t) => text = t,
-                }
-            }
-            let by_stop_string = reason == Some(FinishReason::Stop) && !stop_id;
-            if reason.is_some() && !by_stop_string {
-                // Ended without a stop string: release what the decoder and stop buffer hold,
-                // unless that completes a stop string after all.
-                let rest = st.decoder.flush(&tok, skip)?;
-                match st.stops.push(&rest) {
-                    Scan::Stop(t) => {
-                        text.push_str(&t);
-                        reason = Some(FinishReason::Stop);
-                    }
-                    Scan::Emit(t) => {
-                        text.push_str(&t);
-                        text.push_str(&st.stops.finish());
-                    }
-                }
-            }
-            if let Some(reason) = reason {
+            let Some(event) = st
+                .text
+                .push(&self.tok, id, finish, self.plan.skip_special)?
+            else {
+                continue;
+            };
+            if event.finish.is_some() {
                 st.done = true;
                 // The batcher may still be running this sequence (stop string): end it.
                 self.stop[index].store(true, Ordering::Relaxed);
-                return Ok(Some(Event {
-                    index: index as u32,
-                    delta: text,
-                    token_ids: std::mem::take(&mut st.pending_ids),
-                    finish: Some(Finish {
-                        reason,
-                        prompt_length: self.prompt_len as u32,
-                        response_length: st.generated as u32,
-                    }),
-                }));
             }
-            if !text.is_empty() {
-                return Ok(Some(Event {
-                    index: index as u32,
-                    delta: text,
-                    token_ids: std::mem::take(&mut st.pending_ids),
-                    finish: None,
-                }));
-            }
+            return Ok(Some(event));
         }
     }
 }
