@@ -66,6 +66,11 @@ impl WeightKind {
         cols / self.block_elems() * self.block_bytes()
     }
 
+    /// Bytes before the quants in a quantized block: the f16 scale, and `Q4_1`'s f16 minimum.
+    pub fn head_bytes(self) -> usize {
+        if self == WeightKind::Q4_1 { 4 } else { 2 }
+    }
+
     /// Whether activations must be quantized to [`BlockQ8`] before multiplying.
     pub fn is_quantized(self) -> bool {
         self.block_elems() > 1
@@ -162,7 +167,7 @@ pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
     let bb = kind.block_bytes();
     let rb = kind.row_bytes(cols);
     let nb = cols / QK;
-    let head = if kind == WeightKind::Q4_1 { 4 } else { 2 };
+    let head = kind.head_bytes();
     let qb = bb - head;
     let mut out = Vec::with_capacity(rb * GROUP);
     for i in 0..nb {
@@ -185,7 +190,7 @@ pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
 pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -> Vec<u8> {
     let bb = kind.block_bytes();
     let gb = group_block_bytes(kind);
-    let head = if kind == WeightKind::Q4_1 { 4 } else { 2 };
+    let head = kind.head_bytes();
     let qb = bb - head;
     let mut out = Vec::with_capacity(kind.row_bytes(cols));
     for i in 0..cols / QK {

@@ -45,38 +45,34 @@ fn nibble_dot(qs: &[u8], y: &[i8; QK]) -> i32 {
         .sum()
 }
 
+/// One quantized block (scale `d`, `Q4_1` minimum `m`, quants `qs`) · one activation block.
+fn block_dot(kind: WeightKind, d: f32, m: f32, qs: &[u8], a: &BlockQ8) -> f32 {
+    match kind {
+        WeightKind::Q8_0 => {
+            let s: i32 = qs
+                .iter()
+                .zip(&a.qs)
+                .map(|(w, y)| (*w as i8 as i32) * (*y as i32))
+                .sum();
+            d * a.d * s as f32
+        }
+        WeightKind::Q4_1 => d * a.d * nibble_dot(qs, &a.qs) as f32 + m * a.s,
+        WeightKind::Q4_0 => d * a.d * nibble_dot(qs, &a.qs) as f32 - 8.0 * d * a.s,
+        _ => unreachable!("float weights use dot_f"),
+    }
+}
+
 /// Quantized weight row · quantized activations.
 pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
-    let bb = kind.block_bytes();
+    let (bb, head) = (kind.block_bytes(), kind.head_bytes());
     let mut total = 0f32;
-    for (i, a) in act.iter().enumerate() {
-        let b = &row[i * bb..(i + 1) * bb];
-        total += match kind {
-            WeightKind::Q8_0 => {
-                let d = f16_at(b, 0);
-                let s: i32 = b[2..]
-                    .iter()
-                    .zip(&a.qs)
-                    .map(|(w, y)| (*w as i8 as i32) * (*y as i32))
-                    .sum();
-                d * a.d * s as f32
-            }
-            WeightKind::Q4_0 | WeightKind::Q4_1 => {
-                let d = f16_at(b, 0);
-                let qs = if kind == WeightKind::Q4_1 {
-                    &b[4..20]
-                } else {
-                    &b[2..18]
-                };
-                let s = nibble_dot(qs, &a.qs);
-                if kind == WeightKind::Q4_1 {
-                    d * a.d * s as f32 + f16_at(b, 2) * a.s
-                } else {
-                    d * a.d * s as f32 - 8.0 * d * a.s
-                }
-            }
-            _ => unreachable!("float weights use dot_f"),
+    for (b, a) in row.chunks_exact(bb).zip(act) {
+        let m = if kind == WeightKind::Q4_1 {
+            f16_at(b, 2)
+        } else {
+            0.0
         };
+        total += block_dot(kind, f16_at(b, 0), m, &b[head..], a);
     }
     total
 }
@@ -169,33 +165,18 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
 /// The 8 dot products of an interleaved group (see `super::interleave8`).
 pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::GROUP] {
     let gb = super::group_block_bytes(kind);
+    let heads = kind.head_bytes() * super::GROUP;
+    let qb = kind.block_bytes() - kind.head_bytes();
     let mut out = [0f32; super::GROUP];
-    for (i, a) in act.iter().enumerate() {
-        let g = &group[i * gb..(i + 1) * gb];
+    for (g, a) in group.chunks_exact(gb).zip(act) {
         for (r, o) in out.iter_mut().enumerate() {
-            let d = f16_at(g, r * 2);
-            *o += match kind {
-                WeightKind::Q8_0 => {
-                    let qs = &g[16 + r * 32..16 + (r + 1) * 32];
-                    let s: i32 = qs
-                        .iter()
-                        .zip(&a.qs)
-                        .map(|(w, y)| (*w as i8 as i32) * (*y as i32))
-                        .sum();
-                    d * a.d * s as f32
-                }
-                WeightKind::Q4_0 | WeightKind::Q4_1 => {
-                    let head = if kind == WeightKind::Q4_1 { 32 } else { 16 };
-                    let qs = &g[head + r * 16..head + (r + 1) * 16];
-                    let s = nibble_dot(qs, &a.qs);
-                    if kind == WeightKind::Q4_1 {
-                        d * a.d * s as f32 + f16_at(g, 16 + r * 2) * a.s
-                    } else {
-                        d * a.d * s as f32 - 8.0 * d * a.s
-                    }
-                }
-                _ => unreachable!("float weights are not interleaved"),
+            let m = if kind == WeightKind::Q4_1 {
+                f16_at(g, 16 + r * 2)
+            } else {
+                0.0
             };
+            let qs = &g[heads + r * qb..heads + (r + 1) * qb];
+            *o += block_dot(kind, f16_at(g, r * 2), m, qs, a);
         }
     }
     out
