@@ -207,9 +207,8 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) ->
             (Runner::Candle(Net::Dense(m.model)), m.head, ctx)
         }
     };
-    let m = LoadedConfig { config };
     let mut eos_ids: Vec<u32> = Vec::new();
-    for id in ids_of(m.config.eos_token_id.as_ref())
+    for id in ids_of(config.eos_token_id.as_ref())
         .into_iter()
         .chain(gen_defaults.eos_ids.iter().copied())
         .chain(tc.eos_token.as_deref().and_then(|t| inner.token_to_id(t)))
@@ -218,13 +217,12 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) ->
             eos_ids.push(id);
         }
     }
-    let pad_id = m
-        .config
+    let pad_id = config
         .pad_id()
         .or_else(|| tc.pad_token.as_deref().and_then(|t| inner.token_to_id(t)));
     let mut details = Map::new();
     details.insert("format".into(), "safetensors".into());
-    details.insert("architecture".into(), m.config.architecture().into());
+    details.insert("architecture".into(), arch.into());
     details.insert("dtype".into(), format!("{dtype:?}").to_lowercase().into());
     details.insert(
         "engine".into(),
@@ -249,11 +247,6 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) ->
         pad_id,
         details,
     })
-}
-
-/// The parsed `config.json` (named like `hf::LoadedHf` so the code above reads the same).
-struct LoadedConfig {
-    config: HfConfig,
 }
 
 impl HfCandle {

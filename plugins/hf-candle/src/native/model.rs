@@ -9,101 +9,11 @@
 use rayon::prelude::*;
 
 use super::kv::KvCache;
-use super::weights::{GgufWeights, Matrix};
+use super::weights::{GgufWeights, Matrix, SafeTensors};
 use crate::config::HfConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{self, BlockQ8, QK, WeightKind};
 use crate::model::dense::Family;
-
-/// Safetensors files of one model, read through candle's mapped reader.
-struct SafeTensors {
-    files: Vec<(
-        std::path::PathBuf,
-        candle_core::safetensors::MmapedSafetensors,
-    )>,
-}
-
-impl SafeTensors {
-    fn open(files: &[std::path::PathBuf]) -> Result<Self> {
-        let mut out = Vec::new();
-        for f in files {
-            // SAFETY: read-only mapping of a model file (see `GgufWeights::new`).
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| {
-                Error::file(f, format!("is not a valid safetensors file ({e}); the header is corrupt or the file is truncated: re-download or re-export the model"))
-            })?;
-            out.push((f.clone(), st));
-        }
-        Ok(Self { files: out })
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.files.iter().any(|(_, st)| st.get(name).is_ok())
-    }
-
-    /// `(dims, values as f32)` of a tensor.
-    fn floats(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        for (path, st) in &self.files {
-            let Ok(view) = st.get(name) else { continue };
-            let data = view.data();
-            let vals: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                safetensors::Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                other => {
-                    return Err(Error::file(
-                        path,
-                        format!(
-                            "tensor `{name}` is {other:?}; only F32, BF16 and F16 weights are supported"
-                        ),
-                    ));
-                }
-            };
-            return Ok((view.shape().to_vec(), vals));
-        }
-        Err(Error::Unsupported(format!(
-            "the safetensors files have no tensor `{name}`; the weights do not match config.json"
-        )))
-    }
-
-    fn vector(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.floats(name)?.1)
-    }
-
-    fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
-        let (dims, vals) = self.floats(name)?;
-        let [rows, cols] = dims[..] else {
-            return Err(Error::Unsupported(format!(
-                "tensor `{name}` has shape {dims:?}, expected a matrix"
-            )));
-        };
-        let mut bytes = Vec::with_capacity(kind.row_bytes(cols) * rows);
-        match kind {
-            WeightKind::F32 => vals.iter().for_each(|v| bytes.extend(v.to_le_bytes())),
-            WeightKind::BF16 => vals
-                .iter()
-                .for_each(|v| bytes.extend(half::bf16::from_f32(*v).to_le_bytes())),
-            WeightKind::F16 => vals
-                .iter()
-                .for_each(|v| bytes.extend(half::f16::from_f32(*v).to_le_bytes())),
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "safetensors weights run as F32, BF16 or F16, not {}",
-                    kind.name()
-                )));
-            }
-        }
-        Ok(Matrix::owned(kind, rows, cols, bytes))
-    }
-}
 
 /// GGUF architectures the native model runs.
 pub const NATIVE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
@@ -466,10 +376,10 @@ impl Transformer {
             add_bias(&mut k, l.bk.as_deref());
             add_bias(&mut v, l.bv.as_deref());
             if let Some(w) = &l.q_norm {
-                rms_norm(&q.clone(), w, hp.eps, &mut q);
+                rms_norm_in_place(&mut q, w, hp.eps);
             }
             if let Some(w) = &l.k_norm {
-                rms_norm(&k.clone(), w, hp.eps, &mut k);
+                rms_norm_in_place(&mut k, w, hp.eps);
             }
             self.rope(&mut q, &cos, &sin);
             self.rope(&mut k, &cos, &sin);
@@ -507,7 +417,7 @@ impl Transformer {
             s.kv.advance(s.tokens.len());
         }
         // Logits for each sequence's last token (or every token).
-        let last = if every {
+        let mut last = if every {
             x
         } else {
             let mut last = Vec::with_capacity(seqs.len() * h);
@@ -519,9 +429,8 @@ impl Transformer {
             last
         };
         let n = last.len() / h;
-        let mut normed = vec![0f32; last.len()];
-        rms_norm(&last, &self.norm, hp.eps, &mut normed);
-        let input = quantize_for(&self.output, &normed, h, &mut qbuf);
+        rms_norm_in_place(&mut last, &self.norm, hp.eps);
+        let input = quantize_for(&self.output, &last, h, &mut qbuf);
         let mut logits = vec![0f32; n * hp.vocab];
         matmul(&self.output, &input, n, &mut logits);
         logits.chunks(hp.vocab).map(<[f32]>::to_vec).collect()
@@ -620,12 +529,18 @@ fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
 
 /// RMSNorm of each `w.len()`-wide row of `x` into `out`.
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    out.copy_from_slice(x);
+    rms_norm_in_place(out, w, eps);
+}
+
+/// RMSNorm of each `w.len()`-wide row of `x`, in place (also per head for q/k norms).
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let n = w.len();
-    for (xr, or) in x.chunks(n).zip(out.chunks_mut(n)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / n as f32;
+    for row in x.chunks_mut(n) {
+        let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
         let r = 1.0 / (ss + eps).sqrt();
-        for ((o, a), g) in or.iter_mut().zip(xr).zip(w) {
-            *o = a * r * g;
+        for (a, g) in row.iter_mut().zip(w) {
+            *a = *a * r * g;
         }
     }
 }

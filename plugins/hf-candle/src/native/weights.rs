@@ -308,3 +308,94 @@ impl GgufWeights {
         })
     }
 }
+
+/// The safetensors files of a Hugging Face folder, read through candle's mapped reader and
+/// copied into memory in the weight format asked for.
+pub(crate) struct SafeTensors {
+    files: Vec<(
+        std::path::PathBuf,
+        candle_core::safetensors::MmapedSafetensors,
+    )>,
+}
+
+impl SafeTensors {
+    pub(crate) fn open(files: &[std::path::PathBuf]) -> Result<Self> {
+        let mut out = Vec::new();
+        for f in files {
+            // SAFETY: read-only mapping of a model file (see `GgufWeights::new`).
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| {
+                Error::file(f, format!("is not a valid safetensors file ({e}); the header is corrupt or the file is truncated: re-download or re-export the model"))
+            })?;
+            out.push((f.clone(), st));
+        }
+        Ok(Self { files: out })
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.files.iter().any(|(_, st)| st.get(name).is_ok())
+    }
+
+    /// `(dims, values as f32)` of a tensor.
+    fn floats(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        for (path, st) in &self.files {
+            let Ok(view) = st.get(name) else { continue };
+            let data = view.data();
+            let vals: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "tensor `{name}` is {other:?}; only F32, BF16 and F16 weights are supported"
+                        ),
+                    ));
+                }
+            };
+            return Ok((view.shape().to_vec(), vals));
+        }
+        Err(Error::Unsupported(format!(
+            "the safetensors files have no tensor `{name}`; the weights do not match config.json"
+        )))
+    }
+
+    pub(crate) fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.floats(name)?.1)
+    }
+
+    pub(crate) fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
+        let (dims, vals) = self.floats(name)?;
+        let [rows, cols] = dims[..] else {
+            return Err(Error::Unsupported(format!(
+                "tensor `{name}` has shape {dims:?}, expected a matrix"
+            )));
+        };
+        let mut bytes = Vec::with_capacity(kind.row_bytes(cols) * rows);
+        match kind {
+            WeightKind::F32 => vals.iter().for_each(|v| bytes.extend(v.to_le_bytes())),
+            WeightKind::BF16 => vals
+                .iter()
+                .for_each(|v| bytes.extend(half::bf16::from_f32(*v).to_le_bytes())),
+            WeightKind::F16 => vals
+                .iter()
+                .for_each(|v| bytes.extend(half::f16::from_f32(*v).to_le_bytes())),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "safetensors weights run as F32, BF16 or F16, not {}",
+                    kind.name()
+                )));
+            }
+        }
+        Ok(Matrix::owned(kind, rows, cols, bytes))
+    }
+}
