@@ -35,17 +35,27 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
-/// The 8 dot products of an interleaved group with quantized activations.
-pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; 8] {
+/// The 8 dot products of an interleaved group with each of up to 4 activation vectors
+/// (`out[t]` for `acts[t]`).
+pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &mut [[f32; 8]]) {
     debug_assert!(available());
-    // SAFETY: as in `dot_q`: reached only after `available()`.
-    unsafe {
-        match kind {
-            WeightKind::Q4_0 => dot_x8_q4(group, act, false),
-            WeightKind::Q4_1 => dot_x8_q4(group, act, true),
-            WeightKind::Q8_0 => dot_x8_q8_0(group, act),
-            _ => unreachable!("float weights are not interleaved"),
+    fn run<const N: usize>(kind: WeightKind, group: &[u8], acts: [&[BlockQ8]; N]) -> [[f32; 8]; N] {
+        // SAFETY: as in `dot_q`: reached only after `available()`.
+        unsafe {
+            match kind {
+                WeightKind::Q4_0 => dot_x8_q4(group, acts, false),
+                WeightKind::Q4_1 => dot_x8_q4(group, acts, true),
+                WeightKind::Q8_0 => dot_x8_q8_0(group, acts),
+                _ => unreachable!("float weights are not interleaved"),
+            }
         }
+    }
+    match *acts {
+        [a] => out[..1].copy_from_slice(&run(kind, group, [a])),
+        [a, b] => out[..2].copy_from_slice(&run(kind, group, [a, b])),
+        [a, b, c] => out[..3].copy_from_slice(&run(kind, group, [a, b, c])),
+        [a, b, c, d] => out[..4].copy_from_slice(&run(kind, group, [a, b, c, d])),
+        _ => unreachable!("1 to 4 activation vectors"),
     }
 }
 
@@ -67,6 +77,23 @@ pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: as in `dot_q`: reached only after `available()`.
     unsafe { dot_f32_imp(a, b) }
+}
+
+/// One attention head (see `super::attend`), the loop compiled with AVX2 so the per-position
+/// dot products and axpys inline.
+pub fn attend(head: &super::Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe { attend_imp(head, scores, out) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn attend_imp(head: &super::Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    head.run(
+        |a, b| dot_f32_imp(a, b),
+        |y, a, x| axpy_imp(y, a, x),
+        scores,
+        out,
+    );
 }
 
 /// `y[i] += a * x[i]`.
@@ -217,85 +244,108 @@ fn store_8(v: __m256) -> [f32; 8] {
     out
 }
 
-/// 8 interleaved `Q4_0`/`Q4_1` rows: per block `[d; 8] [m; 8]? [qs; 8]`. Two rows' nibbles
-/// share one 256-bit register (row `2k` in the low lane, `2k + 1` in the high lane); three
-/// `vphaddd` and one permute turn the 4 partial-sum vectors into the 8 row sums.
+/// 8 interleaved `Q4_0`/`Q4_1` rows against `N` activation vectors: per block
+/// `[d; 8] [m; 8]? [qs; 8]`. Two rows' nibbles share one 256-bit register (row `2k` in the low
+/// lane, `2k + 1` in the high lane) and are unpacked once for all `N` tokens; per token, three
+/// `vphaddd` and one permute turn the 4 partial-sum vectors into the 8 row sums. Every token
+/// goes through the same operations in the same order whatever `N` is, so its results do not
+/// depend on its batch-mates.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_x8_q4(group: &[u8], act: &[BlockQ8], with_min: bool) -> [f32; 8] {
+fn dot_x8_q4<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], with_min: bool) -> [[f32; 8]; N] {
     let gb = if with_min { 160 } else { 144 };
     let qoff = if with_min { 32 } else { 16 };
     let mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    let mut acc = _mm256_setzero_ps();
-    let mut extra = _mm256_setzero_ps();
-    for (g, a) in group.chunks_exact(gb).zip(act) {
-        let (ylo, yhi) = load_q8_halves(a);
-        let mut p = [_mm256_setzero_si256(); 4];
-        for (k, pk) in p.iter_mut().enumerate() {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut extra = [_mm256_setzero_ps(); N];
+    for (i, g) in group.chunks_exact(gb).enumerate() {
+        let mut lo = [_mm256_setzero_si256(); 4];
+        let mut hi = [_mm256_setzero_si256(); 4];
+        for k in 0..4 {
             let q: &[u8; 32] = g[qoff + 32 * k..qoff + 32 * k + 32]
                 .try_into()
                 .expect("two rows of nibbles");
             let w = load_32(q);
-            let lo = _mm256_and_si256(w, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
-            let s16 =
-                _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
-            *pk = _mm256_madd_epi16(s16, ones);
+            lo[k] = _mm256_and_si256(w, mask);
+            hi[k] = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
         }
-        let h1 = _mm256_hadd_epi32(p[0], p[1]);
-        let h2 = _mm256_hadd_epi32(p[2], p[3]);
-        let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h1, h2), order);
         let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
         let dv = _mm256_cvtph_ps(load_16(d));
-        acc = _mm256_fmadd_ps(
-            _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
-            _mm256_cvtepi32_ps(sums),
-            acc,
-        );
-        if with_min {
+        let mv = if with_min {
             let m: &[u8; 16] = g[16..32].try_into().expect("8 minimums");
-            extra = _mm256_fmadd_ps(_mm256_cvtph_ps(load_16(m)), _mm256_set1_ps(a.s), extra);
+            _mm256_cvtph_ps(load_16(m))
         } else {
-            extra = _mm256_fmadd_ps(dv, _mm256_set1_ps(-8.0 * a.s), extra);
+            dv
+        };
+        for t in 0..N {
+            let a = &acts[t][i];
+            let (ylo, yhi) = load_q8_halves(a);
+            let mut p = [_mm256_setzero_si256(); 4];
+            for k in 0..4 {
+                let s16 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo[k], ylo),
+                    _mm256_maddubs_epi16(hi[k], yhi),
+                );
+                p[k] = _mm256_madd_epi16(s16, ones);
+            }
+            let h1 = _mm256_hadd_epi32(p[0], p[1]);
+            let h2 = _mm256_hadd_epi32(p[2], p[3]);
+            let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h1, h2), order);
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
+                _mm256_cvtepi32_ps(sums),
+                acc[t],
+            );
+            let off = if with_min { a.s } else { -8.0 * a.s };
+            extra[t] = _mm256_fmadd_ps(mv, _mm256_set1_ps(off), extra[t]);
         }
     }
-    store_8(_mm256_add_ps(acc, extra))
+    std::array::from_fn(|t| store_8(_mm256_add_ps(acc[t], extra[t])))
 }
 
-/// 8 interleaved `Q8_0` rows: per block `[d; 8] [qs; 8]`.
+/// 8 interleaved `Q8_0` rows against `N` activation vectors: per block `[d; 8] [qs; 8]`
+/// (weights loaded and made absolute once for all tokens).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_x8_q8_0(group: &[u8], act: &[BlockQ8]) -> [f32; 8] {
+fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N]) -> [[f32; 8]; N] {
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for (g, a) in group.chunks_exact(272).zip(act) {
-        let y = load_q8(a);
-        let mut p = [_mm256_setzero_si256(); 8];
-        for (k, pk) in p.iter_mut().enumerate() {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, g) in group.chunks_exact(272).enumerate() {
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut wabs = [_mm256_setzero_si256(); 8];
+        for k in 0..8 {
             let q: &[u8; 32] = g[16 + 32 * k..48 + 32 * k].try_into().expect("a row");
-            let w = load_32(q);
-            let s16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
-            *pk = _mm256_madd_epi16(s16, ones);
+            w[k] = load_32(q);
+            wabs[k] = _mm256_sign_epi8(w[k], w[k]);
         }
-        let h01 = _mm256_hadd_epi32(p[0], p[1]);
-        let h23 = _mm256_hadd_epi32(p[2], p[3]);
-        let h45 = _mm256_hadd_epi32(p[4], p[5]);
-        let h67 = _mm256_hadd_epi32(p[6], p[7]);
-        let a4 = _mm256_hadd_epi32(h01, h23);
-        let b4 = _mm256_hadd_epi32(h45, h67);
-        let sums = _mm256_add_epi32(
-            _mm256_permute2x128_si256(a4, b4, 0x20),
-            _mm256_permute2x128_si256(a4, b4, 0x31),
-        );
         let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
         let dv = _mm256_cvtph_ps(load_16(d));
-        acc = _mm256_fmadd_ps(
-            _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
-            _mm256_cvtepi32_ps(sums),
-            acc,
-        );
+        for t in 0..N {
+            let a = &acts[t][i];
+            let y = load_q8(a);
+            let mut p = [_mm256_setzero_si256(); 8];
+            for k in 0..8 {
+                let s16 = _mm256_maddubs_epi16(wabs[k], _mm256_sign_epi8(y, w[k]));
+                p[k] = _mm256_madd_epi16(s16, ones);
+            }
+            let h01 = _mm256_hadd_epi32(p[0], p[1]);
+            let h23 = _mm256_hadd_epi32(p[2], p[3]);
+            let h45 = _mm256_hadd_epi32(p[4], p[5]);
+            let h67 = _mm256_hadd_epi32(p[6], p[7]);
+            let a4 = _mm256_hadd_epi32(h01, h23);
+            let b4 = _mm256_hadd_epi32(h45, h67);
+            let sums = _mm256_add_epi32(
+                _mm256_permute2x128_si256(a4, b4, 0x20),
+                _mm256_permute2x128_si256(a4, b4, 0x31),
+            );
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
+                _mm256_cvtepi32_ps(sums),
+                acc[t],
+            );
+        }
     }
-    store_8(acc)
+    std::array::from_fn(|t| store_8(acc[t]))
 }
 
 /// `QK` is the block size the quantized kernels assume.

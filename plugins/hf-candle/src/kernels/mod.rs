@@ -164,26 +164,35 @@ pub fn group_block_bytes(kind: WeightKind) -> usize {
 /// `[d; 8] [m; 8]? [qs; 8]`. One SIMD load then converts all 8 scales and the kernel
 /// produces 8 outputs at once, with no per-row horizontal sum.
 pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
+    let mut out = vec![0u8; src.len()];
+    interleave8_into(kind, src, cols, &mut out);
+    out
+}
+
+/// [`interleave8`] into `out` (as long as `src`).
+pub fn interleave8_into(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
     let bb = kind.block_bytes();
     let rb = kind.row_bytes(cols);
-    let nb = cols / QK;
     let head = kind.head_bytes();
     let qb = bb - head;
-    let mut out = Vec::with_capacity(rb * GROUP);
-    for i in 0..nb {
+    let mut o = 0;
+    let mut put = |bytes: &[u8]| {
+        out[o..o + bytes.len()].copy_from_slice(bytes);
+        o += bytes.len();
+    };
+    for i in 0..cols / QK {
         for r in 0..GROUP {
-            out.extend_from_slice(&src[r * rb + i * bb..][..2]);
+            put(&src[r * rb + i * bb..][..2]);
         }
         if kind == WeightKind::Q4_1 {
             for r in 0..GROUP {
-                out.extend_from_slice(&src[r * rb + i * bb + 2..][..2]);
+                put(&src[r * rb + i * bb + 2..][..2]);
             }
         }
         for r in 0..GROUP {
-            out.extend_from_slice(&src[r * rb + i * bb + head..][..qb]);
+            put(&src[r * rb + i * bb + head..][..qb]);
         }
     }
-    out
 }
 
 /// Rebuilds row `j` (0..8) of an interleaved group in GGUF block layout (embedding lookups).
@@ -205,14 +214,34 @@ pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -
     out
 }
 
+/// Most activation vectors [`dot_x8_multi`] takes at once.
+pub const MAX_TOKENS: usize = 4;
+
 /// The 8 dot products of an interleaved group (see [`interleave8`]) with quantized
 /// activations.
 pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
-    debug_assert!(group.len() >= group_block_bytes(kind) * act.len());
+    let mut out = [[0f32; GROUP]];
+    dot_x8_multi(kind, group, &[act], &mut out);
+    out[0]
+}
+
+/// [`dot_x8`] for up to [`MAX_TOKENS`] activation vectors at once (`out[t]` for `acts[t]`):
+/// the weights are unpacked once for all of them. Each result equals, bit for bit, a
+/// [`dot_x8`] call of its own.
+pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &mut [[f32; GROUP]]) {
+    debug_assert!((1..=MAX_TOKENS).contains(&acts.len()) && out.len() >= acts.len());
+    debug_assert!(
+        acts.iter()
+            .all(|a| group.len() >= group_block_bytes(kind) * a.len())
+    );
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_x8(kind, group, act),
-        _ => portable::dot_x8(kind, group, act),
+        Isa::Avx2 => avx2::dot_x8_multi(kind, group, acts, out),
+        _ => {
+            for (o, a) in out.iter_mut().zip(acts) {
+                *o = portable::dot_x8(kind, group, a);
+            }
+        }
     }
 }
 
@@ -232,6 +261,82 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_f32(a, b),
         _ => portable::dot_f32(a, b),
+    }
+}
+
+/// One attention head of one token: softmax(`q · k_j * scale`) over positions `0..n`, times
+/// `v_j`, into `out`. Key and value `j` of this head start at `j * stride + offset` in
+/// `keys` / `values`; `scores` is scratch space. The whole loop runs in one kernel call (no
+/// dispatch per position).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    stride: usize,
+    offset: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let head = Head {
+        q,
+        keys,
+        values,
+        stride,
+        offset,
+        n,
+        scale,
+    };
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::attend(&head, scores, out),
+        _ => head.run(portable::dot_f32, portable::axpy, scores, out),
+    }
+}
+
+/// The arguments of [`attend`].
+pub(crate) struct Head<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    stride: usize,
+    offset: usize,
+    n: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// The attention loop, with the instruction set's dot product and axpy.
+    #[inline(always)]
+    pub(crate) fn run(
+        &self,
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+        axpy: impl Fn(&mut [f32], f32, &[f32]),
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let hd = self.q.len();
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..self.n {
+            let k = &self.keys[j * self.stride + self.offset..][..hd];
+            let sc = dot(self.q, k) * self.scale;
+            max = max.max(sc);
+            scores.push(sc);
+        }
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        out.fill(0.0);
+        let inv = 1.0 / sum;
+        for (j, w) in scores.iter().enumerate() {
+            let v = &self.values[j * self.stride + self.offset..][..hd];
+            axpy(out, w * inv, v);
+        }
     }
 }
 
@@ -388,6 +493,12 @@ mod tests {
                 let group = interleave8(kind, &rows, cols);
                 assert_eq!(group.len(), rows.len());
                 let eight = dot_x8(kind, &group, &xq);
+                let mut xq2 = xq.clone();
+                xq2.reverse();
+                let mut multi = [[0f32; GROUP]; 3];
+                dot_x8_multi(kind, &group, &[&xq2, &xq, &xq2], &mut multi);
+                assert_eq!(multi[1], eight, "{kind:?}: batched == alone, bit for bit");
+                assert_eq!(multi[0], multi[2]);
                 let slow = portable::dot_x8(kind, &group, &xq);
                 for r in 0..GROUP {
                     let row = &rows[r * rb..(r + 1) * rb];

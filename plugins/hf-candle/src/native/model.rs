@@ -494,26 +494,17 @@ impl Transformer {
                 let (seq, pos) = where_[tok];
                 let (keys, values) = &caches[seq].layers[layer];
                 let kvh = head / group;
-                let qh = &q[i * hd..(i + 1) * hd];
-                scores.clear();
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..=pos {
-                    let kj = &keys[j * kv_dim + kvh * hd..][..hd];
-                    let sc = kernels::dot_f32(qh, kj) * scale;
-                    max = max.max(sc);
-                    scores.push(sc);
-                }
-                let mut sum = 0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                o.fill(0.0);
-                let inv = 1.0 / sum;
-                for (j, w) in scores.iter().enumerate() {
-                    let vj = &values[j * kv_dim + kvh * hd..][..hd];
-                    kernels::axpy(o, w * inv, vj);
-                }
+                kernels::attend(
+                    &q[i * hd..(i + 1) * hd],
+                    keys,
+                    values,
+                    kv_dim,
+                    kvh * hd,
+                    pos + 1,
+                    scale,
+                    scores,
+                    o,
+                );
             },
         );
     }
@@ -617,8 +608,31 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             let r0 = bi * ROW_BLOCK;
             let nr = ROW_BLOCK.min(rows - r0);
             let mut o = vec![0f32; nr * t];
-            for tok in 0..t {
-                dot_rows(w, x, tok, r0, &mut o[tok * nr..(tok + 1) * nr]);
+            match x {
+                // Interleaved groups: each group's weights unpacked once per tile of tokens.
+                Input::Quant(b) if w.interleaved => {
+                    let per = w.cols / QK;
+                    let mut res = [[0f32; kernels::GROUP]; kernels::MAX_TOKENS];
+                    for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
+                        let n = kernels::MAX_TOKENS.min(t - t0);
+                        let acts: Vec<&[BlockQ8]> = (t0..t0 + n)
+                            .map(|tok| &b[tok * per..(tok + 1) * per])
+                            .collect();
+                        for k in 0..nr / kernels::GROUP {
+                            let g = w.group(r0 / kernels::GROUP + k);
+                            kernels::dot_x8_multi(w.kind, g, &acts, &mut res);
+                            for (j, r) in res[..n].iter().enumerate() {
+                                let at = (t0 + j) * nr + k * kernels::GROUP;
+                                o[at..at + kernels::GROUP].copy_from_slice(r);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    for tok in 0..t {
+                        dot_rows(w, x, tok, r0, &mut o[tok * nr..(tok + 1) * nr]);
+                    }
+                }
             }
             o
         })

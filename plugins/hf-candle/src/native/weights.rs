@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
 use memmap2::Mmap;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::{self, WeightKind};
@@ -84,10 +85,13 @@ impl Matrix {
         }
         let gb = self.row_bytes * kernels::GROUP;
         let src = self.all();
-        let mut packed = Vec::with_capacity(src.len());
-        for g in src.chunks_exact(gb) {
-            packed.extend(kernels::interleave8(self.kind, g, self.cols));
-        }
+        // In parallel (loading runs inside the engine's thread pool): repacking is most of
+        // the load time.
+        let mut packed = vec![0u8; src.len()];
+        packed
+            .par_chunks_mut(gb)
+            .zip(src.par_chunks_exact(gb))
+            .for_each(|(out, g)| kernels::interleave8_into(self.kind, g, self.cols, out));
         Matrix {
             data: Arc::new(Bytes::Owned(Arc::new(packed))),
             interleaved: true,
