@@ -15,7 +15,7 @@
 //!   off) and decode (`tg`, greedy, tokens after the first over the time after the first) vs
 //!   `llama-bench`;
 //! - cold start: wall time of a fresh process that loads the plugin and the model and prints
-//!   the first token of "Hi", vs `llama-simple` generating one token;
+//!   the first token of the raw prompt "Hi", vs `llama-simple` generating one token from it;
 //! - multi-turn: time to first token of turn 1 and turn 5 of a conversation (prefix cache on);
 //! - concurrency: aggregate decode tokens/s of 4 concurrent streams (`max_concurrent = 4`)
 //!   vs one stream;
@@ -105,8 +105,19 @@ fn request(text: &str, max_new_tokens: u32) -> ChatRequest {
 }
 
 fn load(a: &Args, threads: usize, extra: &str, max_concurrent: u32) -> anyhow::Result<ChatModel> {
+    load_with(a, threads, extra, max_concurrent, "")
+}
+
+/// [`load`] with extra `[model]` lines.
+fn load_with(
+    a: &Args,
+    threads: usize,
+    extra: &str,
+    max_concurrent: u32,
+    model_extra: &str,
+) -> anyhow::Result<ChatModel> {
     let toml = format!(
-        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\n{extra}\n",
+        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n{model_extra}\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\n{extra}\n",
         a.model.display(),
         a.dtype
     );
@@ -169,7 +180,14 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
             json!({"pp": pp, "pp_tokens": prompt_len, "tg": tg, "tg_tokens": n, "rss_mb": peak_rss_mb()})
         }
         "cold" => {
-            let model = load(a, t, "", 1)?;
+            // The raw prompt "Hi", as llama-simple gets it (no chat template).
+            let model = load_with(
+                a,
+                t,
+                "",
+                1,
+                "chat_template = \"{{ messages[0]['content'] }}\"",
+            )?;
             let mut stream = model.stream_chat(request("Hi", 1))?;
             let first = stream.next().context("no event")??;
             json!({"first": first.delta})

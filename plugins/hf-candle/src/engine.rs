@@ -132,8 +132,15 @@ struct Loaded {
 }
 
 fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded> {
+    let started = std::time::Instant::now();
     let g = gguf::load(path, device, allow_native)?;
+    let weights_ms = started.elapsed().as_secs_f64() * 1e3;
     let tok = tokenizer::from_gguf(&g.metadata, path)?;
+    tracing::debug!(
+        weights_ms,
+        tokenizer_ms = started.elapsed().as_secs_f64() * 1e3 - weights_ms,
+        "GGUF loaded"
+    );
     let template = gguf::md_str(&g.metadata, "tokenizer.chat_template").map(str::to_owned);
     let pad_id = g
         .metadata

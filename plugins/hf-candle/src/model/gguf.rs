@@ -69,6 +69,7 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
             ),
         )
     })?;
+    tracing::trace!(tensors = content.tensor_infos.len(), "GGUF header read");
     // Check every tensor lies inside the file before loading anything.
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count();
@@ -96,9 +97,9 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
         .unwrap_or_else(|| "(none)".to_owned());
     let md_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
     let ctx = md_u32(&format!("{arch}.context_length")).unwrap_or(4096) as usize;
-    let metadata = content.metadata.clone();
     if allow_native && device.is_cpu() && NATIVE_ARCHITECTURES.contains(&arch.as_str()) {
         let weights = GgufWeights::new(path, &content)?;
+        tracing::trace!("GGUF mapped");
         match weights.unsupported_tensor() {
             None => {
                 let model = Transformer::load(&weights, &arch)?;
@@ -107,7 +108,7 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
                     model: GgufModel::Native(model),
                     arch,
                     context_length,
-                    metadata,
+                    metadata: content.metadata,
                 });
             }
             Some((name, format)) => tracing::info!(
@@ -123,6 +124,8 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
             format!("cannot load the `{arch}` model ({e}); {}", fix_hint()),
         )
     };
+    // candle's models consume the file's content; the tokenizer still needs the metadata.
+    let metadata = content.metadata.clone();
     let mut content = content;
     if arch == "qwen3" && !content.metadata.contains_key("general.dtype") {
         // candle's quantized Qwen3 builds its rotary tables in F16 unless `general.dtype` says
