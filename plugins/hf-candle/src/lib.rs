@@ -3,16 +3,14 @@
 //!
 //! # Design
 //!
-//! * **Two model paths.** A single GGUF file runs quantized through `candle-transformers`'
-//!   quantized architectures (llama, qwen2, qwen3, gemma3), with its tokenizer built from the GGUF
-//!   metadata. A Hugging Face folder (safetensors, memory-mapped) runs through this crate's own
-//!   decoder ([`model::dense`]) for Llama, Mistral, Qwen2 and Qwen3: owning that code gives
-//!   hidden states at every position (reward scores, logits tests) and an explicit KV cache.
-//! * **One instance per request.** The engine keeps a prototype model and a pool of clones; a
-//!   clone shares the weights (reference-counted tensors) and owns its KV cache. A request leases
-//!   one, so concurrent requests never share a cache, and the cache is cleared on return.
-//!   Batching several requests into one forward pass is a later step that fits behind the same
-//!   pool.
+//! * **Native engine first.** GGUF files (llama, qwen2, qwen3, gemma3; F32/F16/BF16, Q4_0,
+//!   Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) and Hugging Face folders (Llama, Mistral, Qwen2,
+//!   Qwen3) run on this crate's batched transformer ([`native`]) with SIMD kernels picked at
+//!   run time ([`kernels`]), continuous batching and a prefix cache. candle runs what it lacks:
+//!   other quantization formats of llama/qwen GGUF files, reward models, CUDA and
+//!   `engine = "candle"` (its decoder for folders is [`model::dense`]).
+//! * **Tokenizer and template from the model.** A GGUF's tokenizer is built from its
+//!   metadata; a folder's from `tokenizer.json`.
 //! * **Pull streaming.** Generation runs inside the event iterator: each pull runs model steps
 //!   until text is ready, checking the cancel flag every step, so dropping the stream stops work.
 //! * **Templates like transformers.** Chat templates render with `minijinja` configured as

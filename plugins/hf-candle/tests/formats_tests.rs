@@ -203,7 +203,6 @@ fn gemma3() -> Option<PathBuf> {
 }
 
 #[test]
-#[ignore = "known defect: candle-transformers 0.11.1 quantized_gemma3 applies SiLU where Gemma 3 uses GELU-tanh (case 0 matches 24/24, cases 1-3 diverge); run with --ignored once gemma3 has its own model code"]
 fn gemma3_q4_k_m_matches_llama_cpp() {
     let Some(path) = gemma3() else {
         return;

@@ -3,7 +3,8 @@
 //!
 //! Quantized weights (`Q4_0`, `Q4_1`, `Q8_0`) are multiplied against activations quantized to
 //! [`BlockQ8`] (32 values, an f32 scale and the scaled sum), the way llama.cpp does, so the
-//! inner loop is 8-bit integer multiply-adds. Float weights (`F32`, `F16`, `BF16`) meet f32
+//! inner loop is 8-bit integer multiply-adds; K-quants (`Q4_K`, `Q5_K`, `Q6_K`) against
+//! [`BlockQ8K`] (256 values; see [`kquants`]). Float weights (`F32`, `F16`, `BF16`) meet f32
 //! activations.
 //!
 //! Every kernel computes one row against one activation vector, so a token's result does not
@@ -17,7 +18,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod kquants;
 pub mod portable;
+
+pub use kquants::{BlockQ8K, QK_K};
 
 use std::sync::OnceLock;
 
@@ -26,6 +30,7 @@ pub const QK: usize = 32;
 
 /// How a weight matrix's rows are stored (GGUF `ggml_type`s this module can multiply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)] // GGUF's names
 pub enum WeightKind {
     /// 32-bit floats.
     F32,
@@ -39,6 +44,23 @@ pub enum WeightKind {
     Q4_1,
     /// 32 signed bytes with one f16 scale: `q * d`.
     Q8_0,
+    /// 256 4-bit values in 8 sub-blocks with 6-bit scales and minimums.
+    Q4_K,
+    /// 256 5-bit values in 8 sub-blocks with 6-bit scales and minimums.
+    Q5_K,
+    /// 256 6-bit values in 16 sub-blocks with 8-bit scales.
+    Q6_K,
+}
+
+/// The activation format a weight format is multiplied against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActFormat {
+    /// Plain f32 (float weights).
+    F32,
+    /// [`BlockQ8`], 32 values per block.
+    Q8,
+    /// [`BlockQ8K`], 256 values per block.
+    Q8K,
 }
 
 impl WeightKind {
@@ -47,6 +69,7 @@ impl WeightKind {
         match self {
             WeightKind::F32 | WeightKind::F16 | WeightKind::BF16 => 1,
             WeightKind::Q4_0 | WeightKind::Q4_1 | WeightKind::Q8_0 => QK,
+            WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => QK_K,
         }
     }
 
@@ -58,6 +81,9 @@ impl WeightKind {
             WeightKind::Q4_0 => 18,
             WeightKind::Q4_1 => 20,
             WeightKind::Q8_0 => 34,
+            WeightKind::Q4_K => 144,
+            WeightKind::Q5_K => 176,
+            WeightKind::Q6_K => 210,
         }
     }
 
@@ -71,9 +97,23 @@ impl WeightKind {
         if self == WeightKind::Q4_1 { 4 } else { 2 }
     }
 
-    /// Whether activations must be quantized to [`BlockQ8`] before multiplying.
+    /// Whether activations must be quantized before multiplying.
     pub fn is_quantized(self) -> bool {
         self.block_elems() > 1
+    }
+
+    /// The activation format this weight format is multiplied against.
+    pub fn act_format(self) -> ActFormat {
+        match self.block_elems() {
+            1 => ActFormat::F32,
+            QK => ActFormat::Q8,
+            _ => ActFormat::Q8K,
+        }
+    }
+
+    /// Whether rows can be repacked into interleaved groups of 8 ([`interleave8`]).
+    pub fn interleaves(self) -> bool {
+        self.act_format() == ActFormat::Q8
     }
 
     /// The GGUF name of the format.
@@ -85,6 +125,9 @@ impl WeightKind {
             WeightKind::Q4_0 => "Q4_0",
             WeightKind::Q4_1 => "Q4_1",
             WeightKind::Q8_0 => "Q8_0",
+            WeightKind::Q4_K => "Q4_K",
+            WeightKind::Q5_K => "Q5_K",
+            WeightKind::Q6_K => "Q6_K",
         }
     }
 }
@@ -351,7 +394,11 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// Writes row values `0..out.len()` of a weight row as f32 (embedding lookups).
 pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
-    portable::dequantize_row(kind, row, out);
+    if kind.act_format() == ActFormat::Q8K {
+        kquants::dequantize_row_k(kind, row, out);
+    } else {
+        portable::dequantize_row(kind, row, out);
+    }
 }
 
 #[cfg(test)]
@@ -413,6 +460,8 @@ mod tests {
                     }
                 }
             }
+            // Checked against the `gguf` package's decoder instead (tests/kquant_tests.rs).
+            WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => unimplemented!(),
         }
         out
     }

@@ -159,6 +159,9 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => {
+            super::kquants::dequantize_row_k(kind, row, out)
+        }
     }
 }
 

@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{self, Value};
-use candle_transformers::models::{
-    quantized_gemma3, quantized_llama, quantized_qwen2, quantized_qwen3,
-};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 
 use crate::error::{Error, Result};
 use crate::native::model::{NATIVE_ARCHITECTURES, Transformer};
@@ -27,8 +25,6 @@ pub enum QuantModel {
     Qwen2(quantized_qwen2::ModelWeights, Arc<PathBuf>),
     /// `qwen3`.
     Qwen3(quantized_qwen3::ModelWeights),
-    /// `gemma3`.
-    Gemma3(quantized_gemma3::ModelWeights),
 }
 
 /// Which implementation runs a GGUF file.
@@ -135,9 +131,20 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
             .insert("general.dtype".into(), Value::U32(0));
     }
     if arch == "gemma3" {
-        tracing::warn!(
-            "gemma3 GGUF runs on candle-transformers 0.11's quantized_gemma3, whose MLP uses SiLU where Gemma 3 uses GELU (tanh): its outputs differ from llama.cpp's and transformers'"
-        );
+        // candle-transformers 0.11's quantized_gemma3 applies SiLU where Gemma 3 uses GELU:
+        // never run it (wrong text is worse than an error).
+        let why = if !device.is_cpu() {
+            "runs on the CPU only (the native engine); set `cuda = false`".to_owned()
+        } else if !allow_native {
+            "needs the native engine; remove `engine = \"candle\"`".to_owned()
+        } else {
+            let w = GgufWeights::new(path, &content)?;
+            let (name, format) = w.unsupported_tensor().unwrap_or_default();
+            format!(
+                "has tensor `{name}` in {format}, which the native kernels do not run (they run F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize it, e.g. `llama-quantize in.gguf out.gguf Q4_K_M`"
+            )
+        };
+        return Err(Error::file(path, format!("is a `gemma3` GGUF that {why}")));
     }
     let (candle, context_length) = match arch.as_str() {
         "llama" => (
@@ -162,13 +169,6 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
                     .map_err(wrap)?,
             ),
             ctx,
-        ),
-        "gemma3" => (
-            QuantModel::Gemma3(
-                quantized_gemma3::ModelWeights::from_gguf(content, &mut reader, device)
-                    .map_err(wrap)?,
-            ),
-            ctx.min(quantized_gemma3::MAX_SEQ_LEN),
         ),
         other => {
             return Err(Error::UnsupportedArch {
@@ -199,7 +199,6 @@ impl std::fmt::Debug for QuantModel {
             QuantModel::Llama(_) => "llama",
             QuantModel::Qwen2(..) => "qwen2",
             QuantModel::Qwen3(_) => "qwen3",
-            QuantModel::Gemma3(_) => "gemma3",
         };
         write!(f, "QuantModel({name})")
     }
@@ -212,7 +211,6 @@ impl QuantModel {
         Ok(match self {
             QuantModel::Llama(m) => (QuantModel::Llama(m.clone()), true),
             QuantModel::Qwen3(m) => (QuantModel::Qwen3(m.clone()), true),
-            QuantModel::Gemma3(m) => (QuantModel::Gemma3(m.clone()), true),
             QuantModel::Qwen2(_, path) => match load(path, device, false)?.model {
                 GgufModel::Candle(fresh @ QuantModel::Qwen2(..)) => (fresh, false),
                 _ => {
@@ -232,7 +230,6 @@ impl QuantModel {
             QuantModel::Llama(m) => m.forward(&x, pos)?,
             QuantModel::Qwen2(m, _) => m.forward(&x, pos)?,
             QuantModel::Qwen3(m) => m.forward(&x, pos)?,
-            QuantModel::Gemma3(m) => m.forward(&x, pos)?,
         };
         Ok(out
             .flatten_all()?
@@ -246,8 +243,6 @@ impl QuantModel {
             QuantModel::Llama(m) => m.clear_kv_cache(),
             QuantModel::Qwen2(m, _) => m.clear_kv_cache(),
             QuantModel::Qwen3(m) => m.clear_kv_cache(),
-            // Gemma 3 restarts its cache whenever it is fed position 0.
-            QuantModel::Gemma3(_) => {}
         }
     }
 }

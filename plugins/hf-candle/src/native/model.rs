@@ -1,5 +1,5 @@
-//! The native decoder-only transformer (GGUF `llama`, `qwen2`, `qwen3`): one batched forward
-//! pass over tokens of any number of sequences, each with its own KV cache.
+//! The native decoder-only transformer (GGUF `llama`, `qwen2`, `qwen3`, `gemma3`): one batched
+//! forward pass over tokens of any number of sequences, each with its own KV cache.
 //!
 //! A step may mix a new request's whole prompt with single decode tokens of running ones:
 //! matrix products run once over all the step's tokens, attention runs per token against its
@@ -12,11 +12,33 @@ use super::kv::KvCache;
 use super::weights::{GgufWeights, Matrix, SafeTensors};
 use crate::config::HfConfig;
 use crate::error::{Error, Result};
-use crate::kernels::{self, BlockQ8, QK, WeightKind};
+use crate::kernels::{self, ActFormat, BlockQ8, BlockQ8K, QK, QK_K, WeightKind};
 use crate::model::dense::Family;
 
 /// GGUF architectures the native model runs.
-pub const NATIVE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
+pub const NATIVE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+
+/// The feed-forward gate's activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)` (Llama, Qwen).
+    Silu,
+    /// GELU, tanh approximation (Gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    #[inline]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::GeluTanh => {
+                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+                0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+            }
+        }
+    }
+}
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Clone, Debug)]
@@ -41,6 +63,14 @@ pub struct Hparams {
     pub vocab: usize,
     /// Rotate pairs `(i, i + d/2)` (NEOX) instead of `(2i, 2i + 1)`.
     pub rope_neox: bool,
+    /// Factor applied to token embeddings (Gemma: `sqrt(hidden)`; otherwise 1).
+    pub embed_scale: f32,
+    /// The feed-forward activation.
+    pub activation: Activation,
+    /// Attention logit scale (`1 / sqrt(head_dim)` unless the model says otherwise).
+    pub attn_scale: f32,
+    /// Final logit soft-capping (`c * tanh(logit / c)`), when the model has it.
+    pub logit_softcap: Option<f32>,
 }
 
 struct Layer {
@@ -54,10 +84,18 @@ struct Layer {
     bv: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+    /// RMSNorm of the attention output before the residual add (Gemma).
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     w_gate: Matrix,
     w_up: Matrix,
     w_down: Matrix,
+    /// RMSNorm of the feed-forward output before the residual add (Gemma).
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Sliding-window attention: each token sees itself and the `w - 1` before it.
+    window: Option<usize>,
+    /// Which of the model's rotary frequency sets this layer uses.
+    rope: usize,
 }
 
 /// The loaded model (weights are views into the mapped file).
@@ -68,8 +106,9 @@ pub struct Transformer {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     output: Matrix,
-    /// Rotary inverse frequencies, `head_dim / 2` of them.
-    inv_freq: Vec<f64>,
+    /// Rotary inverse frequencies (`head_dim / 2` each): one set per kind of layer (Gemma 3's
+    /// sliding-window layers use their own base).
+    inv_freqs: Vec<Vec<f64>>,
 }
 
 /// One sequence's part of a forward step.
@@ -80,10 +119,19 @@ pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
 }
 
-/// A step's activations, quantized once and shared by every matrix that reads them.
-enum Input<'a> {
-    Quant(&'a [BlockQ8]),
-    Float(&'a [f32]),
+/// A step's activations (`[t][cols]`) in every format the matrices reading them need,
+/// quantized once and shared by all of them.
+struct Input<'a> {
+    f: &'a [f32],
+    q8: &'a [BlockQ8],
+    q8k: &'a [BlockQ8K],
+}
+
+/// Reusable buffers for quantized activations.
+#[derive(Default)]
+struct QuantBufs {
+    q8: Vec<BlockQ8>,
+    q8k: Vec<BlockQ8K>,
 }
 
 impl Transformer {
@@ -116,6 +164,29 @@ impl Transformer {
                 "GGUF `{arch}` with {n_heads} heads, {n_kv_heads} KV heads, rope over {rot_dims} of {head_dim} dims is not supported by the native model"
             )));
         }
+        let gemma = arch == "gemma3";
+        // Gemma 3: every `pattern`-th layer attends globally, the others over a sliding
+        // window with their own rope base (llama.cpp's defaults: pattern 6, base 10 000).
+        let window = if gemma {
+            w.md_num(&key("attention.sliding_window"))
+                .map(|v| v as usize)
+                .filter(|&v| v > 0)
+        } else {
+            None
+        };
+        let pattern = w
+            .md_num(&key("attention.sliding_window_pattern"))
+            .map_or(6, |v| v as usize)
+            .max(1);
+        let local_base = w.md_num(&key("rope.freq_base_swa")).unwrap_or(10_000.0);
+        // Linear rope scaling (Gemma 3 4B and up) stretches the global layers' positions.
+        let rope_scale = if gemma {
+            w.md_num(&key("rope.scaling.factor"))
+                .filter(|f| *f > 0.0)
+                .unwrap_or(1.0)
+        } else {
+            1.0
+        };
         let embed = w.matrix("token_embd.weight")?.for_kernels();
         let output = if w.has("output.weight") {
             w.matrix("output.weight")?.for_kernels()
@@ -124,15 +195,22 @@ impl Transformer {
         };
         // Llama 3 style rope scaling arrives as per-frequency divisors.
         let freq_factors = w.opt_vector("rope_freqs.weight")?;
-        let inv_freq = (0..head_dim / 2)
-            .map(|i| {
-                let f = 1.0 / base.powf(2.0 * i as f64 / head_dim as f64);
-                f / freq_factors.as_ref().map_or(1.0, |ff| ff[i] as f64)
-            })
-            .collect();
+        let freqs = |base: f64, scale: f64| -> Vec<f64> {
+            (0..head_dim / 2)
+                .map(|i| {
+                    let f = 1.0 / base.powf(2.0 * i as f64 / head_dim as f64);
+                    f / freq_factors.as_ref().map_or(1.0, |ff| ff[i] as f64) / scale
+                })
+                .collect()
+        };
+        let mut inv_freqs = vec![freqs(base, rope_scale)];
+        if window.is_some() {
+            inv_freqs.push(freqs(local_base, 1.0));
+        }
         let mut layers = Vec::with_capacity(n_layers);
         for l in 0..n_layers {
             let t = |n: &str| format!("blk.{l}.{n}");
+            let local = window.is_some() && l % pattern < pattern - 1;
             layers.push(Layer {
                 attn_norm: w.vector(&t("attn_norm.weight"))?,
                 wq: w.matrix(&t("attn_q.weight"))?.for_kernels(),
@@ -144,10 +222,14 @@ impl Transformer {
                 bv: w.opt_vector(&t("attn_v.bias"))?,
                 q_norm: w.opt_vector(&t("attn_q_norm.weight"))?,
                 k_norm: w.opt_vector(&t("attn_k_norm.weight"))?,
+                post_attn_norm: w.opt_vector(&t("post_attention_norm.weight"))?,
                 ffn_norm: w.vector(&t("ffn_norm.weight"))?,
                 w_gate: w.matrix(&t("ffn_gate.weight"))?.for_kernels(),
                 w_up: w.matrix(&t("ffn_up.weight"))?.for_kernels(),
                 w_down: w.matrix(&t("ffn_down.weight"))?.for_kernels(),
+                post_ffn_norm: w.opt_vector(&t("post_ffw_norm.weight"))?,
+                window: if local { window } else { None },
+                rope: usize::from(local),
             });
         }
         let hp = Hparams {
@@ -161,6 +243,23 @@ impl Transformer {
             context_length,
             vocab: output.rows,
             rope_neox: arch != "llama",
+            embed_scale: if gemma { (hidden as f32).sqrt() } else { 1.0 },
+            activation: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
+            // Gemma 3 27B scales by the residual width per head, the others by the head width
+            // (llama.cpp, after gemma_pytorch's `query_pre_attn_scalar`).
+            attn_scale: if gemma && n_layers == 62 {
+                1.0 / ((hidden / n_heads) as f32).sqrt()
+            } else {
+                1.0 / (head_dim as f32).sqrt()
+            },
+            logit_softcap: w
+                .md_num(&key("final_logit_softcapping"))
+                .map(|v| v as f32)
+                .filter(|v| *v > 0.0),
         };
         let m = Self {
             norm: w.vector("output_norm.weight")?,
@@ -168,7 +267,7 @@ impl Transformer {
             embed,
             layers,
             output,
-            inv_freq,
+            inv_freqs,
         };
         m.check_shapes()?;
         Ok(m)
@@ -220,10 +319,14 @@ impl Transformer {
                 } else {
                     None
                 },
+                post_attn_norm: None,
                 ffn_norm: st.vector(&p("post_attention_layernorm.weight"))?,
                 w_gate: st.matrix(&p("mlp.gate_proj.weight"), kind)?,
                 w_up: st.matrix(&p("mlp.up_proj.weight"), kind)?,
                 w_down: st.matrix(&p("mlp.down_proj.weight"), kind)?,
+                post_ffn_norm: None,
+                window: None,
+                rope: 0,
             });
         }
         let embed = st.matrix("model.embed_tokens.weight", kind)?;
@@ -244,10 +347,14 @@ impl Transformer {
             context_length: cfg.max_position_embeddings,
             vocab: output.rows,
             rope_neox: true,
+            embed_scale: 1.0,
+            activation: Activation::Silu,
+            attn_scale: 1.0 / (hd as f32).sqrt(),
+            logit_softcap: None,
         };
         let m = Self {
             norm: st.vector("model.norm.weight")?,
-            inv_freq: cfg.rope()?.inv_freq(hd),
+            inv_freqs: vec![cfg.rope()?.inv_freq(hd)],
             hp,
             embed,
             layers,
@@ -350,8 +457,15 @@ impl Transformer {
         for (row, id) in x.chunks_mut(h).zip(ids) {
             let id = (id as usize).min(self.embed.rows - 1);
             self.embed.dequantize_row(id, row);
+            if hp.embed_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= hp.embed_scale);
+            }
         }
-        let (cos, sin) = self.rope_tables(&where_);
+        let ropes: Vec<(Vec<f32>, Vec<f32>)> = self
+            .inv_freqs
+            .iter()
+            .map(|f| rope_tables(f, &where_))
+            .collect();
         let mut xn = vec![0f32; t * h];
         let q_dim = hp.n_heads * hd;
         let kv_dim = self.kv_dim();
@@ -363,11 +477,11 @@ impl Transformer {
         let mut gate = vec![0f32; t * ffn];
         let mut up = vec![0f32; t * ffn];
         let mut tmp = vec![0f32; t * h];
-        let mut qbuf = Vec::new();
+        let mut qbuf = QuantBufs::default();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, hp.eps, &mut xn);
             {
-                let input = quantize_for(&l.wq, &xn, h, &mut qbuf);
+                let input = prepare(&[&l.wq, &l.wk, &l.wv], &xn, h, &mut qbuf);
                 matmul(&l.wq, &input, t, &mut q);
                 matmul(&l.wk, &input, t, &mut k);
                 matmul(&l.wv, &input, t, &mut v);
@@ -381,8 +495,9 @@ impl Transformer {
             if let Some(w) = &l.k_norm {
                 rms_norm_in_place(&mut k, w, hp.eps);
             }
-            self.rope(&mut q, &cos, &sin);
-            self.rope(&mut k, &cos, &sin);
+            let (cos, sin) = &ropes[l.rope];
+            self.rope(&mut q, cos, sin);
+            self.rope(&mut k, cos, sin);
             // Append this step's keys and values to each sequence's cache.
             let mut off = 0;
             for s in seqs.iter_mut() {
@@ -396,21 +511,28 @@ impl Transformer {
                 let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.kv).collect();
                 self.attention(li, &caches, &where_, &q, &mut attn);
             }
-            let input = quantize_for(&l.wo, &attn, q_dim, &mut qbuf);
+            let input = prepare(&[&l.wo], &attn, q_dim, &mut qbuf);
             matmul(&l.wo, &input, t, &mut tmp);
+            if let Some(w) = &l.post_attn_norm {
+                rms_norm_in_place(&mut tmp, w, hp.eps);
+            }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
             rms_norm(&x, &l.ffn_norm, hp.eps, &mut xn);
             {
-                let input = quantize_for(&l.w_gate, &xn, h, &mut qbuf);
+                let input = prepare(&[&l.w_gate, &l.w_up], &xn, h, &mut qbuf);
                 matmul(&l.w_gate, &input, t, &mut gate);
                 matmul(&l.w_up, &input, t, &mut up);
             }
+            let act = hp.activation;
             gate.par_iter_mut()
                 .with_min_len(4096)
                 .zip(&up)
-                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-            let input = quantize_for(&l.w_down, &gate, ffn, &mut qbuf);
+                .for_each(|(g, u)| *g = act.apply(*g) * u);
+            let input = prepare(&[&l.w_down], &gate, ffn, &mut qbuf);
             matmul(&l.w_down, &input, t, &mut tmp);
+            if let Some(w) = &l.post_ffn_norm {
+                rms_norm_in_place(&mut tmp, w, hp.eps);
+            }
             x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         }
         for s in seqs.iter_mut() {
@@ -430,25 +552,16 @@ impl Transformer {
         };
         let n = last.len() / h;
         rms_norm_in_place(&mut last, &self.norm, hp.eps);
-        let input = quantize_for(&self.output, &last, h, &mut qbuf);
+        let input = prepare(&[&self.output], &last, h, &mut qbuf);
         let mut logits = vec![0f32; n * hp.vocab];
         matmul(&self.output, &input, n, &mut logits);
-        logits.chunks(hp.vocab).map(<[f32]>::to_vec).collect()
-    }
-
-    fn rope_tables(&self, where_: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
-        let half = self.hp.head_dim / 2;
-        let mut cos = Vec::with_capacity(where_.len() * half);
-        let mut sin = Vec::with_capacity(where_.len() * half);
-        for &(_, pos) in where_ {
-            for f in &self.inv_freq {
-                // transformers: f32 frequency × f32 position; llama.cpp (GGUF): f32 angle too.
-                let angle = (*f as f32) * pos as f32;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
+        if let Some(c) = hp.logit_softcap {
+            logits
+                .par_iter_mut()
+                .with_min_len(4096)
+                .for_each(|v| *v = (*v / c).tanh() * c);
         }
-        (cos, sin)
+        logits.chunks(hp.vocab).map(<[f32]>::to_vec).collect()
     }
 
     /// Rotates every head of every token in `x` (`[t][heads * head_dim]`).
@@ -486,7 +599,8 @@ impl Transformer {
         let hd = hp.head_dim;
         let group = hp.n_heads / hp.n_kv_heads;
         let kv_dim = self.kv_dim();
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = hp.attn_scale;
+        let window = self.layers[layer].window;
         out.par_chunks_mut(hd).enumerate().for_each_init(
             Vec::new,
             |scores: &mut Vec<f32>, (i, o)| {
@@ -494,13 +608,15 @@ impl Transformer {
                 let (seq, pos) = where_[tok];
                 let (keys, values) = &caches[seq].layers[layer];
                 let kvh = head / group;
+                // Positions `first..=pos` are visible (all of them without a window).
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 kernels::attend(
                     &q[i * hd..(i + 1) * hd],
-                    keys,
-                    values,
+                    &keys[first * kv_dim..],
+                    &values[first * kv_dim..],
                     kv_dim,
                     kvh * hd,
-                    pos + 1,
+                    pos + 1 - first,
                     scale,
                     scores,
                     o,
@@ -508,6 +624,22 @@ impl Transformer {
             },
         );
     }
+}
+
+/// Rotary cos/sin tables for each token's position (`[t][head_dim / 2]`).
+fn rope_tables(inv_freq: &[f64], where_: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(where_.len() * half);
+    let mut sin = Vec::with_capacity(where_.len() * half);
+    for &(_, pos) in where_ {
+        for f in inv_freq {
+            // transformers: f32 frequency × f32 position; llama.cpp (GGUF): f32 angle too.
+            let angle = (*f as f32) * pos as f32;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
 }
 
 fn add_bias(x: &mut [f32], b: Option<&[f32]>) {
@@ -536,20 +668,31 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// Prepares `x` (`[t][cols]`) for the matrices of kind `w.kind`.
-fn quantize_for<'a>(w: &Matrix, x: &'a [f32], cols: usize, buf: &'a mut Vec<BlockQ8>) -> Input<'a> {
-    if !w.kind.is_quantized() {
-        return Input::Float(x);
-    }
-    let per_row = cols / QK;
+/// Prepares `x` (`[t][cols]`) for the matrices `mats`: quantized into each activation
+/// format one of them needs.
+fn prepare<'a>(mats: &[&Matrix], x: &'a [f32], cols: usize, bufs: &'a mut QuantBufs) -> Input<'a> {
     let t = x.len() / cols;
-    buf.clear();
-    buf.resize(t * per_row, BlockQ8::default());
-    buf.par_chunks_mut(per_row)
-        .with_min_len(8)
-        .zip(x.par_chunks(cols))
-        .for_each(|(b, r)| kernels::quantize_row(r, b));
-    Input::Quant(buf)
+    let needs = |f: ActFormat| mats.iter().any(|m| m.kind.act_format() == f);
+    let QuantBufs { q8, q8k } = bufs;
+    q8.clear();
+    q8k.clear();
+    if needs(ActFormat::Q8) {
+        let per_row = cols / QK;
+        q8.resize(t * per_row, BlockQ8::default());
+        q8.par_chunks_mut(per_row)
+            .with_min_len(8)
+            .zip(x.par_chunks(cols))
+            .for_each(|(b, r)| kernels::quantize_row(r, b));
+    }
+    if needs(ActFormat::Q8K) {
+        let per_row = cols / QK_K;
+        q8k.resize(t * per_row, BlockQ8K::default());
+        q8k.par_chunks_mut(per_row)
+            .with_min_len(8)
+            .zip(x.par_chunks(cols))
+            .for_each(|(b, r)| kernels::kquants::quantize_row_k(r, b));
+    }
+    Input { f: x, q8, q8k }
 }
 
 /// Rows per task in prefill (their weights stay in L1 while every token passes).
@@ -558,10 +701,10 @@ const ROW_BLOCK: usize = 16;
 /// `out[j] = w[r0 + j] · x[tok]` for a run of rows (`r0` and the run's length are multiples
 /// of 8 for interleaved matrices).
 fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
-    match x {
-        Input::Quant(b) => {
+    match w.kind.act_format() {
+        ActFormat::Q8 => {
             let per = w.cols / QK;
-            let act = &b[tok * per..(tok + 1) * per];
+            let act = &x.q8[tok * per..(tok + 1) * per];
             if w.interleaved {
                 for (k, o) in out.chunks_exact_mut(kernels::GROUP).enumerate() {
                     o.copy_from_slice(&kernels::dot_x8(
@@ -576,8 +719,15 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
                 }
             }
         }
-        Input::Float(f) => {
-            let act = &f[tok * w.cols..(tok + 1) * w.cols];
+        ActFormat::Q8K => {
+            let per = w.cols / QK_K;
+            let act = &x.q8k[tok * per..(tok + 1) * per];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = kernels::kquants::dot_k(w.kind, w.row(r0 + j), act);
+            }
+        }
+        ActFormat::F32 => {
+            let act = &x.f[tok * w.cols..(tok + 1) * w.cols];
             for (j, o) in out.iter_mut().enumerate() {
                 *o = kernels::dot_f(w.kind, w.row(r0 + j), act);
             }
@@ -608,9 +758,10 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             let r0 = bi * ROW_BLOCK;
             let nr = ROW_BLOCK.min(rows - r0);
             let mut o = vec![0f32; nr * t];
-            match x {
+            match w.kind.act_format() {
                 // Interleaved groups: each group's weights unpacked once per tile of tokens.
-                Input::Quant(b) if w.interleaved => {
+                ActFormat::Q8 if w.interleaved => {
+                    let b = x.q8;
                     let per = w.cols / QK;
                     let mut res = [[0f32; kernels::GROUP]; kernels::MAX_TOKENS];
                     for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
@@ -624,6 +775,23 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                             for (j, r) in res[..n].iter().enumerate() {
                                 let at = (t0 + j) * nr + k * kernels::GROUP;
                                 o[at..at + kernels::GROUP].copy_from_slice(r);
+                            }
+                        }
+                    }
+                }
+                // K-quants: each row's super-blocks unpacked once per tile of tokens.
+                ActFormat::Q8K => {
+                    let per = w.cols / QK_K;
+                    let mut res = [0f32; kernels::MAX_TOKENS];
+                    for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
+                        let n = kernels::MAX_TOKENS.min(t - t0);
+                        let acts: Vec<&[BlockQ8K]> = (t0..t0 + n)
+                            .map(|tok| &x.q8k[tok * per..(tok + 1) * per])
+                            .collect();
+                        for j in 0..nr {
+                            kernels::kquants::dot_k_multi(w.kind, w.row(r0 + j), &acts, &mut res);
+                            for (k, r) in res[..n].iter().enumerate() {
+                                o[(t0 + k) * nr + j] = *r;
                             }
                         }
                     }

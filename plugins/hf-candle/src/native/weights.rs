@@ -80,9 +80,7 @@ impl Matrix {
     /// This matrix repacked for the 8-row kernels when it is quantized and its row count
     /// allows; otherwise itself.
     pub fn for_kernels(self) -> Matrix {
-        if !self.kind.is_quantized()
-            || !self.rows.is_multiple_of(kernels::GROUP)
-            || self.interleaved
+        if !self.kind.interleaves() || !self.rows.is_multiple_of(kernels::GROUP) || self.interleaved
         {
             return self;
         }
@@ -155,8 +153,17 @@ pub fn weight_kind(t: GgmlDType) -> Option<WeightKind> {
         GgmlDType::Q4_0 => WeightKind::Q4_0,
         GgmlDType::Q4_1 => WeightKind::Q4_1,
         GgmlDType::Q8_0 => WeightKind::Q8_0,
+        GgmlDType::Q4K => WeightKind::Q4_K,
+        GgmlDType::Q5K => WeightKind::Q5_K,
+        GgmlDType::Q6K => WeightKind::Q6_K,
         _ => return None,
     })
+}
+
+/// Whether the native model runs tensors of format `t` (directly, or `Q5_0` transcoded to
+/// `Q8_0` at load).
+pub fn native_format(t: GgmlDType) -> bool {
+    t == GgmlDType::Q5_0 || weight_kind(t).is_some()
 }
 
 /// Where a tensor lies in the file.
@@ -238,9 +245,7 @@ impl GgufWeights {
         names.sort();
         names.into_iter().find_map(|n| {
             let t = self.tensors[n].ggml_dtype;
-            weight_kind(t)
-                .is_none()
-                .then(|| (n.clone(), format!("{t:?}")))
+            (!native_format(t)).then(|| (n.clone(), format!("{t:?}")))
         })
     }
 
@@ -267,6 +272,9 @@ impl GgufWeights {
                 ));
             }
         };
+        if info.ggml_dtype == GgmlDType::Q5_0 {
+            return self.q5_0_matrix(name, info, rows, cols);
+        }
         let kind = weight_kind(info.ggml_dtype).ok_or_else(|| {
             Error::file(
                 &self.path,
@@ -304,6 +312,26 @@ impl GgufWeights {
             row_bytes,
             interleaved: false,
         })
+    }
+
+    /// A `Q5_0` tensor, rewritten as `Q8_0` (same values; see [`kernels::kquants::q5_0_to_q8_0`]).
+    fn q5_0_matrix(&self, name: &str, info: &Tensor, rows: usize, cols: usize) -> Result<Matrix> {
+        if !cols.is_multiple_of(kernels::QK) {
+            return Err(Error::file(
+                &self.path,
+                format!("tensor `{name}`: {cols} columns is not a multiple of the 32-value block"),
+            ));
+        }
+        let bytes = rows * cols / kernels::QK * kernels::kquants::Q5_0_BLOCK_BYTES;
+        let start = self.data_offset + info.offset as usize;
+        let src = self.map.get(start..start + bytes).ok_or_else(|| {
+            Error::file(
+                &self.path,
+                format!("is truncated: tensor `{name}` runs past the end of the file"),
+            )
+        })?;
+        let data = kernels::kquants::q5_0_to_q8_0(src);
+        Ok(Matrix::owned(WeightKind::Q8_0, rows, cols, data))
     }
 
     /// A 1-D tensor as f32 (norm weights, biases).

@@ -1,0 +1,119 @@
+//! The K-quant (`Q4_K`, `Q5_K`, `Q6_K`) and `Q5_0` decoders and dot products against an
+//! independent reference: tests/fixtures/gguf/kquants.{gguf,json}
+//! (scripts/fixtures/gen_kquant_fixture.py), random blocks dequantized by the `gguf` Python
+//! package, and the exact dot products of those values with a random activation vector.
+
+mod common;
+
+use std::fs::File;
+use std::io::BufReader;
+
+use candle_core::quantized::gguf_file::Content;
+use hf_candle::kernels::{self, BlockQ8, BlockQ8K, QK, QK_K, WeightKind, kquants};
+use hf_candle::native::weights::GgufWeights;
+use serde_json::Value;
+
+fn fixture() -> (GgufWeights, Value) {
+    let dir = common::fixtures().join("gguf");
+    let path = dir.join("kquants.gguf");
+    let mut r = BufReader::new(File::open(&path).unwrap());
+    let content = Content::read(&mut r).unwrap();
+    let w = GgufWeights::new(&path, &content).unwrap();
+    (w, common::read_json(&dir.join("kquants.json")))
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn k_quant_and_q5_0_rows_dequantize_as_the_gguf_package_does() {
+    let (w, fx) = fixture();
+    assert!(w.unsupported_tensor().is_none(), "every format is native");
+    for (name, t) in fx["tensors"].as_object().unwrap() {
+        let m = w.matrix(name).unwrap();
+        let want_kind = match t["type"].as_str().unwrap() {
+            "Q4_K" => WeightKind::Q4_K,
+            "Q5_K" => WeightKind::Q5_K,
+            "Q6_K" => WeightKind::Q6_K,
+            // Transcoded at load: the same values as Q8_0 bytes.
+            "Q5_0" => WeightKind::Q8_0,
+            other => panic!("unexpected type {other}"),
+        };
+        assert_eq!(m.kind, want_kind, "{name}");
+        assert_eq!((m.rows, m.cols), (2, 512), "{name}");
+        for (r, want) in t["values"].as_array().unwrap().iter().enumerate() {
+            let want = floats(want);
+            let mut got = vec![0f32; m.cols];
+            m.dequantize_row(r, &mut got);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - e).abs() <= 1e-6 * (1.0 + e.abs()),
+                    "{name} row {r} value {i}: {g} vs gguf's {e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn k_quant_and_q5_0_dot_products_match_the_exact_ones() {
+    let (w, fx) = fixture();
+    for (name, t) in fx["tensors"].as_object().unwrap() {
+        let m = w.matrix(name).unwrap();
+        let x = floats(&t["x"]);
+        let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (r, (exact, vals)) in floats(&t["dot"])
+            .iter()
+            .zip(t["values"].as_array().unwrap())
+            .enumerate()
+        {
+            let got = if m.kind.act_format() == kernels::ActFormat::Q8K {
+                let mut xq = vec![BlockQ8K::default(); m.cols / QK_K];
+                kquants::quantize_row_k(&x, &mut xq);
+                let one = kquants::dot_k(m.kind, m.row(r), &xq);
+                // A tile of tokens gives each token the result it gets alone, bit for bit.
+                let mut rev = x.clone();
+                rev.reverse();
+                let mut rq = vec![BlockQ8K::default(); m.cols / QK_K];
+                kquants::quantize_row_k(&rev, &mut rq);
+                let mut multi = [0f32; 3];
+                kquants::dot_k_multi(m.kind, m.row(r), &[&rq, &xq, &rq], &mut multi);
+                assert_eq!(multi[1], one, "{name} row {r}: batched == alone");
+                assert_eq!(multi[0], multi[2]);
+                one
+            } else {
+                let mut xq = vec![BlockQ8::default(); m.cols / QK];
+                kernels::quantize_row(&x, &mut xq);
+                kernels::dot_q(m.kind, m.row(r), &xq)
+            };
+            // Activation quantization moves each value by at most half a step (amax / 254).
+            let bound: f32 = floats(vals).iter().map(|v| v.abs()).sum::<f32>() * amax / 254.0;
+            assert!(
+                (got - exact).abs() <= bound + 1e-3,
+                "{name} row {r}: {got} vs exact {exact} (bound {bound})"
+            );
+        }
+    }
+}
+
+#[test]
+fn q8k_quantization_follows_llama_cpp() {
+    // Scale `max / -127` for the value of largest magnitude (so it maps to -127 whatever its
+    // sign), round to nearest with ties to even, as llama.cpp's `nearest_int`.
+    let mut x = vec![0f32; QK_K];
+    x[..4].copy_from_slice(&[-127.0, 2.5, 3.5, -2.5]);
+    let mut q = [BlockQ8K::default()];
+    kquants::quantize_row_k(&x, &mut q);
+    assert_eq!(q[0].qs[..5], [-127, 2, 4, -2, 0]);
+    assert_eq!(q[0].bsums[0], -123);
+    assert_eq!(q[0].bsums[1], 0);
+    assert_eq!(q[0].d, 1.0);
+    let zero = vec![0f32; QK_K];
+    kquants::quantize_row_k(&zero, &mut q);
+    assert_eq!(q[0], BlockQ8K::default());
+}
