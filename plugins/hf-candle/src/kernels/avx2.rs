@@ -35,6 +35,50 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// Quantizes 32-value blocks of `x` (see `super::portable::quantize_row`, which this equals
+/// bit for bit).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    debug_assert!(available());
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe { quantize_row_imp(x, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_row_imp(x: &[f32], out: &mut [BlockQ8]) {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| load_f32x8(xs[8 * k..8 * k + 8].try_into().expect("8 floats")));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+            _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)),
+        );
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+        // Round to nearest, ties to even (the default MXCSR mode), as the portable code.
+        let q: [__m256i; 4] = std::array::from_fn(|k| _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id)));
+        let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s4 = _mm_add_epi32(
+            _mm256_castsi256_si128(sum),
+            _mm256_extracti128_si256(sum, 1),
+        );
+        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+        let total = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01)));
+        // Pack to bytes: packs interleave 128-bit lanes, the permute restores the order.
+        let p16a = _mm256_packs_epi32(q[0], q[1]);
+        let p16b = _mm256_packs_epi32(q[2], q[3]);
+        let p8 = _mm256_packs_epi16(p16a, p16b);
+        let ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: writes exactly the 32 bytes of `blk.qs`; no alignment requirement.
+        unsafe { _mm256_storeu_si256(blk.qs.as_mut_ptr().cast(), ordered) };
+        blk.d = half::f16::from_f32(d).to_f32();
+        blk.s = half::f16::from_f32(d * total as f32).to_f32();
+    }
+}
+
 /// The 8 dot products of an interleaved group with each of up to 4 activation vectors
 /// (`out[t]` for `acts[t]`).
 pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &mut [[f32; 8]]) {
@@ -61,16 +105,9 @@ pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &m
 
 /// Float weight row · f32 activations.
 pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
-    debug_assert!(available());
-    // SAFETY: as in `dot_q`: reached only after `available()`.
-    unsafe {
-        match kind {
-            WeightKind::F32 => dot_w_f32(row, act),
-            WeightKind::F16 => dot_w_f16(row, act),
-            WeightKind::BF16 => dot_w_bf16(row, act),
-            _ => unreachable!("quantized weights use dot_q"),
-        }
-    }
+    let mut out = [0f32];
+    dot_f_block(kind, row, row.len(), &[act], &mut out, 1);
+    out[0]
 }
 
 /// `Σ a[i] * b[i]`.
@@ -351,61 +388,127 @@ fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N]) -> [[f32; 8]
 /// `QK` is the block size the quantized kernels assume.
 const _: () = assert!(QK == 32);
 
-#[target_feature(enable = "avx2,fma")]
-fn dot_w_f32(row: &[u8], act: &[f32]) -> f32 {
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let n = act.len() / 16 * 16;
-    for i in (0..n).step_by(16) {
-        for (k, acc) in [(0usize, &mut acc0), (8, &mut acc1)] {
-            let wb: &[u8; 32] = row[(i + k) * 4..(i + k + 8) * 4]
-                .try_into()
-                .expect("8 floats");
-            let w = _mm256_castsi256_ps(load_32(wb));
-            let x: &[f32; 8] = act[i + k..i + k + 8].try_into().expect("8 floats");
-            *acc = _mm256_fmadd_ps(w, load_f32x8(x), *acc);
+/// Float weight formats as const parameters of [`tile_f`].
+const F32: u8 = 0;
+const F16: u8 = 1;
+const BF16: u8 = 2;
+
+/// 8 weights `i..i + 8` of a float row of format `K`, as f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_w8<const K: u8>(row: &[u8], i: usize) -> __m256 {
+    match K {
+        F32 => _mm256_castsi256_ps(load_32(row[i * 4..i * 4 + 32].try_into().expect("8 f32"))),
+        F16 => _mm256_cvtph_ps(load_16(row[i * 2..i * 2 + 16].try_into().expect("8 f16"))),
+        _ => {
+            let b = load_16(row[i * 2..i * 2 + 16].try_into().expect("8 bf16"));
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16))
         }
     }
-    let mut total = hsum(_mm256_add_ps(acc0, acc1));
-    for (i, x) in act.iter().enumerate().skip(n) {
-        let w = f32::from_le_bytes(row[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
-        total += w * x;
+}
+
+/// Weight `i` of a float row of format `K`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_w1<const K: u8>(row: &[u8], i: usize) -> f32 {
+    match K {
+        F32 => f32::from_le_bytes(row[i * 4..i * 4 + 4].try_into().expect("4 bytes")),
+        F16 => f16(row[i * 2], row[i * 2 + 1]),
+        _ => half::bf16::from_le_bytes([row[i * 2], row[i * 2 + 1]]).to_f32(),
     }
-    total
+}
+
+/// `R` float rows against `T` activation vectors: `out[t][r] = rows[r] · acts[t]`. Each
+/// weight vector is loaded once for all `T` tokens and each activation vector once for all
+/// `R` rows (12 FMAs per 7 loads at 4 × 3). Every output has one accumulator chain, summed
+/// the same way whatever `R` and `T` are, so a result does not depend on its tile-mates.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_f<const K: u8, const R: usize, const T: usize>(
+    rows: [&[u8]; R],
+    acts: [&[f32]; T],
+) -> [[f32; R]; T] {
+    let n = acts[0].len();
+    let full = n / 8 * 8;
+    let mut acc = [[_mm256_setzero_ps(); R]; T];
+    for i in (0..full).step_by(8) {
+        let x: [__m256; T] =
+            std::array::from_fn(|t| load_f32x8(acts[t][i..i + 8].try_into().expect("8 floats")));
+        for r in 0..R {
+            let w = load_w8::<K>(rows[r], i);
+            for t in 0..T {
+                acc[t][r] = _mm256_fmadd_ps(w, x[t], acc[t][r]);
+            }
+        }
+    }
+    std::array::from_fn(|t| {
+        std::array::from_fn(|r| {
+            let mut total = hsum(acc[t][r]);
+            for (i, x) in acts[t].iter().enumerate().skip(full) {
+                total += load_w1::<K>(rows[r], i) * x;
+            }
+            total
+        })
+    })
+}
+
+/// Float rows (`rows`, row-major, `row_bytes` each) against activation vectors:
+/// `out[t * stride + r] = row r · acts[t]`, in tiles of 4 rows × 3 tokens (one row at a time
+/// for a single token: a sequential stream through the weights). See `super::dot_f_block`.
+pub fn dot_f_block(
+    kind: WeightKind,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    debug_assert!(available());
+    // SAFETY: as in `dot_q`: reached only after `available()`.
+    unsafe {
+        match kind {
+            WeightKind::F32 => block_f::<F32>(rows, row_bytes, acts, out, stride),
+            WeightKind::F16 => block_f::<F16>(rows, row_bytes, acts, out, stride),
+            WeightKind::BF16 => block_f::<BF16>(rows, row_bytes, acts, out, stride),
+            _ => unreachable!("quantized weights use dot_q"),
+        }
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_w_f16(row: &[u8], act: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let n = act.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
-        let wb: &[u8; 16] = row[i * 2..i * 2 + 16].try_into().expect("8 halves");
-        let w = _mm256_cvtph_ps(load_16(wb));
-        let x: &[f32; 8] = act[i..i + 8].try_into().expect("8 floats");
-        acc = _mm256_fmadd_ps(w, load_f32x8(x), acc);
+fn block_f<const K: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    acts: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let n_rows = w.len() / row_bytes;
+    let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+    let mut j = 0;
+    while j < n_rows {
+        if acts.len() > 1 && n_rows - j >= 4 {
+            let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+            for (c, a) in acts.chunks(3).enumerate() {
+                let res: &[[f32; 4]] = match *a {
+                    [x, y, z] => &tile_f::<K, 4, 3>(rows, [x, y, z]),
+                    [x, y] => &tile_f::<K, 4, 2>(rows, [x, y]),
+                    [x] => &tile_f::<K, 4, 1>(rows, [x]),
+                    _ => unreachable!(),
+                };
+                for (k, r) in res.iter().enumerate() {
+                    let at = (c * 3 + k) * stride + j;
+                    out[at..at + 4].copy_from_slice(r);
+                }
+            }
+            j += 4;
+        } else {
+            for (t, a) in acts.iter().enumerate() {
+                out[t * stride + j] = tile_f::<K, 1, 1>([row(j)], [a])[0][0];
+            }
+            j += 1;
+        }
     }
-    let mut total = hsum(acc);
-    for (i, x) in act.iter().enumerate().skip(n) {
-        total += f16(row[i * 2], row[i * 2 + 1]) * x;
-    }
-    total
-}
-
-#[target_feature(enable = "avx2,fma")]
-fn dot_w_bf16(row: &[u8], act: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let n = act.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
-        let wb: &[u8; 16] = row[i * 2..i * 2 + 16].try_into().expect("8 bf16");
-        let w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load_16(wb)), 16));
-        let x: &[f32; 8] = act[i..i + 8].try_into().expect("8 floats");
-        acc = _mm256_fmadd_ps(w, load_f32x8(x), acc);
-    }
-    let mut total = hsum(acc);
-    for (i, x) in act.iter().enumerate().skip(n) {
-        total += half::bf16::from_le_bytes([row[i * 2], row[i * 2 + 1]]).to_f32() * x;
-    }
-    total
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -181,7 +181,11 @@ pub fn isa() -> Isa {
 
 /// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks).
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
-    portable::quantize_row(x, out);
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::quantize_row(x, out),
+        _ => portable::quantize_row(x, out),
+    }
 }
 
 /// Dot product of one quantized weight row (`kind`'s bytes) with quantized activations.
@@ -295,6 +299,33 @@ pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_f(kind, row, act),
         _ => portable::dot_f(kind, row, act),
+    }
+}
+
+/// Float weight rows (`F32`/`F16`/`BF16`, row-major in `rows`, `cols` values each) against
+/// activation vectors: `out[t * stride + r] = row r · acts[t]`. With several vectors the
+/// kernel works in tiles of 4 rows × 3 vectors, loading each weight and activation vector
+/// once per tile; each result still equals, bit for bit, a [`dot_f`] call of its own.
+pub fn dot_f_block(
+    kind: WeightKind,
+    rows: &[u8],
+    cols: usize,
+    acts: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let rb = kind.row_bytes(cols);
+    debug_assert!(rows.len().is_multiple_of(rb) && acts.iter().all(|a| a.len() == cols));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_f_block(kind, rows, rb, acts, out, stride),
+        _ => {
+            for (t, a) in acts.iter().enumerate() {
+                for (r, row) in rows.chunks_exact(rb).enumerate() {
+                    out[t * stride + r] = portable::dot_f(kind, row, a);
+                }
+            }
+        }
     }
 }
 
@@ -565,6 +596,39 @@ mod tests {
                     assert!((slow[r] - one).abs() <= 1e-4 * (1.0 + one.abs()));
                 }
             }
+            for kind in [WeightKind::F32, WeightKind::F16, WeightKind::BF16] {
+                // 9 rows: two 4-row tiles and one single row.
+                let rows: Vec<u8> = (0..9)
+                    .flat_map(|_| {
+                        let w: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+                        encode(kind, &w)
+                    })
+                    .collect();
+                let x2: Vec<f32> = x.iter().rev().copied().collect();
+                let acts: [&[f32]; 5] = [&x2, &x, &x2, &x, &x];
+                let mut block = vec![0f32; 5 * 9];
+                dot_f_block(kind, &rows, cols, &acts, &mut block, 9);
+                let rb = kind.row_bytes(cols);
+                for (r, row) in rows.chunks_exact(rb).enumerate() {
+                    for (t, a) in acts.iter().enumerate() {
+                        assert_eq!(
+                            block[t * 9 + r],
+                            dot_f(kind, row, a),
+                            "{kind:?}: tile == alone"
+                        );
+                    }
+                    let slow = portable::dot_f(kind, row, &x);
+                    assert!((block[9 + r] - slow).abs() <= 1e-4 * (1.0 + slow.abs()));
+                }
+            }
+            let mut slow_q = vec![BlockQ8::default(); cols / QK];
+            portable::quantize_row(&x, &mut slow_q);
+            assert_eq!(
+                xq,
+                slow_q,
+                "{:?} quantization == portable, bit for bit",
+                isa()
+            );
             let y: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
             let d = dot_f32(&x, &y);
             let e: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();

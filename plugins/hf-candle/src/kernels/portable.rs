@@ -17,9 +17,10 @@ fn f32_at(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Quantizes 32-value blocks of `x` to signed bytes (round half away from zero), the way
-/// llama.cpp does: the values are scaled by the exact `amax / 127`, the stored scale and
-/// scaled sum are rounded to f16 (so results agree with llama.cpp's to float rounding).
+/// Quantizes 32-value blocks of `x` to signed bytes (round to nearest, ties to even), the way
+/// llama.cpp's x86 code does: the values are scaled by the exact `amax / 127`, the stored
+/// scale and scaled sum are rounded to f16 (so results agree with llama.cpp's to float
+/// rounding).
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -27,7 +28,7 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in blk.qs.iter_mut().zip(xs) {
-            let r = (v * id).round() as i8;
+            let r = (v * id).round_ties_even() as i8;
             *q = r;
             sum += r as i32;
         }

@@ -601,9 +601,14 @@ impl Transformer {
         let kv_dim = self.kv_dim();
         let scale = hp.attn_scale;
         let window = self.layers[layer].window;
-        out.par_chunks_mut(hd).enumerate().for_each_init(
-            Vec::new,
-            |scores: &mut Vec<f32>, (i, o)| {
+        // A few tasks per thread, not one per (token, head): decode steps have tiny heads.
+        let per_task = (out.len() / hd)
+            .div_ceil(rayon::current_num_threads() * 2)
+            .max(1);
+        out.par_chunks_mut(hd)
+            .with_min_len(per_task)
+            .enumerate()
+            .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
                 let (tok, head) = (i / hp.n_heads, i % hp.n_heads);
                 let (seq, pos) = where_[tok];
                 let (keys, values) = &caches[seq].layers[layer];
@@ -621,8 +626,7 @@ impl Transformer {
                     scores,
                     o,
                 );
-            },
-        );
+            });
     }
 }
 
@@ -728,12 +732,14 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
         }
         ActFormat::F32 => {
             let act = &x.f[tok * w.cols..(tok + 1) * w.cols];
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = kernels::dot_f(w.kind, w.row(r0 + j), act);
-            }
+            let n = out.len();
+            kernels::dot_f_block(w.kind, w.rows(r0, n), w.cols, &[act], out, n);
         }
     }
 }
+
+/// Tokens per block in float prefill (their f32 activations stay in L2 while rows pass).
+const F_TOKEN_BLOCK: usize = 48;
 
 /// `out[t][r] = w[r] · x[t]` for `t` tokens.
 fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
@@ -777,6 +783,16 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                                 o[at..at + kernels::GROUP].copy_from_slice(r);
                             }
                         }
+                    }
+                }
+                // Float weights: tiles of 4 rows × 3 tokens over blocks of tokens whose
+                // activations stay in cache while the block's rows pass.
+                ActFormat::F32 => {
+                    let all: Vec<&[f32]> = x.f.chunks_exact(w.cols).collect();
+                    for t0 in (0..t).step_by(F_TOKEN_BLOCK) {
+                        let block = &all[t0..(t0 + F_TOKEN_BLOCK).min(t)];
+                        let rows = w.rows(r0, nr);
+                        kernels::dot_f_block(w.kind, rows, w.cols, block, &mut o[t0 * nr..], nr);
                     }
                 }
                 // K-quants: each row's super-blocks unpacked once per tile of tokens.

@@ -54,6 +54,13 @@ impl Matrix {
         &self.all()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
+    /// The bytes of rows `r..r + n` (row layout only).
+    #[inline]
+    pub fn rows(&self, r: usize, n: usize) -> &[u8] {
+        debug_assert!(!self.interleaved);
+        &self.all()[r * self.row_bytes..(r + n) * self.row_bytes]
+    }
+
     /// The bytes of interleaved group `g` (rows `8g..8g + 8`).
     #[inline]
     pub fn group(&self, g: usize) -> &[u8] {
