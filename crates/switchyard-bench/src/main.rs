@@ -17,8 +17,9 @@
 //! - cold start: wall time of a fresh process that loads the plugin and the model and prints
 //!   the first token of the raw prompt "Hi", vs `llama-simple` generating one token from it;
 //! - multi-turn: time to first token of turn 1 and turn 5 of a conversation (prefix cache on);
-//! - concurrency: aggregate decode tokens/s of 4 concurrent streams (`max_concurrent = 4`)
-//!   vs one stream;
+//! - concurrency: aggregate decode tokens/s of 4 concurrent streams (`max_concurrent = 4`;
+//!   tokens after each stream's first, from the earliest first token to the last token) vs
+//!   one stream (tokens after its first over the time after its first);
 //! - plugin boundary: decode through the loaded plugin vs the same engine linked statically;
 //! - memory: peak RSS of the decode child vs the model file size;
 //! - safetensors (with `--hf-model`): the Hugging Face folder in f32 and bf16 vs Transformers
@@ -134,6 +135,23 @@ where
     I: IntoIterator<Item = Result<switchyard_plugin::Event, E>>,
     E: std::fmt::Display,
 {
+    let d = decode_span(events)?;
+    let dt = (d.last - d.first).as_secs_f64().max(1e-9);
+    Ok((f64::from(d.n.saturating_sub(1)) / dt, d.n))
+}
+
+/// When a stream's first and last tokens came, and how many tokens it had.
+struct Span {
+    first: Instant,
+    last: Instant,
+    n: u32,
+}
+
+fn decode_span<I, E>(events: I) -> anyhow::Result<Span>
+where
+    I: IntoIterator<Item = Result<switchyard_plugin::Event, E>>,
+    E: std::fmt::Display,
+{
     let mut first = None;
     let mut n = 0u32;
     let mut last = Instant::now();
@@ -143,8 +161,11 @@ where
         last = Instant::now();
         first.get_or_insert(last);
     }
-    let dt = (last - first.unwrap_or(last)).as_secs_f64().max(1e-9);
-    Ok((f64::from(n.saturating_sub(1)) / dt, n))
+    Ok(Span {
+        first: first.unwrap_or(last),
+        last,
+        n,
+    })
 }
 
 fn peak_rss_mb() -> f64 {
@@ -229,22 +250,25 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
                 "Write a long story about a sailor.",
                 "Write a long story about a robot.",
             ];
-            let start = Instant::now();
-            let total: u32 = std::thread::scope(|s| {
+            let spans = std::thread::scope(|s| {
                 let hs: Vec<_> = prompts
                     .iter()
                     .map(|p| {
                         let model = &model;
-                        s.spawn(move || -> anyhow::Result<u32> {
-                            Ok(decode(model.stream_chat(request(p, a.gen_tokens))?)?.1)
-                        })
+                        s.spawn(move || decode_span(model.stream_chat(request(p, a.gen_tokens))?))
                     })
                     .collect();
                 hs.into_iter()
                     .map(|h| h.join().expect("stream thread"))
-                    .sum::<anyhow::Result<u32>>()
+                    .collect::<anyhow::Result<Vec<Span>>>()
             })?;
-            let agg = f64::from(total) / start.elapsed().as_secs_f64();
+            // Like the solo figure, the decode phase only: tokens after each stream's first,
+            // from the earliest first token (the prompts are prefilled together in one step)
+            // to the last token of all.
+            let first = spans.iter().map(|s| s.first).min().context("no stream")?;
+            let last = spans.iter().map(|s| s.last).max().context("no stream")?;
+            let tokens: u32 = spans.iter().map(|s| s.n.saturating_sub(1)).sum();
+            let agg = f64::from(tokens) / (last - first).as_secs_f64().max(1e-9);
             json!({"solo": solo, "aggregate": agg})
         }
         "static" => {

@@ -123,14 +123,76 @@ pub fn attend(head: &super::Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     unsafe { attend_imp(head, scores, out) }
 }
 
+/// Scores four positions at a time (four independent FMA chains, one 4-way reduction),
+/// softmax, then the weighted sum of values 64 dimensions at a time with the running sums in
+/// registers (no load/store of `out` per position). Head widths that are not a multiple of 8
+/// take the generic loop.
 #[target_feature(enable = "avx2,fma")]
 fn attend_imp(head: &super::Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    head.run(
-        |a, b| dot_f32_imp(a, b),
-        |y, a, x| axpy_imp(y, a, x),
-        scores,
-        out,
-    );
+    let hd = head.q.len();
+    if !hd.is_multiple_of(8) {
+        head.run(
+            |a, b| dot_f32_imp(a, b),
+            |y, a, x| axpy_imp(y, a, x),
+            scores,
+            out,
+        );
+        return;
+    }
+    let n = head.n;
+    let key = |j: usize| &head.keys[j * head.stride + head.offset..][..hd];
+    let value = |j: usize| &head.values[j * head.stride + head.offset..][..hd];
+    let q8 = |i: usize| load_f32x8(head.q[i..i + 8].try_into().expect("8 floats"));
+    scores.clear();
+    scores.resize(n, 0.0);
+    let quads = n / 4 * 4;
+    for j in (0..quads).step_by(4) {
+        let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for i in (0..hd).step_by(8) {
+            let qv = q8(i);
+            for (a, kr) in acc.iter_mut().zip(&k) {
+                *a = _mm256_fmadd_ps(qv, load_f32x8(kr[i..i + 8].try_into().expect("8")), *a);
+            }
+        }
+        let h = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[0], acc[1]),
+            _mm256_hadd_ps(acc[2], acc[3]),
+        );
+        let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        let four = _mm_mul_ps(four, _mm_set1_ps(head.scale));
+        // SAFETY: writes exactly the 4 floats of `scores[j..j + 4]`; no alignment requirement.
+        unsafe { _mm_storeu_ps(scores[j..j + 4].as_mut_ptr(), four) };
+    }
+    for (j, sc) in scores.iter_mut().enumerate().skip(quads) {
+        *sc = dot_f32_imp(head.q, key(j)) * head.scale;
+    }
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let mut sum = 0f32;
+    for sc in scores.iter_mut() {
+        *sc = (*sc - max).exp();
+        sum += *sc;
+    }
+    let inv = 1.0 / sum;
+    for c0 in (0..hd).step_by(64) {
+        let width = (hd - c0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, w) in scores.iter().enumerate() {
+            let wv = _mm256_set1_ps(w * inv);
+            let v = &value(j)[c0..];
+            for (m, a) in acc.iter_mut().enumerate().take(width) {
+                let x: &[f32; 8] = v[8 * m..8 * m + 8].try_into().expect("8 floats");
+                *a = _mm256_fmadd_ps(wv, load_f32x8(x), *a);
+            }
+        }
+        for (m, a) in acc.iter().enumerate().take(width) {
+            let o: &mut [f32; 8] = (&mut out[c0 + 8 * m..c0 + 8 * m + 8])
+                .try_into()
+                .expect("8 floats");
+            // SAFETY: writes exactly the 8 floats of `o`; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+        }
+    }
 }
 
 /// `y[i] += a * x[i]`.
@@ -294,8 +356,9 @@ fn dot_x8_q4<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], with_min: bool
     let mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    // One accumulator per token (the minimum/offset term folded in): 4 unpacked row pairs
+    // × 2 and 4 accumulators already take 12 of the 16 registers.
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut extra = [_mm256_setzero_ps(); N];
     for (i, g) in group.chunks_exact(gb).enumerate() {
         let mut lo = [_mm256_setzero_si256(); 4];
         let mut hi = [_mm256_setzero_si256(); 4];
@@ -329,16 +392,15 @@ fn dot_x8_q4<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], with_min: bool
             let h1 = _mm256_hadd_epi32(p[0], p[1]);
             let h2 = _mm256_hadd_epi32(p[2], p[3]);
             let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h1, h2), order);
+            let off = if with_min { a.s } else { -8.0 * a.s };
             acc[t] = _mm256_fmadd_ps(
                 _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
                 _mm256_cvtepi32_ps(sums),
-                acc[t],
+                _mm256_fmadd_ps(mv, _mm256_set1_ps(off), acc[t]),
             );
-            let off = if with_min { a.s } else { -8.0 * a.s };
-            extra[t] = _mm256_fmadd_ps(mv, _mm256_set1_ps(off), extra[t]);
         }
     }
-    std::array::from_fn(|t| store_8(_mm256_add_ps(acc[t], extra[t])))
+    std::array::from_fn(|t| store_8(acc[t]))
 }
 
 /// 8 interleaved `Q8_0` rows against `N` activation vectors: per block `[d; 8] [qs; 8]`

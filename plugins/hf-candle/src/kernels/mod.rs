@@ -507,6 +507,49 @@ mod tests {
     ];
 
     #[test]
+    fn attention_kernel_agrees_with_the_portable_loop() {
+        let mut seed = 3;
+        for hd in [64usize, 72, 256, 12] {
+            let (heads, stride) = (3, 3 * hd);
+            for n in [1usize, 3, 4, 5, 9, 37] {
+                let q: Vec<f32> = (0..hd).map(|_| lcg(&mut seed)).collect();
+                let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+                let values: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+                for h in 0..heads {
+                    let mut scores = Vec::new();
+                    let mut fast = vec![9f32; hd];
+                    let scale = 1.0 / (hd as f32).sqrt();
+                    attend(
+                        &q,
+                        &keys,
+                        &values,
+                        stride,
+                        h * hd,
+                        n,
+                        scale,
+                        &mut scores,
+                        &mut fast,
+                    );
+                    let head = Head {
+                        q: &q,
+                        keys: &keys,
+                        values: &values,
+                        stride,
+                        offset: h * hd,
+                        n,
+                        scale,
+                    };
+                    let mut slow = vec![0f32; hd];
+                    head.run(portable::dot_f32, portable::axpy, &mut scores, &mut slow);
+                    for (a, b) in fast.iter().zip(&slow) {
+                        assert!((a - b).abs() <= 1e-5, "hd {hd} n {n}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_kind_dequantizes_close_to_the_source() {
         let mut seed = 7;
         let w: Vec<f32> = (0..256).map(|_| lcg(&mut seed)).collect();

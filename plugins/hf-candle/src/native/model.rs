@@ -744,25 +744,33 @@ const F_TOKEN_BLOCK: usize = 48;
 /// `out[t][r] = w[r] · x[t]` for `t` tokens.
 fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
     let rows = w.rows;
+    // Decode steps: a few large contiguous runs of rows per thread (a sequential stream
+    // through the weights, few tasks); prefill: small blocks whose weights stay in L1 while
+    // every token passes.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows
+        .div_ceil(threads * 4)
+        .max(ROW_BLOCK)
+        .next_multiple_of(kernels::GROUP);
     if t == 1 {
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = rows
-            .div_ceil(threads * 4)
-            .max(ROW_BLOCK)
-            .next_multiple_of(kernels::GROUP);
         out[..rows]
             .par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(ci, o)| dot_rows(w, x, 0, ci * chunk, o));
         return;
     }
+    let block = if t <= kernels::MAX_TOKENS {
+        chunk
+    } else {
+        ROW_BLOCK
+    };
     // Blocks of rows × tiles of tokens, computed token-major into a per-block buffer and
     // scattered into `[t][r]`.
-    let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(ROW_BLOCK))
+    let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(block))
         .into_par_iter()
         .map(|bi| {
-            let r0 = bi * ROW_BLOCK;
-            let nr = ROW_BLOCK.min(rows - r0);
+            let r0 = bi * block;
+            let nr = block.min(rows - r0);
             let mut o = vec![0f32; nr * t];
             match w.kind.act_format() {
                 // Interleaved groups: each group's weights unpacked once per tile of tokens.
@@ -822,7 +830,7 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
         })
         .collect();
     for (bi, o) in blocks.iter().enumerate() {
-        let r0 = bi * ROW_BLOCK;
+        let r0 = bi * block;
         let nr = o.len() / t;
         for tok in 0..t {
             out[tok * rows + r0..tok * rows + r0 + nr]
