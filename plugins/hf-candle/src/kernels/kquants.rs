@@ -109,6 +109,7 @@ impl Unpacked {
     }
 
     /// Decodes super-block `b` of `kind`.
+    #[inline(always)]
     fn load(&mut self, kind: WeightKind, b: &[u8]) {
         match kind {
             WeightKind::Q4_K | WeightKind::Q5_K => {
@@ -166,7 +167,7 @@ impl Unpacked {
     }
 
     /// This super-block · one activation block.
-    #[inline]
+    #[inline(always)]
     fn dot(&self, kind: WeightKind, a: &BlockQ8K) -> f32 {
         let sub = Self::sub(kind);
         let mut isum = 0i32;
@@ -209,6 +210,24 @@ impl Unpacked {
 /// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
 /// result equals a call with that activation alone.
 pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    match super::isa() {
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx2 => super::avx2::dot_k_multi(kind, row, acts, out),
+        _ => dot_k_multi_body(kind, row, acts, out),
+    }
+}
+
+/// The body of [`dot_k_multi`]: plain Rust, also compiled with AVX2 enabled (see
+/// `super::avx2::dot_k_multi`), where the compiler vectorizes the unpacking and the 16- and
+/// 32-value integer dot products with 256-bit instructions. Same integer arithmetic either
+/// way, so the same results.
+#[inline(always)]
+pub(crate) fn dot_k_multi_body(
+    kind: WeightKind,
+    row: &[u8],
+    acts: &[&[BlockQ8K]],
+    out: &mut [f32],
+) {
     let bb = kind.block_bytes();
     out[..acts.len()].fill(0.0);
     let mut u = Unpacked::new();
