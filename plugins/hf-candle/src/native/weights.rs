@@ -116,12 +116,28 @@ impl Matrix {
                 Bytes::Owned(v)
             }
         };
+        if let Bytes::Mapped { map, start } = &*self.data {
+            release(map, *start, src.len());
+        }
         Matrix {
             data: Arc::new(data),
             interleaved: true,
             ..self
         }
     }
+}
+
+/// Drops the process's pages of a range of the mapped file that has been copied (repacked or
+/// transcoded) and is never read again, so the model is not resident twice. The file stays
+/// in the page cache; a page shared with a neighbouring tensor is simply read again on use.
+fn release(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops this
+    // process's page table entries: a later access re-reads the same bytes from the file. It
+    // cannot change any byte another reference sees.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
 }
 
 impl Matrix {
@@ -338,6 +354,7 @@ impl GgufWeights {
             )
         })?;
         let data = kernels::kquants::q5_0_to_q8_0(src);
+        release(&self.map, start, bytes);
         Ok(Matrix::owned(WeightKind::Q8_0, rows, cols, data))
     }
 
