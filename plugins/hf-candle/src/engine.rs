@@ -133,13 +133,18 @@ struct Loaded {
 
 fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded> {
     let started = std::time::Instant::now();
-    let g = gguf::load(path, device, allow_native)?;
-    let weights_ms = started.elapsed().as_secs_f64() * 1e3;
-    let tok = tokenizer::from_gguf(&g.metadata, path)?;
+    let (g, tok) = gguf::load(path, device, allow_native, |md| {
+        let t0 = std::time::Instant::now();
+        let tok = tokenizer::from_gguf(md, path);
+        tracing::debug!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "GGUF tokenizer built"
+        );
+        tok
+    })?;
     tracing::debug!(
-        weights_ms,
-        tokenizer_ms = started.elapsed().as_secs_f64() * 1e3 - weights_ms,
-        "GGUF loaded"
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "GGUF loaded (weights and tokenizer)"
     );
     let template = gguf::md_str(&g.metadata, "tokenizer.chat_template").map(str::to_owned);
     let pad_id = g

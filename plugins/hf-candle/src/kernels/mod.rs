@@ -218,26 +218,33 @@ pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
 
 /// [`interleave8`] into `out` (as long as `src`).
 pub fn interleave8_into(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
-    let bb = kind.block_bytes();
-    let rb = kind.row_bytes(cols);
-    let head = kind.head_bytes();
-    let qb = bb - head;
-    let mut o = 0;
-    let mut put = |bytes: &[u8]| {
-        out[o..o + bytes.len()].copy_from_slice(bytes);
-        o += bytes.len();
-    };
-    for i in 0..cols / QK {
+    // Block sizes as constants, so each piece is a fixed-size move rather than a `memmove`
+    // call (this runs over every quantized weight at load).
+    match kind {
+        WeightKind::Q4_0 => interleave8_fixed::<2, 16>(src, cols, out),
+        WeightKind::Q4_1 => interleave8_fixed::<4, 16>(src, cols, out),
+        WeightKind::Q8_0 => interleave8_fixed::<2, 32>(src, cols, out),
+        _ => unreachable!("{kind:?} is not interleaved"),
+    }
+}
+
+/// [`interleave8_into`] for blocks of `HEAD` bytes of f16 scale (and minimum) and `QB` bytes
+/// of quants.
+fn interleave8_fixed<const HEAD: usize, const QB: usize>(src: &[u8], cols: usize, out: &mut [u8]) {
+    let bb = HEAD + QB;
+    let rb = cols / QK * bb;
+    for (i, o) in out.chunks_exact_mut(GROUP * bb).enumerate() {
+        let block = |r: usize| &src[r * rb + i * bb..r * rb + (i + 1) * bb];
+        let (heads, quants) = o.split_at_mut(GROUP * HEAD);
         for r in 0..GROUP {
-            put(&src[r * rb + i * bb..][..2]);
-        }
-        if kind == WeightKind::Q4_1 {
-            for r in 0..GROUP {
-                put(&src[r * rb + i * bb + 2..][..2]);
+            let b = block(r);
+            // Scales of the 8 rows first, then (Q4_1) their minimums.
+            heads[r * 2..r * 2 + 2].copy_from_slice(&b[..2]);
+            if HEAD == 4 {
+                heads[16 + r * 2..16 + r * 2 + 2].copy_from_slice(&b[2..4]);
             }
-        }
-        for r in 0..GROUP {
-            put(&src[r * rb + i * bb + head..][..qb]);
+            let q: &[u8; QB] = b[HEAD..].try_into().expect("one block of quants");
+            quants[r * QB..(r + 1) * QB].copy_from_slice(q);
         }
     }
 }

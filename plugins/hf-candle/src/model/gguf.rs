@@ -51,8 +51,15 @@ fn fix_hint() -> &'static str {
     "re-download it (scripts/fetch-model.sh fetches the default model) and check its sha256"
 }
 
-/// Reads and loads a GGUF file, natively when `allow_native` and the file allows it.
-pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGguf> {
+/// Reads and loads a GGUF file, natively when `allow_native` and the file allows it, and
+/// runs `side` on its metadata (the tokenizer build): on another thread while the native
+/// model repacks its weights, so the two overlap.
+pub fn load<R: Send>(
+    path: &Path,
+    device: &Device,
+    allow_native: bool,
+    side: impl FnOnce(&std::collections::HashMap<String, Value>) -> Result<R> + Send,
+) -> Result<(LoadedGguf, R)> {
     let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = BufReader::new(file);
@@ -98,14 +105,24 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
         tracing::trace!("GGUF mapped");
         match weights.unsupported_tensor() {
             None => {
-                let model = Transformer::load(&weights, &arch)?;
+                let md = &content.metadata;
+                let (model, extra) = std::thread::scope(|s| {
+                    let h = s.spawn(move || side(md));
+                    let model = Transformer::load(&weights, &arch);
+                    (model, h.join())
+                });
+                let extra = extra.map_err(|_| {
+                    Error::file(path, "reading its tokenizer metadata panicked".to_owned())
+                })??;
+                let model = model?;
                 let context_length = model.hp.context_length;
-                return Ok(LoadedGguf {
+                let loaded = LoadedGguf {
                     model: GgufModel::Native(model),
                     arch,
                     context_length,
                     metadata: content.metadata,
-                });
+                };
+                return Ok((loaded, extra));
             }
             Some((name, format)) => tracing::info!(
                 tensor = %name,
@@ -185,12 +202,14 @@ pub fn load(path: &Path, device: &Device, allow_native: bool) -> Result<LoadedGg
             "context window capped by the candle model"
         );
     }
-    Ok(LoadedGguf {
+    let extra = side(&metadata)?;
+    let loaded = LoadedGguf {
         model: GgufModel::Candle(candle),
         arch,
         context_length,
         metadata,
-    })
+    };
+    Ok((loaded, extra))
 }
 
 impl std::fmt::Debug for QuantModel {
@@ -211,7 +230,7 @@ impl QuantModel {
         Ok(match self {
             QuantModel::Llama(m) => (QuantModel::Llama(m.clone()), true),
             QuantModel::Qwen3(m) => (QuantModel::Qwen3(m.clone()), true),
-            QuantModel::Qwen2(_, path) => match load(path, device, false)?.model {
+            QuantModel::Qwen2(_, path) => match load(path, device, false, |_| Ok(()))?.0.model {
                 GgufModel::Candle(fresh @ QuantModel::Qwen2(..)) => (fresh, false),
                 _ => {
                     return Err(Error::file(
