@@ -197,7 +197,7 @@ fn byte_level_pre(pre: &str) -> Result<PreTokenizerWrapper> {
             PreTokenizerWrapper::Digits(Digits::new(true)),
             bl(true),
         ])),
-        "gpt2" | "default" => bl(true),
+        "gpt2" | "gpt-2" | "default" => bl(true),
         other => {
             tracing::warn!(
                 pre = other,
