@@ -106,6 +106,10 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .read_timeout(timeouts.request)
+            // Servers close idle keep-alive connections (llama.cpp's and uvicorn's after 5 s);
+            // a request sent on one just as it closes fails with nothing received. Dropping
+            // pooled connections after 2 s idle keeps clear of that race.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| BridgeError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
@@ -198,6 +202,16 @@ impl Client {
                     });
                 }
                 Ok(Ok(resp)) => return self.check_status(path, resp).await,
+                // A pooled connection the server had just closed: the request never reached
+                // it, so it is sent once more on a fresh connection.
+                Ok(Err(e)) if attempt == 0 && closed_before_response(&e) => {
+                    tracing::debug!(
+                        server = self.server,
+                        "{} closed the connection before answering ({e}); sending again",
+                        self.url(path)
+                    );
+                    attempt += 1;
+                }
                 Ok(Err(e)) if e.is_connect() && attempt < retries => {
                     let wait = Duration::from_millis(200 << attempt);
                     tracing::debug!(
@@ -303,6 +317,22 @@ impl Client {
     pub fn body_error(&self, path: &str, e: &reqwest::Error) -> BridgeError {
         self.transport_error(path, e)
     }
+}
+
+/// Whether `e` is a kept-alive connection closed by the server before any response came
+/// (hyper's "connection closed before message completed").
+fn closed_before_response(e: &reqwest::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if err
+            .to_string()
+            .contains("connection closed before message completed")
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]
