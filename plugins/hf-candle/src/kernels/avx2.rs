@@ -423,23 +423,20 @@ fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N]) -> [[f32; 8]
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
     for (i, g) in group.chunks_exact(272).enumerate() {
-        let mut w = [_mm256_setzero_si256(); 8];
-        let mut wabs = [_mm256_setzero_si256(); 8];
-        for k in 0..8 {
-            let q: &[u8; 32] = g[16 + 32 * k..48 + 32 * k].try_into().expect("a row");
-            w[k] = load_32(q);
-            wabs[k] = _mm256_sign_epi8(w[k], w[k]);
-        }
+        let w: [__m256i; 8] = std::array::from_fn(|k| {
+            load_32(g[16 + 32 * k..48 + 32 * k].try_into().expect("a row"))
+        });
         let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
         let dv = _mm256_cvtph_ps(load_16(d));
         for t in 0..N {
             let a = &acts[t][i];
             let y = load_q8(a);
-            let mut p = [_mm256_setzero_si256(); 8];
-            for k in 0..8 {
-                let s16 = _mm256_maddubs_epi16(wabs[k], _mm256_sign_epi8(y, w[k]));
-                p[k] = _mm256_madd_epi16(s16, ones);
-            }
+            // |y| · (w with y's sign) = w · y: the activation's absolute value is taken once
+            // for all 8 rows (weights are in -127..=127; see `super::interleave8`).
+            let yabs = _mm256_sign_epi8(y, y);
+            let p: [__m256i; 8] = std::array::from_fn(|k| {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(yabs, _mm256_sign_epi8(w[k], y)), ones)
+            });
             let h01 = _mm256_hadd_epi32(p[0], p[1]);
             let h23 = _mm256_hadd_epi32(p[2], p[3]);
             let h45 = _mm256_hadd_epi32(p[4], p[5]);

@@ -244,7 +244,13 @@ fn interleave8_fixed<const HEAD: usize, const QB: usize>(src: &[u8], cols: usize
                 heads[16 + r * 2..16 + r * 2 + 2].copy_from_slice(&b[2..4]);
             }
             let q: &[u8; QB] = b[HEAD..].try_into().expect("one block of quants");
-            quants[r * QB..(r + 1) * QB].copy_from_slice(q);
+            let dst = &mut quants[r * QB..(r + 1) * QB];
+            dst.copy_from_slice(q);
+            if QB == QK {
+                // Q8_0: -128 (which llama.cpp's quantizers never write) becomes -127, so the
+                // 8-row kernel can flip any weight's sign within a byte.
+                dst.iter_mut().for_each(|v| *v = (*v as i8).max(-127) as u8);
+            }
         }
     }
 }
@@ -554,6 +560,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn q8_0_minus_128_is_read_as_minus_127_by_the_8_row_kernels() {
+        let mut seed = 11;
+        let cols = 64;
+        let mut rows: Vec<u8> = (0..GROUP)
+            .flat_map(|_| {
+                let w: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+                encode(WeightKind::Q8_0, &w)
+            })
+            .collect();
+        rows[2] = 0x80; // row 0, block 0, first quant
+        let group = interleave8(WeightKind::Q8_0, &rows, cols);
+        let clamped = deinterleave_row(WeightKind::Q8_0, &group, 0, cols);
+        assert_eq!(clamped[2] as i8, -127);
+        let x: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
+        let mut xq = vec![BlockQ8::default(); cols / QK];
+        quantize_row(&x, &mut xq);
+        let want = portable::dot_q(WeightKind::Q8_0, &clamped, &xq);
+        let got = dot_x8(WeightKind::Q8_0, &group, &xq)[0];
+        assert!(
+            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+            "{got} vs {want}"
+        );
     }
 
     #[test]
