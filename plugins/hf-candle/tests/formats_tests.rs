@@ -180,17 +180,7 @@ fn gguf_q8_0_qwen3_matches_llama_cpp() {
 /// The Gemma-3-270m Q4_K_M GGUF, when it has been fetched (scripts/fetch-gemma3.sh):
 /// `SWITCHYARD_GEMMA3`, else `${SWITCHYARD_CACHE:-~/.cache/switchyard}/models/`.
 fn gemma3() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("SWITCHYARD_GEMMA3").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("SWITCHYARD_CACHE")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set"))
-                .join(".cache/switchyard")
-        });
-    let p = cache.join("models/gemma-3-270m-q4_k_m.gguf");
+    let p = common::cached_model("SWITCHYARD_GEMMA3", "gemma-3-270m-q4_k_m.gguf");
     if p.is_file() {
         Some(p)
     } else {

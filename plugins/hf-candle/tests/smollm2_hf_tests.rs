@@ -19,17 +19,7 @@ use switchyard_plugin::{Backend, ChatRequest, GenerationParams};
 const NEAR_TIE: f64 = 1e-3;
 
 fn folder() -> PathBuf {
-    if let Some(p) = std::env::var_os("SWITCHYARD_SMOLLM2_HF").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("SWITCHYARD_CACHE")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set"))
-                .join(".cache/switchyard")
-        });
-    cache.join("models/SmolLM2-135M-Instruct-hf")
+    common::cached_model("SWITCHYARD_SMOLLM2_HF", "SmolLM2-135M-Instruct-hf")
 }
 
 #[test]

@@ -52,6 +52,22 @@ pub fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// A model the test scripts cache: `$env` when set, else
+/// `${SWITCHYARD_CACHE:-~/.cache/switchyard}/models/<name>`.
+pub fn cached_model(env: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("SWITCHYARD_CACHE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set"))
+                .join(".cache/switchyard")
+        });
+    cache.join("models").join(name)
+}
+
 /// The default SmolLM2 GGUF, when it has been fetched.
 pub fn smollm2() -> Option<PathBuf> {
     let p = hf_candle::engine::default_model_path();
