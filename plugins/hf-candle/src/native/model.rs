@@ -675,28 +675,33 @@ fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 /// Prepares `x` (`[t][cols]`) for the matrices `mats`: quantized into each activation
 /// format one of them needs.
 fn prepare<'a>(mats: &[&Matrix], x: &'a [f32], cols: usize, bufs: &'a mut QuantBufs) -> Input<'a> {
-    let t = x.len() / cols;
     let needs = |f: ActFormat| mats.iter().any(|m| m.kind.act_format() == f);
     let QuantBufs { q8, q8k } = bufs;
     q8.clear();
     q8k.clear();
     if needs(ActFormat::Q8) {
-        let per_row = cols / QK;
-        q8.resize(t * per_row, BlockQ8::default());
-        q8.par_chunks_mut(per_row)
-            .with_min_len(8)
-            .zip(x.par_chunks(cols))
-            .for_each(|(b, r)| kernels::quantize_row(r, b));
+        quantize_rows(x, cols, QK, q8, kernels::quantize_row);
     }
     if needs(ActFormat::Q8K) {
-        let per_row = cols / QK_K;
-        q8k.resize(t * per_row, BlockQ8K::default());
-        q8k.par_chunks_mut(per_row)
-            .with_min_len(8)
-            .zip(x.par_chunks(cols))
-            .for_each(|(b, r)| kernels::kquants::quantize_row_k(r, b));
+        quantize_rows(x, cols, QK_K, q8k, kernels::kquants::quantize_row_k);
     }
     Input { f: x, q8, q8k }
+}
+
+/// Quantizes each `cols`-wide row of `x` into `out` (blocks of `block` values), in parallel.
+fn quantize_rows<B: Clone + Default + Send>(
+    x: &[f32],
+    cols: usize,
+    block: usize,
+    out: &mut Vec<B>,
+    quantize: impl Fn(&[f32], &mut [B]) + Sync,
+) {
+    let per_row = cols / block;
+    out.resize(x.len() / cols * per_row, B::default());
+    out.par_chunks_mut(per_row)
+        .with_min_len(8)
+        .zip(x.par_chunks(cols))
+        .for_each(|(b, r)| quantize(r, b));
 }
 
 /// Rows per task in prefill (their weights stay in L1 while every token passes).
@@ -764,6 +769,12 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
     } else {
         ROW_BLOCK
     };
+    // Each token's f32 activations (float weights), listed once for every block.
+    let float_acts: Vec<&[f32]> = if w.kind.act_format() == ActFormat::F32 {
+        x.f.chunks_exact(w.cols).collect()
+    } else {
+        Vec::new()
+    };
     // Blocks of rows × tiles of tokens, computed token-major into a per-block buffer and
     // scattered into `[t][r]`.
     let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(block))
@@ -796,9 +807,8 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                 // Float weights: tiles of 4 rows × 3 tokens over blocks of tokens whose
                 // activations stay in cache while the block's rows pass.
                 ActFormat::F32 => {
-                    let all: Vec<&[f32]> = x.f.chunks_exact(w.cols).collect();
                     for t0 in (0..t).step_by(F_TOKEN_BLOCK) {
-                        let block = &all[t0..(t0 + F_TOKEN_BLOCK).min(t)];
+                        let block = &float_acts[t0..(t0 + F_TOKEN_BLOCK).min(t)];
                         let rows = w.rows(r0, nr);
                         kernels::dot_f_block(w.kind, rows, w.cols, block, &mut o[t0 * nr..], nr);
                     }
