@@ -101,21 +101,7 @@ impl Matrix {
                 .zip(src.par_chunks_exact(gb))
                 .for_each(|(out, g)| kernels::interleave8_into(self.kind, g, self.cols, out));
         };
-        // Anonymous memory asking for transparent huge pages: 2 MiB page faults while
-        // repacking, fewer TLB misses while streaming the weights. A Vec if mapping fails.
-        let data = match memmap2::MmapMut::map_anon(src.len()) {
-            Ok(mut m) => {
-                #[cfg(unix)]
-                let _ = m.advise(memmap2::Advice::HugePage);
-                fill(&mut m);
-                Bytes::Anon(m)
-            }
-            Err(_) => {
-                let mut v = vec![0u8; src.len()];
-                fill(&mut v);
-                Bytes::Owned(v)
-            }
-        };
+        let data = anon_filled(src.len(), fill);
         if let Bytes::Mapped { map, start } = &*self.data {
             release(map, *start, src.len());
         }
@@ -123,6 +109,25 @@ impl Matrix {
             data: Arc::new(data),
             interleaved: true,
             ..self
+        }
+    }
+}
+
+/// `len` bytes of anonymous memory asking for transparent huge pages (2 MiB page faults
+/// while filling, fewer TLB misses while streaming the weights), filled by `fill`; a `Vec`
+/// if mapping fails.
+fn anon_filled(len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
+    match memmap2::MmapMut::map_anon(len) {
+        Ok(mut m) => {
+            #[cfg(unix)]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            fill(&mut m);
+            Bytes::Anon(m)
+        }
+        Err(_) => {
+            let mut v = vec![0u8; len];
+            fill(&mut v);
+            Bytes::Owned(v)
         }
     }
 }
@@ -394,93 +399,178 @@ impl GgufWeights {
     }
 }
 
-/// The safetensors files of a Hugging Face folder, read through candle's mapped reader and
-/// copied into memory in the weight format asked for.
+/// One tensor of a safetensors file: its format, shape and byte range in the mapping.
+struct SafeTensor {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+/// One mapped safetensors file with its tensor directory.
+struct SafeFile {
+    path: std::path::PathBuf,
+    map: Arc<Mmap>,
+    tensors: HashMap<String, SafeTensor>,
+}
+
+/// The safetensors files of a Hugging Face folder, memory-mapped. Each matrix is written once
+/// into anonymous memory in the weight format asked for (converted if the file stores
+/// another) and the file's pages of it are released, so the weights are resident once:
+/// peak memory is the weights in the asked format, not the file plus a copy.
 pub(crate) struct SafeTensors {
-    files: Vec<(
-        std::path::PathBuf,
-        candle_core::safetensors::MmapedSafetensors,
-    )>,
+    files: Vec<SafeFile>,
 }
 
 impl SafeTensors {
     pub(crate) fn open(files: &[std::path::PathBuf]) -> Result<Self> {
         let mut out = Vec::new();
-        for f in files {
-            // SAFETY: read-only mapping of a model file (see `GgufWeights::new`).
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| {
-                Error::file(f, format!("is not a valid safetensors file ({e}); the header is corrupt or the file is truncated: re-download or re-export the model"))
+        for path in files {
+            let file = std::fs::File::open(path)
+                .map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
+            // SAFETY: read-only mapping of a model file (see `GgufWeights::new`). Not
+            // populated: each tensor is read once, in order, while it is copied.
+            let map = unsafe { memmap2::MmapOptions::new().map(&file) }
+                .map_err(|e| Error::file(path, format!("cannot be memory-mapped ({e})")))?;
+            let (header, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+                Error::file(path, format!("is not a valid safetensors file ({e}); the header is corrupt or the file is truncated: re-download or re-export the model"))
             })?;
-            out.push((f.clone(), st));
+            // `read_metadata` checked that every tensor lies inside the file.
+            let data = 8 + header;
+            let tensors = meta
+                .tensors()
+                .into_iter()
+                .map(|(name, t)| {
+                    let tensor = SafeTensor {
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        start: data + t.data_offsets.0,
+                        end: data + t.data_offsets.1,
+                    };
+                    (name, tensor)
+                })
+                .collect();
+            out.push(SafeFile {
+                path: path.clone(),
+                map: Arc::new(map),
+                tensors,
+            });
         }
         Ok(Self { files: out })
     }
 
     pub(crate) fn has(&self, name: &str) -> bool {
-        self.files.iter().any(|(_, st)| st.get(name).is_ok())
+        self.files.iter().any(|f| f.tensors.contains_key(name))
     }
 
-    /// `(dims, values as f32)` of a tensor.
-    fn floats(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        for (path, st) in &self.files {
-            let Ok(view) = st.get(name) else { continue };
-            let data = view.data();
-            let vals: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                safetensors::Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                safetensors::Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                other => {
-                    return Err(Error::file(
-                        path,
-                        format!(
-                            "tensor `{name}` is {other:?}; only F32, BF16 and F16 weights are supported"
-                        ),
-                    ));
-                }
-            };
-            return Ok((view.shape().to_vec(), vals));
-        }
-        Err(Error::Unsupported(format!(
-            "the safetensors files have no tensor `{name}`; the weights do not match config.json"
-        )))
-    }
-
-    pub(crate) fn vector(&self, name: &str) -> Result<Vec<f32>> {
-        Ok(self.floats(name)?.1)
-    }
-
-    pub(crate) fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
-        let (dims, vals) = self.floats(name)?;
-        let [rows, cols] = dims[..] else {
+    /// The file holding tensor `name`, and the tensor, checked to be a float format.
+    fn find(&self, name: &str) -> Result<(&SafeFile, &SafeTensor)> {
+        let Some((file, t)) = self
+            .files
+            .iter()
+            .find_map(|f| f.tensors.get(name).map(|t| (f, t)))
+        else {
             return Err(Error::Unsupported(format!(
-                "tensor `{name}` has shape {dims:?}, expected a matrix"
+                "the safetensors files have no tensor `{name}`; the weights do not match config.json"
             )));
         };
-        let mut bytes = Vec::with_capacity(kind.row_bytes(cols) * rows);
-        match kind {
-            WeightKind::F32 => vals.iter().for_each(|v| bytes.extend(v.to_le_bytes())),
-            WeightKind::BF16 => vals
-                .iter()
-                .for_each(|v| bytes.extend(half::bf16::from_f32(*v).to_le_bytes())),
-            WeightKind::F16 => vals
-                .iter()
-                .for_each(|v| bytes.extend(half::f16::from_f32(*v).to_le_bytes())),
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "safetensors weights run as F32, BF16 or F16, not {}",
-                    kind.name()
-                )));
-            }
+        if float_width(t.dtype).is_none() {
+            return Err(Error::file(
+                &file.path,
+                format!(
+                    "tensor `{name}` is {:?}; only F32, BF16 and F16 weights are supported",
+                    t.dtype
+                ),
+            ));
         }
-        Ok(Matrix::owned(kind, rows, cols, bytes))
+        Ok((file, t))
     }
+
+    /// A 1-D tensor as f32 (norm weights, biases).
+    pub(crate) fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        let (file, t) = self.find(name)?;
+        let src = &file.map[t.start..t.end];
+        let mut out = vec![0f32; src.len() / float_width(t.dtype).unwrap_or(4)];
+        let mut bytes = vec![0u8; out.len() * 4];
+        transcode(src, t.dtype, WeightKind::F32, &mut bytes);
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(out)
+    }
+
+    /// A 2-D tensor `[rows, cols]` stored as `kind` (F32/BF16/F16), in anonymous memory
+    /// (transparent huge pages where granted); the file's pages of it are released.
+    pub(crate) fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
+        let (file, t) = self.find(name)?;
+        let [rows, cols] = t.shape[..] else {
+            return Err(Error::Unsupported(format!(
+                "tensor `{name}` has shape {:?}, expected a matrix",
+                t.shape
+            )));
+        };
+        if !matches!(kind, WeightKind::F32 | WeightKind::BF16 | WeightKind::F16) {
+            return Err(Error::Unsupported(format!(
+                "safetensors weights run as F32, BF16 or F16, not {}",
+                kind.name()
+            )));
+        }
+        let src = &file.map[t.start..t.end];
+        let data = anon_filled(kind.row_bytes(cols) * rows, |out| {
+            transcode(src, t.dtype, kind, out)
+        });
+        release(&file.map, t.start, t.end - t.start);
+        Ok(Matrix {
+            kind,
+            rows,
+            cols,
+            data: Arc::new(data),
+            row_bytes: kind.row_bytes(cols),
+            interleaved: false,
+        })
+    }
+}
+
+/// Bytes per value of a float safetensors format, `None` for the others.
+fn float_width(d: safetensors::Dtype) -> Option<usize> {
+    match d {
+        safetensors::Dtype::F32 => Some(4),
+        safetensors::Dtype::BF16 | safetensors::Dtype::F16 => Some(2),
+        _ => None,
+    }
+}
+
+/// `src` (values of float format `from`) written into `out` as `to` (F32/BF16/F16; rounding
+/// to nearest even, as PyTorch's `.to(dtype)` does), in parallel. A plain copy when the
+/// formats agree.
+fn transcode(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8]) {
+    const CHUNK: usize = 1 << 16;
+    let w_in = float_width(from).unwrap_or(4);
+    let w_out = to.row_bytes(1);
+    let same = matches!(
+        (from, to),
+        (safetensors::Dtype::F32, WeightKind::F32)
+            | (safetensors::Dtype::BF16, WeightKind::BF16)
+            | (safetensors::Dtype::F16, WeightKind::F16)
+    );
+    out.par_chunks_mut(CHUNK * w_out)
+        .zip(src.par_chunks(CHUNK * w_in))
+        .for_each(|(o, s)| {
+            if same {
+                o.copy_from_slice(s);
+                return;
+            }
+            for (o, s) in o.chunks_exact_mut(w_out).zip(s.chunks_exact(w_in)) {
+                let v = match from {
+                    safetensors::Dtype::BF16 => half::bf16::from_le_bytes([s[0], s[1]]).to_f32(),
+                    safetensors::Dtype::F16 => half::f16::from_le_bytes([s[0], s[1]]).to_f32(),
+                    _ => f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+                };
+                match to {
+                    WeightKind::BF16 => o.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                    WeightKind::F16 => o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                    _ => o.copy_from_slice(&v.to_le_bytes()),
+                }
+            }
+        });
 }
