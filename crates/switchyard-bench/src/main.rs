@@ -398,6 +398,55 @@ fn run_transformers(
     ))
 }
 
+/// Size in MiB of a Hugging Face folder's weights as f32 (from the safetensors headers).
+fn hf_weights_f32_mb(dir: &Path) -> anyhow::Result<f64> {
+    let mut values = 0usize;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            // The header: an u64 length, then that many bytes of JSON
+            // (`{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {..}}`).
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path)?;
+            let mut len = [0u8; 8];
+            file.read_exact(&mut len)?;
+            let mut header = vec![0u8; usize::try_from(u64::from_le_bytes(len))?];
+            file.read_exact(&mut header)?;
+            let header: serde_json::Map<String, Value> = serde_json::from_slice(&header)
+                .with_context(|| format!("{} has no safetensors header", path.display()))?;
+            values += header
+                .values()
+                .filter_map(|t| t["shape"].as_array())
+                .map(|dims| dims.iter().filter_map(Value::as_u64).product::<u64>() as usize)
+                .sum::<usize>();
+        }
+    }
+    Ok(values as f64 * 4.0 / 1048576.0)
+}
+
+/// This machine's memory read bandwidth in GB/s with `threads` threads: the best of 5
+/// passes summing a 1 GiB buffer (far larger than any cache), each thread its own slice.
+fn read_bandwidth(threads: usize) -> f64 {
+    let words = (1usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let per = words.div_ceil(threads.max(1));
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sum: u64 = std::thread::scope(|s| {
+            buf.chunks(per)
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().expect("bandwidth thread"))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(sum);
+        best = best.max((words * 8) as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
@@ -505,11 +554,16 @@ fn main() -> anyhow::Result<()> {
             "\nSafetensors folder {} vs Transformers generate() (same threads)\n",
             hf.display()
         );
+        // f32 bytes of the weights: the file holds f32 or half-width values.
+        let weights_f32_mb = hf_weights_f32_mb(hf)?;
         println!("| threads | dtype | test | transformers t/s | switchyard t/s | ratio |");
         println!("|---:|---|---|---:|---:|---:|");
+        let mut roofline = Vec::new();
         for &t in &a.threads {
-            for (dtype, tdtype) in [("f32", "float32"), ("bf16", "bfloat16")] {
-                let (mut hpp, mut htg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
+            let gbs = read_bandwidth(t);
+            for (dtype, tdtype, width) in [("f32", "float32", 4.0), ("bf16", "bfloat16", 2.0)] {
+                let (mut hpp, mut htg, mut spp, mut stg, mut rss) =
+                    (vec![], vec![], vec![], vec![], vec![]);
                 for _ in 0..a.reps {
                     let (pp, tg) = run_transformers(&a, py, hf, t, tdtype)?;
                     hpp.push(pp);
@@ -517,7 +571,11 @@ fn main() -> anyhow::Result<()> {
                     let (s, _) = run_child(&a, "speed", t, hf, dtype)?;
                     spp.push(f(&s, "pp"));
                     stg.push(f(&s, "tg"));
+                    rss.push(f(&s, "rss_mb"));
                 }
+                let weights_mb = weights_f32_mb * width / 4.0;
+                let (htg_m, stg_m) = (median(htg.clone()), median(stg.clone()));
+                roofline.push((t, dtype, weights_mb, gbs, htg_m, stg_m, median(rss)));
                 for (name, h, s) in [
                     (format!("pp{}", a.prompt_tokens), hpp, spp),
                     (format!("tg{}", a.gen_tokens), htg, stg),
@@ -529,6 +587,20 @@ fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        // Batch-1 decode reads every weight once per token: the machine's read bandwidth over
+        // the weight bytes bounds tokens/s, and so the ratio any engine can reach.
+        println!(
+            "\n| threads | dtype | weights (MiB) | read GB/s | decode bound t/s | switchyard tg / bound | bound / transformers tg | peak RSS (MiB) |"
+        );
+        println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+        for (t, dtype, mb, gbs, htg, stg, rss) in roofline {
+            let bound = gbs * 1e9 / (mb * 1048576.0);
+            println!(
+                "| {t} | {dtype} | {mb:.1} | {gbs:.1} | {bound:.1} | {:.0}% | {:.2}x | {rss:.1} |",
+                100.0 * stg / bound,
+                bound / htg
+            );
         }
     }
     Ok(())

@@ -588,6 +588,38 @@ mod tests {
     }
 
     #[test]
+    fn float_tiles_equal_single_rows_at_any_width() {
+        // Widths with tails after the 8- and 16-value vector steps, and a 7-row matrix
+        // (tiles of 4 or 2 rows, then single rows), 5 tokens (tiles of 3, then 2).
+        let mut seed = 5;
+        for cols in [8usize, 24, 40, 600] {
+            let acts: Vec<Vec<f32>> = (0..5)
+                .map(|_| (0..cols).map(|_| lcg(&mut seed)).collect())
+                .collect();
+            let acts: Vec<&[f32]> = acts.iter().map(Vec::as_slice).collect();
+            for kind in [WeightKind::F32, WeightKind::F16, WeightKind::BF16] {
+                let w: Vec<Vec<f32>> = (0..7)
+                    .map(|_| (0..cols).map(|_| lcg(&mut seed)).collect())
+                    .collect();
+                let rows: Vec<u8> = w.iter().flat_map(|r| encode(kind, r)).collect();
+                let mut block = vec![0f32; 5 * 7];
+                dot_f_block(kind, &rows, cols, &acts, &mut block, 7);
+                for (r, row) in rows.chunks_exact(kind.row_bytes(cols)).enumerate() {
+                    for (t, a) in acts.iter().enumerate() {
+                        let one = dot_f(kind, row, a);
+                        assert_eq!(block[t * 7 + r], one, "{kind:?} cols {cols}: tile == alone");
+                        let slow = portable::dot_f(kind, row, a);
+                        assert!(
+                            (one - slow).abs() <= 1e-5 * (1.0 + slow.abs()) * cols as f32,
+                            "{kind:?} cols {cols}: {one} vs portable {slow}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_kind_dequantizes_close_to_the_source() {
         let mut seed = 7;
         let w: Vec<f32> = (0..256).map(|_| lcg(&mut seed)).collect();
