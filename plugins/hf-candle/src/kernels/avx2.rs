@@ -330,23 +330,6 @@ fn dot_q8_0(row: &[u8], act: &[BlockQ8]) -> f32 {
     hsum(acc)
 }
 
-/// Activation bytes 0..16 and 16..32, each repeated in both 128-bit lanes.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn load_q8_halves(a: &BlockQ8) -> (__m256i, __m256i) {
-    // SAFETY: reads bytes 0..16 and 16..32 of the 32-byte `a.qs`; no alignment requirement.
-    let (lo, hi) = unsafe {
-        (
-            _mm_loadu_si128(a.qs.as_ptr().cast()),
-            _mm_loadu_si128(a.qs.as_ptr().add(16).cast()),
-        )
-    };
-    (
-        _mm256_broadcastsi128_si256(lo),
-        _mm256_broadcastsi128_si256(hi),
-    )
-}
-
 #[inline]
 #[target_feature(enable = "avx2")]
 fn store_8(v: __m256) -> [f32; 8] {
@@ -357,20 +340,20 @@ fn store_8(v: __m256) -> [f32; 8] {
 }
 
 /// 8 interleaved `Q4_0`/`Q4_1` rows against `N` activation vectors: per block
-/// `[d; 8] [m; 8]? [qs; 8]`. Two rows' nibbles share one 256-bit register (row `2k` in the low
-/// lane, `2k + 1` in the high lane) and are unpacked once for all `N` tokens; per token, three
-/// `vphaddd` and one permute turn the 4 partial-sum vectors into the 8 row sums. Every token
-/// goes through the same operations in the same order whatever `N` is, so its results do not
-/// depend on its batch-mates.
+/// `[d; 8] [m; 8]? [qs]`, the quants in 4-byte pieces with piece `k` of the 8 rows side by
+/// side (`super::quant_at`). One 32-byte load holds 4 columns of all 8 rows as low nibbles
+/// (columns `4k..4k + 4`) and 4 as high nibbles (`16 + 4k..`); unpacked once for all `N`
+/// tokens, each meets its activation quad broadcast to every row, so the 16-bit products
+/// land directly in the 8 rows' lanes: 8 `vpmaddubsw`, their sum (at most 8 × 2 × 15 × 128
+/// < 2^15, exact) and one `vpmaddwd` per token and block, no horizontal adds. Every token
+/// goes through the same operations in the same order whatever `N` is, so its results do
+/// not depend on its batch-mates.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_x8_q4<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], with_min: bool) -> [[f32; 8]; N] {
     let gb = if with_min { 160 } else { 144 };
     let qoff = if with_min { 32 } else { 16 };
     let mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    // One accumulator per token (the minimum/offset term folded in): 4 unpacked row pairs
-    // × 2 and 4 accumulators already take 12 of the 16 registers.
     let mut acc = [_mm256_setzero_ps(); N];
     for (i, g) in group.chunks_exact(gb).enumerate() {
         let mut lo = [_mm256_setzero_si256(); 4];
@@ -378,7 +361,7 @@ fn dot_x8_q4<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], with_min: bool
         for k in 0..4 {
             let q: &[u8; 32] = g[qoff + 32 * k..qoff + 32 * k + 32]
                 .try_into()
-                .expect("two rows of nibbles");
+                .expect("one piece of 8 rows");
             let w = load_32(q);
             lo[k] = _mm256_and_si256(w, mask);
             hi[k] = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
@@ -393,18 +376,19 @@ fn dot_x8_q4<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], with_min: bool
         };
         for t in 0..N {
             let a = &acts[t][i];
-            let (ylo, yhi) = load_q8_halves(a);
-            let mut p = [_mm256_setzero_si256(); 4];
-            for k in 0..4 {
-                let s16 = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo[k], ylo),
-                    _mm256_maddubs_epi16(hi[k], yhi),
-                );
-                p[k] = _mm256_madd_epi16(s16, ones);
+            let quad = |j: usize| {
+                let q = &a.qs[4 * j..4 * j + 4];
+                _mm256_set1_epi32(i32::from_le_bytes([
+                    q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+                ]))
+            };
+            let mut s_lo = _mm256_maddubs_epi16(lo[0], quad(0));
+            let mut s_hi = _mm256_maddubs_epi16(hi[0], quad(4));
+            for k in 1..4 {
+                s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[k], quad(k)));
+                s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[k], quad(4 + k)));
             }
-            let h1 = _mm256_hadd_epi32(p[0], p[1]);
-            let h2 = _mm256_hadd_epi32(p[2], p[3]);
-            let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h1, h2), order);
+            let sums = _mm256_madd_epi16(_mm256_add_epi16(s_lo, s_hi), ones);
             let off = if with_min { a.s } else { -8.0 * a.s };
             acc[t] = _mm256_fmadd_ps(
                 _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),

@@ -208,7 +208,7 @@ pub fn group_block_bytes(kind: WeightKind) -> usize {
 
 /// Repacks 8 consecutive quantized rows (`src`, row-major GGUF blocks) so that, block by
 /// block, the 8 scales (and `Q4_1` minimums) come first, then the 8 rows' quants:
-/// `[d; 8] [m; 8]? [qs; 8]`. One SIMD load then converts all 8 scales and the kernel
+/// `[d; 8] [m; 8]? [qs; 8]` (laid out as [`quant_at`] says). One SIMD load then converts all 8 scales and the kernel
 /// produces 8 outputs at once, with no per-row horizontal sum.
 pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
     let mut out = vec![0u8; src.len()];
@@ -244,6 +244,14 @@ fn interleave8_fixed<const HEAD: usize, const QB: usize>(src: &[u8], cols: usize
                 heads[16 + r * 2..16 + r * 2 + 2].copy_from_slice(&b[2..4]);
             }
             let q: &[u8; QB] = b[HEAD..].try_into().expect("one block of quants");
+            if QB == 16 {
+                // Q4: 4-byte pieces, piece k of the 8 rows side by side (see `quant_at`).
+                for k in 0..4 {
+                    let at = (k * GROUP + r) * 4;
+                    quants[at..at + 4].copy_from_slice(&q[k * 4..k * 4 + 4]);
+                }
+                continue;
+            }
             let dst = &mut quants[r * QB..(r + 1) * QB];
             dst.copy_from_slice(q);
             if QB == QK {
@@ -268,10 +276,22 @@ pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -
         if kind == WeightKind::Q4_1 {
             out.extend_from_slice(&g[16 + j * 2..16 + j * 2 + 2]);
         }
-        let q0 = head * GROUP + j * qb;
-        out.extend_from_slice(&g[q0..q0 + qb]);
+        let quants = &g[head * GROUP..];
+        out.extend((0..qb).map(|b| quants[quant_at(kind, j, b)]));
     }
     out
+}
+
+/// Where byte `b` of row `r`'s quants sits among an interleaved group block's quants.
+/// `Q8_0`: row after row (32 bytes each). `Q4_0`/`Q4_1`: in 4-byte pieces, piece `k` of
+/// rows 0..8 side by side (`[r0 k0] [r1 k0] … [r7 k0] [r0 k1] …`), so one 32-byte load holds
+/// the same 8 columns (4 low nibbles, 4 high) of all 8 rows and one broadcast activation
+/// quad multiplies them into 8 row sums without a horizontal add.
+pub fn quant_at(kind: WeightKind, r: usize, b: usize) -> usize {
+    match kind {
+        WeightKind::Q4_0 | WeightKind::Q4_1 => (b / 4 * GROUP + r) * 4 + b % 4,
+        _ => r * (kind.block_bytes() - kind.head_bytes()) + b,
+    }
 }
 
 /// Most activation vectors [`dot_x8_multi`] takes at once.
