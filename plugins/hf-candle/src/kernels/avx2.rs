@@ -79,17 +79,9 @@ fn quantize_row_imp(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
-/// K-quant row · activations: the portable body compiled with AVX2 (see
-/// `super::kquants::dot_k_multi_body`).
+/// K-quant row · activations (see `super::avx2_kquants`).
 pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[super::BlockQ8K]], out: &mut [f32]) {
-    debug_assert!(available());
-    // SAFETY: as in `dot_q`: reached only after `available()`.
-    unsafe { dot_k_multi_imp(kind, row, acts, out) }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_k_multi_imp(kind: WeightKind, row: &[u8], acts: &[&[super::BlockQ8K]], out: &mut [f32]) {
-    super::kquants::dot_k_multi_body(kind, row, acts, out);
+    super::avx2_kquants::dot_k_multi(kind, row, acts, out);
 }
 
 /// The 8 dot products of an interleaved group with each of up to 4 activation vectors

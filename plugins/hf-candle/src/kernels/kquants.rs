@@ -71,7 +71,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// The 8 six-bit scales and minimums of a `Q4_K`/`Q5_K` super-block (12 packed bytes).
-fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
         if j < 4 {
@@ -217,11 +217,8 @@ pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut
     }
 }
 
-/// The body of [`dot_k_multi`]: plain Rust, also compiled with AVX2 enabled (see
-/// `super::avx2::dot_k_multi`), where the compiler vectorizes the unpacking and the 16- and
-/// 32-value integer dot products with 256-bit instructions. Same integer arithmetic either
-/// way, so the same results.
-#[inline(always)]
+/// The portable body of [`dot_k_multi`] (CPUs without AVX2; the reference the AVX2 kernels
+/// in `super::avx2_kquants` equal bit for bit).
 pub(crate) fn dot_k_multi_body(
     kind: WeightKind,
     row: &[u8],
