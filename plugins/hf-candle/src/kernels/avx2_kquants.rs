@@ -40,6 +40,65 @@ pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut
     out[..n].copy_from_slice(res);
 }
 
+/// [`super::kquants::quantize_row_k`] with AVX2: the same scale, the same products rounded
+/// the same way (to nearest, ties to even), so the same blocks bit for bit.
+pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
+    debug_assert!(super::avx2::available());
+    // SAFETY: reached only after `available()` confirmed AVX2 and FMA.
+    unsafe { quantize_row_k_imp(x, out) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn quantize_row_k_imp(x: &[f32], out: &mut [BlockQ8K]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let load = |i: usize| {
+            let v: &[f32; 8] = xs[i..i + 8].try_into().expect("8 floats");
+            // SAFETY: reads exactly the 8 floats of `v`; no alignment requirement.
+            unsafe { _mm256_loadu_ps(v.as_ptr()) }
+        };
+        let mut m = _mm256_setzero_ps();
+        for i in (0..QK_K).step_by(8) {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, load(i)));
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        if amax == 0.0 {
+            *blk = BlockQ8K::default();
+            continue;
+        }
+        // The first value whose magnitude is the maximum gives the sign.
+        let first = xs.iter().position(|v| v.abs() == amax).unwrap_or(0);
+        let iscale = -127.0 / xs[first];
+        let iv = _mm256_set1_ps(iscale);
+        let top = _mm256_set1_epi32(127);
+        for i in (0..QK_K).step_by(32) {
+            let q: [__m256i; 4] = std::array::from_fn(|k| {
+                let r = _mm256_round_ps(
+                    _mm256_mul_ps(iv, load(i + 8 * k)),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                );
+                _mm256_min_epi32(_mm256_cvtps_epi32(r), top)
+            });
+            // Pack 4 × 8 i32 → 32 i8 (in range, so no saturation), then undo the lane
+            // interleaving of the packs.
+            let p = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let dst: &mut [i8; 32] = (&mut blk.qs[i..i + 32]).try_into().expect("32 quants");
+            // SAFETY: writes exactly the 32 bytes of `dst`; no alignment requirement.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), p) };
+        }
+        for (s, qs) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| q as i16).sum();
+        }
+        blk.d = 1.0 / iscale;
+    }
+}
+
 /// 32 bytes from `b`.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -76,6 +135,7 @@ fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+#[inline]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
@@ -212,13 +272,36 @@ const _: () = assert!(QK_K == 256);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::kquants::{dot_k_multi_body, quantize_row_k};
+    use crate::kernels::kquants::{dot_k_multi_body, quantize_row_k_body};
 
     fn lcg(seed: &mut u64) -> u64 {
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         *seed >> 33
+    }
+
+    #[test]
+    fn simd_q8k_quantization_equals_the_portable_body_bit_for_bit() {
+        if !crate::kernels::avx2::available() {
+            return;
+        }
+        let mut seed = 9;
+        let mut x: Vec<f32> = (0..4 * QK_K)
+            .map(|_| lcg(&mut seed) as f32 / (1u64 << 31) as f32 - 0.5)
+            .collect();
+        // Ties: block 1 holds halves of the step exactly; block 2 a negative maximum that
+        // also appears positive later; block 3 is all zeros.
+        for (i, v) in x[QK_K..2 * QK_K].iter_mut().enumerate() {
+            *v = (i as f32 - 128.0) * 0.5;
+        }
+        x[2 * QK_K + 5] = -3.0;
+        x[2 * QK_K + 9] = 3.0;
+        x[3 * QK_K..].fill(0.0);
+        let (mut simd, mut plain) = (vec![BlockQ8K::default(); 4], vec![BlockQ8K::default(); 4]);
+        quantize_row_k(&x, &mut simd);
+        quantize_row_k_body(&x, &mut plain);
+        assert_eq!(simd, plain);
     }
 
     #[test]
@@ -251,7 +334,7 @@ mod tests {
                         .map(|_| lcg(&mut seed) as f32 / (1u64 << 31) as f32 - 0.5)
                         .collect();
                     let mut q = vec![BlockQ8K::default(); blocks];
-                    quantize_row_k(&x, &mut q);
+                    quantize_row_k_body(&x, &mut q);
                     q
                 })
                 .collect();

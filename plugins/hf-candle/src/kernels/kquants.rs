@@ -41,8 +41,19 @@ impl Default for BlockQ8K {
 }
 
 /// Quantizes 256-value blocks of `x` as llama.cpp's `quantize_row_q8_K`: the value of
-/// largest magnitude maps to -127 (scale `max / -127`), rounding to nearest, ties to even.
+/// largest magnitude (the first of equals) maps to -127 (scale `max / -127`), rounding to
+/// nearest, ties to even.
 pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
+    match super::isa() {
+        #[cfg(target_arch = "x86_64")]
+        super::Isa::Avx2 => super::avx2_kquants::quantize_row_k(x, out),
+        _ => quantize_row_k_body(x, out),
+    }
+}
+
+/// The portable body of [`quantize_row_k`] (the reference the AVX2 version equals bit for
+/// bit).
+pub(crate) fn quantize_row_k_body(x: &[f32], out: &mut [BlockQ8K]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in xs {
@@ -66,11 +77,13 @@ pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
     }
 }
 
+#[inline]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// The 8 six-bit scales and minimums of a `Q4_K`/`Q5_K` super-block (12 packed bytes).
+#[inline]
 pub(crate) fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
