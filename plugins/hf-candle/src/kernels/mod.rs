@@ -327,6 +327,44 @@ pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &m
     }
 }
 
+/// `x[i] = e^(x[i] - max)`, returning their sum (a softmax's numerators).
+pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::exp_shifted_sum(x, max),
+        _ => x
+            .iter_mut()
+            .map(|v| {
+                *v = (*v - max).exp();
+                *v
+            })
+            .sum(),
+    }
+}
+
+/// The feed-forward gate: `gate[i] = act(gate[i]) * up[i]`, `act` SiLU or (`gelu`) GELU
+/// in its tanh form.
+pub fn gated_activation(gelu: bool, gate: &mut [f32], up: &[f32]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::gated_activation(gelu, gate, up),
+        _ => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, u)| *g = activation(gelu, *g) * u),
+    }
+}
+
+/// SiLU `x sigmoid(x)` or (`gelu`) GELU, tanh approximation, of one value.
+pub fn activation(gelu: bool, x: f32) -> f32 {
+    if gelu {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+    } else {
+        x / (1.0 + (-x).exp())
+    }
+}
+
 /// Dot product of one float weight row (`F32`/`F16`/`BF16` bytes) with f32 activations.
 pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
     debug_assert!(row.len() >= kind.row_bytes(act.len()));
@@ -637,6 +675,47 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_exp_and_activations_match_f64_math() {
+        // Softmax numerators over a wide range (including far below the maximum).
+        let xs: Vec<f32> = (0..2001).map(|i| (i as f32 - 1000.0) * 0.11).collect();
+        let mut e = xs.clone();
+        let max = 110.0; // at least every value: arguments from -220 to 0
+        let sum = exp_shifted_sum(&mut e, max);
+        let mut want_sum = 0f64;
+        for (x, got) in xs.iter().zip(&e) {
+            let want = ((*x - max) as f64).exp();
+            want_sum += want;
+            assert!(
+                (*got as f64 - want).abs() <= 2e-7 * want + 1e-37,
+                "e^{} = {got}, want {want}",
+                x - max
+            );
+        }
+        assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum);
+        // SiLU and GELU (tanh form), against the textbook formulas in f64.
+        let up: Vec<f32> = xs.iter().map(|x| 1.0 + x * 0.01).collect();
+        for gelu in [false, true] {
+            let mut g: Vec<f32> = xs.iter().map(|x| x * 0.2).collect();
+            gated_activation(gelu, &mut g, &up);
+            for ((x, u), got) in xs.iter().zip(&up).zip(&g) {
+                let x = (x * 0.2) as f64;
+                let act = if gelu {
+                    let t =
+                        ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh();
+                    0.5 * x * (1.0 + t)
+                } else {
+                    x / (1.0 + (-x).exp())
+                };
+                let want = act * *u as f64;
+                assert!(
+                    (*got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "gelu={gelu} x={x}: {got} vs {want}"
+                );
             }
         }
     }

@@ -27,19 +27,6 @@ pub enum Activation {
     GeluTanh,
 }
 
-impl Activation {
-    #[inline]
-    fn apply(self, x: f32) -> f32 {
-        match self {
-            Activation::Silu => x / (1.0 + (-x).exp()),
-            Activation::GeluTanh => {
-                const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-                0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
-            }
-        }
-    }
-}
-
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Clone, Debug)]
 pub struct Hparams {
@@ -523,11 +510,10 @@ impl Transformer {
                 matmul(&l.w_gate, &input, t, &mut gate);
                 matmul(&l.w_up, &input, t, &mut up);
             }
-            let act = hp.activation;
-            gate.par_iter_mut()
-                .with_min_len(4096)
-                .zip(&up)
-                .for_each(|(g, u)| *g = act.apply(*g) * u);
+            let gelu = hp.activation == Activation::GeluTanh;
+            gate.par_chunks_mut(4096)
+                .zip(up.par_chunks(4096))
+                .for_each(|(g, u)| kernels::gated_activation(gelu, g, u));
             let input = prepare(&[&l.w_down], &gate, ffn, &mut qbuf);
             matmul(&l.w_down, &input, t, &mut tmp);
             if let Some(w) = &l.post_ffn_norm {
