@@ -121,76 +121,146 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_f32_imp(a, b) }
 }
 
-/// One attention head (see `super::attend`), the loop compiled with AVX2 so the per-position
-/// dot products and axpys inline.
-pub fn attend(head: &super::Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+/// Several queries against one key/value head (see `super::attend_many`), in blocks of
+/// [`ATTN_BLOCK`] positions: each block's keys and values are loaded into L1 once and serve
+/// every query of the tile. Each score is one FMA chain per 8 dimensions reduced in a fixed
+/// order (the same alone or four at a time), each output element one FMA chain over the
+/// positions in order, so a query's result depends only on its own inputs, not on its
+/// tile-mates or on the blocking.
+pub fn attend_many(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     // SAFETY: as in `dot_q`: reached only after `available()`.
-    unsafe { attend_imp(head, scores, out) }
+    unsafe { attend_many_imp(tile, scratch, out) }
 }
 
-/// Scores four positions at a time (four independent FMA chains, one 4-way reduction),
-/// softmax, then the weighted sum of values 64 dimensions at a time with the running sums in
-/// registers (no load/store of `out` per position). Head widths that are not a multiple of 8
-/// take the generic loop.
+/// Positions per block of [`attend_many`].
+const ATTN_BLOCK: usize = 16;
+
+/// The lanes of `acc` summed as `((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))`, the order
+/// the 4-position score reduction in [`attend_many_imp`] gives each position.
+#[inline]
 #[target_feature(enable = "avx2,fma")]
-fn attend_imp(head: &super::Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let hd = head.q.len();
+fn reduce_pairs(acc: __m256) -> f32 {
+    let h = _mm256_hadd_ps(acc, acc);
+    let h = _mm256_hadd_ps(h, h);
+    _mm_cvtss_f32(_mm_add_ps(
+        _mm256_castps256_ps128(h),
+        _mm256_extractf128_ps(h, 1),
+    ))
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    let hd = tile.qs.first().map_or(0, |q| q.len());
     if !hd.is_multiple_of(8) {
-        head.run(
-            |a, b| dot_f32_imp(a, b),
-            |y, a, x| axpy_imp(y, a, x),
-            scores,
-            out,
-        );
+        let one = |h: &super::Head<'_>, sc: &mut Vec<f32>, o: &mut [f32]| {
+            h.run(|a, b| dot_f32_imp(a, b), |y, a, x| axpy_imp(y, a, x), sc, o)
+        };
+        tile.run_each(one, scratch, out);
         return;
     }
-    let n = head.n;
-    let key = |j: usize| &head.keys[j * head.stride + head.offset..][..hd];
-    let value = |j: usize| &head.values[j * head.stride + head.offset..][..hd];
-    let q8 = |i: usize| load_f32x8(head.q[i..i + 8].try_into().expect("8 floats"));
-    scores.clear();
-    scores.resize(n, 0.0);
-    let quads = n / 4 * 4;
-    for j in (0..quads).step_by(4) {
-        let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for i in (0..hd).step_by(8) {
-            let qv = q8(i);
-            for (a, kr) in acc.iter_mut().zip(&k) {
-                *a = _mm256_fmadd_ps(qv, load_f32x8(kr[i..i + 8].try_into().expect("8")), *a);
+    let m_count = tile.qs.len();
+    let lo = tile.spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let hi = tile.spans.iter().map(|s| s.0 + s.1).max().unwrap_or(0);
+    let width = hi - lo;
+    scratch.clear();
+    scratch.resize(m_count * width, 0.0);
+    let key = |j: usize| &tile.keys[j * tile.stride + tile.offset..][..hd];
+    let value = |j: usize| &tile.values[j * tile.stride + tile.offset..][..hd];
+    let visible = |m: usize, b0: usize, b1: usize| {
+        let (f, n) = tile.spans[m];
+        (b0.max(f), b1.min(f + n))
+    };
+    // Scores.
+    for b0 in (lo..hi).step_by(ATTN_BLOCK) {
+        let b1 = (b0 + ATTN_BLOCK).min(hi);
+        for m in 0..m_count {
+            let (s, e) = visible(m, b0, b1);
+            let q = tile.qs[m];
+            let q8 = |i: usize| load_f32x8(q[i..i + 8].try_into().expect("8 floats"));
+            let row = &mut scratch[m * width..(m + 1) * width];
+            let mut j = s;
+            while j + 4 <= e {
+                let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for i in (0..hd).step_by(8) {
+                    let qv = q8(i);
+                    for (a, kr) in acc.iter_mut().zip(&k) {
+                        *a = _mm256_fmadd_ps(
+                            qv,
+                            load_f32x8(kr[i..i + 8].try_into().expect("8")),
+                            *a,
+                        );
+                    }
+                }
+                let h = _mm256_hadd_ps(
+                    _mm256_hadd_ps(acc[0], acc[1]),
+                    _mm256_hadd_ps(acc[2], acc[3]),
+                );
+                let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                let four = _mm_mul_ps(four, _mm_set1_ps(tile.scale));
+                let dst: &mut [f32; 4] =
+                    (&mut row[j - lo..j - lo + 4]).try_into().expect("4 scores");
+                // SAFETY: writes exactly the 4 floats of `dst`; no alignment requirement.
+                unsafe { _mm_storeu_ps(dst.as_mut_ptr(), four) };
+                j += 4;
+            }
+            while j < e {
+                let kr = key(j);
+                let mut acc = _mm256_setzero_ps();
+                for i in (0..hd).step_by(8) {
+                    acc = _mm256_fmadd_ps(
+                        q8(i),
+                        load_f32x8(kr[i..i + 8].try_into().expect("8")),
+                        acc,
+                    );
+                }
+                row[j - lo] = reduce_pairs(acc) * tile.scale;
+                j += 1;
             }
         }
-        let h = _mm256_hadd_ps(
-            _mm256_hadd_ps(acc[0], acc[1]),
-            _mm256_hadd_ps(acc[2], acc[3]),
-        );
-        let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        let four = _mm_mul_ps(four, _mm_set1_ps(head.scale));
-        // SAFETY: writes exactly the 4 floats of `scores[j..j + 4]`; no alignment requirement.
-        unsafe { _mm_storeu_ps(scores[j..j + 4].as_mut_ptr(), four) };
     }
-    for (j, sc) in scores.iter_mut().enumerate().skip(quads) {
-        *sc = dot_f32_imp(head.q, key(j)) * head.scale;
-    }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let inv = 1.0 / exp_shifted_sum(scores, max);
-    for c0 in (0..hd).step_by(64) {
-        let width = (hd - c0).min(64) / 8;
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (j, w) in scores.iter().enumerate() {
-            let wv = _mm256_set1_ps(w * inv);
-            let v = &value(j)[c0..];
-            for (m, a) in acc.iter_mut().enumerate().take(width) {
-                let x: &[f32; 8] = v[8 * m..8 * m + 8].try_into().expect("8 floats");
-                *a = _mm256_fmadd_ps(wv, load_f32x8(x), *a);
+    // Softmax numerators and each query's 1 / sum.
+    let inv: Vec<f32> = (0..m_count)
+        .map(|m| {
+            let (f, n) = tile.spans[m];
+            let row = &mut scratch[m * width + f - lo..m * width + f - lo + n];
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+            1.0 / exp_shifted_sum_imp(row, max)
+        })
+        .collect();
+    // Weighted values.
+    out[..m_count * hd].fill(0.0);
+    for b0 in (lo..hi).step_by(ATTN_BLOCK) {
+        let b1 = (b0 + ATTN_BLOCK).min(hi);
+        for m in 0..m_count {
+            let (s, e) = visible(m, b0, b1);
+            if s >= e {
+                continue;
             }
-        }
-        for (m, a) in acc.iter().enumerate().take(width) {
-            let o: &mut [f32; 8] = (&mut out[c0 + 8 * m..c0 + 8 * m + 8])
-                .try_into()
-                .expect("8 floats");
-            // SAFETY: writes exactly the 8 floats of `o`; `storeu` has no alignment requirement.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
+            let w = &scratch[m * width..(m + 1) * width];
+            let o = &mut out[m * hd..(m + 1) * hd];
+            for c0 in (0..hd).step_by(64) {
+                let lanes = (hd - c0).min(64) / 8;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (k, a) in acc.iter_mut().enumerate().take(lanes) {
+                    *a = load_f32x8(o[c0 + 8 * k..c0 + 8 * k + 8].try_into().expect("8 floats"));
+                }
+                for j in s..e {
+                    let wv = _mm256_set1_ps(w[j - lo] * inv[m]);
+                    let v = &value(j)[c0..];
+                    for (k, a) in acc.iter_mut().enumerate().take(lanes) {
+                        let x: &[f32; 8] = v[8 * k..8 * k + 8].try_into().expect("8 floats");
+                        *a = _mm256_fmadd_ps(wv, load_f32x8(x), *a);
+                    }
+                }
+                for (k, a) in acc.iter().enumerate().take(lanes) {
+                    let d: &mut [f32; 8] = (&mut o[c0 + 8 * k..c0 + 8 * k + 8])
+                        .try_into()
+                        .expect("8 floats");
+                    // SAFETY: writes exactly the 8 floats of `d`; no alignment requirement.
+                    unsafe { _mm256_storeu_ps(d.as_mut_ptr(), *a) };
+                }
+            }
         }
     }
 }

@@ -427,19 +427,73 @@ pub fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let head = Head {
-        q,
+    let tile = Tile {
+        qs: &[q],
+        spans: &[(0, n)],
         keys,
         values,
         stride,
         offset,
-        n,
         scale,
     };
+    attend_many(&tile, scores, out);
+}
+
+/// Queries that read the same key/value head — the query heads of one KV group, for one or
+/// more tokens of one sequence — and the positions each attends.
+pub struct Tile<'a> {
+    /// The queries (`head_dim` values each).
+    pub qs: &'a [&'a [f32]],
+    /// Per query, `(first, n)`: it attends positions `first..first + n`.
+    pub spans: &'a [(usize, usize)],
+    /// Keys: key `j` of this head starts at `j * stride + offset`.
+    pub keys: &'a [f32],
+    /// Values, laid out as `keys`.
+    pub values: &'a [f32],
+    /// Floats per position in `keys` / `values`.
+    pub stride: usize,
+    /// This head's first float within a position.
+    pub offset: usize,
+    /// Score scale (`1 / sqrt(head_dim)` for most models).
+    pub scale: f32,
+}
+
+impl Tile<'_> {
+    /// Each query alone through `one` (its [`Head`], scratch, output).
+    fn run_each(
+        &self,
+        one: impl Fn(&Head<'_>, &mut Vec<f32>, &mut [f32]),
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let hd = self.qs.first().map_or(0, |q| q.len());
+        for ((q, &(first, n)), o) in self.qs.iter().zip(self.spans).zip(out.chunks_mut(hd)) {
+            let head = Head {
+                q,
+                keys: &self.keys[first * self.stride..],
+                values: &self.values[first * self.stride..],
+                stride: self.stride,
+                offset: self.offset,
+                n,
+                scale: self.scale,
+            };
+            one(&head, scratch, o);
+        }
+    }
+}
+
+/// Attention for a [`Tile`]: query `m`'s result into `out[m * head_dim..]`. With AVX2 the
+/// keys and values are read in blocks shared by all the tile's queries; every query's result
+/// is the same whatever its tile-mates (it equals an [`attend`] call of its own).
+pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::attend(&head, scores, out),
-        _ => head.run(portable::dot_f32, portable::axpy, scores, out),
+        Isa::Avx2 => avx2::attend_many(tile, scratch, out),
+        _ => tile.run_each(
+            |h, sc, o| h.run(portable::dot_f32, portable::axpy, sc, o),
+            scratch,
+            out,
+        ),
     }
 }
 
@@ -675,6 +729,50 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tile_of_queries_equals_each_query_alone() {
+        let mut seed = 21;
+        for hd in [64usize, 256, 12] {
+            let (kv_heads, n) = (2, 70);
+            let stride = kv_heads * hd;
+            let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+            let values: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+            let qs: Vec<Vec<f32>> = (0..6)
+                .map(|_| (0..hd).map(|_| lcg(&mut seed)).collect())
+                .collect();
+            let qs: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
+            // Causal spans of consecutive tokens, one with a sliding window.
+            let spans = [(0, 61), (0, 61), (0, 62), (0, 62), (40, 23), (0, 1)];
+            let scale = 0.125;
+            let tile = Tile {
+                qs: &qs,
+                spans: &spans,
+                keys: &keys,
+                values: &values,
+                stride,
+                offset: hd,
+                scale,
+            };
+            let mut out = vec![0f32; qs.len() * hd];
+            attend_many(&tile, &mut Vec::new(), &mut out);
+            for (m, (q, &(first, len))) in qs.iter().zip(&spans).enumerate() {
+                let mut one = vec![0f32; hd];
+                attend(
+                    q,
+                    &keys[first * stride..],
+                    &values[first * stride..],
+                    stride,
+                    hd,
+                    len,
+                    scale,
+                    &mut Vec::new(),
+                    &mut one,
+                );
+                assert_eq!(&out[m * hd..(m + 1) * hd], &one[..], "hd {hd} query {m}");
             }
         }
     }

@@ -587,34 +587,71 @@ impl Transformer {
         let kv_dim = self.kv_dim();
         let scale = hp.attn_scale;
         let window = self.layers[layer].window;
-        // A few tasks per thread, not one per (token, head): decode steps have tiny heads.
-        let per_task = (out.len() / hd)
-            .div_ceil(rayon::current_num_threads() * 2)
-            .max(1);
-        out.par_chunks_mut(hd)
-            .with_min_len(per_task)
-            .enumerate()
-            .for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
-                let (tok, head) = (i / hp.n_heads, i % hp.n_heads);
-                let (seq, pos) = where_[tok];
-                let (keys, values) = &caches[seq].layers[layer];
-                let kvh = head / group;
-                // Positions `first..=pos` are visible (all of them without a window).
-                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                kernels::attend(
-                    &q[i * hd..(i + 1) * hd],
-                    &keys[first * kv_dim..],
-                    &values[first * kv_dim..],
-                    kv_dim,
-                    kvh * hd,
-                    pos + 1 - first,
+        // Work units: a run of up to `ATTN_TOKENS` consecutive tokens of one sequence × one KV
+        // head, i.e. its `group` query heads: all those queries read the same keys and
+        // values, which the kernel then loads once per block for all of them. With too few
+        // such units to keep every thread busy (a decode step of one sequence), each query
+        // head is a unit of its own; a query's result is the same either way.
+        let threads = rayon::current_num_threads().max(1);
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut s = 0;
+        while s < where_.len() {
+            let mut e = s + 1;
+            while e < where_.len() && e - s < ATTN_TOKENS && where_[e].0 == where_[s].0 {
+                e += 1;
+            }
+            runs.push((s, e));
+            s = e;
+        }
+        let heads = if runs.len() * hp.n_kv_heads >= 2 * threads {
+            group
+        } else {
+            1
+        };
+        let units: Vec<(usize, usize, usize)> = runs
+            .iter()
+            .flat_map(|&(s, e)| (0..hp.n_heads).step_by(heads).map(move |h0| (s, e, h0)))
+            .collect();
+        let results: Vec<Vec<f32>> = units
+            .par_iter()
+            .map_init(Vec::new, |scratch: &mut Vec<f32>, &(s, e, h0)| {
+                let (keys, values) = &caches[where_[s].0].layers[layer];
+                let mut qs: Vec<&[f32]> = Vec::with_capacity((e - s) * heads);
+                let mut spans = Vec::with_capacity((e - s) * heads);
+                for (tok, &(_, pos)) in where_.iter().enumerate().take(e).skip(s) {
+                    // Positions `first..=pos` are visible (all of them without a window).
+                    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    for h in h0..h0 + heads {
+                        let at = (tok * hp.n_heads + h) * hd;
+                        qs.push(&q[at..at + hd]);
+                        spans.push((first, pos + 1 - first));
+                    }
+                }
+                let tile = kernels::Tile {
+                    qs: &qs,
+                    spans: &spans,
+                    keys,
+                    values,
+                    stride: kv_dim,
+                    offset: h0 / group * hd,
                     scale,
-                    scores,
-                    o,
-                );
-            });
+                };
+                let mut o = vec![0f32; qs.len() * hd];
+                kernels::attend_many(&tile, scratch, &mut o);
+                o
+            })
+            .collect();
+        for (&(s, e, h0), o) in units.iter().zip(&results) {
+            for (k, tok) in (s..e).enumerate() {
+                let at = (tok * hp.n_heads + h0) * hd;
+                out[at..at + heads * hd].copy_from_slice(&o[k * heads * hd..(k + 1) * heads * hd]);
+            }
+        }
     }
 }
+
+/// Tokens of one sequence per attention work unit (see `Transformer::attention`).
+const ATTN_TOKENS: usize = 4;
 
 /// Rotary cos/sin tables for each token's position (`[t][head_dim / 2]`).
 fn rope_tables(inv_freq: &[f64], where_: &[(usize, usize)]) -> (Vec<f32>, Vec<f32>) {
