@@ -370,9 +370,10 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     unsafe { axpy_imp(y, a, x) }
 }
 
+/// The 32 bytes of `b`, loaded.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load_32(b: &[u8; 32]) -> __m256i {
+pub(super) fn load_32(b: &[u8; 32]) -> __m256i {
     // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
 }

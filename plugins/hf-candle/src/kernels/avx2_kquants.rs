@@ -12,7 +12,9 @@
 use std::arch::x86_64::*;
 
 use super::WeightKind;
+use super::avx2::load_32;
 use super::kquants::{BlockQ8K, QK_K};
+use super::portable::f16_at;
 
 /// `out[t] = row · acts[t]` for a K-quant row (`out.len() >= acts.len()`, at most
 /// [`super::MAX_TOKENS`] vectors). Callers check AVX2/FMA/F16C first.
@@ -92,20 +94,16 @@ fn quantize_row_k_imp(x: &[f32], out: &mut [BlockQ8K]) {
             // SAFETY: writes exactly the 32 bytes of `dst`; no alignment requirement.
             unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), p) };
         }
-        for (s, qs) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
-            *s = qs.iter().map(|&q| q as i16).sum();
-        }
+        blk.fill_bsums();
         blk.d = 1.0 / iscale;
     }
 }
 
-/// 32 bytes from `b`.
+/// Bytes `i..i + 32` of `b`, loaded.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load_32(b: &[u8]) -> __m256i {
-    let b: &[u8; 32] = b[..32].try_into().expect("32 bytes");
-    // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+fn load_at(b: &[u8], i: usize) -> __m256i {
+    load_32(b[i..i + 32].try_into().expect("32 bytes"))
 }
 
 /// Activation bytes `i..i + 32`.
@@ -135,11 +133,6 @@ fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
-
 /// `Q4_K` (`Q5 = false`) or `Q5_K` (`Q5 = true`) row · `N` activation vectors.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
@@ -153,12 +146,12 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
         // The 256 quants as unsigned bytes, 32 values (one sub-block) per register.
         let mut q = [_mm256_setzero_si256(); 8];
         let qh = if Q5 {
-            load_32(&b[16..48])
+            load_at(b, 16)
         } else {
             _mm256_setzero_si256()
         };
         for j in 0..4 {
-            let w = load_32(&qs[32 * j..]);
+            let w = load_at(qs, 32 * j);
             let mut lo = _mm256_and_si256(w, nib);
             let mut hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
             if Q5 {
@@ -226,9 +219,9 @@ fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
         // 4n + k holds values 128n + 32k.. (sub-blocks 8n + 2k and 8n + 2k + 1).
         let mut q = [_mm256_setzero_si256(); 8];
         for n in 0..2 {
-            let h = load_32(&qh[32 * n..]);
-            let l0 = load_32(&ql[64 * n..]);
-            let l1 = load_32(&ql[64 * n + 32..]);
+            let h = load_at(qh, 32 * n);
+            let l0 = load_at(ql, 64 * n);
+            let l1 = load_at(ql, 64 * n + 32);
             let high = |shift: i32| match shift {
                 4 => _mm256_and_si256(_mm256_slli_epi16(h, 4), two),
                 2 => _mm256_and_si256(_mm256_slli_epi16(h, 2), two),

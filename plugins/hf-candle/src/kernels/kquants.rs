@@ -10,9 +10,8 @@
 //! - `Q6_K` (210 bytes): `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; value
 //!   `d * sc[s] * (q - 32)` with 16 sub-blocks of 16, 6-bit `q`.
 
-use half::f16;
-
 use super::WeightKind;
+use super::portable::f16_at;
 
 /// Values per K-quant super-block.
 pub const QK_K: usize = 256;
@@ -28,6 +27,15 @@ pub struct BlockQ8K {
     pub qs: [i8; QK_K],
     /// `Σ qs[16j..16j + 16]` for each `j`.
     pub bsums: [i16; QK_K / 16],
+}
+
+impl BlockQ8K {
+    /// Sets `bsums` from `qs`.
+    pub(crate) fn fill_bsums(&mut self) {
+        for (s, qs) in self.bsums.iter_mut().zip(self.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| q as i16).sum();
+        }
+    }
 }
 
 impl Default for BlockQ8K {
@@ -70,16 +78,9 @@ pub(crate) fn quantize_row_k_body(x: &[f32], out: &mut [BlockQ8K]) {
         for (q, v) in blk.qs.iter_mut().zip(xs) {
             *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
         }
-        for (s, qs) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) {
-            *s = qs.iter().map(|&q| q as i16).sum();
-        }
+        blk.fill_bsums();
         blk.d = 1.0 / iscale;
     }
-}
-
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// The 8 six-bit scales and minimums of a `Q4_K`/`Q5_K` super-block (12 packed bytes).

@@ -332,13 +332,7 @@ pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::exp_shifted_sum(x, max),
-        _ => x
-            .iter_mut()
-            .map(|v| {
-                *v = (*v - max).exp();
-                *v
-            })
-            .sum(),
+        _ => portable::exp_shifted_sum(x, max),
     }
 }
 
@@ -527,11 +521,7 @@ impl Head<'_> {
             max = max.max(sc);
             scores.push(sc);
         }
-        let mut sum = 0f32;
-        for sc in scores.iter_mut() {
-            *sc = (*sc - max).exp();
-            sum += *sc;
-        }
+        let sum = portable::exp_shifted_sum(scores, max);
         out.fill(0.0);
         let inv = 1.0 / sum;
         for (j, w) in scores.iter().enumerate() {

@@ -5,7 +5,9 @@ use half::{bf16, f16};
 
 use super::{BlockQ8, QK, WeightKind};
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+/// The little-endian f16 at bytes `i..i + 2` of `b`, as f32.
+#[inline]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -186,4 +188,14 @@ pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::G
         }
     }
     out
+}
+
+/// `x[i] = e^(x[i] - max)`, returning their sum, in order (see `super::exp_shifted_sum`).
+pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
 }
