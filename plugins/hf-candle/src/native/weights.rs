@@ -490,13 +490,11 @@ impl SafeTensors {
     pub(crate) fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let (file, t) = self.find(name)?;
         let src = &file.map[t.start..t.end];
-        let mut out = vec![0f32; src.len() / float_width(t.dtype).unwrap_or(4)];
-        let mut bytes = vec![0u8; out.len() * 4];
-        transcode(src, t.dtype, WeightKind::F32, &mut bytes);
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        Ok(out)
+        let width = float_width(t.dtype).unwrap_or(4);
+        Ok(src
+            .chunks_exact(width)
+            .map(|v| decode(v, t.dtype))
+            .collect())
     }
 
     /// A 2-D tensor `[rows, cols]` stored as `kind` (F32/BF16/F16), in anonymous memory
@@ -540,6 +538,16 @@ fn float_width(d: safetensors::Dtype) -> Option<usize> {
     }
 }
 
+/// One little-endian value of float format `d` (F32, BF16 or F16) as f32.
+#[inline]
+fn decode(b: &[u8], d: safetensors::Dtype) -> f32 {
+    match d {
+        safetensors::Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        safetensors::Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+        _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    }
+}
+
 /// `src` (values of float format `from`) written into `out` as `to` (F32/BF16/F16; rounding
 /// to nearest even, as PyTorch's `.to(dtype)` does), in parallel. A plain copy when the
 /// formats agree.
@@ -561,11 +569,7 @@ fn transcode(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8
                 return;
             }
             for (o, s) in o.chunks_exact_mut(w_out).zip(s.chunks_exact(w_in)) {
-                let v = match from {
-                    safetensors::Dtype::BF16 => half::bf16::from_le_bytes([s[0], s[1]]).to_f32(),
-                    safetensors::Dtype::F16 => half::f16::from_le_bytes([s[0], s[1]]).to_f32(),
-                    _ => f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-                };
+                let v = decode(s, from);
                 match to {
                     WeightKind::BF16 => o.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
                     WeightKind::F16 => o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
