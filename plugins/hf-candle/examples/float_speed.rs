@@ -8,6 +8,11 @@ use std::time::Instant;
 
 use hf_candle::kernels::{self, WeightKind};
 
+/// Whether to run the interleaved 4-row layout (`GROUPED=0` for plain rows).
+fn grouped() -> bool {
+    std::env::var("GROUPED").map_or(true, |v| v != "0")
+}
+
 fn run(kind: WeightKind, cols: usize, data: &[u8], x: &[f32], threads: usize) -> f64 {
     let rb = kind.row_bytes(cols);
     let rows = data.len() / rb;
@@ -17,13 +22,13 @@ fn run(kind: WeightKind, cols: usize, data: &[u8], x: &[f32], threads: usize) ->
     let t = Instant::now();
     for _ in 0..reps {
         if threads == 1 {
-            kernels::dot_f_block(kind, data, cols, &[x], &mut out, 0);
+            kernels::dot_f_block(kind, data, cols, grouped(), &[x], &mut out, 0);
             continue;
         }
         std::thread::scope(|s| {
             for (c, o) in out.chunks_mut(per).enumerate() {
                 let w = &data[c * per * rb..(c * per + o.len()) * rb];
-                s.spawn(move || kernels::dot_f_block(kind, w, cols, &[x], o, 0));
+                s.spawn(move || kernels::dot_f_block(kind, w, cols, grouped(), &[x], o, 0));
             }
         });
     }

@@ -111,7 +111,7 @@ pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &m
 /// Float weight row · f32 activations.
 pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
     let mut out = [0f32];
-    dot_f_block(kind, row, row.len(), &[act], &mut out, 1);
+    dot_f_block(kind, row, row.len(), false, &[act], &mut out, 1);
     out[0]
 }
 
@@ -573,7 +573,7 @@ fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N]) -> [[f32; 8]
             let a = &acts[t][i];
             let y = load_q8(a);
             // |y| · (w with y's sign) = w · y: the activation's absolute value is taken once
-            // for all 8 rows (weights are in -127..=127; see `super::interleave8`).
+            // for all 8 rows (weights are in -127..=127; see `super::interleave`).
             let yabs = _mm256_sign_epi8(y, y);
             let p: [__m256i; 8] = std::array::from_fn(|k| {
                 _mm256_madd_epi16(_mm256_maddubs_epi16(yabs, _mm256_sign_epi8(w[k], y)), ones)
@@ -665,13 +665,36 @@ fn tile_f<const K: u8, const R: usize, const T: usize>(
     })
 }
 
-/// Float rows (`rows`, row-major, `row_bytes` each) against activation vectors:
-/// `out[t * stride + r] = row r · acts[t]`, in tiles of 4 rows × 3 tokens (one row at a time
-/// for a single token: a sequential stream through the weights). See `super::dot_f_block`.
+/// One interleaved group of 4 float rows of format `K` (see `super::interleave`) against
+/// `T` activation vectors whose length is a multiple of 8. The same arithmetic as
+/// [`tile_f`] over the 4 rows (one chain per output, in column order), read as one forward
+/// stream.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tile_g4<const K: u8, const T: usize>(group: &[u8], acts: [&[f32]; T]) -> [[f32; 4]; T] {
+    let mut acc = [[_mm256_setzero_ps(); 4]; T];
+    for (k, i) in (0..acts[0].len()).step_by(8).enumerate() {
+        let x: [__m256; T] =
+            std::array::from_fn(|t| load_f32x8(acts[t][i..i + 8].try_into().expect("8 floats")));
+        for r in 0..4 {
+            let w = load_w8::<K>(group, (k * 4 + r) * 8);
+            for t in 0..T {
+                acc[t][r] = _mm256_fmadd_ps(w, x[t], acc[t][r]);
+            }
+        }
+    }
+    std::array::from_fn(|t| std::array::from_fn(|r| hsum(acc[t][r])))
+}
+
+/// Float rows (`row_bytes` each; row-major, or interleaved groups of 4 when `grouped`)
+/// against activation vectors: `out[t * stride + r] = row r · acts[t]`, in tiles of 4 rows ×
+/// up to 3 tokens. Row-major rows take one row at a time for a single token (a sequential
+/// stream); grouped rows are a sequential stream at 4 rows a time. See `super::dot_f_block`.
 pub fn dot_f_block(
     kind: WeightKind,
     rows: &[u8],
     row_bytes: usize,
+    grouped: bool,
     acts: &[&[f32]],
     out: &mut [f32],
     stride: usize,
@@ -679,11 +702,44 @@ pub fn dot_f_block(
     debug_assert!(available());
     // SAFETY: as in `dot_q`: reached only after `available()`.
     unsafe {
-        match kind {
-            WeightKind::F32 => block_f::<F32>(rows, row_bytes, acts, out, stride),
-            WeightKind::F16 => block_f::<F16>(rows, row_bytes, acts, out, stride),
-            WeightKind::BF16 => block_f::<BF16>(rows, row_bytes, acts, out, stride),
+        match (kind, grouped) {
+            (WeightKind::F32, false) => block_f::<F32>(rows, row_bytes, acts, out, stride),
+            (WeightKind::F16, false) => block_f::<F16>(rows, row_bytes, acts, out, stride),
+            (WeightKind::BF16, false) => block_f::<BF16>(rows, row_bytes, acts, out, stride),
+            (WeightKind::F32, true) => block_g4::<F32>(rows, row_bytes, acts, out, stride),
+            (WeightKind::F16, true) => block_g4::<F16>(rows, row_bytes, acts, out, stride),
+            (WeightKind::BF16, true) => block_g4::<BF16>(rows, row_bytes, acts, out, stride),
             _ => unreachable!("quantized weights use dot_q"),
+        }
+    }
+}
+
+/// Stores a tile's results: `res[k][r]` is token `t0 + k`, row `j + r`.
+#[inline]
+fn put_tile(res: &[[f32; 4]], out: &mut [f32], t0: usize, j: usize, stride: usize) {
+    for (k, r) in res.iter().enumerate() {
+        let at = (t0 + k) * stride + j;
+        out[at..at + 4].copy_from_slice(r);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_g4<const K: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    acts: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    for (g, group) in w.chunks_exact(4 * row_bytes).enumerate() {
+        for (c, a) in acts.chunks(3).enumerate() {
+            let res: &[[f32; 4]] = match *a {
+                [x, y, z] => &tile_g4::<K, 3>(group, [x, y, z]),
+                [x, y] => &tile_g4::<K, 2>(group, [x, y]),
+                [x] => &tile_g4::<K, 1>(group, [x]),
+                _ => unreachable!(),
+            };
+            put_tile(res, out, c * 3, g * 4, stride);
         }
     }
 }
@@ -709,10 +765,7 @@ fn block_f<const K: u8>(
                     [x] => &tile_f::<K, 4, 1>(rows, [x]),
                     _ => unreachable!(),
                 };
-                for (k, r) in res.iter().enumerate() {
-                    let at = (c * 3 + k) * stride + j;
-                    out[at..at + 4].copy_from_slice(r);
-                }
+                put_tile(res, out, c * 3, j, stride);
             }
             j += 4;
         } else {

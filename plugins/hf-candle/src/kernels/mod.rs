@@ -113,9 +113,15 @@ impl WeightKind {
         }
     }
 
-    /// Whether rows can be repacked into interleaved groups of 8 ([`interleave8`]).
-    pub fn interleaves(self) -> bool {
-        self.act_format() == ActFormat::Q8
+    /// Rows per interleaved group when a matrix of this format with `cols` columns can be
+    /// repacked for the multi-row kernels ([`interleave`]): [`GROUP`] for `Q4_0`/`Q4_1`/`Q8_0`,
+    /// [`F_GROUP`] for floats whose width is a multiple of [`F_PIECE`]; `None` otherwise.
+    pub fn group_rows(self, cols: usize) -> Option<usize> {
+        match self.act_format() {
+            ActFormat::Q8 => Some(GROUP),
+            ActFormat::F32 if cols.is_multiple_of(F_PIECE) => Some(F_GROUP),
+            _ => None,
+        }
     }
 
     /// The GGUF name of the format.
@@ -200,37 +206,69 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
-/// Rows per interleaved group (see [`interleave8`]).
+/// Rows per interleaved group of a quantized matrix (see [`interleave`]).
 pub const GROUP: usize = 8;
+
+/// Rows per interleaved group of a float matrix (see [`interleave`]).
+pub const F_GROUP: usize = 4;
+
+/// Columns per piece of an interleaved float group (one 8-lane vector).
+pub const F_PIECE: usize = 8;
 
 /// Bytes one interleaved group of 8 rows takes per 32-column block.
 pub fn group_block_bytes(kind: WeightKind) -> usize {
     kind.block_bytes() * GROUP
 }
 
-/// Repacks 8 consecutive quantized rows (`src`, row-major GGUF blocks) so that, block by
-/// block, the 8 scales (and `Q4_1` minimums) come first, then the 8 rows' quants:
-/// `[d; 8] [m; 8]? [qs; 8]` (laid out as [`quant_at`] says). One SIMD load then converts all 8 scales and the kernel
-/// produces 8 outputs at once, with no per-row horizontal sum.
-pub fn interleave8(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
+/// Repacks the rows of one group (`kind.group_rows(cols)` consecutive rows, row-major) so
+/// the multi-row kernels read it as one sequential stream and produce the group's outputs
+/// together:
+/// - quantized (8 rows): block by block, the 8 scales (and `Q4_1` minimums) first, then the
+///   8 rows' quants, `[d; 8] [m; 8]? [qs; 8]` (laid out as [`quant_at`] says). One SIMD load
+///   then converts all 8 scales, and the kernel produces 8 outputs with no per-row
+///   horizontal sum.
+/// - float (4 rows): pieces of [`F_PIECE`] columns, piece `k` of rows 0..4 side by side
+///   (`[r0 k] [r1 k] [r2 k] [r3 k] [r0 k+1] …`). A single token's decode step then runs four
+///   independent accumulator chains over one forward stream (four separate row streams
+///   defeat the hardware prefetcher), each row still summed in its own column order.
+pub fn interleave(kind: WeightKind, src: &[u8], cols: usize) -> Vec<u8> {
     let mut out = vec![0u8; src.len()];
-    interleave8_into(kind, src, cols, &mut out);
+    interleave_into(kind, src, cols, &mut out);
     out
 }
 
-/// [`interleave8`] into `out` (as long as `src`).
-pub fn interleave8_into(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
+/// [`interleave`] into `out` (as long as `src`, one group).
+pub fn interleave_into(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
     // Block sizes as constants, so each piece is a fixed-size move rather than a `memmove`
     // call (this runs over every quantized weight at load).
     match kind {
         WeightKind::Q4_0 => interleave8_fixed::<2, 16>(src, cols, out),
         WeightKind::Q4_1 => interleave8_fixed::<4, 16>(src, cols, out),
         WeightKind::Q8_0 => interleave8_fixed::<2, 32>(src, cols, out),
+        WeightKind::F32 => interleave_f4::<32>(src, cols, out),
+        WeightKind::F16 | WeightKind::BF16 => interleave_f4::<16>(src, cols, out),
         _ => unreachable!("{kind:?} is not interleaved"),
     }
 }
 
-/// [`interleave8_into`] for blocks of `HEAD` bytes of f16 scale (and minimum) and `QB` bytes
+/// Where piece `k` (columns `8k..8k + 8`, `pb` bytes) of row `r` starts in an interleaved
+/// float group.
+fn f_piece_at(pb: usize, r: usize, k: usize) -> usize {
+    (k * F_GROUP + r) * pb
+}
+
+/// [`interleave_into`] for 4 float rows, pieces of `PB` bytes (8 values).
+fn interleave_f4<const PB: usize>(src: &[u8], cols: usize, out: &mut [u8]) {
+    let rb = cols / F_PIECE * PB;
+    for r in 0..F_GROUP {
+        for (k, piece) in src[r * rb..(r + 1) * rb].chunks_exact(PB).enumerate() {
+            let at = f_piece_at(PB, r, k);
+            out[at..at + PB].copy_from_slice(piece);
+        }
+    }
+}
+
+/// [`interleave_into`] for 8 quantized rows, blocks of `HEAD` bytes of f16 scale (and minimum) and `QB` bytes
 /// of quants.
 fn interleave8_fixed<const HEAD: usize, const QB: usize>(src: &[u8], cols: usize, out: &mut [u8]) {
     let bb = HEAD + QB;
@@ -265,13 +303,22 @@ fn interleave8_fixed<const HEAD: usize, const QB: usize>(src: &[u8], cols: usize
     }
 }
 
-/// Rebuilds row `j` (0..8) of an interleaved group in GGUF block layout (embedding lookups).
+/// Rebuilds row `j` of an interleaved group (see [`interleave`]) in its GGUF layout
+/// (embedding lookups).
 pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(kind.row_bytes(cols));
+    if kind.act_format() == ActFormat::F32 {
+        let pb = kind.row_bytes(F_PIECE);
+        for k in 0..cols / F_PIECE {
+            let at = f_piece_at(pb, j, k);
+            out.extend_from_slice(&group[at..at + pb]);
+        }
+        return out;
+    }
     let bb = kind.block_bytes();
     let gb = group_block_bytes(kind);
     let head = kind.head_bytes();
     let qb = bb - head;
-    let mut out = Vec::with_capacity(kind.row_bytes(cols));
     for i in 0..cols / QK {
         let g = &group[i * gb..(i + 1) * gb];
         out.extend_from_slice(&g[j * 2..j * 2 + 2]);
@@ -299,7 +346,7 @@ pub fn quant_at(kind: WeightKind, r: usize, b: usize) -> usize {
 /// Most activation vectors [`dot_x8_multi`] takes at once.
 pub const MAX_TOKENS: usize = 4;
 
-/// The 8 dot products of an interleaved group (see [`interleave8`]) with quantized
+/// The 8 dot products of an interleaved group (see [`interleave`]) with quantized
 /// activations.
 pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
@@ -369,26 +416,39 @@ pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
     }
 }
 
-/// Float weight rows (`F32`/`F16`/`BF16`, row-major in `rows`, `cols` values each) against
-/// activation vectors: `out[t * stride + r] = row r · acts[t]`. With several vectors the
-/// kernel works in tiles of 4 rows × 3 vectors, loading each weight and activation vector
-/// once per tile; each result still equals, bit for bit, a [`dot_f`] call of its own.
+/// Float weight rows (`F32`/`F16`/`BF16`, `cols` values each; row-major in `rows`, or
+/// groups of [`F_GROUP`] rows when `grouped`, see [`interleave`]) against activation
+/// vectors: `out[t * stride + r] = row r · acts[t]`. The kernel works in tiles of 4 rows × up
+/// to 3 vectors, loading each weight and activation vector once per tile; each result still
+/// equals, bit for bit, a [`dot_f`] call of its own (one accumulator chain per output, in
+/// column order, whatever the layout or the tile).
 pub fn dot_f_block(
     kind: WeightKind,
     rows: &[u8],
     cols: usize,
+    grouped: bool,
     acts: &[&[f32]],
     out: &mut [f32],
     stride: usize,
 ) {
     let rb = kind.row_bytes(cols);
     debug_assert!(rows.len().is_multiple_of(rb) && acts.iter().all(|a| a.len() == cols));
+    debug_assert!(!grouped || rows.len().is_multiple_of(rb * F_GROUP));
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_f_block(kind, rows, rb, acts, out, stride),
+        Isa::Avx2 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
         _ => {
-            for (t, a) in acts.iter().enumerate() {
-                for (r, row) in rows.chunks_exact(rb).enumerate() {
+            let n_rows = rows.len() / rb;
+            for r in 0..n_rows {
+                let row;
+                let row = if grouped {
+                    let g = &rows[r / F_GROUP * F_GROUP * rb..][..F_GROUP * rb];
+                    row = deinterleave_row(kind, g, r % F_GROUP, cols);
+                    &row[..]
+                } else {
+                    &rows[r * rb..(r + 1) * rb]
+                };
+                for (t, a) in acts.iter().enumerate() {
                     out[t * stride + r] = portable::dot_f(kind, row, a);
                 }
             }
@@ -677,7 +737,7 @@ mod tests {
             })
             .collect();
         rows[2] = 0x80; // row 0, block 0, first quant
-        let group = interleave8(WeightKind::Q8_0, &rows, cols);
+        let group = interleave(WeightKind::Q8_0, &rows, cols);
         let clamped = deinterleave_row(WeightKind::Q8_0, &group, 0, cols);
         assert_eq!(clamped[2] as i8, -127);
         let x: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();
@@ -689,6 +749,47 @@ mod tests {
             (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
             "{got} vs {want}"
         );
+    }
+
+    #[test]
+    fn grouped_float_rows_equal_row_major_bit_for_bit() {
+        // 8 rows (two groups of 4), 1 to 5 tokens (tiles of 3, 2 and 1).
+        let mut seed = 11;
+        for cols in [8usize, 64, 576] {
+            for kind in [WeightKind::F32, WeightKind::F16, WeightKind::BF16] {
+                assert_eq!(kind.group_rows(cols), Some(F_GROUP));
+                let rows: Vec<u8> = (0..8)
+                    .flat_map(|_| {
+                        encode(kind, &(0..cols).map(|_| lcg(&mut seed)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                let rb = kind.row_bytes(cols);
+                let grouped: Vec<u8> = rows
+                    .chunks_exact(rb * F_GROUP)
+                    .flat_map(|g| interleave(kind, g, cols))
+                    .collect();
+                for (r, row) in rows.chunks_exact(rb).enumerate() {
+                    let g = &grouped[r / F_GROUP * F_GROUP * rb..][..F_GROUP * rb];
+                    assert_eq!(deinterleave_row(kind, g, r % F_GROUP, cols), row);
+                }
+                for n in 1..=5 {
+                    let acts: Vec<Vec<f32>> = (0..n)
+                        .map(|_| (0..cols).map(|_| lcg(&mut seed)).collect())
+                        .collect();
+                    let acts: Vec<&[f32]> = acts.iter().map(Vec::as_slice).collect();
+                    let mut plain = vec![0f32; n * 8];
+                    let mut tiled = vec![0f32; n * 8];
+                    dot_f_block(kind, &rows, cols, false, &acts, &mut plain, 8);
+                    dot_f_block(kind, &grouped, cols, true, &acts, &mut tiled, 8);
+                    assert_eq!(plain, tiled, "{kind:?} cols {cols}, {n} tokens");
+                    for (r, row) in rows.chunks_exact(rb).enumerate() {
+                        assert_eq!(tiled[r], dot_f(kind, row, acts[0]), "{kind:?}: == alone");
+                    }
+                }
+            }
+        }
+        assert_eq!(WeightKind::F32.group_rows(12), None);
+        assert_eq!(WeightKind::Q4_K.group_rows(256), None);
     }
 
     #[test]
@@ -707,7 +808,7 @@ mod tests {
                     .collect();
                 let rows: Vec<u8> = w.iter().flat_map(|r| encode(kind, r)).collect();
                 let mut block = vec![0f32; 5 * 7];
-                dot_f_block(kind, &rows, cols, &acts, &mut block, 7);
+                dot_f_block(kind, &rows, cols, false, &acts, &mut block, 7);
                 for (r, row) in rows.chunks_exact(kind.row_bytes(cols)).enumerate() {
                     for (t, a) in acts.iter().enumerate() {
                         let one = dot_f(kind, row, a);
@@ -872,7 +973,7 @@ mod tests {
                     })
                     .collect();
                 let rb = kind.row_bytes(cols);
-                let group = interleave8(kind, &rows, cols);
+                let group = interleave(kind, &rows, cols);
                 assert_eq!(group.len(), rows.len());
                 let eight = dot_x8(kind, &group, &xq);
                 let mut xq2 = xq.clone();
@@ -909,7 +1010,7 @@ mod tests {
                 let x2: Vec<f32> = x.iter().rev().copied().collect();
                 let acts: [&[f32]; 5] = [&x2, &x, &x2, &x, &x];
                 let mut block = vec![0f32; 5 * 9];
-                dot_f_block(kind, &rows, cols, &acts, &mut block, 9);
+                dot_f_block(kind, &rows, cols, false, &acts, &mut block, 9);
                 let rb = kind.row_bytes(cols);
                 for (r, row) in rows.chunks_exact(rb).enumerate() {
                     for (t, a) in acts.iter().enumerate() {

@@ -168,7 +168,7 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The 8 dot products of an interleaved group (see `super::interleave8`).
+/// The 8 dot products of an interleaved group (see `super::interleave`).
 pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::GROUP] {
     let gb = super::group_block_bytes(kind);
     let heads = kind.head_bytes() * super::GROUP;

@@ -761,7 +761,7 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
         ActFormat::F32 => {
             let act = &x.f[tok * w.cols..(tok + 1) * w.cols];
             let n = out.len();
-            kernels::dot_f_block(w.kind, w.rows(r0, n), w.cols, &[act], out, n);
+            kernels::dot_f_block(w.kind, w.rows(r0, n), w.cols, w.interleaved, &[act], out, n);
         }
     }
 }
@@ -833,7 +833,15 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                     for t0 in (0..t).step_by(F_TOKEN_BLOCK) {
                         let block = &float_acts[t0..(t0 + F_TOKEN_BLOCK).min(t)];
                         let rows = w.rows(r0, nr);
-                        kernels::dot_f_block(w.kind, rows, w.cols, block, &mut o[t0 * nr..], nr);
+                        kernels::dot_f_block(
+                            w.kind,
+                            rows,
+                            w.cols,
+                            w.interleaved,
+                            block,
+                            &mut o[t0 * nr..],
+                            nr,
+                        );
                     }
                 }
                 // K-quants: each row's super-blocks unpacked once per tile of tokens.

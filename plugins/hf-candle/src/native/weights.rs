@@ -22,8 +22,9 @@ enum Bytes {
     Anon(memmap2::MmapMut),
 }
 
-/// A 2-D weight matrix: rows in GGUF block layout (mapped from the file), or, for quantized
-/// matrices, groups of 8 rows interleaved for the 8-row kernels ([`kernels::interleave8`]).
+/// A 2-D weight matrix: rows in GGUF block layout (mapped from the file), or groups of rows
+/// interleaved for the multi-row kernels ([`kernels::interleave`]: 8 rows of `Q4_0`, `Q4_1`,
+/// `Q8_0`; 4 float rows).
 #[derive(Clone)]
 pub struct Matrix {
     /// Storage format.
@@ -34,7 +35,7 @@ pub struct Matrix {
     pub cols: usize,
     data: Arc<Bytes>,
     row_bytes: usize,
-    /// Stored as interleaved groups of [`kernels::GROUP`] rows.
+    /// Stored as interleaved groups of `kind.group_rows(cols)` rows.
     pub interleaved: bool,
 }
 
@@ -54,25 +55,33 @@ impl Matrix {
         &self.all()[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
-    /// The bytes of rows `r..r + n` (row layout only).
+    /// The bytes of rows `r..r + n`: those rows in row layout, or, interleaved, the groups
+    /// that hold them (`r` and `n` multiples of the group size).
     #[inline]
     pub fn rows(&self, r: usize, n: usize) -> &[u8] {
-        debug_assert!(!self.interleaved);
+        debug_assert!(
+            !self.interleaved || (r % self.group_rows() == 0 && n % self.group_rows() == 0)
+        );
         &self.all()[r * self.row_bytes..(r + n) * self.row_bytes]
     }
 
-    /// The bytes of interleaved group `g` (rows `8g..8g + 8`).
+    /// Rows per interleaved group.
+    fn group_rows(&self) -> usize {
+        self.kind.group_rows(self.cols).unwrap_or(1)
+    }
+
+    /// The bytes of interleaved group `g`.
     #[inline]
     pub fn group(&self, g: usize) -> &[u8] {
-        let gb = self.row_bytes * kernels::GROUP;
+        let gb = self.row_bytes * self.group_rows();
         &self.all()[g * gb..(g + 1) * gb]
     }
 
     /// Row `r` as f32 (embedding lookups), whatever the layout.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if self.interleaved {
-            let g = self.group(r / kernels::GROUP);
-            let row = kernels::deinterleave_row(self.kind, g, r % kernels::GROUP, self.cols);
+            let n = self.group_rows();
+            let row = kernels::deinterleave_row(self.kind, self.group(r / n), r % n, self.cols);
             kernels::dequantize_row(self.kind, &row, out);
         } else {
             kernels::dequantize_row(self.kind, self.row(r), out);
@@ -84,14 +93,16 @@ impl Matrix {
         self.rows * self.row_bytes
     }
 
-    /// This matrix repacked for the 8-row kernels when it is quantized and its row count
-    /// allows; otherwise itself.
+    /// This matrix repacked for the multi-row kernels when its format and shape allow;
+    /// otherwise itself.
     pub fn for_kernels(self) -> Matrix {
-        if !self.kind.interleaves() || !self.rows.is_multiple_of(kernels::GROUP) || self.interleaved
-        {
+        let Some(n) = self.kind.group_rows(self.cols) else {
+            return self;
+        };
+        if !self.rows.is_multiple_of(n) || self.interleaved {
             return self;
         }
-        let gb = self.row_bytes * kernels::GROUP;
+        let gb = self.row_bytes * n;
         let src = self.all();
         // In parallel (loading runs inside the engine's thread pool): repacking is most of
         // the load time.
@@ -99,7 +110,7 @@ impl Matrix {
             packed
                 .par_chunks_mut(gb)
                 .zip(src.par_chunks_exact(gb))
-                .for_each(|(out, g)| kernels::interleave8_into(self.kind, g, self.cols, out));
+                .for_each(|(out, g)| kernels::interleave_into(self.kind, g, self.cols, out));
         };
         let data = anon_filled(src.len(), fill);
         if let Bytes::Mapped { map, start } = &*self.data {
@@ -498,7 +509,8 @@ impl SafeTensors {
     }
 
     /// A 2-D tensor `[rows, cols]` stored as `kind` (F32/BF16/F16), in anonymous memory
-    /// (transparent huge pages where granted); the file's pages of it are released.
+    /// (transparent huge pages where granted), interleaved for the 4-row kernels when its
+    /// shape allows ([`kernels::interleave`]); the file's pages of it are released.
     pub(crate) fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
         let (file, t) = self.find(name)?;
         let [rows, cols] = t.shape[..] else {
@@ -514,8 +526,20 @@ impl SafeTensors {
             )));
         }
         let src = &file.map[t.start..t.end];
-        let data = anon_filled(kind.row_bytes(cols) * rows, |out| {
-            transcode(src, t.dtype, kind, out)
+        let group = kind.group_rows(cols).filter(|&n| rows.is_multiple_of(n));
+        let data = anon_filled(kind.row_bytes(cols) * rows, |out| match group {
+            // Group by group: transcoded rows, then interleaved into place.
+            Some(n) => {
+                let w_in = float_width(t.dtype).unwrap_or(4);
+                out.par_chunks_mut(kind.row_bytes(cols) * n)
+                    .zip(src.par_chunks(cols * w_in * n))
+                    .for_each_init(Vec::new, |buf, (o, s)| {
+                        buf.resize(o.len(), 0);
+                        transcode_values(s, t.dtype, kind, buf);
+                        kernels::interleave_into(kind, buf, cols, o);
+                    })
+            }
+            None => transcode(src, t.dtype, kind, out),
         });
         release(&file.map, t.start, t.end - t.start);
         Ok(Matrix {
@@ -524,7 +548,7 @@ impl SafeTensors {
             cols,
             data: Arc::new(data),
             row_bytes: kind.row_bytes(cols),
-            interleaved: false,
+            interleaved: group.is_some(),
         })
     }
 }
@@ -555,26 +579,31 @@ fn transcode(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8
     const CHUNK: usize = 1 << 16;
     let w_in = float_width(from).unwrap_or(4);
     let w_out = to.row_bytes(1);
+    out.par_chunks_mut(CHUNK * w_out)
+        .zip(src.par_chunks(CHUNK * w_in))
+        .for_each(|(o, s)| transcode_values(s, from, to, o));
+}
+
+/// [`transcode`] on the calling thread.
+fn transcode_values(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8]) {
+    let w_in = float_width(from).unwrap_or(4);
+    let w_out = to.row_bytes(1);
     let same = matches!(
         (from, to),
         (safetensors::Dtype::F32, WeightKind::F32)
             | (safetensors::Dtype::BF16, WeightKind::BF16)
             | (safetensors::Dtype::F16, WeightKind::F16)
     );
-    out.par_chunks_mut(CHUNK * w_out)
-        .zip(src.par_chunks(CHUNK * w_in))
-        .for_each(|(o, s)| {
-            if same {
-                o.copy_from_slice(s);
-                return;
-            }
-            for (o, s) in o.chunks_exact_mut(w_out).zip(s.chunks_exact(w_in)) {
-                let v = decode(s, from);
-                match to {
-                    WeightKind::BF16 => o.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
-                    WeightKind::F16 => o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
-                    _ => o.copy_from_slice(&v.to_le_bytes()),
-                }
-            }
-        });
+    if same {
+        out.copy_from_slice(src);
+        return;
+    }
+    for (o, s) in out.chunks_exact_mut(w_out).zip(src.chunks_exact(w_in)) {
+        let v = decode(s, from);
+        match to {
+            WeightKind::BF16 => o.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+            WeightKind::F16 => o.copy_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            _ => o.copy_from_slice(&v.to_le_bytes()),
+        }
+    }
 }
