@@ -7,7 +7,8 @@
 //! target/release/switchyard-bench --model M.gguf \
 //!     --llama-bin-dir "$(scripts/build-llama-cpp.sh | tail -n 1)" \
 //!     [--threads 1,2] [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] \
-//!     [--hf-model DIR --transformers-python ~/.cache/switchyard/venv-ref/bin/python]
+//!     [--hf-model DIR --transformers-python ~/.cache/switchyard/venv-ref/bin/python] \
+//!     [--tables gguf,safetensors]
 //! ```
 //!
 //! Tables:
@@ -24,6 +25,9 @@
 //! - memory: peak RSS of the decode child vs the model file size;
 //! - safetensors (with `--hf-model`): the Hugging Face folder in f32 and bf16 vs Transformers
 //!   `generate()` (`scripts/bench/transformers_generate.py`).
+//!
+//! `--tables` picks the table groups to run: `gguf` (every table above but the last) and
+//! `safetensors`; both by default.
 //!
 //! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
 //! Not run in CI (CI only builds it).
@@ -49,7 +53,14 @@ struct Args {
     transformers_python: Option<PathBuf>,
     child: Option<String>,
     dtype: String,
+    /// Table groups to run (`gguf`, `safetensors`).
+    tables: Vec<String>,
 }
+
+/// Usage, printed for `--help` and after a flag error.
+const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
+[--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
+[--tables gguf,safetensors]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -63,6 +74,7 @@ fn parse_args() -> anyhow::Result<Args> {
         transformers_python: None,
         child: None,
         dtype: "f32".into(),
+        tables: vec!["gguf".into(), "safetensors".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,7 +95,21 @@ fn parse_args() -> anyhow::Result<Args> {
             "--transformers-python" => a.transformers_python = Some(PathBuf::from(value()?)),
             "--child" => a.child = Some(value()?),
             "--dtype" => a.dtype = value()?,
-            other => bail!("unknown flag {other}; see the crate docs for usage"),
+            "--tables" => {
+                a.tables = value()?.split(',').map(str::to_owned).collect();
+                if let Some(t) = a
+                    .tables
+                    .iter()
+                    .find(|t| !["gguf", "safetensors"].contains(&t.as_str()))
+                {
+                    bail!("unknown table group `{t}` in --tables (known: gguf, safetensors)");
+                }
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
     if !a.model.exists() {
@@ -466,6 +492,18 @@ fn main() -> anyhow::Result<()> {
         println!("{}", child(&a, &mode)?);
         return Ok(());
     }
+    if a.tables.iter().any(|t| t == "gguf") {
+        gguf_tables(&a)?;
+    }
+    if a.tables.iter().any(|t| t == "safetensors") {
+        safetensors_tables(&a)?;
+    }
+    Ok(())
+}
+
+/// The GGUF tables: speed vs `llama-bench`, cold start, multi-turn, concurrency, plugin
+/// boundary, memory.
+fn gguf_tables(a: &Args) -> anyhow::Result<()> {
     let file_mb = std::fs::metadata(&a.model).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0);
     println!(
         "model: {} ({file_mb:.1} MiB)   reps: {}   kernels: {:?}   (A B A B: peer, then switchyard)\n",
@@ -549,6 +587,12 @@ fn main() -> anyhow::Result<()> {
         "| - | peak RSS of the speed child (MiB) vs model file | file | {file_mb:.1} | {rss:.1} | {:.2}x |",
         rss / file_mb
     );
+    Ok(())
+}
+
+/// The safetensors tables (with `--hf-model` and `--transformers-python`): the folder in f32
+/// and bf16 vs Transformers `generate()`, and the decode bound.
+fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
     if let (Some(hf), Some(py)) = (&a.hf_model, &a.transformers_python) {
         println!(
             "\nSafetensors folder {} vs Transformers generate() (same threads)\n",
