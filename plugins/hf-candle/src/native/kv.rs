@@ -3,21 +3,24 @@
 
 use std::collections::VecDeque;
 
-/// Keys and values of one sequence, every layer, f32, laid out `[position][kv_heads * head_dim]`.
+/// Keys and values of one sequence, every layer, f32, one contiguous `[position][head_dim]`
+/// run per KV head, so attention streams each head's keys and values sequentially (a
+/// `[position][kv_heads * head_dim]` layout makes every head a strided read, which the
+/// hardware prefetchers follow poorly once the weights have pushed the cache out of L3).
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    /// `(keys, values)` per layer.
-    pub(crate) layers: Vec<(Vec<f32>, Vec<f32>)>,
-    kv_dim: usize,
+    /// `(keys, values)` per layer and KV head.
+    heads: Vec<Vec<(Vec<f32>, Vec<f32>)>>,
+    head_dim: usize,
     len: usize,
 }
 
 impl KvCache {
-    /// An empty cache for `layers` layers of `kv_dim` floats per position.
-    pub fn new(layers: usize, kv_dim: usize) -> Self {
+    /// An empty cache for `layers` layers of `kv_heads` heads of `head_dim` floats.
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize) -> Self {
         Self {
-            layers: vec![(Vec::new(), Vec::new()); layers],
-            kv_dim,
+            heads: vec![vec![(Vec::new(), Vec::new()); kv_heads]; layers],
+            head_dim,
             len: 0,
         }
     }
@@ -32,34 +35,74 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Appends positions to `layer`: `keys` and `values` are `[position][kv_heads * head_dim]`.
+    /// Once every layer has them, [`KvCache::advance`] records them.
+    pub(crate) fn append(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
+        let hd = self.head_dim;
+        let n = self.heads[layer].len();
+        for (h, (kc, vc)) in self.heads[layer].iter_mut().enumerate() {
+            for (k, v) in keys.chunks_exact(n * hd).zip(values.chunks_exact(n * hd)) {
+                kc.extend_from_slice(&k[h * hd..(h + 1) * hd]);
+                vc.extend_from_slice(&v[h * hd..(h + 1) * hd]);
+            }
+        }
+    }
+
+    /// Keys and values (`[position][head_dim]`) of KV head `h` in `layer`.
+    pub(crate) fn head(&self, layer: usize, h: usize) -> (&[f32], &[f32]) {
+        let (k, v) = &self.heads[layer][h];
+        (k, v)
+    }
+
     /// Keeps the first `n` positions.
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.len);
-        for (k, v) in &mut self.layers {
-            k.truncate(n * self.kv_dim);
-            v.truncate(n * self.kv_dim);
+        for (k, v) in self.heads.iter_mut().flatten() {
+            k.truncate(n * self.head_dim);
+            v.truncate(n * self.head_dim);
         }
         self.len = n;
+    }
+
+    /// A copy of the first `n` positions.
+    fn prefix(&self, n: usize) -> KvCache {
+        let n = n.min(self.len);
+        let at = n * self.head_dim;
+        KvCache {
+            heads: self
+                .heads
+                .iter()
+                .map(|l| {
+                    l.iter()
+                        .map(|(k, v)| (k[..at].to_vec(), v[..at].to_vec()))
+                        .collect()
+                })
+                .collect(),
+            head_dim: self.head_dim,
+            len: n,
+        }
     }
 
     /// Records that `n` more positions were appended to every layer.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
         debug_assert!(
-            self.layers
+            self.heads
                 .iter()
-                .all(|(k, v)| k.len() == self.len * self.kv_dim && v.len() == k.len())
+                .flatten()
+                .all(|(k, v)| k.len() == self.len * self.head_dim && v.len() == k.len())
         );
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.layers.len() * 2 * self.len * self.kv_dim * std::mem::size_of::<f32>()
+        let heads: usize = self.heads.iter().map(Vec::len).sum();
+        heads * 2 * self.len * self.head_dim * std::mem::size_of::<f32>()
     }
 
     /// Releases spare capacity (for caches parked in the prefix cache).
     pub fn shrink(&mut self) {
-        for (k, v) in &mut self.layers {
+        for (k, v) in self.heads.iter_mut().flatten() {
             k.shrink_to_fit();
             v.shrink_to_fit();
         }
@@ -144,12 +187,7 @@ impl PrefixCache {
         } else {
             // Move it to the back (most recently used) and copy the shared part.
             let entry = self.entries.remove(best).expect("index from enumerate");
-            let mut copy = KvCache::new(entry.1.layers.len(), entry.1.kv_dim);
-            for ((k, v), (sk, sv)) in copy.layers.iter_mut().zip(&entry.1.layers) {
-                k.extend_from_slice(&sk[..shared * entry.1.kv_dim]);
-                v.extend_from_slice(&sv[..shared * entry.1.kv_dim]);
-            }
-            copy.len = shared;
+            let copy = entry.1.prefix(shared);
             self.entries.push_back(entry);
             copy
         };
@@ -162,16 +200,33 @@ impl PrefixCache {
 mod tests {
     use super::*;
 
+    /// Two layers of 2 heads × 3 dims; position `p` holds `(token, head)` in every slot.
     fn filled(tokens: &[u32]) -> KvCache {
-        let mut kv = KvCache::new(2, 3);
-        for (k, v) in &mut kv.layers {
-            for &t in tokens {
-                k.extend([t as f32; 3]);
-                v.extend([-(t as f32); 3]);
-            }
+        let mut kv = KvCache::new(2, 2, 3);
+        let k: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| [t as f32; 3].into_iter().chain([t as f32 + 0.5; 3]))
+            .collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        for l in 0..2 {
+            kv.append(l, &k, &v);
         }
         kv.advance(tokens.len());
         kv
+    }
+
+    #[test]
+    fn heads_are_contiguous_runs_of_positions() {
+        let kv = filled(&[7, 8]);
+        assert_eq!(
+            kv.head(1, 0),
+            (
+                &[7.0, 7.0, 7.0, 8.0, 8.0, 8.0][..],
+                &[-7.0, -7.0, -7.0, -8.0, -8.0, -8.0][..]
+            )
+        );
+        assert_eq!(kv.head(0, 1).0, &[7.5, 7.5, 7.5, 8.5, 8.5, 8.5]);
+        assert_eq!(kv.bytes(), 2 * 2 * 2 * 2 * 3 * 4);
     }
 
     #[test]
@@ -181,7 +236,7 @@ mod tests {
         pc.put(vec![1, 2, 9, 9, 9], filled(&[1, 2, 9, 9, 9]));
         let kv = pc.take(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         assert_eq!(kv.len(), 6);
-        assert_eq!(kv.layers[1].0[5 * 3], 6.0);
+        assert_eq!(kv.head(1, 0).0[5 * 3], 6.0);
         // Exactly the cached tokens again: all but the last are reused.
         pc.put(vec![1, 2, 3, 4, 5, 6], kv);
         let kv = pc.take(&[1, 2, 3, 4, 5, 6]).unwrap();
@@ -196,6 +251,7 @@ mod tests {
         pc.put(vec![1, 2, 3, 4, 5, 6], filled(&[1, 2, 3, 4, 5, 6]));
         let kv = pc.take(&[1, 2, 3, 4, 0, 0]).unwrap();
         assert_eq!(kv.len(), 4);
+        assert_eq!(kv.head(1, 1).0, &filled(&[1, 2, 3, 4]).head(1, 1).0[..]);
         assert_eq!(pc.take(&[1, 2, 3, 4, 5, 6, 7]).unwrap().len(), 6);
     }
 

@@ -390,7 +390,7 @@ impl Transformer {
 
     /// A fresh, empty cache.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.hp.n_layers, self.kv_dim())
+        KvCache::new(self.hp.n_layers, self.hp.n_kv_heads, self.hp.head_dim)
     }
 
     /// Bytes of weights (for the memory report).
@@ -489,9 +489,8 @@ impl Transformer {
             let mut off = 0;
             for s in seqs.iter_mut() {
                 let n = s.tokens.len();
-                let (kc, vc) = &mut s.kv.layers[li];
-                kc.extend_from_slice(&k[off * kv_dim..(off + n) * kv_dim]);
-                vc.extend_from_slice(&v[off * kv_dim..(off + n) * kv_dim]);
+                let span = off * kv_dim..(off + n) * kv_dim;
+                s.kv.append(li, &k[span.clone()], &v[span]);
                 off += n;
             }
             {
@@ -584,14 +583,14 @@ impl Transformer {
         let hp = &self.hp;
         let hd = hp.head_dim;
         let group = hp.n_heads / hp.n_kv_heads;
-        let kv_dim = self.kv_dim();
         let scale = hp.attn_scale;
         let window = self.layers[layer].window;
         // Work units: a run of up to `ATTN_TOKENS` consecutive tokens of one sequence × one KV
         // head, i.e. its `group` query heads: all those queries read the same keys and
-        // values, which the kernel then loads once per block for all of them. With too few
-        // such units to keep every thread busy (a decode step of one sequence), each query
-        // head is a unit of its own; a query's result is the same either way.
+        // values (one contiguous run per KV head), which the kernel then loads once per block
+        // for all of them. With fewer such units than threads (a decode step of a model with
+        // one KV head), each query head is a unit of its own; a query's result is the same
+        // either way.
         let threads = rayon::current_num_threads().max(1);
         let mut runs: Vec<(usize, usize)> = Vec::new();
         let mut s = 0;
@@ -603,7 +602,7 @@ impl Transformer {
             runs.push((s, e));
             s = e;
         }
-        let heads = if runs.len() * hp.n_kv_heads >= 2 * threads {
+        let heads = if runs.len() * hp.n_kv_heads >= threads {
             group
         } else {
             1
@@ -615,7 +614,7 @@ impl Transformer {
         let results: Vec<Vec<f32>> = units
             .par_iter()
             .map_init(Vec::new, |scratch: &mut Vec<f32>, &(s, e, h0)| {
-                let (keys, values) = &caches[where_[s].0].layers[layer];
+                let (keys, values) = caches[where_[s].0].head(layer, h0 / group);
                 let mut qs: Vec<&[f32]> = Vec::with_capacity((e - s) * heads);
                 let mut spans = Vec::with_capacity((e - s) * heads);
                 for (tok, &(_, pos)) in where_.iter().enumerate().take(e).skip(s) {
@@ -632,8 +631,8 @@ impl Transformer {
                     spans: &spans,
                     keys,
                     values,
-                    stride: kv_dim,
-                    offset: h0 / group * hd,
+                    stride: hd,
+                    offset: 0,
                     scale,
                 };
                 let mut o = vec![0f32; qs.len() * hd];
