@@ -170,53 +170,75 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
         let (f, n) = tile.spans[m];
         (b0.max(f), b1.min(f + n))
     };
-    // Scores.
+    // Scores, two queries at a time where they see the same positions of the block (every
+    // key vector loaded once for both); each score is the same dot product either way.
     for b0 in (lo..hi).step_by(ATTN_BLOCK) {
         let b1 = (b0 + ATTN_BLOCK).min(hi);
-        for m in 0..m_count {
+        let mut m = 0;
+        while m < m_count {
             let (s, e) = visible(m, b0, b1);
-            let q = tile.qs[m];
-            let q8 = |i: usize| load_f32x8(q[i..i + 8].try_into().expect("8 floats"));
-            let row = &mut scratch[m * width..(m + 1) * width];
+            let pair = m + 1 < m_count && visible(m + 1, b0, b1) == (s, e);
             let mut j = s;
-            while j + 4 <= e {
-                let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for i in (0..hd).step_by(8) {
-                    let qv = q8(i);
-                    for (a, kr) in acc.iter_mut().zip(&k) {
-                        *a = _mm256_fmadd_ps(
-                            qv,
+            if pair {
+                let (qa, qb) = (tile.qs[m], tile.qs[m + 1]);
+                while j + 4 <= e {
+                    let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+                    let mut acc_a = [_mm256_setzero_ps(); 4];
+                    let mut acc_b = [_mm256_setzero_ps(); 4];
+                    for i in (0..hd).step_by(8) {
+                        let va = load_f32x8(qa[i..i + 8].try_into().expect("8 floats"));
+                        let vb = load_f32x8(qb[i..i + 8].try_into().expect("8 floats"));
+                        for (c, kr) in k.iter().enumerate() {
+                            let kv = load_f32x8(kr[i..i + 8].try_into().expect("8"));
+                            acc_a[c] = _mm256_fmadd_ps(va, kv, acc_a[c]);
+                            acc_b[c] = _mm256_fmadd_ps(vb, kv, acc_b[c]);
+                        }
+                    }
+                    store_scores(acc_a, tile.scale, &mut scratch[m * width + j - lo..][..4]);
+                    store_scores(
+                        acc_b,
+                        tile.scale,
+                        &mut scratch[(m + 1) * width + j - lo..][..4],
+                    );
+                    j += 4;
+                }
+            }
+            for mm in m..m + 1 + usize::from(pair) {
+                let q = tile.qs[mm];
+                let q8 = |i: usize| load_f32x8(q[i..i + 8].try_into().expect("8 floats"));
+                let row = &mut scratch[mm * width..(mm + 1) * width];
+                let mut j = j;
+                while j + 4 <= e {
+                    let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+                    let mut acc = [_mm256_setzero_ps(); 4];
+                    for i in (0..hd).step_by(8) {
+                        let qv = q8(i);
+                        for (a, kr) in acc.iter_mut().zip(&k) {
+                            *a = _mm256_fmadd_ps(
+                                qv,
+                                load_f32x8(kr[i..i + 8].try_into().expect("8")),
+                                *a,
+                            );
+                        }
+                    }
+                    store_scores(acc, tile.scale, &mut row[j - lo..j - lo + 4]);
+                    j += 4;
+                }
+                while j < e {
+                    let kr = key(j);
+                    let mut acc = _mm256_setzero_ps();
+                    for i in (0..hd).step_by(8) {
+                        acc = _mm256_fmadd_ps(
+                            q8(i),
                             load_f32x8(kr[i..i + 8].try_into().expect("8")),
-                            *a,
+                            acc,
                         );
                     }
+                    row[j - lo] = reduce_pairs(acc) * tile.scale;
+                    j += 1;
                 }
-                let h = _mm256_hadd_ps(
-                    _mm256_hadd_ps(acc[0], acc[1]),
-                    _mm256_hadd_ps(acc[2], acc[3]),
-                );
-                let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-                let four = _mm_mul_ps(four, _mm_set1_ps(tile.scale));
-                let dst: &mut [f32; 4] =
-                    (&mut row[j - lo..j - lo + 4]).try_into().expect("4 scores");
-                // SAFETY: writes exactly the 4 floats of `dst`; no alignment requirement.
-                unsafe { _mm_storeu_ps(dst.as_mut_ptr(), four) };
-                j += 4;
             }
-            while j < e {
-                let kr = key(j);
-                let mut acc = _mm256_setzero_ps();
-                for i in (0..hd).step_by(8) {
-                    acc = _mm256_fmadd_ps(
-                        q8(i),
-                        load_f32x8(kr[i..i + 8].try_into().expect("8")),
-                        acc,
-                    );
-                }
-                row[j - lo] = reduce_pairs(acc) * tile.scale;
-                j += 1;
-            }
+            m += 1 + usize::from(pair);
         }
     }
     // Softmax numerators and each query's 1 / sum.
@@ -228,13 +250,48 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
             1.0 / exp_shifted_sum_imp(row, max)
         })
         .collect();
-    // Weighted values.
+    // Weighted values, two queries at a time where they see the same positions of the block
+    // (every value vector loaded once for both). Each output lane adds its positions' terms
+    // in the same order either way.
     out[..m_count * hd].fill(0.0);
     for b0 in (lo..hi).step_by(ATTN_BLOCK) {
         let b1 = (b0 + ATTN_BLOCK).min(hi);
-        for m in 0..m_count {
+        let mut m = 0;
+        while m < m_count {
             let (s, e) = visible(m, b0, b1);
             if s >= e {
+                m += 1;
+                continue;
+            }
+            if m + 1 < m_count && visible(m + 1, b0, b1) == (s, e) {
+                let (oa, ob) = out[m * hd..(m + 2) * hd].split_at_mut(hd);
+                let wa = &scratch[m * width..(m + 1) * width];
+                let wb = &scratch[(m + 1) * width..(m + 2) * width];
+                let (ia, ib) = (inv[m], inv[m + 1]);
+                for c0 in (0..hd).step_by(32) {
+                    let lanes = (hd - c0).min(32) / 8;
+                    let mut acc_a = [_mm256_setzero_ps(); 4];
+                    let mut acc_b = [_mm256_setzero_ps(); 4];
+                    for k in 0..lanes {
+                        acc_a[k] = load_f32x8(oa[c0 + 8 * k..][..8].try_into().expect("8"));
+                        acc_b[k] = load_f32x8(ob[c0 + 8 * k..][..8].try_into().expect("8"));
+                    }
+                    for j in s..e {
+                        let xa = _mm256_set1_ps(wa[j - lo] * ia);
+                        let xb = _mm256_set1_ps(wb[j - lo] * ib);
+                        let v = &value(j)[c0..];
+                        for k in 0..lanes {
+                            let x = load_f32x8(v[8 * k..8 * k + 8].try_into().expect("8 floats"));
+                            acc_a[k] = _mm256_fmadd_ps(xa, x, acc_a[k]);
+                            acc_b[k] = _mm256_fmadd_ps(xb, x, acc_b[k]);
+                        }
+                    }
+                    for k in 0..lanes {
+                        store_f32x8(&mut oa[c0 + 8 * k..][..8], acc_a[k]);
+                        store_f32x8(&mut ob[c0 + 8 * k..][..8], acc_b[k]);
+                    }
+                }
+                m += 2;
                 continue;
             }
             let w = &scratch[m * width..(m + 1) * width];
@@ -254,15 +311,36 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
                     }
                 }
                 for (k, a) in acc.iter().enumerate().take(lanes) {
-                    let d: &mut [f32; 8] = (&mut o[c0 + 8 * k..c0 + 8 * k + 8])
-                        .try_into()
-                        .expect("8 floats");
-                    // SAFETY: writes exactly the 8 floats of `d`; no alignment requirement.
-                    unsafe { _mm256_storeu_ps(d.as_mut_ptr(), *a) };
+                    store_f32x8(&mut o[c0 + 8 * k..c0 + 8 * k + 8], *a);
                 }
             }
+            m += 1;
         }
     }
+}
+
+/// Four keys' dot products (`acc[c]` summed across lanes, as pairs) times `scale`, into `dst`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn store_scores(acc: [__m256; 4], scale: f32, dst: &mut [f32]) {
+    let h = _mm256_hadd_ps(
+        _mm256_hadd_ps(acc[0], acc[1]),
+        _mm256_hadd_ps(acc[2], acc[3]),
+    );
+    let four = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    let four = _mm_mul_ps(four, _mm_set1_ps(scale));
+    let dst: &mut [f32; 4] = dst.try_into().expect("4 scores");
+    // SAFETY: writes exactly the 4 floats of `dst`; no alignment requirement.
+    unsafe { _mm_storeu_ps(dst.as_mut_ptr(), four) };
+}
+
+/// Stores 8 floats into `dst` (8 long).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_f32x8(dst: &mut [f32], v: __m256) {
+    let dst: &mut [f32; 8] = dst.try_into().expect("8 floats");
+    // SAFETY: writes exactly the 8 floats of `dst`; no alignment requirement.
+    unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
 }
 
 /// `e^x` for 8 values: `x = n ln 2 + r` (`|r| <= ln 2 / 2`, `ln 2` in two parts), a
