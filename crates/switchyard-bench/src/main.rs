@@ -19,8 +19,9 @@
 //!   the first token of the raw prompt "Hi", vs `llama-simple` generating one token from it;
 //! - multi-turn: time to first token of turn 1 and turn 5 of a conversation (prefix cache on);
 //! - concurrency: aggregate decode tokens/s of 4 concurrent streams (`max_concurrent = 4`;
-//!   tokens after each stream's first, from the earliest first token to the last token) vs
-//!   one stream (tokens after its first over the time after its first);
+//!   the tokens all streams got while all four were decoding: from the latest first token to
+//!   the earliest last token) vs one stream (tokens after its first over the time after its
+//!   first);
 //! - plugin boundary: decode through the loaded plugin vs the same engine linked statically;
 //! - memory: peak RSS of the decode child vs the model file size;
 //! - safetensors (with `--hf-model`): the Hugging Face folder in f32 and bf16 vs Transformers
@@ -166,11 +167,13 @@ where
     Ok((f64::from(d.n.saturating_sub(1)) / dt, d.n))
 }
 
-/// When a stream's first and last tokens came, and how many tokens it had.
+/// When a stream's first and last tokens came, how many tokens it had, and when each event
+/// came with how many tokens.
 struct Span {
     first: Instant,
     last: Instant,
     n: u32,
+    events: Vec<(Instant, u32)>,
 }
 
 fn decode_span<I, E>(events: I) -> anyhow::Result<Span>
@@ -181,16 +184,20 @@ where
     let mut first = None;
     let mut n = 0u32;
     let mut last = Instant::now();
+    let mut timed = Vec::new();
     for e in events {
         let e = e.map_err(|e| anyhow::anyhow!("{e}"))?;
-        n += e.token_ids.len().max(usize::from(!e.delta.is_empty())) as u32;
+        let k = e.token_ids.len().max(usize::from(!e.delta.is_empty())) as u32;
+        n += k;
         last = Instant::now();
         first.get_or_insert(last);
+        timed.push((last, k));
     }
     Ok(Span {
         first: first.unwrap_or(last),
         last,
         n,
+        events: timed,
     })
 }
 
@@ -288,14 +295,24 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
                     .map(|h| h.join().expect("stream thread"))
                     .collect::<anyhow::Result<Vec<Span>>>()
             })?;
-            // Like the solo figure, the decode phase only: tokens after each stream's first,
-            // from the earliest first token (the prompts are prefilled together in one step)
-            // to the last token of all.
+            // Like the solo figure, the decode phase only: from the moment every stream has its
+            // first token (the requests reach the batcher a few milliseconds apart, so the
+            // first one may already decode while the others prefill) to the first stream's
+            // end, the tokens all streams got in between.
+            let start = spans.iter().map(|s| s.first).max().context("no stream")?;
+            let end = spans.iter().map(|s| s.last).min().context("no stream")?;
+            let tokens: u32 = spans
+                .iter()
+                .flat_map(|s| &s.events)
+                .filter(|(at, _)| *at > start && *at <= end)
+                .map(|(_, k)| k)
+                .sum();
+            let agg = f64::from(tokens) / (end - start).as_secs_f64().max(1e-9);
+            // How far apart the streams' first tokens came (0 when prefilled in one step).
             let first = spans.iter().map(|s| s.first).min().context("no stream")?;
-            let last = spans.iter().map(|s| s.last).max().context("no stream")?;
-            let tokens: u32 = spans.iter().map(|s| s.n.saturating_sub(1)).sum();
-            let agg = f64::from(tokens) / (last - first).as_secs_f64().max(1e-9);
-            json!({"solo": solo, "aggregate": agg})
+            json!({"solo": solo, "aggregate": agg,
+                   "first_spread_ms": (start - first).as_secs_f64() * 1e3,
+                   "tokens": spans.iter().map(|s| s.n).collect::<Vec<_>>()})
         }
         "static" => {
             let cfg: switchyard_plugin::EngineConfig = serde_json::from_value(json!({

@@ -438,18 +438,23 @@ pub fn dot_f_block(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
         _ => {
-            let n_rows = rows.len() / rb;
-            for r in 0..n_rows {
-                let row;
-                let row = if grouped {
-                    let g = &rows[r / F_GROUP * F_GROUP * rb..][..F_GROUP * rb];
-                    row = deinterleave_row(kind, g, r % F_GROUP, cols);
-                    &row[..]
+            // Row by row; a grouped matrix is rebuilt into rows one group at a time.
+            let per = if grouped { F_GROUP } else { 1 };
+            let mut buf = Vec::new();
+            for (g, chunk) in rows.chunks_exact(rb * per).enumerate() {
+                let chunk = if grouped {
+                    buf.clear();
+                    for j in 0..F_GROUP {
+                        buf.extend(deinterleave_row(kind, chunk, j, cols));
+                    }
+                    &buf[..]
                 } else {
-                    &rows[r * rb..(r + 1) * rb]
+                    chunk
                 };
-                for (t, a) in acts.iter().enumerate() {
-                    out[t * stride + r] = portable::dot_f(kind, row, a);
+                for (j, row) in chunk.chunks_exact(rb).enumerate() {
+                    for (t, a) in acts.iter().enumerate() {
+                        out[t * stride + g * per + j] = portable::dot_f(kind, row, a);
+                    }
                 }
             }
         }
