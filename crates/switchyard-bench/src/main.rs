@@ -535,11 +535,11 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
         let (mut lpp, mut ltg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
         for _ in 0..a.reps {
             if let Some(dir) = &a.llama_dir {
-                let (pp, tg) = run_llama_bench(&a, dir, t)?;
+                let (pp, tg) = run_llama_bench(a, dir, t)?;
                 lpp.push(pp);
                 ltg.push(tg);
             }
-            let (s, _) = run_child(&a, "speed", t, &a.model, &a.dtype)?;
+            let (s, _) = run_child(a, "speed", t, &a.model, &a.dtype)?;
             spp.push(f(&s, "pp"));
             stg.push(f(&s, "tg"));
             rss.push(f(&s, "rss_mb"));
@@ -561,8 +561,8 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
     if let Some(dir) = &a.llama_dir {
         let (mut l, mut s) = (vec![], vec![]);
         for _ in 0..a.reps {
-            l.push(run_llama_cold(&a, dir)?);
-            s.push(run_child(&a, "cold", t, &a.model, &a.dtype)?.1);
+            l.push(run_llama_cold(a, dir)?);
+            s.push(run_child(a, "cold", t, &a.model, &a.dtype)?.1);
         }
         let (l, s) = (median(l), median(s));
         println!(
@@ -574,13 +574,13 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
     let (mut solo, mut agg) = (vec![], vec![]);
     let (mut st, mut pl) = (vec![], vec![]);
     for _ in 0..a.reps {
-        let (v, _) = run_child(&a, "turns", t, &a.model, &a.dtype)?;
+        let (v, _) = run_child(a, "turns", t, &a.model, &a.dtype)?;
         t1.push(v["ttft_ms"][0].as_f64().unwrap_or(f64::NAN));
         t5.push(v["ttft_ms"][4].as_f64().unwrap_or(f64::NAN));
-        let (v, _) = run_child(&a, "concurrent", t, &a.model, &a.dtype)?;
+        let (v, _) = run_child(a, "concurrent", t, &a.model, &a.dtype)?;
         solo.push(f(&v, "solo"));
         agg.push(f(&v, "aggregate"));
-        let (v, _) = run_child(&a, "static", t, &a.model, &a.dtype)?;
+        let (v, _) = run_child(a, "static", t, &a.model, &a.dtype)?;
         st.push(f(&v, "static"));
         pl.push(f(&v, "plugin"));
     }
@@ -626,10 +626,10 @@ fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
                 let (mut hpp, mut htg, mut spp, mut stg, mut rss) =
                     (vec![], vec![], vec![], vec![], vec![]);
                 for _ in 0..a.reps {
-                    let (pp, tg) = run_transformers(&a, py, hf, t, tdtype)?;
+                    let (pp, tg) = run_transformers(a, py, hf, t, tdtype)?;
                     hpp.push(pp);
                     htg.push(tg);
-                    let (s, _) = run_child(&a, "speed", t, hf, dtype)?;
+                    let (s, _) = run_child(a, "speed", t, hf, dtype)?;
                     spp.push(f(&s, "pp"));
                     stg.push(f(&s, "tg"));
                     rss.push(f(&s, "rss_mb"));

@@ -756,8 +756,8 @@ fn tile_g4<const K: u8, const T: usize>(group: &[u8], acts: [&[f32]; T]) -> [[f3
             std::array::from_fn(|t| load_f32x8(acts[t][i..i + 8].try_into().expect("8 floats")));
         for r in 0..4 {
             let w = load_w8::<K>(group, (k * 4 + r) * 8);
-            for t in 0..T {
-                acc[t][r] = _mm256_fmadd_ps(w, x[t], acc[t][r]);
+            for (a, xt) in acc.iter_mut().zip(&x) {
+                a[r] = _mm256_fmadd_ps(w, *xt, a[r]);
             }
         }
     }

@@ -251,7 +251,7 @@ mod tests {
         pc.put(vec![1, 2, 3, 4, 5, 6], filled(&[1, 2, 3, 4, 5, 6]));
         let kv = pc.take(&[1, 2, 3, 4, 0, 0]).unwrap();
         assert_eq!(kv.len(), 4);
-        assert_eq!(kv.head(1, 1).0, &filled(&[1, 2, 3, 4]).head(1, 1).0[..]);
+        assert_eq!(kv.head(1, 1).0, filled(&[1, 2, 3, 4]).head(1, 1).0);
         assert_eq!(pc.take(&[1, 2, 3, 4, 5, 6, 7]).unwrap().len(), 6);
     }
 

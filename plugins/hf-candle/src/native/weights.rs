@@ -60,7 +60,8 @@ impl Matrix {
     #[inline]
     pub fn rows(&self, r: usize, n: usize) -> &[u8] {
         debug_assert!(
-            !self.interleaved || (r % self.group_rows() == 0 && n % self.group_rows() == 0)
+            !self.interleaved
+                || (r.is_multiple_of(self.group_rows()) && n.is_multiple_of(self.group_rows()))
         );
         &self.all()[r * self.row_bytes..(r + n) * self.row_bytes]
     }
