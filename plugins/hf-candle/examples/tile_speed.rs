@@ -1,6 +1,6 @@
 //! Prefill kernel throughput: `cargo run --release -p hf-candle --example tile_speed`.
 //! Interleaved 8-row groups of a 576-column matrix small enough to stay in L2 (512 rows),
-//! against 4 quantized activation vectors at a time (a prefill tile), on one thread: the
+//! against 1 to 4 quantized activation vectors at a time (decode steps and prefill tiles), on one thread: the
 //! kernel's compute ceiling in multiply-accumulates per second.
 
 use std::time::Instant;
@@ -37,22 +37,26 @@ fn main() {
         let acts: Vec<&[BlockQ8]> = acts.iter().map(Vec::as_slice).collect();
         let mut res = [[0f32; GROUP]; MAX_TOKENS];
         let reps = 400;
-        let mut best = 0f64;
-        for _ in 0..3 {
-            let t = Instant::now();
-            for _ in 0..reps {
-                for g in packed.chunks_exact(rb * GROUP) {
-                    kernels::dot_x8_multi(kind, g, &acts, &mut res);
-                    std::hint::black_box(&res);
-                }
-            }
-            let macs = (reps * rows * cols * MAX_TOKENS) as f64;
-            best = best.max(macs / t.elapsed().as_secs_f64() / 1e9);
-        }
-        println!(
-            "{:?} {}: {best:.1} GMAC/s (1 thread, 4 tokens, weights in L2)",
+        let mut line = format!(
+            "{:?} {} GMAC/s (1 thread, weights in L2) by tokens per call:",
             kernels::isa(),
             kind.name()
         );
+        for n in 1..=MAX_TOKENS {
+            let mut best = 0f64;
+            for _ in 0..3 {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    for g in packed.chunks_exact(rb * GROUP) {
+                        kernels::dot_x8_multi(kind, g, &acts[..n], &mut res);
+                        std::hint::black_box(&res);
+                    }
+                }
+                let macs = (reps * rows * cols * n) as f64;
+                best = best.max(macs / t.elapsed().as_secs_f64() / 1e9);
+            }
+            line += &format!(" {n}: {best:.1}");
+        }
+        println!("{line}");
     }
 }
