@@ -502,7 +502,7 @@ impl Transformer {
             if let Some(w) = &l.post_attn_norm {
                 rms_norm_in_place(&mut tmp, w, hp.eps);
             }
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            add_rows(&mut x, &tmp, h);
             rms_norm(&x, &l.ffn_norm, hp.eps, &mut xn);
             {
                 let input = prepare(&[&l.w_gate, &l.w_up], &xn, h, &mut qbuf);
@@ -518,7 +518,7 @@ impl Transformer {
             if let Some(w) = &l.post_ffn_norm {
                 rms_norm_in_place(&mut tmp, w, hp.eps);
             }
-            x.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+            add_rows(&mut x, &tmp, h);
         }
         for s in seqs.iter_mut() {
             s.kv.advance(s.tokens.len());
@@ -549,16 +549,18 @@ impl Transformer {
         logits.chunks(hp.vocab).map(<[f32]>::to_vec).collect()
     }
 
-    /// Rotates every head of every token in `x` (`[t][heads * head_dim]`).
+    /// Rotates every head of every token in `x` (`[t][heads * head_dim]`), tokens in parallel
+    /// in prefill.
     fn rope(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
         let hd = self.hp.head_dim;
         let half = hd / 2;
         let per_tok = x.len() / (cos.len() / half).max(1);
-        for (ti, row) in x.chunks_mut(per_tok).enumerate() {
+        let neox = self.hp.rope_neox;
+        each_row(x, per_tok, |ti, row| {
             let (c, s) = (&cos[ti * half..][..half], &sin[ti * half..][..half]);
             for head in row.chunks_mut(hd) {
                 for i in 0..half {
-                    let (a, b) = if self.hp.rope_neox {
+                    let (a, b) = if neox {
                         (i, i + half)
                     } else {
                         (2 * i, 2 * i + 1)
@@ -568,7 +570,7 @@ impl Transformer {
                     head[b] = x0 * s[i] + x1 * c[i];
                 }
             }
-        }
+        });
     }
 
     /// Causal attention of every (token, head) against its own sequence's cache.
@@ -685,12 +687,39 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// RMSNorm of each `w.len()`-wide row of `x`, in place (also per head for q/k norms).
 fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let n = w.len();
-    for row in x.chunks_mut(n) {
+    each_row(x, n, |_, row| {
         let ss: f32 = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
         let r = 1.0 / (ss + eps).sqrt();
         for (a, g) in row.iter_mut().zip(w) {
             *a = *a * r * g;
         }
+    });
+}
+
+/// `x += y`, `width`-wide rows (the residual stream).
+fn add_rows(x: &mut [f32], y: &[f32], width: usize) {
+    each_row(x, width, |i, row| {
+        let y = &y[i * width..(i + 1) * width];
+        row.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    });
+}
+
+/// Rows (of a prefill) from which [`each_row`] goes parallel.
+const PAR_ROWS: usize = 32;
+
+/// `f(i, row)` for each `width`-wide row of `x`: on this thread for a few rows (decode steps),
+/// in parallel for many (prefill). Each row's result is the same either way.
+fn each_row(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if width == 0 {
+        return;
+    }
+    if x.len() / width < PAR_ROWS {
+        x.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        x.par_chunks_mut(width)
+            .with_min_len(PAR_ROWS / 2)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
     }
 }
 
@@ -813,12 +842,15 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                     let mut res = [[0f32; kernels::GROUP]; kernels::MAX_TOKENS];
                     for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
                         let n = kernels::MAX_TOKENS.min(t - t0);
-                        let acts: Vec<&[BlockQ8]> = (t0..t0 + n)
-                            .map(|tok| &b[tok * per..(tok + 1) * per])
-                            .collect();
+                        // On the stack: this runs once per tile of every block.
+                        let all: [&[BlockQ8]; kernels::MAX_TOKENS] = std::array::from_fn(|j| {
+                            let tok = (t0 + j).min(t - 1);
+                            &b[tok * per..(tok + 1) * per]
+                        });
+                        let acts = &all[..n];
                         for k in 0..nr / kernels::GROUP {
                             let g = w.group(r0 / kernels::GROUP + k);
-                            kernels::dot_x8_multi(w.kind, g, &acts, &mut res);
+                            kernels::dot_x8_multi(w.kind, g, acts, &mut res);
                             for (j, r) in res[..n].iter().enumerate() {
                                 let at = (t0 + j) * nr + k * kernels::GROUP;
                                 o[at..at + kernels::GROUP].copy_from_slice(r);
@@ -849,11 +881,13 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                     let mut res = [0f32; kernels::MAX_TOKENS];
                     for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
                         let n = kernels::MAX_TOKENS.min(t - t0);
-                        let acts: Vec<&[BlockQ8K]> = (t0..t0 + n)
-                            .map(|tok| &x.q8k[tok * per..(tok + 1) * per])
-                            .collect();
+                        let all: [&[BlockQ8K]; kernels::MAX_TOKENS] = std::array::from_fn(|j| {
+                            let tok = (t0 + j).min(t - 1);
+                            &x.q8k[tok * per..(tok + 1) * per]
+                        });
+                        let acts = &all[..n];
                         for j in 0..nr {
-                            kernels::kquants::dot_k_multi(w.kind, w.row(r0 + j), &acts, &mut res);
+                            kernels::kquants::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res);
                             for (k, r) in res[..n].iter().enumerate() {
                                 o[(t0 + k) * nr + j] = *r;
                             }
@@ -869,12 +903,11 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             o
         })
         .collect();
-    for (bi, o) in blocks.iter().enumerate() {
-        let r0 = bi * block;
-        let nr = o.len() / t;
-        for tok in 0..t {
-            out[tok * rows + r0..tok * rows + r0 + nr]
-                .copy_from_slice(&o[tok * nr..(tok + 1) * nr]);
+    each_row(&mut out[..t * rows], rows, |tok, dst| {
+        for (bi, o) in blocks.iter().enumerate() {
+            let r0 = bi * block;
+            let nr = o.len() / t;
+            dst[r0..r0 + nr].copy_from_slice(&o[tok * nr..(tok + 1) * nr]);
         }
-    }
+    });
 }
