@@ -1,7 +1,5 @@
 //! Single-file GGUF models, run quantized with `candle-transformers`' quantized architectures.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,7 +9,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qw
 
 use crate::error::{Error, Result};
 use crate::native::model::{NATIVE_ARCHITECTURES, Transformer};
-use crate::native::weights::GgufWeights;
+use crate::native::weights::{GgufWeights, map_file};
 
 /// GGUF architectures (`general.architecture`) supported here.
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
@@ -60,9 +58,12 @@ pub fn load<R: Send>(
     allow_native: bool,
     side: impl FnOnce(&std::collections::HashMap<String, Value>) -> Result<R> + Send,
 ) -> Result<(LoadedGguf, R)> {
-    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
-    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut reader = BufReader::new(file);
+    // The header is parsed from the mapping: candle's reader asks for its position before
+    // every string (a system call each through a `BufReader<File>`: ~100k of them for a
+    // tokenizer's tokens and merges), which is free on an in-memory cursor.
+    let map = map_file(path)?;
+    let file_len = map.len() as u64;
+    let mut reader = std::io::Cursor::new(&map[..]);
     let content = gguf_file::Content::read(&mut reader).map_err(|e| {
         Error::file(
             path,
@@ -101,8 +102,7 @@ pub fn load<R: Send>(
     let md_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
     let ctx = md_u32(&format!("{arch}.context_length")).unwrap_or(4096) as usize;
     if allow_native && device.is_cpu() && NATIVE_ARCHITECTURES.contains(&arch.as_str()) {
-        let weights = GgufWeights::new(path, &content)?;
-        tracing::trace!("GGUF mapped");
+        let weights = GgufWeights::with_map(path, map.clone(), &content)?;
         match weights.unsupported_tensor() {
             None => {
                 let md = &content.metadata;
@@ -155,7 +155,7 @@ pub fn load<R: Send>(
         } else if !allow_native {
             "needs the native engine; remove `engine = \"candle\"`".to_owned()
         } else {
-            let w = GgufWeights::new(path, &content)?;
+            let w = GgufWeights::with_map(path, map.clone(), &content)?;
             let (name, format) = w.unsupported_tensor().unwrap_or_default();
             format!(
                 "has tensor `{name}` in {format}, which the native kernels do not run (they run F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize it, e.g. `llama-quantize in.gguf out.gguf Q4_K_M`"

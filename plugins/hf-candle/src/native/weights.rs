@@ -144,6 +144,18 @@ fn anon_filled(len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
     }
 }
 
+/// The model file at `path`, mapped read-only and populated up front (every byte is read by
+/// the header parse or the repacking right after).
+pub fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
+    // SAFETY: the file is mapped read-only; like every mmap-based loader (llama.cpp,
+    // safetensors) this assumes nobody truncates the model file while it is loaded.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| Error::file(path, format!("cannot be memory-mapped ({e})")))?;
+    Ok(Arc::new(map))
+}
+
 /// Drops the process's pages of a range of the mapped file that has been copied (repacked or
 /// transcoded) and is never read again, so the model is not resident twice. The file stays
 /// in the page cache; a page shared with a neighbouring tensor is simply read again on use.
@@ -243,15 +255,13 @@ pub struct GgufWeights {
 impl GgufWeights {
     /// Maps `path` and takes the tensor directory from `content` (already read from it).
     pub fn new(path: &Path, content: &Content) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
-        // SAFETY: the file is mapped read-only; like every mmap-based loader (llama.cpp,
-        // safetensors) this assumes nobody truncates the model file while it is loaded.
-        // Populated up front: every byte is read by the repacking right after.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
-            .map_err(|e| Error::file(path, format!("cannot be memory-mapped ({e})")))?;
+        Self::with_map(path, map_file(path)?, content)
+    }
+
+    /// The tensors of `content` in `map`, a mapping of the file at `path` ([`map_file`]).
+    pub fn with_map(path: &Path, map: Arc<Mmap>, content: &Content) -> Result<Self> {
         Ok(Self {
-            map: Arc::new(map),
+            map,
             data_offset: content.tensor_data_offset as usize,
             tensors: content
                 .tensor_infos
