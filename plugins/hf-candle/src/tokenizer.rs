@@ -80,7 +80,8 @@ impl Tok {
 
 /// Builds a tokenizer from GGUF `tokenizer.ggml.*` metadata.
 pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
-    let strings = |key: &str| -> Result<Vec<String>> {
+    // Borrowed from the metadata: a vocabulary's strings are copied once, into the maps.
+    let strings = |key: &str| -> Result<Vec<&str>> {
         let v = md.get(key).ok_or_else(|| {
             Error::file(
                 source,
@@ -93,7 +94,7 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
         arr.iter()
             .map(|x| {
                 x.to_string()
-                    .cloned()
+                    .map(String::as_str)
                     .map_err(|e| Error::file(source, format!("`{key}`: {e}")))
             })
             .collect()
@@ -117,7 +118,7 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
             let vocab: Vocab = tokens
                 .iter()
                 .enumerate()
-                .map(|(i, t)| (t.clone(), i as u32))
+                .map(|(i, t)| ((*t).to_owned(), i as u32))
                 .collect();
             let bpe = BPE::builder()
                 .vocab_and_merges(vocab, merges)
@@ -146,14 +147,14 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
     let mut added = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
         match types.get(i) {
-            Some(3) => special.push(AddedToken::from(t.clone(), true)),
-            Some(4) => added.push(AddedToken::from(t.clone(), false).normalized(false)),
+            Some(3) => special.push(AddedToken::from(*t, true)),
+            Some(4) => added.push(AddedToken::from(*t, false).normalized(false)),
             _ => {}
         }
     }
     tk.add_special_tokens(special).map_err(tk_err)?;
     tk.add_tokens(added).map_err(tk_err)?;
-    let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).cloned());
+    let name = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|t| (*t).to_owned()));
     let bos = id_of("tokenizer.ggml.bos_token_id");
     let eos = id_of("tokenizer.ggml.eos_token_id");
     let mut eos_ids: Vec<u32> = eos.into_iter().collect();
@@ -214,7 +215,7 @@ fn byte_level_pre(pre: &str) -> Result<PreTokenizerWrapper> {
 /// transformers' GGUF converter does.
 fn sentencepiece_bpe(
     md: &HashMap<String, Value>,
-    tokens: &[String],
+    tokens: &[&str],
     types: &[i32],
     source: &Path,
 ) -> Result<Tokenizer> {
@@ -226,7 +227,7 @@ fn sentencepiece_bpe(
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
+        .map(|(i, t)| ((*t).to_owned(), i as u32))
         .collect();
     // SentencePiece merges as Hugging Face's converter derives them: every split of a normal
     // piece into two pieces of the vocabulary, ranked by the whole piece's score (then by the
@@ -235,7 +236,7 @@ fn sentencepiece_bpe(
     let index: rustc_hash::FxHashMap<&str, u32> = tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.as_str(), i as u32))
+        .map(|(i, t)| (*t, i as u32))
         .collect();
     let mut found: Vec<(f32, u32, u32)> = tokens
         .par_iter()
@@ -253,12 +254,12 @@ fn sentencepiece_bpe(
     found.par_sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let merges: Vec<(String, String)> = found
         .into_iter()
-        .map(|(_, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .map(|(_, l, r)| (tokens[l as usize].to_owned(), tokens[r as usize].to_owned()))
         .collect();
     let unk = types
         .iter()
         .position(|&t| t == 2)
-        .and_then(|i| tokens.get(i).cloned());
+        .and_then(|i| tokens.get(i).map(|t| (*t).to_owned()));
     let mut builder = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .byte_fallback(true);
