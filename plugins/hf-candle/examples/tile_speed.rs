@@ -48,7 +48,7 @@ fn main() {
                 let t = Instant::now();
                 for _ in 0..reps {
                     for g in packed.chunks_exact(rb * GROUP) {
-                        kernels::dot_x8_multi(kind, g, &acts[..n], &mut res);
+                        kernels::dot_x8_multi(kind, g, &acts[..n], &mut res, false);
                         std::hint::black_box(&res);
                     }
                 }

@@ -12,31 +12,42 @@
 use std::arch::x86_64::*;
 
 use super::WeightKind;
-use super::avx2::load_32;
+use super::avx2::{load_32, prefetch_span};
 use super::kquants::{BlockQ8K, QK_K};
 use super::portable::f16_at;
 
 /// `out[t] = row · acts[t]` for a K-quant row (`out.len() >= acts.len()`, at most
 /// [`super::MAX_TOKENS`] vectors). Callers check AVX2/FMA/F16C first.
-pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+pub fn dot_k_multi(
+    kind: WeightKind,
+    row: &[u8],
+    acts: &[&[BlockQ8K]],
+    out: &mut [f32],
+    stream: bool,
+) {
     debug_assert!(super::avx2::available());
-    fn run<const N: usize>(kind: WeightKind, row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
+    fn run<const N: usize>(
+        kind: WeightKind,
+        row: &[u8],
+        acts: [&[BlockQ8K]; N],
+        stream: bool,
+    ) -> [f32; N] {
         // SAFETY: reached only after `available()` confirmed AVX2, FMA and F16C.
         unsafe {
             match kind {
-                WeightKind::Q4_K => q45k::<N, false>(row, acts),
-                WeightKind::Q5_K => q45k::<N, true>(row, acts),
-                WeightKind::Q6_K => q6k::<N>(row, acts),
+                WeightKind::Q4_K => q45k::<N, false>(row, acts, stream),
+                WeightKind::Q5_K => q45k::<N, true>(row, acts, stream),
+                WeightKind::Q6_K => q6k::<N>(row, acts, stream),
                 _ => unreachable!("{kind:?} is not a K-quant"),
             }
         }
     }
     let n = acts.len();
     let res: &[f32] = match *acts {
-        [a] => &run(kind, row, [a]),
-        [a, b] => &run(kind, row, [a, b]),
-        [a, b, c] => &run(kind, row, [a, b, c]),
-        [a, b, c, d] => &run(kind, row, [a, b, c, d]),
+        [a] => &run(kind, row, [a], stream),
+        [a, b] => &run(kind, row, [a, b], stream),
+        [a, b, c] => &run(kind, row, [a, b, c], stream),
+        [a, b, c, d] => &run(kind, row, [a, b, c, d], stream),
         _ => unreachable!("1 to 4 activation vectors"),
     };
     out[..n].copy_from_slice(res);
@@ -135,11 +146,18 @@ fn hsum_i32(v: __m256i) -> i32 {
 
 /// `Q4_K` (`Q5 = false`) or `Q5_K` (`Q5 = true`) row · `N` activation vectors.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
+fn q45k<const N: usize, const Q5: bool>(
+    row: &[u8],
+    acts: [&[BlockQ8K]; N],
+    stream: bool,
+) -> [f32; N] {
     let bb = if Q5 { 176 } else { 144 };
     let nib = _mm256_set1_epi8(0x0F);
     let mut out = [0f32; N];
     for (i, b) in row.chunks_exact(bb).enumerate() {
+        if stream {
+            prefetch_span(row, i * bb, bb);
+        }
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
         let (sc, m) = super::kquants::scales_mins(&b[4..16]);
         let qs = if Q5 { &b[48..176] } else { &b[16..144] };
@@ -208,11 +226,14 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
 
 /// `Q6_K` row · `N` activation vectors.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
+fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32; N] {
     let nib = _mm256_set1_epi8(0x0F);
     let two = _mm256_set1_epi8(0x30);
     let mut out = [0f32; N];
     for (i, b) in row.chunks_exact(210).enumerate() {
+        if stream {
+            prefetch_span(row, i * 210, 210);
+        }
         let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
         let d = f16_at(b, 208);
         // The 256 quants plus 32 (0..64, unsigned), 32 values per register: register
@@ -334,7 +355,7 @@ mod tests {
             for n in 1..=4 {
                 let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
                 let (mut simd, mut plain) = ([0f32; 4], [0f32; 4]);
-                dot_k_multi(kind, &row, &a, &mut simd);
+                dot_k_multi(kind, &row, &a, &mut simd, true);
                 dot_k_multi_body(kind, &row, &a, &mut plain);
                 assert_eq!(simd[..n], plain[..n], "{kind:?} with {n} vectors");
                 assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));

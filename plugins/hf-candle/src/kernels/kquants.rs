@@ -223,10 +223,16 @@ impl Unpacked {
 /// One K-quant weight row against up to [`super::MAX_TOKENS`] activation vectors
 /// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
 /// result equals a call with that activation alone.
-pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+pub fn dot_k_multi(
+    kind: WeightKind,
+    row: &[u8],
+    acts: &[&[BlockQ8K]],
+    out: &mut [f32],
+    stream: bool,
+) {
     match super::isa() {
         #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 => super::avx2::dot_k_multi(kind, row, acts, out),
+        super::Isa::Avx2 => super::avx2::dot_k_multi(kind, row, acts, out, stream),
         _ => dot_k_multi_body(kind, row, acts, out),
     }
 }
@@ -253,7 +259,7 @@ pub(crate) fn dot_k_multi_body(
 /// One K-quant weight row · one activation vector.
 pub fn dot_k(kind: WeightKind, row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mut out = [0f32];
-    dot_k_multi(kind, row, &[act], &mut out);
+    dot_k_multi(kind, row, &[act], &mut out, true);
     out[0]
 }
 

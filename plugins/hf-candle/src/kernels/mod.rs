@@ -350,14 +350,20 @@ pub const MAX_TOKENS: usize = 4;
 /// activations.
 pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [[0f32; GROUP]];
-    dot_x8_multi(kind, group, &[act], &mut out);
+    dot_x8_multi(kind, group, &[act], &mut out, true);
     out[0]
 }
 
 /// [`dot_x8`] for up to [`MAX_TOKENS`] activation vectors at once (`out[t]` for `acts[t]`):
 /// the weights are unpacked once for all of them. Each result equals, bit for bit, a
 /// [`dot_x8`] call of its own.
-pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &mut [[f32; GROUP]]) {
+pub fn dot_x8_multi(
+    kind: WeightKind,
+    group: &[u8],
+    acts: &[&[BlockQ8]],
+    out: &mut [[f32; GROUP]],
+    stream: bool,
+) {
     debug_assert!((1..=MAX_TOKENS).contains(&acts.len()) && out.len() >= acts.len());
     debug_assert!(
         acts.iter()
@@ -365,7 +371,7 @@ pub fn dot_x8_multi(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8]], out: &m
     );
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_x8_multi(kind, group, acts, out),
+        Isa::Avx2 => avx2::dot_x8_multi(kind, group, acts, out, stream),
         _ => {
             for (o, a) in out.iter_mut().zip(acts) {
                 *o = portable::dot_x8(kind, group, a);
@@ -984,7 +990,7 @@ mod tests {
                 let mut xq2 = xq.clone();
                 xq2.reverse();
                 let mut multi = [[0f32; GROUP]; 3];
-                dot_x8_multi(kind, &group, &[&xq2, &xq, &xq2], &mut multi);
+                dot_x8_multi(kind, &group, &[&xq2, &xq, &xq2], &mut multi, false);
                 assert_eq!(multi[1], eight, "{kind:?}: batched == alone, bit for bit");
                 assert_eq!(multi[0], multi[2]);
                 let slow = portable::dot_x8(kind, &group, &xq);

@@ -815,11 +815,10 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             .for_each(|(ci, o)| dot_rows(w, x, 0, ci * chunk, o));
         return;
     }
-    let block = if t <= kernels::MAX_TOKENS {
-        chunk
-    } else {
-        ROW_BLOCK
-    };
+    // A batch of a few tokens (decode steps of several sequences) streams through the
+    // weights once, in large runs; more tokens reuse each block from cache.
+    let stream = t <= kernels::MAX_TOKENS;
+    let block = if stream { chunk } else { ROW_BLOCK };
     // Each token's f32 activations (float weights), listed once for every block.
     let float_acts: Vec<&[f32]> = if w.kind.act_format() == ActFormat::F32 {
         x.f.chunks_exact(w.cols).collect()
@@ -850,7 +849,7 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                         let acts = &all[..n];
                         for k in 0..nr / kernels::GROUP {
                             let g = w.group(r0 / kernels::GROUP + k);
-                            kernels::dot_x8_multi(w.kind, g, acts, &mut res);
+                            kernels::dot_x8_multi(w.kind, g, acts, &mut res, stream);
                             for (j, r) in res[..n].iter().enumerate() {
                                 let at = (t0 + j) * nr + k * kernels::GROUP;
                                 o[at..at + kernels::GROUP].copy_from_slice(r);
@@ -887,7 +886,13 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                         });
                         let acts = &all[..n];
                         for j in 0..nr {
-                            kernels::kquants::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res);
+                            kernels::kquants::dot_k_multi(
+                                w.kind,
+                                w.row(r0 + j),
+                                acts,
+                                &mut res,
+                                stream,
+                            );
                             for (k, r) in res[..n].iter().enumerate() {
                                 o[(t0 + k) * nr + j] = *r;
                             }
