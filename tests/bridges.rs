@@ -895,26 +895,48 @@ fn switchyard_api_as_upstream_gives_each_bridge_the_direct_greedy_text() {
     drop(direct);
     assert!(expected.contains("Au"), "{expected}");
 
-    let port = peer::free_port();
-    let upstream = KillOnDrop(
-        std::process::Command::new(switchyard_bin())
-            .args(["--plugin-dir"])
-            .arg(dir.path())
-            .args(["api", "--config"])
-            .arg(dir.path().join("hf-candle.toml"))
-            .args(["--port", &port.to_string()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while peer::http_get(port, "/health").is_none_or(|(status, _)| status != 200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "switchyard api did not come up"
+    // Another test of this binary may take the free port before the server binds it: a
+    // server that exits is started again on a new port.
+    let mut attempt = 0;
+    let (port, upstream) = loop {
+        attempt += 1;
+        let port = peer::free_port();
+        let log = dir.path().join(format!("api-{attempt}.log"));
+        let mut child = KillOnDrop(
+            std::process::Command::new(switchyard_bin())
+                .args(["--plugin-dir"])
+                .arg(dir.path())
+                .args(["api", "--config"])
+                .arg(dir.path().join("hf-candle.toml"))
+                .args(["--port", &port.to_string()])
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
         );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        let started = Instant::now();
+        let up = loop {
+            if peer::http_get(port, "/health").is_some_and(|(status, _)| status == 200) {
+                break true;
+            }
+            if child.0.try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "switchyard api did not come up: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if up {
+            break (port, child);
+        }
+        assert!(
+            attempt < 3,
+            "switchyard api exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
     for backend in BACKENDS {
         let model = load(
             dir.path(),
