@@ -539,15 +539,21 @@ impl SafeTensors {
         let src = &file.map[t.start..t.end];
         let group = kind.group_rows(cols).filter(|&n| rows.is_multiple_of(n));
         let data = anon_filled(kind.row_bytes(cols) * rows, |out| match group {
-            // Group by group: transcoded rows, then interleaved into place.
+            // Group by group: transcoded rows (unless the file holds `kind` already), then
+            // interleaved into place.
             Some(n) => {
                 let w_in = float_width(t.dtype).unwrap_or(4);
                 out.par_chunks_mut(kind.row_bytes(cols) * n)
                     .zip(src.par_chunks(cols * w_in * n))
                     .for_each_init(Vec::new, |buf, (o, s)| {
-                        buf.resize(o.len(), 0);
-                        transcode_values(s, t.dtype, kind, buf);
-                        kernels::interleave_into(kind, buf, cols, o);
+                        let rows = if same_format(t.dtype, kind) {
+                            s
+                        } else {
+                            buf.resize(o.len(), 0);
+                            transcode_values(s, t.dtype, kind, buf);
+                            &buf[..]
+                        };
+                        kernels::interleave_into(kind, rows, cols, o);
                     })
             }
             None => transcode(src, t.dtype, kind, out),
@@ -595,17 +601,21 @@ fn transcode(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8
         .for_each(|(o, s)| transcode_values(s, from, to, o));
 }
 
-/// [`transcode`] on the calling thread.
-fn transcode_values(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8]) {
-    let w_in = float_width(from).unwrap_or(4);
-    let w_out = to.row_bytes(1);
-    let same = matches!(
+/// Whether values of `from` are already `to` (a transcode is a plain copy).
+fn same_format(from: safetensors::Dtype, to: WeightKind) -> bool {
+    matches!(
         (from, to),
         (safetensors::Dtype::F32, WeightKind::F32)
             | (safetensors::Dtype::BF16, WeightKind::BF16)
             | (safetensors::Dtype::F16, WeightKind::F16)
-    );
-    if same {
+    )
+}
+
+/// [`transcode`] on the calling thread.
+fn transcode_values(src: &[u8], from: safetensors::Dtype, to: WeightKind, out: &mut [u8]) {
+    let w_in = float_width(from).unwrap_or(4);
+    let w_out = to.row_bytes(1);
+    if same_format(from, to) {
         out.copy_from_slice(src);
         return;
     }
