@@ -620,10 +620,12 @@ fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
         println!("| threads | dtype | test | transformers t/s | switchyard t/s | ratio |");
         println!("|---:|---|---|---:|---:|---:|");
         let mut roofline = Vec::new();
+        // Best read bandwidth per thread count.
+        let mut bandwidth = Vec::new();
         for &t in &a.threads {
             // The machine's read bandwidth drifts over a run (other tenants of the VM host):
             // sampled before every rep, the best sample is the bound.
-            let mut gbs = read_bandwidth(t);
+            let mut gbs = 0f64;
             for (dtype, tdtype, width) in [("f32", "float32", 4.0), ("bf16", "bfloat16", 2.0)] {
                 let (mut hpp, mut htg, mut spp, mut stg, mut rss) =
                     (vec![], vec![], vec![], vec![], vec![]);
@@ -639,7 +641,7 @@ fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
                 }
                 let weights_mb = weights_f32_mb * width / 4.0;
                 let (htg_m, stg_m) = (median(htg.clone()), median(stg.clone()));
-                roofline.push((t, dtype, weights_mb, gbs, htg_m, stg_m, median(rss)));
+                roofline.push((t, dtype, weights_mb, htg_m, stg_m, median(rss)));
                 for (name, h, s) in [
                     (format!("pp{}", a.prompt_tokens), hpp, spp),
                     (format!("tg{}", a.gen_tokens), htg, stg),
@@ -651,9 +653,7 @@ fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
                     );
                 }
             }
-            for r in roofline.iter_mut().filter(|r| r.0 == t) {
-                r.3 = gbs;
-            }
+            bandwidth.push((t, gbs));
         }
         // Batch-1 decode reads every weight once per token: the machine's read bandwidth over
         // the weight bytes bounds tokens/s, and so the ratio any engine can reach.
@@ -661,7 +661,11 @@ fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
             "\n| threads | dtype | weights (MiB) | read GB/s | decode bound t/s | switchyard tg / bound | bound / transformers tg | peak RSS (MiB) |"
         );
         println!("|---:|---|---:|---:|---:|---:|---:|---:|");
-        for (t, dtype, mb, gbs, htg, stg, rss) in roofline {
+        for (t, dtype, mb, htg, stg, rss) in roofline {
+            let gbs = bandwidth
+                .iter()
+                .find(|b| b.0 == t)
+                .map_or(f64::NAN, |b| b.1);
             let bound = gbs * 1e9 / (mb * 1048576.0);
             println!(
                 "| {t} | {dtype} | {mb:.1} | {gbs:.1} | {bound:.1} | {:.0}% | {:.2}x | {rss:.1} |",
