@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::kernels::WeightKind;
 
 /// The `[backends.hf-candle]` options.
 #[derive(Clone, Debug)]
@@ -27,6 +28,10 @@ pub struct Options {
     pub prefix_cache_mb: usize,
     /// Prompt tokens prefilled per batched step (`prefill_chunk`).
     pub prefill_chunk: usize,
+    /// Number format of the native engine's KV cache (`kv_cache_dtype`: `"f32"`, `"f16"`,
+    /// `"bf16"`); `None` (`"auto"`, the default) picks it from the weights
+    /// (`Transformer::default_kv_kind`).
+    pub kv_cache: Option<WeightKind>,
 }
 
 impl Options {
@@ -81,6 +86,17 @@ impl Options {
                 )));
             }
         };
+        let kv_cache = match get_str("kv_cache_dtype")?.as_deref() {
+            None | Some("auto") => None,
+            Some("f32") | Some("float32") => Some(WeightKind::F32),
+            Some("f16") | Some("float16") => Some(WeightKind::F16),
+            Some("bf16") | Some("bfloat16") => Some(WeightKind::BF16),
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "[backends.hf-candle] kv_cache_dtype = \"{other}\" is not supported; use \"auto\" (f32 for f32 weights, bf16 for bf16, f16 otherwise), \"f32\", \"f16\" or \"bf16\""
+                )));
+            }
+        };
         let count = |key: &str, default: usize| -> Result<usize> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(default),
@@ -98,6 +114,7 @@ impl Options {
             native,
             prefix_cache_mb: count("prefix_cache_mb", 256)?,
             prefill_chunk: count("prefill_chunk", 512)?.max(1),
+            kv_cache,
         })
     }
 }
@@ -403,5 +420,12 @@ mod tests {
         assert_eq!(o.dtype, DType::BF16);
         assert_eq!(o.threads, 3);
         assert!(Options::from_value(&serde_json::json!({"dtype": "int3"})).is_err());
+        assert_eq!(o.kv_cache, None);
+        let kv = |v: &str| Options::from_value(&serde_json::json!({ "kv_cache_dtype": v }));
+        assert_eq!(kv("F16").unwrap().kv_cache, Some(WeightKind::F16));
+        assert_eq!(kv("bfloat16").unwrap().kv_cache, Some(WeightKind::BF16));
+        assert_eq!(kv("auto").unwrap().kv_cache, None);
+        let e = kv("q8").unwrap_err().to_string();
+        assert!(e.contains("kv_cache_dtype") && e.contains("\"f16\""), "{e}");
     }
 }

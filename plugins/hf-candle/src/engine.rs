@@ -335,6 +335,16 @@ impl HfCandle {
             ..Default::default()
         };
         let mut details = loaded.details;
+        let mut loaded_net = loaded.net;
+        if let Runner::Native(model) = &mut loaded_net {
+            if let Some(kind) = opts.kv_cache {
+                model.set_kv_kind(kind)?;
+            }
+            details.insert(
+                "kv_cache_dtype".into(),
+                model.kv_kind().name().to_lowercase().into(),
+            );
+        }
         details.insert(
             "device".into(),
             if opts.cuda { "cuda:0" } else { "cpu" }.into(),
@@ -367,7 +377,7 @@ impl HfCandle {
             details,
         };
         tracing::info!(model = %path.display(), context = loaded.context_length, threads = opts.threads, "hf-candle model loaded");
-        let (proto, native, native_model) = match loaded.net {
+        let (proto, native, native_model) = match loaded_net {
             Runner::Candle(net) => (Some(Instance::new(net, device)), None, None),
             Runner::Native(model) => {
                 let model = Arc::new(model);

@@ -145,7 +145,12 @@ fn gguf_f32_qwen3_matches_transformers() {
 
 fn check_gguf_q8_0(arch: &str) {
     let (path, e) = gguf_fixture(arch, "q8_0");
-    let eng = engine(&path, json!({"threads": 2}), json!({}));
+    // llama.cpp recorded these with an f32 KV cache (`-ctk f32 -ctv f32`): the same here.
+    let eng = engine(
+        &path,
+        json!({"threads": 2, "kv_cache_dtype": "f32"}),
+        json!({}),
+    );
     let mut compared = 0;
     for (i, c) in e["cases"].as_array().unwrap().iter().enumerate() {
         let what = format!("{arch} Q8_0 GGUF case {i}");
@@ -200,9 +205,10 @@ fn gemma3_q4_k_m_matches_llama_cpp() {
     let fx =
         common::read_json(&common::fixtures().join("llama_cpp/gemma3_270m_q4_k_m_greedy.json"));
     // A base model without a chat template: the override renders `<bos>` + the message.
+    // llama.cpp ran with an f32 KV cache (`-ctk f32 -ctv f32`): the same here.
     let eng = engine(
         &path,
-        json!({"threads": 2}),
+        json!({"threads": 2, "kv_cache_dtype": "f32"}),
         json!({"chat_template": fx["chat_template"]}),
     );
     assert_eq!(eng.info().details["architecture"], "gemma3");

@@ -45,8 +45,11 @@ impl Instance {
 
 fn instance(file: &str) -> Instance {
     let path = common::fixtures().join("gguf").join(file);
+    // The references ran with an f32 KV cache (llama.cpp `-ctk f32 -ctv f32`; transformers in
+    // float32): the same here (a Q8_0 file's default would be f16).
+    let options = serde_json::json!({"threads": 2, "kv_cache_dtype": "f32"});
     Instance {
-        eng: common::engine(&path),
+        eng: common::engine_with(&path, options, serde_json::json!({})).unwrap(),
         seq: Vec::new(),
     }
 }

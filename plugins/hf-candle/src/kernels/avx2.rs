@@ -146,7 +146,13 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// tile-mates or on the blocking.
 pub fn attend_many(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     // SAFETY: as in `dot_q`: reached only after `available()`.
-    unsafe { attend_many_imp(tile, scratch, out) }
+    unsafe {
+        match tile.kind {
+            WeightKind::F16 => attend_many_imp::<F16>(tile, scratch, out),
+            WeightKind::BF16 => attend_many_imp::<BF16>(tile, scratch, out),
+            _ => attend_many_imp::<F32>(tile, scratch, out),
+        }
+    }
 }
 
 /// Positions per block of [`attend_many`].
@@ -165,8 +171,8 @@ fn reduce_pairs(acc: __m256) -> f32 {
     ))
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+fn attend_many_imp<const K: u8>(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     let hd = tile.qs.first().map_or(0, |q| q.len());
     if !hd.is_multiple_of(8) {
         let one = |h: &super::Head<'_>, sc: &mut Vec<f32>, o: &mut [f32]| {
@@ -181,8 +187,10 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
     let width = hi - lo;
     scratch.clear();
     scratch.resize(m_count * width, 0.0);
-    let key = |j: usize| &tile.keys[j * tile.stride + tile.offset..][..hd];
-    let value = |j: usize| &tile.values[j * tile.stride + tile.offset..][..hd];
+    // Key / value `j` as the bytes of its `hd` elements; `load_w8` reads 8 of them as f32.
+    let esz = tile.kind.row_bytes(1);
+    let key = |j: usize| &tile.keys[(j * tile.stride + tile.offset) * esz..][..hd * esz];
+    let value = |j: usize| &tile.values[(j * tile.stride + tile.offset) * esz..][..hd * esz];
     let visible = |m: usize, b0: usize, b1: usize| {
         let (f, n) = tile.spans[m];
         (b0.max(f), b1.min(f + n))
@@ -206,7 +214,7 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
                         let va = load_f32x8(qa[i..i + 8].try_into().expect("8 floats"));
                         let vb = load_f32x8(qb[i..i + 8].try_into().expect("8 floats"));
                         for (c, kr) in k.iter().enumerate() {
-                            let kv = load_f32x8(kr[i..i + 8].try_into().expect("8"));
+                            let kv = load_w8::<K>(kr, i);
                             acc_a[c] = _mm256_fmadd_ps(va, kv, acc_a[c]);
                             acc_b[c] = _mm256_fmadd_ps(vb, kv, acc_b[c]);
                         }
@@ -231,11 +239,7 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
                     for i in (0..hd).step_by(8) {
                         let qv = q8(i);
                         for (a, kr) in acc.iter_mut().zip(&k) {
-                            *a = _mm256_fmadd_ps(
-                                qv,
-                                load_f32x8(kr[i..i + 8].try_into().expect("8")),
-                                *a,
-                            );
+                            *a = _mm256_fmadd_ps(qv, load_w8::<K>(kr, i), *a);
                         }
                     }
                     store_scores(acc, tile.scale, &mut row[j - lo..j - lo + 4]);
@@ -245,11 +249,7 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
                     let kr = key(j);
                     let mut acc = _mm256_setzero_ps();
                     for i in (0..hd).step_by(8) {
-                        acc = _mm256_fmadd_ps(
-                            q8(i),
-                            load_f32x8(kr[i..i + 8].try_into().expect("8")),
-                            acc,
-                        );
+                        acc = _mm256_fmadd_ps(q8(i), load_w8::<K>(kr, i), acc);
                     }
                     row[j - lo] = reduce_pairs(acc) * tile.scale;
                     j += 1;
@@ -296,9 +296,9 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
                     for j in s..e {
                         let xa = _mm256_set1_ps(wa[j - lo] * ia);
                         let xb = _mm256_set1_ps(wb[j - lo] * ib);
-                        let v = &value(j)[c0..];
+                        let v = value(j);
                         for k in 0..lanes {
-                            let x = load_f32x8(v[8 * k..8 * k + 8].try_into().expect("8 floats"));
+                            let x = load_w8::<K>(v, c0 + 8 * k);
                             acc_a[k] = _mm256_fmadd_ps(xa, x, acc_a[k]);
                             acc_b[k] = _mm256_fmadd_ps(xb, x, acc_b[k]);
                         }
@@ -321,10 +321,9 @@ fn attend_many_imp(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f3
                 }
                 for j in s..e {
                     let wv = _mm256_set1_ps(w[j - lo] * inv[m]);
-                    let v = &value(j)[c0..];
+                    let v = value(j);
                     for (k, a) in acc.iter_mut().enumerate().take(lanes) {
-                        let x: &[f32; 8] = v[8 * k..8 * k + 8].try_into().expect("8 floats");
-                        *a = _mm256_fmadd_ps(wv, load_f32x8(x), *a);
+                        *a = _mm256_fmadd_ps(wv, load_w8::<K>(v, c0 + 8 * k), *a);
                     }
                 }
                 for (k, a) in acc.iter().enumerate().take(lanes) {

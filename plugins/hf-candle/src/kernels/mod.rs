@@ -476,34 +476,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// One attention head of one token: softmax(`q · k_j * scale`) over positions `0..n`, times
-/// `v_j`, into `out`. Key and value `j` of this head start at `j * stride + offset` in
-/// `keys` / `values`; `scores` is scratch space. The whole loop runs in one kernel call (no
-/// dispatch per position).
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    stride: usize,
-    offset: usize,
-    n: usize,
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let tile = Tile {
-        qs: &[q],
-        spans: &[(0, n)],
-        keys,
-        values,
-        stride,
-        offset,
-        scale,
-    };
-    attend_many(&tile, scores, out);
-}
-
 /// Queries that read the same key/value head — the query heads of one KV group, for one or
 /// more tokens of one sequence — and the positions each attends.
 pub struct Tile<'a> {
@@ -511,13 +483,16 @@ pub struct Tile<'a> {
     pub qs: &'a [&'a [f32]],
     /// Per query, `(first, n)`: it attends positions `first..first + n`.
     pub spans: &'a [(usize, usize)],
-    /// Keys: key `j` of this head starts at `j * stride + offset`.
-    pub keys: &'a [f32],
+    /// Keys, stored as `kind`: key `j` of this head starts at element `j * stride + offset`.
+    pub keys: &'a [u8],
     /// Values, laid out as `keys`.
-    pub values: &'a [f32],
-    /// Floats per position in `keys` / `values`.
+    pub values: &'a [u8],
+    /// The cache's number format (`F32`, `F16` or `BF16`); scores and sums are f32 whatever
+    /// it is.
+    pub kind: WeightKind,
+    /// Elements per position in `keys` / `values`.
     pub stride: usize,
-    /// This head's first float within a position.
+    /// This head's first element within a position.
     pub offset: usize,
     /// Score scale (`1 / sqrt(head_dim)` for most models).
     pub scale: f32,
@@ -533,10 +508,12 @@ impl Tile<'_> {
     ) {
         let hd = self.qs.first().map_or(0, |q| q.len());
         for ((q, &(first, n)), o) in self.qs.iter().zip(self.spans).zip(out.chunks_mut(hd)) {
+            let at = first * self.stride * self.kind.row_bytes(1);
             let head = Head {
                 q,
-                keys: &self.keys[first * self.stride..],
-                values: &self.values[first * self.stride..],
+                keys: &self.keys[at..],
+                values: &self.values[at..],
+                kind: self.kind,
                 stride: self.stride,
                 offset: self.offset,
                 n,
@@ -549,7 +526,7 @@ impl Tile<'_> {
 
 /// Attention for a [`Tile`]: query `m`'s result into `out[m * head_dim..]`. With AVX2 the
 /// keys and values are read in blocks shared by all the tile's queries; every query's result
-/// is the same whatever its tile-mates (it equals an [`attend`] call of its own).
+/// is the same whatever its tile-mates (it equals the result of a tile of its own).
 pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
@@ -562,11 +539,13 @@ pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     }
 }
 
-/// The arguments of [`attend`].
+/// One query of a [`Tile`] on its own (the portable path, and head widths the AVX2 kernel
+/// does not block).
 pub(crate) struct Head<'a> {
     q: &'a [f32],
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [u8],
+    values: &'a [u8],
+    kind: WeightKind,
     stride: usize,
     offset: usize,
     n: usize,
@@ -574,7 +553,8 @@ pub(crate) struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// The attention loop, with the instruction set's dot product and axpy.
+    /// The attention loop, with the instruction set's dot product and axpy (each key and
+    /// value read as f32 first).
     #[inline(always)]
     pub(crate) fn run(
         &self,
@@ -584,11 +564,17 @@ impl Head<'_> {
         out: &mut [f32],
     ) {
         let hd = self.q.len();
+        let width = self.kind.row_bytes(1);
+        let mut row = vec![0f32; hd];
+        let read = |data: &[u8], j: usize, row: &mut [f32]| {
+            let at = (j * self.stride + self.offset) * width;
+            portable::dequantize_row(self.kind, &data[at..at + hd * width], row);
+        };
         scores.clear();
         let mut max = f32::NEG_INFINITY;
         for j in 0..self.n {
-            let k = &self.keys[j * self.stride + self.offset..][..hd];
-            let sc = dot(self.q, k) * self.scale;
+            read(self.keys, j, &mut row);
+            let sc = dot(self.q, &row) * self.scale;
             max = max.max(sc);
             scores.push(sc);
         }
@@ -596,9 +582,36 @@ impl Head<'_> {
         out.fill(0.0);
         let inv = 1.0 / sum;
         for (j, w) in scores.iter().enumerate() {
-            let v = &self.values[j * self.stride + self.offset..][..hd];
-            axpy(out, w * inv, v);
+            read(self.values, j, &mut row);
+            axpy(out, w * inv, &row);
         }
+    }
+}
+
+/// Appends `src` to `dst` as little-endian values of `kind` (`F32`, `F16` or `BF16`; 16-bit
+/// formats round to nearest even, as PyTorch's `.to(dtype)` and llama.cpp's cache writes do).
+pub fn push_floats(kind: WeightKind, src: &[f32], dst: &mut Vec<u8>) {
+    use half::slice::HalfFloatSliceExt;
+    const CHUNK: usize = 64;
+    dst.reserve(src.len() * kind.row_bytes(1));
+    match kind {
+        WeightKind::F16 => {
+            let mut buf = [half::f16::ZERO; CHUNK];
+            for c in src.chunks(CHUNK) {
+                let b = &mut buf[..c.len()];
+                b.convert_from_f32_slice(c);
+                dst.extend(b.iter().flat_map(|v| v.to_le_bytes()));
+            }
+        }
+        WeightKind::BF16 => {
+            let mut buf = [half::bf16::ZERO; CHUNK];
+            for c in src.chunks(CHUNK) {
+                let b = &mut buf[..c.len()];
+                b.convert_from_f32_slice(c);
+                dst.extend(b.iter().flat_map(|v| v.to_le_bytes()));
+            }
+        }
+        _ => dst.extend(src.iter().flat_map(|v| v.to_le_bytes())),
     }
 }
 
@@ -697,40 +710,46 @@ mod tests {
     #[test]
     fn attention_kernel_agrees_with_the_portable_loop() {
         let mut seed = 3;
-        for hd in [64usize, 72, 256, 12] {
-            let (heads, stride) = (3, 3 * hd);
-            for n in [1usize, 3, 4, 5, 9, 37] {
-                let q: Vec<f32> = (0..hd).map(|_| lcg(&mut seed)).collect();
-                let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
-                let values: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
-                for h in 0..heads {
-                    let mut scores = Vec::new();
-                    let mut fast = vec![9f32; hd];
-                    let scale = 1.0 / (hd as f32).sqrt();
-                    attend(
-                        &q,
-                        &keys,
-                        &values,
-                        stride,
-                        h * hd,
-                        n,
-                        scale,
-                        &mut scores,
-                        &mut fast,
-                    );
-                    let head = Head {
-                        q: &q,
-                        keys: &keys,
-                        values: &values,
-                        stride,
-                        offset: h * hd,
-                        n,
-                        scale,
-                    };
-                    let mut slow = vec![0f32; hd];
-                    head.run(portable::dot_f32, portable::axpy, &mut scores, &mut slow);
-                    for (a, b) in fast.iter().zip(&slow) {
-                        assert!((a - b).abs() <= 1e-5, "hd {hd} n {n}: {a} vs {b}");
+        for kind in [WeightKind::F32, WeightKind::F16, WeightKind::BF16] {
+            for hd in [64usize, 72, 256, 12] {
+                let (heads, stride) = (3, 3 * hd);
+                for n in [1usize, 3, 4, 5, 9, 37] {
+                    let q: Vec<f32> = (0..hd).map(|_| lcg(&mut seed)).collect();
+                    let (mut keys, mut values) = (Vec::new(), Vec::new());
+                    let fk: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+                    let fv: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+                    push_floats(kind, &fk, &mut keys);
+                    push_floats(kind, &fv, &mut values);
+                    for h in 0..heads {
+                        let mut scores = Vec::new();
+                        let mut fast = vec![9f32; hd];
+                        let scale = 1.0 / (hd as f32).sqrt();
+                        let tile = Tile {
+                            qs: &[&q],
+                            spans: &[(0, n)],
+                            keys: &keys,
+                            values: &values,
+                            kind,
+                            stride,
+                            offset: h * hd,
+                            scale,
+                        };
+                        attend_many(&tile, &mut scores, &mut fast);
+                        let head = Head {
+                            q: &q,
+                            keys: &keys,
+                            values: &values,
+                            kind,
+                            stride,
+                            offset: h * hd,
+                            n,
+                            scale,
+                        };
+                        let mut slow = vec![0f32; hd];
+                        head.run(portable::dot_f32, portable::axpy, &mut scores, &mut slow);
+                        for (a, b) in fast.iter().zip(&slow) {
+                            assert!((a - b).abs() <= 1e-5, "{kind:?} hd {hd} n {n}: {a} vs {b}");
+                        }
                     }
                 }
             }
@@ -838,43 +857,78 @@ mod tests {
     #[test]
     fn a_tile_of_queries_equals_each_query_alone() {
         let mut seed = 21;
-        for hd in [64usize, 256, 12] {
-            let (kv_heads, n) = (2, 70);
-            let stride = kv_heads * hd;
-            let keys: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
-            let values: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
-            let qs: Vec<Vec<f32>> = (0..6)
-                .map(|_| (0..hd).map(|_| lcg(&mut seed)).collect())
-                .collect();
-            let qs: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
-            // Causal spans of consecutive tokens, one with a sliding window.
-            let spans = [(0, 61), (0, 61), (0, 62), (0, 62), (40, 23), (0, 1)];
-            let scale = 0.125;
-            let tile = Tile {
-                qs: &qs,
-                spans: &spans,
-                keys: &keys,
-                values: &values,
-                stride,
-                offset: hd,
-                scale,
-            };
-            let mut out = vec![0f32; qs.len() * hd];
-            attend_many(&tile, &mut Vec::new(), &mut out);
-            for (m, (q, &(first, len))) in qs.iter().zip(&spans).enumerate() {
-                let mut one = vec![0f32; hd];
-                attend(
-                    q,
-                    &keys[first * stride..],
-                    &values[first * stride..],
-                    stride,
-                    hd,
-                    len,
-                    scale,
-                    &mut Vec::new(),
-                    &mut one,
-                );
-                assert_eq!(&out[m * hd..(m + 1) * hd], &one[..], "hd {hd} query {m}");
+        for kind in [WeightKind::F32, WeightKind::F16, WeightKind::BF16] {
+            for hd in [64usize, 256, 12] {
+                let (kv_heads, n) = (2, 70);
+                let stride = kv_heads * hd;
+                let mut keys = Vec::new();
+                let mut values = Vec::new();
+                let fk: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+                let fv: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
+                push_floats(kind, &fk, &mut keys);
+                push_floats(kind, &fv, &mut values);
+                let qs: Vec<Vec<f32>> = (0..6)
+                    .map(|_| (0..hd).map(|_| lcg(&mut seed)).collect())
+                    .collect();
+                let qs: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
+                // Causal spans of consecutive tokens, one with a sliding window.
+                let spans = [(0, 61), (0, 61), (0, 62), (0, 62), (40, 23), (0, 1)];
+                let tile = |qs: &'_ [&'_ [f32]], spans: &'_ [(usize, usize)]| {
+                    let mut out = vec![0f32; qs.len() * hd];
+                    let t = Tile {
+                        qs,
+                        spans,
+                        keys: &keys,
+                        values: &values,
+                        kind,
+                        stride,
+                        offset: hd,
+                        scale: 0.125,
+                    };
+                    attend_many(&t, &mut Vec::new(), &mut out);
+                    out
+                };
+                let out = tile(&qs, &spans);
+                for (m, (q, span)) in qs.iter().zip(&spans).enumerate() {
+                    let one = tile(&[q], &[*span]);
+                    assert_eq!(
+                        &out[m * hd..(m + 1) * hd],
+                        &one[..],
+                        "{kind:?} hd {hd} query {m}"
+                    );
+                    // Against f64 softmax attention over the stored (rounded) keys and values.
+                    let (first, len) = *span;
+                    let read = |data: &[u8], j: usize| {
+                        let w = kind.row_bytes(1);
+                        let mut row = vec![0f32; hd];
+                        let at = (j * stride + hd) * w;
+                        portable::dequantize_row(kind, &data[at..at + hd * w], &mut row);
+                        row
+                    };
+                    let scores: Vec<f64> = (first..first + len)
+                        .map(|j| {
+                            let k = read(&keys, j);
+                            q.iter()
+                                .zip(&k)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                                * 0.125
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for d in 0..hd {
+                        let want: f64 = (first..first + len)
+                            .zip(&scores)
+                            .map(|(j, s)| (s - max).exp() / sum * read(&values, j)[d] as f64)
+                            .sum();
+                        let got = out[m * hd + d] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "{kind:?} hd {hd} query {m} dim {d}: {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -3,26 +3,46 @@
 
 use std::collections::VecDeque;
 
-/// Keys and values of one sequence, every layer, f32, one contiguous `[position][head_dim]`
-/// run per KV head, so attention streams each head's keys and values sequentially (a
+use crate::kernels::{self, WeightKind};
+
+/// Keys and values of one sequence, every layer, one contiguous `[position][head_dim]` run
+/// per KV head, so attention streams each head's keys and values sequentially (a
 /// `[position][kv_heads * head_dim]` layout makes every head a strided read, which the
 /// hardware prefetchers follow poorly once the weights have pushed the cache out of L3).
+/// Stored as `F32`, `F16` or `BF16` little-endian values ([`KvCache::kind`]).
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    /// `(keys, values)` per layer and KV head.
-    heads: Vec<Vec<(Vec<f32>, Vec<f32>)>>,
+    /// `(keys, values)` bytes per layer and KV head.
+    heads: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
     head_dim: usize,
+    kind: WeightKind,
     len: usize,
 }
 
 impl KvCache {
-    /// An empty cache for `layers` layers of `kv_heads` heads of `head_dim` floats.
-    pub fn new(layers: usize, kv_heads: usize, head_dim: usize) -> Self {
+    /// An empty cache for `layers` layers of `kv_heads` heads of `head_dim` values stored as
+    /// `kind` (`F32`, `F16` or `BF16`).
+    pub fn new(layers: usize, kv_heads: usize, head_dim: usize, kind: WeightKind) -> Self {
+        debug_assert!(matches!(
+            kind,
+            WeightKind::F32 | WeightKind::F16 | WeightKind::BF16
+        ));
         Self {
             heads: vec![vec![(Vec::new(), Vec::new()); kv_heads]; layers],
             head_dim,
+            kind,
             len: 0,
         }
+    }
+
+    /// The number format of the stored keys and values.
+    pub fn kind(&self) -> WeightKind {
+        self.kind
+    }
+
+    /// Bytes of one position of one head (keys or values).
+    fn run_bytes(&self) -> usize {
+        self.head_dim * self.kind.row_bytes(1)
     }
 
     /// Positions held.
@@ -42,14 +62,15 @@ impl KvCache {
         let n = self.heads[layer].len();
         for (h, (kc, vc)) in self.heads[layer].iter_mut().enumerate() {
             for (k, v) in keys.chunks_exact(n * hd).zip(values.chunks_exact(n * hd)) {
-                kc.extend_from_slice(&k[h * hd..(h + 1) * hd]);
-                vc.extend_from_slice(&v[h * hd..(h + 1) * hd]);
+                kernels::push_floats(self.kind, &k[h * hd..(h + 1) * hd], kc);
+                kernels::push_floats(self.kind, &v[h * hd..(h + 1) * hd], vc);
             }
         }
     }
 
-    /// Keys and values (`[position][head_dim]`) of KV head `h` in `layer`.
-    pub(crate) fn head(&self, layer: usize, h: usize) -> (&[f32], &[f32]) {
+    /// Keys and values (`[position][head_dim]`, bytes of [`KvCache::kind`] values) of KV head
+    /// `h` in `layer`.
+    pub(crate) fn head(&self, layer: usize, h: usize) -> (&[u8], &[u8]) {
         let (k, v) = &self.heads[layer][h];
         (k, v)
     }
@@ -57,9 +78,10 @@ impl KvCache {
     /// Keeps the first `n` positions.
     pub fn truncate(&mut self, n: usize) {
         let n = n.min(self.len);
+        let at = n * self.run_bytes();
         for (k, v) in self.heads.iter_mut().flatten() {
-            k.truncate(n * self.head_dim);
-            v.truncate(n * self.head_dim);
+            k.truncate(at);
+            v.truncate(at);
         }
         self.len = n;
     }
@@ -67,7 +89,7 @@ impl KvCache {
     /// A copy of the first `n` positions.
     fn prefix(&self, n: usize) -> KvCache {
         let n = n.min(self.len);
-        let at = n * self.head_dim;
+        let at = n * self.run_bytes();
         KvCache {
             heads: self
                 .heads
@@ -79,6 +101,7 @@ impl KvCache {
                 })
                 .collect(),
             head_dim: self.head_dim,
+            kind: self.kind,
             len: n,
         }
     }
@@ -90,14 +113,14 @@ impl KvCache {
             self.heads
                 .iter()
                 .flatten()
-                .all(|(k, v)| k.len() == self.len * self.head_dim && v.len() == k.len())
+                .all(|(k, v)| k.len() == self.len * self.run_bytes() && v.len() == k.len())
         );
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         let heads: usize = self.heads.iter().map(Vec::len).sum();
-        heads * 2 * self.len * self.head_dim * std::mem::size_of::<f32>()
+        heads * 2 * self.len * self.run_bytes()
     }
 
     /// Releases spare capacity (for caches parked in the prefix cache).
@@ -202,7 +225,11 @@ mod tests {
 
     /// Two layers of 2 heads × 3 dims; position `p` holds `(token, head)` in every slot.
     fn filled(tokens: &[u32]) -> KvCache {
-        let mut kv = KvCache::new(2, 2, 3);
+        filled_as(tokens, WeightKind::F32)
+    }
+
+    fn filled_as(tokens: &[u32], kind: WeightKind) -> KvCache {
+        let mut kv = KvCache::new(2, 2, 3, kind);
         let k: Vec<f32> = tokens
             .iter()
             .flat_map(|&t| [t as f32; 3].into_iter().chain([t as f32 + 0.5; 3]))
@@ -215,18 +242,63 @@ mod tests {
         kv
     }
 
+    /// Stored bytes read back as f32.
+    fn floats(kind: WeightKind, bytes: &[u8]) -> Vec<f32> {
+        let mut out = vec![0f32; bytes.len() / kind.row_bytes(1)];
+        crate::kernels::dequantize_row(kind, bytes, &mut out);
+        out
+    }
+
     #[test]
     fn heads_are_contiguous_runs_of_positions() {
-        let kv = filled(&[7, 8]);
-        assert_eq!(
-            kv.head(1, 0),
+        for kind in [WeightKind::F32, WeightKind::F16, WeightKind::BF16] {
+            let kv = filled_as(&[7, 8], kind);
+            let (k, v) = kv.head(1, 0);
+            assert_eq!(floats(kind, k), [7.0, 7.0, 7.0, 8.0, 8.0, 8.0]);
+            assert_eq!(floats(kind, v), [-7.0, -7.0, -7.0, -8.0, -8.0, -8.0]);
+            assert_eq!(
+                floats(kind, kv.head(0, 1).0),
+                [7.5, 7.5, 7.5, 8.5, 8.5, 8.5]
+            );
+            assert_eq!(kv.bytes(), 2 * 2 * 2 * 2 * 3 * kind.row_bytes(1));
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_caches_round_to_nearest_even() {
+        // 1 + 2^-11 is halfway between two f16 values (ties to the even one, 1.0); 1 + 3 *
+        // 2^-11 ties up to 1 + 2^-9. bf16 has 8 bits of mantissa: 1 + 2^-8 ties to 1.0.
+        let cases = [
             (
-                &[7.0, 7.0, 7.0, 8.0, 8.0, 8.0][..],
-                &[-7.0, -7.0, -7.0, -8.0, -8.0, -8.0][..]
-            )
-        );
-        assert_eq!(kv.head(0, 1).0, &[7.5, 7.5, 7.5, 8.5, 8.5, 8.5]);
-        assert_eq!(kv.bytes(), 2 * 2 * 2 * 2 * 3 * 4);
+                WeightKind::F16,
+                [1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), -65504.0],
+            ),
+            (
+                WeightKind::BF16,
+                [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 3.0e38],
+            ),
+        ];
+        for (kind, xs) in cases {
+            let mut kv = KvCache::new(1, 1, 3, kind);
+            kv.append(0, &xs, &xs);
+            kv.advance(1);
+            let want: Vec<f32> = match kind {
+                WeightKind::F16 => xs
+                    .iter()
+                    .map(|&x| half::f16::from_f32(x).to_f32())
+                    .collect(),
+                _ => xs
+                    .iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f32())
+                    .collect(),
+            };
+            assert_eq!(floats(kind, kv.head(0, 0).0), want);
+            assert_eq!(want[0], 1.0, "{kind:?}: ties to even");
+            assert!(
+                want[1] > 1.0 + 2.0 * f32::EPSILON,
+                "{kind:?}: ties up to even"
+            );
+        }
     }
 
     #[test]
@@ -236,7 +308,7 @@ mod tests {
         pc.put(vec![1, 2, 9, 9, 9], filled(&[1, 2, 9, 9, 9]));
         let kv = pc.take(&[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
         assert_eq!(kv.len(), 6);
-        assert_eq!(kv.head(1, 0).0[5 * 3], 6.0);
+        assert_eq!(floats(WeightKind::F32, kv.head(1, 0).0)[5 * 3], 6.0);
         // Exactly the cached tokens again: all but the last are reused.
         pc.put(vec![1, 2, 3, 4, 5, 6], kv);
         let kv = pc.take(&[1, 2, 3, 4, 5, 6]).unwrap();

@@ -96,6 +96,8 @@ pub struct Transformer {
     /// Rotary inverse frequencies (`head_dim / 2` each): one set per kind of layer (Gemma 3's
     /// sliding-window layers use their own base).
     inv_freqs: Vec<Vec<f64>>,
+    /// Number format of the KV cache (see [`Transformer::default_kv_kind`]).
+    kv_kind: WeightKind,
 }
 
 /// One sequence's part of a forward step.
@@ -248,6 +250,7 @@ impl Transformer {
                 .map(|v| v as f32)
                 .filter(|v| *v > 0.0),
         };
+        let kv_kind = Self::default_kv_kind(layers.first().map_or(WeightKind::F32, |l| l.wq.kind));
         let m = Self {
             norm: w.vector("output_norm.weight")?,
             hp,
@@ -255,6 +258,7 @@ impl Transformer {
             layers,
             output,
             inv_freqs,
+            kv_kind,
         };
         m.check_shapes()?;
         Ok(m)
@@ -346,6 +350,7 @@ impl Transformer {
             embed,
             layers,
             output,
+            kv_kind: Self::default_kv_kind(kind),
         };
         m.check_shapes()?;
         Ok(m)
@@ -383,6 +388,36 @@ impl Transformer {
         Ok(())
     }
 
+    /// The KV cache format that goes with weights of format `weights`: f32 for f32 weights
+    /// (results equal to an f32 reference's: Transformers, llama.cpp with `-ctk f32`), the
+    /// weights' own 16-bit format for `F16` / `BF16` (what Transformers keeps for a model
+    /// loaded in that dtype), and f16 for quantized weights (llama.cpp's default cache). A
+    /// 16-bit cache halves the bytes every decode step reads per position.
+    pub fn default_kv_kind(weights: WeightKind) -> WeightKind {
+        match weights {
+            WeightKind::F32 => WeightKind::F32,
+            WeightKind::BF16 => WeightKind::BF16,
+            _ => WeightKind::F16,
+        }
+    }
+
+    /// The KV cache format of caches made from now on.
+    pub fn kv_kind(&self) -> WeightKind {
+        self.kv_kind
+    }
+
+    /// Sets the KV cache format (`F32`, `F16` or `BF16`) of caches made from now on.
+    pub fn set_kv_kind(&mut self, kind: WeightKind) -> Result<()> {
+        if !matches!(kind, WeightKind::F32 | WeightKind::F16 | WeightKind::BF16) {
+            return Err(Error::Unsupported(format!(
+                "a KV cache of {} values; use f32, f16 or bf16",
+                kind.name()
+            )));
+        }
+        self.kv_kind = kind;
+        Ok(())
+    }
+
     /// Floats one position of the KV cache takes per layer.
     pub fn kv_dim(&self) -> usize {
         self.hp.n_kv_heads * self.hp.head_dim
@@ -390,7 +425,12 @@ impl Transformer {
 
     /// A fresh, empty cache.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.hp.n_layers, self.hp.n_kv_heads, self.hp.head_dim)
+        KvCache::new(
+            self.hp.n_layers,
+            self.hp.n_kv_heads,
+            self.hp.head_dim,
+            self.kv_kind,
+        )
     }
 
     /// Bytes of weights (for the memory report).
@@ -616,7 +656,8 @@ impl Transformer {
         let results: Vec<Vec<f32>> = units
             .par_iter()
             .map_init(Vec::new, |scratch: &mut Vec<f32>, &(s, e, h0)| {
-                let (keys, values) = caches[where_[s].0].head(layer, h0 / group);
+                let cache = caches[where_[s].0];
+                let (keys, values) = cache.head(layer, h0 / group);
                 let mut qs: Vec<&[f32]> = Vec::with_capacity((e - s) * heads);
                 let mut spans = Vec::with_capacity((e - s) * heads);
                 for (tok, &(_, pos)) in where_.iter().enumerate().take(e).skip(s) {
@@ -633,6 +674,7 @@ impl Transformer {
                     spans: &spans,
                     keys,
                     values,
+                    kind: cache.kind(),
                     stride: hd,
                     offset: 0,
                     scale,
