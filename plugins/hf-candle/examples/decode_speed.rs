@@ -1,5 +1,6 @@
-//! Rough decode speed: `cargo run --release -p hf-candle --example decode_speed -- [model] [threads] [tokens]`.
-//! Prints prefill time and greedy decode tokens per second through the engine's streaming path.
+//! Rough decode speed: `cargo run --release -p hf-candle --example decode_speed -- [model] [threads] [tokens] [greedy|top-p|top-k]`.
+//! Prints prefill time and decode tokens per second through the engine's streaming path, greedy
+//! or sampled (temperature 0.7 with top-p 0.9 alone, as OpenAI clients send it, or top-k 50).
 
 use std::time::Instant;
 
@@ -17,6 +18,13 @@ fn main() {
     });
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     let tokens: u32 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let mode = args.get(4).map_or("greedy", String::as_str);
+    let (top_p, top_k) = match mode {
+        "greedy" => (None, None),
+        "top-p" => (Some(0.9), Some(0)),
+        "top-k" => (Some(1.0), Some(50)),
+        other => panic!("unknown sampling mode {other}; use greedy, top-p or top-k"),
+    };
     let cfg: EngineConfig = serde_json::from_value(serde_json::json!({
         "backend": "hf-candle",
         "model": {"path": model},
@@ -29,7 +37,12 @@ fn main() {
             "Write a long story about a lighthouse keeper.",
         )],
         generation: GenerationParams {
-            do_sample: Some(false),
+            do_sample: Some(mode != "greedy"),
+            temperature: Some(0.7),
+            top_p,
+            top_k,
+            seed: Some(1),
+            repetition_penalty: Some(1.0),
             max_new_tokens: Some(tokens),
             ..Default::default()
         },
@@ -48,7 +61,7 @@ fn main() {
         }
         let rest = t0.elapsed() - t_first;
         println!(
-            "round {round}: threads {threads}: first token {:.0} ms; {} tokens decoded at {:.1} tok/s",
+            "round {round}: {mode}, threads {threads}: first token {:.0} ms; {} tokens decoded at {:.1} tok/s",
             t_first.as_secs_f64() * 1e3,
             n - 1,
             (n - 1) as f64 / rest.as_secs_f64()
