@@ -592,26 +592,40 @@ impl Head<'_> {
 /// formats round to nearest even, as PyTorch's `.to(dtype)` and llama.cpp's cache writes do).
 pub fn push_floats(kind: WeightKind, src: &[f32], dst: &mut Vec<u8>) {
     use half::slice::HalfFloatSliceExt;
-    const CHUNK: usize = 64;
     dst.reserve(src.len() * kind.row_bytes(1));
     match kind {
-        WeightKind::F16 => {
-            let mut buf = [half::f16::ZERO; CHUNK];
-            for c in src.chunks(CHUNK) {
-                let b = &mut buf[..c.len()];
-                b.convert_from_f32_slice(c);
-                dst.extend(b.iter().flat_map(|v| v.to_le_bytes()));
-            }
-        }
-        WeightKind::BF16 => {
-            let mut buf = [half::bf16::ZERO; CHUNK];
-            for c in src.chunks(CHUNK) {
-                let b = &mut buf[..c.len()];
-                b.convert_from_f32_slice(c);
-                dst.extend(b.iter().flat_map(|v| v.to_le_bytes()));
-            }
-        }
+        WeightKind::F16 => push_16(
+            src,
+            dst,
+            half::f16::ZERO,
+            |b, c| b.convert_from_f32_slice(c),
+            half::f16::to_le_bytes,
+        ),
+        WeightKind::BF16 => push_16(
+            src,
+            dst,
+            half::bf16::ZERO,
+            |b, c| b.convert_from_f32_slice(c),
+            half::bf16::to_le_bytes,
+        ),
         _ => dst.extend(src.iter().flat_map(|v| v.to_le_bytes())),
+    }
+}
+
+/// [`push_floats`] for a 16-bit format `T`, converted 64 values at a time (`half`'s slice
+/// conversion uses F16C where the CPU has it).
+fn push_16<T: Copy>(
+    src: &[f32],
+    dst: &mut Vec<u8>,
+    zero: T,
+    convert: fn(&mut [T], &[f32]),
+    le_bytes: fn(T) -> [u8; 2],
+) {
+    let mut buf = [zero; 64];
+    for c in src.chunks(buf.len()) {
+        let b = &mut buf[..c.len()];
+        convert(b, c);
+        dst.extend(b.iter().flat_map(|&v| le_bytes(v)));
     }
 }
 
