@@ -336,14 +336,20 @@ impl HfCandle {
         };
         let mut details = loaded.details;
         let mut loaded_net = loaded.net;
-        if let Runner::Native(model) = &mut loaded_net {
-            if let Some(kind) = opts.kv_cache {
-                model.set_kv_kind(kind)?;
+        match &mut loaded_net {
+            Runner::Native(model) => {
+                if let Some(kind) = opts.kv_cache {
+                    model.set_kv_kind(kind)?;
+                }
+                details.insert(
+                    "kv_cache_dtype".into(),
+                    model.kv_kind().name().to_lowercase().into(),
+                );
             }
-            details.insert(
-                "kv_cache_dtype".into(),
-                model.kv_kind().name().to_lowercase().into(),
-            );
+            Runner::Candle(_) if opts.kv_cache.is_some() => tracing::warn!(
+                "[backends.hf-candle] kv_cache_dtype applies to the native engine only; this model runs on candle, whose cache follows the model's dtype"
+            ),
+            Runner::Candle(_) => {}
         }
         details.insert(
             "device".into(),

@@ -106,6 +106,31 @@ fn gguf_fixture(arch: &str, kind: &str) -> (PathBuf, Value) {
     (path, e)
 }
 
+/// The KV cache format follows the weights unless the config names one; a bad name is an
+/// error that lists the good ones.
+#[test]
+fn kv_cache_dtype_follows_the_weights_unless_set() {
+    let kv = |path: &Path, options: Value| {
+        engine(path, options, json!({})).info().details["kv_cache_dtype"].clone()
+    };
+    let (q8, _) = gguf_fixture("llama", "q8_0");
+    let (f32_file, _) = gguf_fixture("llama", "f32");
+    assert_eq!(kv(&q8, json!({"threads": 2})), "f16");
+    assert_eq!(kv(&f32_file, json!({"threads": 2})), "f32");
+    assert_eq!(
+        kv(&q8, json!({"threads": 2, "kv_cache_dtype": "bf16"})),
+        "bf16"
+    );
+    let err = common::engine_with(&q8, json!({"kv_cache_dtype": "q4"}), json!({}))
+        .err()
+        .expect("an unknown cache format is refused")
+        .to_string();
+    assert!(
+        err.contains("kv_cache_dtype") && err.contains("\"f16\""),
+        "{err}"
+    );
+}
+
 fn check_gguf_f32(arch: &str) {
     let (path, e) = gguf_fixture(arch, "f32");
     let eng = engine(&path, json!({"threads": 2}), json!({}));
@@ -314,6 +339,8 @@ fn check_half_native(name: &str, dtype: &str) {
     let (dir, exp) = hf_fixture(name);
     let eng = engine(&dir, json!({"threads": 2, "dtype": dtype}), json!({}));
     assert_eq!(eng.info().details["dtype"], dtype);
+    // The cache in the weights' dtype, as transformers keeps it.
+    assert_eq!(eng.info().details["kv_cache_dtype"], dtype);
     let native = &exp["native"];
     let own = native["max_abs_diff_vs_float32_along_path"]
         .as_f64()
