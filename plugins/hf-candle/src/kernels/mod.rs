@@ -592,40 +592,50 @@ impl Head<'_> {
 /// formats round to nearest even, as PyTorch's `.to(dtype)` and llama.cpp's cache writes do).
 pub fn push_floats(kind: WeightKind, src: &[f32], dst: &mut Vec<u8>) {
     use half::slice::HalfFloatSliceExt;
-    dst.reserve(src.len() * kind.row_bytes(1));
+    // Written into the grown tail in place (a KV append runs per layer and token: a
+    // byte-by-byte `extend` there cost several times a copy).
+    let start = dst.len();
+    dst.resize(start + src.len() * kind.row_bytes(1), 0);
+    let out = &mut dst[start..];
     match kind {
-        WeightKind::F16 => push_16(
+        WeightKind::F16 => put_16(
             src,
-            dst,
+            out,
             half::f16::ZERO,
             |b, c| b.convert_from_f32_slice(c),
             half::f16::to_le_bytes,
         ),
-        WeightKind::BF16 => push_16(
+        WeightKind::BF16 => put_16(
             src,
-            dst,
+            out,
             half::bf16::ZERO,
             |b, c| b.convert_from_f32_slice(c),
             half::bf16::to_le_bytes,
         ),
-        _ => dst.extend(src.iter().flat_map(|v| v.to_le_bytes())),
+        _ => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 
-/// [`push_floats`] for a 16-bit format `T`, converted 64 values at a time (`half`'s slice
-/// conversion uses F16C where the CPU has it).
-fn push_16<T: Copy>(
+/// [`push_floats`] for a 16-bit format `T` into `out` (2 bytes per value), converted 64
+/// values at a time (`half`'s slice conversion uses F16C where the CPU has it).
+fn put_16<T: Copy>(
     src: &[f32],
-    dst: &mut Vec<u8>,
+    out: &mut [u8],
     zero: T,
     convert: fn(&mut [T], &[f32]),
     le_bytes: fn(T) -> [u8; 2],
 ) {
     let mut buf = [zero; 64];
-    for c in src.chunks(buf.len()) {
+    for (c, o) in src.chunks(buf.len()).zip(out.chunks_mut(2 * buf.len())) {
         let b = &mut buf[..c.len()];
         convert(b, c);
-        dst.extend(b.iter().flat_map(|&v| le_bytes(v)));
+        for (pair, &v) in o.chunks_exact_mut(2).zip(b.iter()) {
+            pair.copy_from_slice(&le_bytes(v));
+        }
     }
 }
 

@@ -450,7 +450,7 @@ impl SafeTensors {
         for path in files {
             let file = std::fs::File::open(path)
                 .map_err(|e| Error::file(path, format!("cannot open ({e})")))?;
-            // SAFETY: read-only mapping of a model file (see `GgufWeights::new`). Not
+            // SAFETY: read-only mapping of a model file (see `map_file`). Not
             // populated: each tensor is read once, in order, while it is copied.
             let map = unsafe { memmap2::MmapOptions::new().map(&file) }
                 .map_err(|e| Error::file(path, format!("cannot be memory-mapped ({e})")))?;
