@@ -109,8 +109,8 @@ pub fn dot_x8_multi(
         // SAFETY: as in `dot_q`: reached only after `available()`.
         unsafe {
             match kind {
-                WeightKind::Q4_0 => dot_x8_q4(group, acts, false, stream),
-                WeightKind::Q4_1 => dot_x8_q4(group, acts, true, stream),
+                WeightKind::Q4_0 => dot_x8_q4::<N, false>(group, acts, stream),
+                WeightKind::Q4_1 => dot_x8_q4::<N, true>(group, acts, stream),
                 WeightKind::Q8_0 => dot_x8_q8_0(group, acts, stream),
                 _ => unreachable!("float weights are not interleaved"),
             }
@@ -590,67 +590,68 @@ fn store_8(v: __m256) -> [f32; 8] {
     out
 }
 
-/// 8 interleaved `Q4_0`/`Q4_1` rows against `N` activation vectors: per block
+/// 8 interleaved `Q4_0`/`Q4_1` (`MIN`) rows against `N` activation vectors: per block
 /// `[d; 8] [m; 8]? [qs]`, the quants in 4-byte pieces with piece `k` of the 8 rows side by
 /// side (`super::quant_at`). One 32-byte load holds 4 columns of all 8 rows as low nibbles
 /// (columns `4k..4k + 4`) and 4 as high nibbles (`16 + 4k..`); unpacked once for all `N`
 /// tokens, each meets its activation quad broadcast to every row, so the 16-bit products
-/// land directly in the 8 rows' lanes: 8 `vpmaddubsw`, their sum (at most 8 × 2 × 15 × 128
-/// < 2^15, exact) and one `vpmaddwd` per token and block, no horizontal adds. Every token
-/// goes through the same operations in the same order whatever `N` is, so its results do
-/// not depend on its batch-mates.
+/// land directly in the 8 rows' lanes: 8 `vpmaddubsw` per token and block summed in 16 bits
+/// (at most 8 × 2 × 15 × 128 < 2^15: exact in any order), one `vpmaddwd`, no horizontal
+/// adds. The pieces are taken one at a time, each unpacked and consumed by every token before
+/// the next is loaded, so with 4 tokens the 4 running sums, the 4 accumulators and one
+/// unpacked piece stay in the 16 registers (unpacking all 4 pieces first spilled). Every token
+/// goes through the same operations in the same order whatever `N` is, so its results do not
+/// depend on its batch-mates.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_x8_q4<const N: usize>(
+fn dot_x8_q4<const N: usize, const MIN: bool>(
     group: &[u8],
     acts: [&[BlockQ8]; N],
-    with_min: bool,
     stream: bool,
 ) -> [[f32; 8]; N] {
-    let gb = if with_min { 160 } else { 144 };
-    let qoff = if with_min { 32 } else { 16 };
+    let gb = if MIN { 160 } else { 144 };
+    let qoff = if MIN { 32 } else { 16 };
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); N];
     for (i, g) in group.chunks_exact(gb).enumerate() {
         if stream {
             prefetch_span(group, i * gb, gb);
         }
-        let mut lo = [_mm256_setzero_si256(); 4];
-        let mut hi = [_mm256_setzero_si256(); 4];
+        let a: [&BlockQ8; N] = std::array::from_fn(|t| &acts[t][i]);
+        let quad = |t: usize, j: usize| {
+            let q = &a[t].qs[4 * j..4 * j + 4];
+            _mm256_set1_epi32(i32::from_le_bytes([
+                q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+            ]))
+        };
+        let mut sum = [_mm256_setzero_si256(); N];
         for k in 0..4 {
             let q: &[u8; 32] = g[qoff + 32 * k..qoff + 32 * k + 32]
                 .try_into()
                 .expect("one piece of 8 rows");
             let w = load_32(q);
-            lo[k] = _mm256_and_si256(w, mask);
-            hi[k] = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+            let lo = _mm256_and_si256(w, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
+            for (t, s) in sum.iter_mut().enumerate() {
+                let p = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, quad(t, k)),
+                    _mm256_maddubs_epi16(hi, quad(t, 4 + k)),
+                );
+                *s = _mm256_add_epi16(*s, p);
+            }
         }
         let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
         let dv = _mm256_cvtph_ps(load_16(d));
-        let mv = if with_min {
+        let mv = if MIN {
             let m: &[u8; 16] = g[16..32].try_into().expect("8 minimums");
             _mm256_cvtph_ps(load_16(m))
         } else {
             dv
         };
         for t in 0..N {
-            let a = &acts[t][i];
-            let quad = |j: usize| {
-                let q = &a.qs[4 * j..4 * j + 4];
-                _mm256_set1_epi32(i32::from_le_bytes([
-                    q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
-                ]))
-            };
-            let mut s_lo = _mm256_maddubs_epi16(lo[0], quad(0));
-            let mut s_hi = _mm256_maddubs_epi16(hi[0], quad(4));
-            for k in 1..4 {
-                s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo[k], quad(k)));
-                s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi[k], quad(4 + k)));
-            }
-            let sums = _mm256_madd_epi16(_mm256_add_epi16(s_lo, s_hi), ones);
-            let off = if with_min { a.s } else { -8.0 * a.s };
+            let sums = _mm256_madd_epi16(sum[t], _mm256_set1_epi16(1));
+            let off = if MIN { a[t].s } else { -8.0 * a[t].s };
             acc[t] = _mm256_fmadd_ps(
-                _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
+                _mm256_mul_ps(dv, _mm256_set1_ps(a[t].d)),
                 _mm256_cvtepi32_ps(sums),
                 _mm256_fmadd_ps(mv, _mm256_set1_ps(off), acc[t]),
             );

@@ -1067,10 +1067,21 @@ mod tests {
                 let eight = dot_x8(kind, &group, &xq);
                 let mut xq2 = xq.clone();
                 xq2.reverse();
-                let mut multi = [[0f32; GROUP]; 3];
-                dot_x8_multi(kind, &group, &[&xq2, &xq, &xq2], &mut multi, false);
-                assert_eq!(multi[1], eight, "{kind:?}: batched == alone, bit for bit");
-                assert_eq!(multi[0], multi[2]);
+                for n in 2..=MAX_TOKENS {
+                    let acts: Vec<&[BlockQ8]> = (0..n)
+                        .map(|t| if t % 2 == 1 { &xq[..] } else { &xq2[..] })
+                        .collect();
+                    let mut multi = [[0f32; GROUP]; MAX_TOKENS];
+                    dot_x8_multi(kind, &group, &acts, &mut multi, n % 2 == 0);
+                    let alone2 = dot_x8(kind, &group, &xq2);
+                    for (t, got) in multi[..n].iter().enumerate() {
+                        let want = if t % 2 == 1 { &eight } else { &alone2 };
+                        assert_eq!(
+                            got, want,
+                            "{kind:?}: token {t} of {n} == alone, bit for bit"
+                        );
+                    }
+                }
                 let slow = portable::dot_x8(kind, &group, &xq);
                 for r in 0..GROUP {
                     let row = &rows[r * rb..(r + 1) * rb];
