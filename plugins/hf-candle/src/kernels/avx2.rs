@@ -795,10 +795,22 @@ pub(super) fn prefetch_span(data: &[u8], at: usize, len: usize) {
     }
 }
 
+/// Prefetches the cache line of `data[at]`, `PREFETCH` bytes ahead (see [`prefetch_span`]):
+/// two calls per 128 bytes of a forward stream reach every line.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_line(data: &[u8], at: usize) {
+    // A prefetch never faults; `wrapping_add` keeps the pointer arithmetic defined.
+    let p = data.as_ptr().wrapping_add(at + PREFETCH);
+    _mm_prefetch::<_MM_HINT_NTA>(p as *const i8);
+}
+
 /// One interleaved group of 4 float rows of format `K` (see `super::interleave`) against
 /// `T` activation vectors whose length is a multiple of 8. The same arithmetic as
 /// [`tile_f`] over the 4 rows (one chain per output, in column order), read as one forward
-/// stream.
+/// stream. The group is walked in fixed-size pieces (8 columns of the 4 rows) and the
+/// activations are cut to the same number of 8-float chunks up front, so the loop carries no
+/// bounds checks (with them, a bf16 decode step ran at about half the speed in L2).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn tile_g4<const K: u8, const T: usize>(
@@ -806,17 +818,22 @@ fn tile_g4<const K: u8, const T: usize>(
     acts: [&[f32]; T],
     stream: bool,
 ) -> [[f32; 4]; T] {
-    let mut acc = [[_mm256_setzero_ps(); 4]; T];
-    // Bytes of the group per 8 columns (4 rows' pieces).
+    // Bytes of the group per 8 columns (4 rows' pieces): 128 (f32) or 64 (f16, bf16).
     let per_k = 32 * if K == F32 { 4 } else { 2 };
-    for (k, i) in (0..acts[0].len()).step_by(8).enumerate() {
+    let n8 = acts[0].len() / 8;
+    let group = &group[..n8 * per_k];
+    let acts: [&[f32]; T] = std::array::from_fn(|t| &acts[t][..n8 * 8]);
+    let mut acc = [[_mm256_setzero_ps(); 4]; T];
+    for (k, piece) in group.chunks_exact(per_k).enumerate() {
         if stream && (k * per_k).is_multiple_of(128) {
-            prefetch_span(group, k * per_k, 128);
+            prefetch_line(group, k * per_k);
+            prefetch_line(group, k * per_k + 64);
         }
-        let x: [__m256; T] =
-            std::array::from_fn(|t| load_f32x8(acts[t][i..i + 8].try_into().expect("8 floats")));
+        let x: [__m256; T] = std::array::from_fn(|t| {
+            load_f32x8(acts[t][k * 8..k * 8 + 8].try_into().expect("8 floats"))
+        });
         for r in 0..4 {
-            let w = load_w8::<K>(group, (k * 4 + r) * 8);
+            let w = load_w8::<K>(piece, r * 8);
             for (a, xt) in acc.iter_mut().zip(&x) {
                 a[r] = _mm256_fmadd_ps(w, *xt, a[r]);
             }
