@@ -660,8 +660,15 @@ fn dot_x8_q4<const N: usize, const MIN: bool>(
     std::array::from_fn(|t| store_8(acc[t]))
 }
 
-/// 8 interleaved `Q8_0` rows against `N` activation vectors: per block `[d; 8] [qs; 8]`
-/// (weights loaded and made absolute once for all tokens).
+/// 8 interleaved `Q8_0` rows against `N` activation vectors: per block `[d; 8] [qs]`, the
+/// quants in 4-byte pieces with piece `k` (columns `4k..4k + 4`) of the 8 rows side by side
+/// (`super::quant_at`). Each piece is loaded and made absolute once for all `N` tokens; each
+/// token's activation quad, broadcast to every row and given the weights' signs, multiplies
+/// it into the 8 rows' lanes (`vpmaddubsw`: |w| · ±x, pairs at most 2 × 127 × 127 < 2^15,
+/// exact), widened by `vpmaddwd` and summed in 32 bits: no horizontal adds. The weights are
+/// in -127..=127 (see `super::interleave`) and so are the activations, so both signs flip
+/// within a byte. Every token goes through the same operations in the same order whatever `N`
+/// is, so its results do not depend on its batch-mates.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], stream: bool) -> [[f32; 8]; N] {
     let ones = _mm256_set1_epi16(1);
@@ -670,33 +677,30 @@ fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], stream: bool
         if stream {
             prefetch_span(group, i * 272, 272);
         }
-        let w: [__m256i; 8] = std::array::from_fn(|k| {
-            load_32(g[16 + 32 * k..48 + 32 * k].try_into().expect("a row"))
-        });
+        let a: [&BlockQ8; N] = std::array::from_fn(|t| &acts[t][i]);
+        let mut sum = [_mm256_setzero_si256(); N];
+        for k in 0..8 {
+            let w = load_32(
+                g[16 + 32 * k..48 + 32 * k]
+                    .try_into()
+                    .expect("one piece of 8 rows"),
+            );
+            let wabs = _mm256_sign_epi8(w, w);
+            for (t, s) in sum.iter_mut().enumerate() {
+                let q = &a[t].qs[4 * k..4 * k + 4];
+                let x = _mm256_set1_epi32(i32::from_le_bytes([
+                    q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+                ]));
+                let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x, w));
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+            }
+        }
         let d: &[u8; 16] = g[0..16].try_into().expect("8 scales");
         let dv = _mm256_cvtph_ps(load_16(d));
         for t in 0..N {
-            let a = &acts[t][i];
-            let y = load_q8(a);
-            // |y| · (w with y's sign) = w · y: the activation's absolute value is taken once
-            // for all 8 rows (weights are in -127..=127; see `super::interleave`).
-            let yabs = _mm256_sign_epi8(y, y);
-            let p: [__m256i; 8] = std::array::from_fn(|k| {
-                _mm256_madd_epi16(_mm256_maddubs_epi16(yabs, _mm256_sign_epi8(w[k], y)), ones)
-            });
-            let h01 = _mm256_hadd_epi32(p[0], p[1]);
-            let h23 = _mm256_hadd_epi32(p[2], p[3]);
-            let h45 = _mm256_hadd_epi32(p[4], p[5]);
-            let h67 = _mm256_hadd_epi32(p[6], p[7]);
-            let a4 = _mm256_hadd_epi32(h01, h23);
-            let b4 = _mm256_hadd_epi32(h45, h67);
-            let sums = _mm256_add_epi32(
-                _mm256_permute2x128_si256(a4, b4, 0x20),
-                _mm256_permute2x128_si256(a4, b4, 0x31),
-            );
             acc[t] = _mm256_fmadd_ps(
-                _mm256_mul_ps(dv, _mm256_set1_ps(a.d)),
-                _mm256_cvtepi32_ps(sums),
+                _mm256_mul_ps(dv, _mm256_set1_ps(a[t].d)),
+                _mm256_cvtepi32_ps(sum[t]),
                 acc[t],
             );
         }

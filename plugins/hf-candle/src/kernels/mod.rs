@@ -284,20 +284,16 @@ fn interleave8_fixed<const HEAD: usize, const QB: usize>(src: &[u8], cols: usize
                 heads[16 + r * 2..16 + r * 2 + 2].copy_from_slice(&b[2..4]);
             }
             let q: &[u8; QB] = b[HEAD..].try_into().expect("one block of quants");
-            if QB == 16 {
-                // Q4: 4-byte pieces, piece k of the 8 rows side by side (see `quant_at`).
-                for k in 0..4 {
-                    let at = (k * GROUP + r) * 4;
-                    quants[at..at + 4].copy_from_slice(&q[k * 4..k * 4 + 4]);
+            // 4-byte pieces, piece k of the 8 rows side by side (see `quant_at`).
+            for k in 0..QB / 4 {
+                let at = (k * GROUP + r) * 4;
+                let dst = &mut quants[at..at + 4];
+                dst.copy_from_slice(&q[k * 4..k * 4 + 4]);
+                if QB == QK {
+                    // Q8_0: -128 (which llama.cpp's quantizers never write) becomes -127, so
+                    // the 8-row kernel can take any weight's absolute value within a byte.
+                    dst.iter_mut().for_each(|v| *v = (*v as i8).max(-127) as u8);
                 }
-                continue;
-            }
-            let dst = &mut quants[r * QB..(r + 1) * QB];
-            dst.copy_from_slice(q);
-            if QB == QK {
-                // Q8_0: -128 (which llama.cpp's quantizers never write) becomes -127, so the
-                // 8-row kernel can flip any weight's sign within a byte.
-                dst.iter_mut().for_each(|v| *v = (*v as i8).max(-127) as u8);
             }
         }
     }
@@ -326,21 +322,18 @@ pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -
             out.extend_from_slice(&g[16 + j * 2..16 + j * 2 + 2]);
         }
         let quants = &g[head * GROUP..];
-        out.extend((0..qb).map(|b| quants[quant_at(kind, j, b)]));
+        out.extend((0..qb).map(|b| quants[quant_at(j, b)]));
     }
     out
 }
 
-/// Where byte `b` of row `r`'s quants sits among an interleaved group block's quants.
-/// `Q8_0`: row after row (32 bytes each). `Q4_0`/`Q4_1`: in 4-byte pieces, piece `k` of
-/// rows 0..8 side by side (`[r0 k0] [r1 k0] … [r7 k0] [r0 k1] …`), so one 32-byte load holds
-/// the same 8 columns (4 low nibbles, 4 high) of all 8 rows and one broadcast activation
-/// quad multiplies them into 8 row sums without a horizontal add.
-pub fn quant_at(kind: WeightKind, r: usize, b: usize) -> usize {
-    match kind {
-        WeightKind::Q4_0 | WeightKind::Q4_1 => (b / 4 * GROUP + r) * 4 + b % 4,
-        _ => r * (kind.block_bytes() - kind.head_bytes()) + b,
-    }
+/// Where byte `b` of row `r`'s quants sits among an interleaved group block's quants: in
+/// 4-byte pieces, piece `k` of rows 0..8 side by side (`[r0 k0] [r1 k0] … [r7 k0] [r0 k1] …`),
+/// so one 32-byte load holds the same columns of all 8 rows (`Q8_0`: 4 columns; `Q4_0`/`Q4_1`:
+/// 8, as 4 low nibbles and 4 high) and one broadcast activation quad multiplies them into 8
+/// row sums without a horizontal add.
+pub fn quant_at(r: usize, b: usize) -> usize {
+    (b / 4 * GROUP + r) * 4 + b % 4
 }
 
 /// Most activation vectors [`dot_x8_multi`] takes at once.

@@ -181,9 +181,7 @@ pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::G
             } else {
                 0.0
             };
-            let qs: Vec<u8> = (0..qb)
-                .map(|b| g[heads + super::quant_at(kind, r, b)])
-                .collect();
+            let qs: Vec<u8> = (0..qb).map(|b| g[heads + super::quant_at(r, b)]).collect();
             *o += block_dot(kind, f16_at(g, r * 2), m, &qs, a);
         }
     }
