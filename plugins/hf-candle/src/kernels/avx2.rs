@@ -172,7 +172,11 @@ fn reduce_pairs(acc: __m256) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn attend_many_imp<const K: u8>(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_many_imp<'t, const K: u8>(
+    tile: &super::Tile<'t>,
+    scratch: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = tile.qs.first().map_or(0, |q| q.len());
     if !hd.is_multiple_of(8) {
         let one = |h: &super::Head<'_>, sc: &mut Vec<f32>, o: &mut [f32]| {
@@ -188,7 +192,8 @@ fn attend_many_imp<const K: u8>(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, 
     scratch.clear();
     scratch.resize(m_count * width, 0.0);
     // Key / value `j` as the bytes of its `hd` elements; `load_w8` reads 8 of them as f32.
-    let esz = tile.kind.row_bytes(1);
+    let esz = if K == F32 { 4 } else { 2 };
+    debug_assert_eq!(esz, tile.kind.row_bytes(1));
     let key = |j: usize| &tile.keys[(j * tile.stride + tile.offset) * esz..][..hd * esz];
     let value = |j: usize| &tile.values[(j * tile.stride + tile.offset) * esz..][..hd * esz];
     let visible = |m: usize, b0: usize, b1: usize| {
@@ -210,11 +215,17 @@ fn attend_many_imp<const K: u8>(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, 
                     let k = [key(j), key(j + 1), key(j + 2), key(j + 3)];
                     let mut acc_a = [_mm256_setzero_ps(); 4];
                     let mut acc_b = [_mm256_setzero_ps(); 4];
-                    for i in (0..hd).step_by(8) {
-                        let va = load_f32x8(qa[i..i + 8].try_into().expect("8 floats"));
-                        let vb = load_f32x8(qb[i..i + 8].try_into().expect("8 floats"));
-                        for (c, kr) in k.iter().enumerate() {
-                            let kv = load_w8::<K>(kr, i);
+                    // 8 dimensions at a time as fixed-size pieces (no bounds checks).
+                    let pieces = |kr: &'t [u8]| kr.chunks_exact(8 * esz);
+                    let qs = qa.chunks_exact(8).zip(qb.chunks_exact(8));
+                    let ks = pieces(k[0])
+                        .zip(pieces(k[1]))
+                        .zip(pieces(k[2]).zip(pieces(k[3])));
+                    for ((qa8, qb8), ((k0, k1), (k2, k3))) in qs.zip(ks) {
+                        let va = load_f32x8(qa8.try_into().expect("8 floats"));
+                        let vb = load_f32x8(qb8.try_into().expect("8 floats"));
+                        for (c, kr) in [k0, k1, k2, k3].into_iter().enumerate() {
+                            let kv = load_w8::<K>(kr, 0);
                             acc_a[c] = _mm256_fmadd_ps(va, kv, acc_a[c]);
                             acc_b[c] = _mm256_fmadd_ps(vb, kv, acc_b[c]);
                         }
@@ -287,25 +298,17 @@ fn attend_many_imp<const K: u8>(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, 
                 let (ia, ib) = (inv[m], inv[m + 1]);
                 for c0 in (0..hd).step_by(32) {
                     let lanes = (hd - c0).min(32) / 8;
-                    let mut acc_a = [_mm256_setzero_ps(); 4];
-                    let mut acc_b = [_mm256_setzero_ps(); 4];
-                    for k in 0..lanes {
-                        acc_a[k] = load_f32x8(oa[c0 + 8 * k..][..8].try_into().expect("8"));
-                        acc_b[k] = load_f32x8(ob[c0 + 8 * k..][..8].try_into().expect("8"));
-                    }
-                    for j in s..e {
-                        let xa = _mm256_set1_ps(wa[j - lo] * ia);
-                        let xb = _mm256_set1_ps(wb[j - lo] * ib);
-                        let v = value(j);
-                        for k in 0..lanes {
-                            let x = load_w8::<K>(v, c0 + 8 * k);
-                            acc_a[k] = _mm256_fmadd_ps(xa, x, acc_a[k]);
-                            acc_b[k] = _mm256_fmadd_ps(xb, x, acc_b[k]);
-                        }
-                    }
-                    for k in 0..lanes {
-                        store_f32x8(&mut oa[c0 + 8 * k..][..8], acc_a[k]);
-                        store_f32x8(&mut ob[c0 + 8 * k..][..8], acc_b[k]);
+                    let w = [&wa[s - lo..e - lo], &wb[s - lo..e - lo]];
+                    let o = [&mut oa[c0..c0 + 8 * lanes], &mut ob[c0..c0 + 8 * lanes]];
+                    let vals = |j: usize| {
+                        let at = ((s + j) * tile.stride + tile.offset + c0) * esz;
+                        &tile.values[at..at + 8 * lanes * esz]
+                    };
+                    match lanes {
+                        4 => weigh_pair::<K, 4>(vals, w, [ia, ib], o),
+                        3 => weigh_pair::<K, 3>(vals, w, [ia, ib], o),
+                        2 => weigh_pair::<K, 2>(vals, w, [ia, ib], o),
+                        _ => weigh_pair::<K, 1>(vals, w, [ia, ib], o),
                     }
                 }
                 m += 2;
@@ -332,6 +335,39 @@ fn attend_many_imp<const K: u8>(tile: &super::Tile<'_>, scratch: &mut Vec<f32>, 
             }
             m += 1;
         }
+    }
+}
+
+/// Two queries' weighted sums over the same positions, `L` × 8 output elements: `o[q] +=
+/// Σ_j w[q][j] · inv[q] · value(j)`, each output lane one FMA chain over the positions in
+/// order. `value(j)` holds exactly the `L × 8` elements (const-sized, so the loads carry no
+/// bounds checks).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weigh_pair<'v, const K: u8, const L: usize>(
+    value: impl Fn(usize) -> &'v [u8],
+    w: [&[f32]; 2],
+    inv: [f32; 2],
+    o: [&mut [f32]; 2],
+) {
+    let [oa, ob] = o;
+    let mut acc_a: [__m256; L] =
+        std::array::from_fn(|k| load_f32x8(oa[8 * k..8 * k + 8].try_into().expect("8")));
+    let mut acc_b: [__m256; L] =
+        std::array::from_fn(|k| load_f32x8(ob[8 * k..8 * k + 8].try_into().expect("8")));
+    for (j, (wa, wb)) in w[0].iter().zip(w[1]).enumerate() {
+        let xa = _mm256_set1_ps(wa * inv[0]);
+        let xb = _mm256_set1_ps(wb * inv[1]);
+        let v = value(j);
+        for k in 0..L {
+            let x = load_w8::<K>(v, 8 * k);
+            acc_a[k] = _mm256_fmadd_ps(xa, x, acc_a[k]);
+            acc_b[k] = _mm256_fmadd_ps(xb, x, acc_b[k]);
+        }
+    }
+    for k in 0..L {
+        store_f32x8(&mut oa[8 * k..8 * k + 8], acc_a[k]);
+        store_f32x8(&mut ob[8 * k..8 * k + 8], acc_b[k]);
     }
 }
 
