@@ -48,6 +48,9 @@ impl Default for SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
+    /// One bit per vocabulary entry: which tokens the repetition penalty has already scaled
+    /// in this call (reused, so a long prompt costs a pass over it, not a hash set per token).
+    penalized: Vec<u64>,
 }
 
 impl Sampler {
@@ -57,7 +60,11 @@ impl Sampler {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        Self { params, rng }
+        Self {
+            params,
+            rng,
+            penalized: Vec::new(),
+        }
     }
 
     /// The settings.
@@ -70,11 +77,16 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32], seen: &[u32], counts: &HashMap<u32, u32>) -> u32 {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
-            let mut done = std::collections::HashSet::new();
+            // Each distinct token once, however often it was seen.
+            let done = &mut self.penalized;
+            done.clear();
+            done.resize(logits.len().div_ceil(64), 0);
             for &t in seen {
-                if done.insert(t)
-                    && let Some(l) = logits.get_mut(t as usize)
+                let t = t as usize;
+                if let Some(l) = logits.get_mut(t)
+                    && done[t / 64] & (1 << (t % 64)) == 0
                 {
+                    done[t / 64] |= 1 << (t % 64);
                     *l = if *l > 0.0 {
                         *l / p.repetition_penalty
                     } else {
@@ -190,6 +202,14 @@ mod tests {
         );
         // 3.0 / 2 = 1.5 < 2.0
         assert_eq!(s.sample(&mut [0.1, 3.0, 2.0], &[1], &HashMap::new()), 2);
+        // A token seen several times (and one past the vocabulary) is scaled once, and the
+        // next call starts afresh.
+        let mut logits = [0.1, 3.0, -2.0, 1.0];
+        s.sample(&mut logits, &[1, 2, 1, 9, 2, 1], &HashMap::new());
+        assert_eq!(logits, [0.1, 1.5, -4.0, 1.0]);
+        let mut logits = [0.1, 3.0, -2.0, 1.0];
+        s.sample(&mut logits, &[2], &HashMap::new());
+        assert_eq!(logits, [0.1, 3.0, -4.0, 1.0]);
         let mut s = Sampler::new(
             SamplingParams {
                 presence_penalty: 1.5,
