@@ -626,6 +626,17 @@ fn store_8(v: __m256) -> [f32; 8] {
     out
 }
 
+/// Activation quad `j` (values `4j..4j + 4`) of `a`, broadcast to all 8 32-bit lanes (one
+/// per row of an interleaved group).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn quad(a: &BlockQ8, j: usize) -> __m256i {
+    let q = &a.qs[4 * j..4 * j + 4];
+    _mm256_set1_epi32(i32::from_le_bytes([
+        q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+    ]))
+}
+
 /// 8 interleaved `Q4_0`/`Q4_1` (`MIN`) rows against `N` activation vectors: per block
 /// `[d; 8] [m; 8]? [qs]`, the quants in 4-byte pieces with piece `k` of the 8 rows side by
 /// side (`super::quant_at`). One 32-byte load holds 4 columns of all 8 rows as low nibbles
@@ -653,12 +664,6 @@ fn dot_x8_q4<const N: usize, const MIN: bool>(
             prefetch_span(group, i * gb, gb);
         }
         let a: [&BlockQ8; N] = std::array::from_fn(|t| &acts[t][i]);
-        let quad = |t: usize, j: usize| {
-            let q = &a[t].qs[4 * j..4 * j + 4];
-            _mm256_set1_epi32(i32::from_le_bytes([
-                q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
-            ]))
-        };
         let mut sum = [_mm256_setzero_si256(); N];
         for k in 0..4 {
             let q: &[u8; 32] = g[qoff + 32 * k..qoff + 32 * k + 32]
@@ -669,8 +674,8 @@ fn dot_x8_q4<const N: usize, const MIN: bool>(
             let hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
             for (t, s) in sum.iter_mut().enumerate() {
                 let p = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo, quad(t, k)),
-                    _mm256_maddubs_epi16(hi, quad(t, 4 + k)),
+                    _mm256_maddubs_epi16(lo, quad(a[t], k)),
+                    _mm256_maddubs_epi16(hi, quad(a[t], 4 + k)),
                 );
                 *s = _mm256_add_epi16(*s, p);
             }
@@ -723,11 +728,7 @@ fn dot_x8_q8_0<const N: usize>(group: &[u8], acts: [&[BlockQ8]; N], stream: bool
             );
             let wabs = _mm256_sign_epi8(w, w);
             for (t, s) in sum.iter_mut().enumerate() {
-                let q = &a[t].qs[4 * k..4 * k + 4];
-                let x = _mm256_set1_epi32(i32::from_le_bytes([
-                    q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
-                ]));
-                let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(x, w));
+                let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(quad(a[t], k), w));
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
             }
         }
@@ -827,20 +828,18 @@ const PREFETCH: usize = 4096;
 #[inline]
 #[target_feature(enable = "avx2")]
 pub(super) fn prefetch_span(data: &[u8], at: usize, len: usize) {
-    // A prefetch is a hint that never faults, whatever the address; `wrapping_add` keeps the
-    // pointer arithmetic defined past the end of `data`.
-    let p = data.as_ptr().wrapping_add(at + PREFETCH);
     for off in (0..len).step_by(64).chain([len.saturating_sub(1)]) {
-        _mm_prefetch::<_MM_HINT_NTA>(p.wrapping_add(off) as *const i8);
+        prefetch_line(data, at + off);
     }
 }
 
-/// Prefetches the cache line of `data[at]`, `PREFETCH` bytes ahead (see [`prefetch_span`]):
-/// two calls per 128 bytes of a forward stream reach every line.
+/// Prefetches the cache line of `data[at]`, `PREFETCH` bytes ahead, as [`prefetch_span`]
+/// does (two calls per 128 bytes of a forward stream reach every line).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn prefetch_line(data: &[u8], at: usize) {
-    // A prefetch never faults; `wrapping_add` keeps the pointer arithmetic defined.
+    // A prefetch is a hint that never faults, whatever the address; `wrapping_add` keeps the
+    // pointer arithmetic defined past the end of `data`.
     let p = data.as_ptr().wrapping_add(at + PREFETCH);
     _mm_prefetch::<_MM_HINT_NTA>(p as *const i8);
 }
