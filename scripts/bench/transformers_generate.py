@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hugging Face Transformers `generate()` speed on CPU for a Hugging Face model folder.
+"""Hugging Face Transformers `generate()` speed on CPU or CUDA for a Hugging Face model folder.
 
 Called by `switchyard-bench` (crates/switchyard-bench, the safetensors table) as the peer of the
 hf-candle safetensors path; run it with the venv-ref Python (torch + transformers):
@@ -19,8 +19,12 @@ Per rep (after one untimed warm-up of both measurements):
   tg = (G - 1) / (total - TTFT), i.e. tokens after the first over the time after the first
   (the same definition as Switchyard's decode speed).
 
+With `--device cuda` the model and inputs live on GPU 0 and every timed span ends with
+`torch.cuda.synchronize()`.
+
 Prints one JSON line on stdout (everything else goes to stderr):
-{"pp": median, "tg": median, "threads": N, "dtype": ..., "torch": ..., "transformers": ...}
+{"pp": median, "tg": median, "ids": [greedy ids of the last decode run], "threads": N,
+ "dtype": ..., "device": ..., "torch": ..., "transformers": ...}
 """
 
 import argparse
@@ -36,6 +40,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
@@ -61,8 +66,12 @@ def run(a: argparse.Namespace) -> dict:
 
     tok = AutoTokenizer.from_pretrained(a.model)
     # `dtype` is the transformers 5 name of the former `torch_dtype` argument.
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).to(a.device)
     model.eval()
+
+    def sync() -> None:
+        if a.device == "cuda":
+            torch.cuda.synchronize()
 
     # Prefill prompt: exactly P ids.
     words = "the quick brown fox jumps over the lazy dog while a small model reads its prompt "
@@ -70,30 +79,40 @@ def run(a: argparse.Namespace) -> dict:
     ids = tok(text, add_special_tokens=False)["input_ids"]
     while len(ids) < a.prompt_tokens:
         ids = ids + ids
-    pp_ids = torch.tensor([ids[: a.prompt_tokens]], dtype=torch.long)
+    pp_ids = torch.tensor([ids[: a.prompt_tokens]], dtype=torch.long, device=a.device)
 
     # Decode prompt: a short chat turn.
     chat = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
     enc = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    gen_inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    gen_inputs = {
+        "input_ids": enc["input_ids"].to(a.device),
+        "attention_mask": enc["attention_mask"].to(a.device),
+    }
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def prefill() -> float:
         with torch.inference_mode():
+            sync()
             t0 = time.perf_counter()
             model(input_ids=pp_ids, logits_to_keep=1)
+            sync()
             return time.perf_counter() - t0
+
+    last_ids: list = []
 
     def generate(n: int) -> float:
         with torch.inference_mode():
+            sync()
             t0 = time.perf_counter()
             out = model.generate(
                 **gen_inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad
             )
+            sync()
             dt = time.perf_counter() - t0
         got = out.shape[1] - gen_inputs["input_ids"].shape[1]
         if got != n:
             raise RuntimeError(f"generate produced {got} tokens, wanted {n}")
+        last_ids[:] = out[0, gen_inputs["input_ids"].shape[1] :].tolist()
         return dt
 
     # Warm-up (untimed).
@@ -111,8 +130,10 @@ def run(a: argparse.Namespace) -> dict:
     return {
         "pp": round(statistics.median(pps), 2),
         "tg": round(statistics.median(tgs), 2),
+        "ids": last_ids,
         "threads": a.threads,
         "dtype": a.dtype,
+        "device": a.device,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }

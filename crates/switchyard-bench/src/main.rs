@@ -25,10 +25,13 @@
 //! - plugin boundary: decode through the loaded plugin vs the same engine linked statically;
 //! - memory: peak RSS of the decode child vs the model file size;
 //! - safetensors (with `--hf-model`): the Hugging Face folder in f32 and bf16 vs Transformers
-//!   `generate()` (`scripts/bench/transformers_generate.py`).
+//!   `generate()` (`scripts/bench/transformers_generate.py`);
+//! - cuda (with `--device cuda --hf-model`): the folder in bf16 on GPU 0 vs Transformers
+//!   `generate()` on the same GPU (`scripts/bench/cuda-compare.sh` runs it on random-weight
+//!   Llama shapes).
 //!
-//! `--tables` picks the table groups to run: `gguf` (every table above but the last) and
-//! `safetensors`; both by default.
+//! `--tables` picks the table groups to run: `gguf` (every table above but the last two),
+//! `safetensors` and `cuda`; the first two by default.
 //!
 //! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
 //! Not run in CI (CI only builds it).
@@ -54,14 +57,16 @@ struct Args {
     transformers_python: Option<PathBuf>,
     child: Option<String>,
     dtype: String,
-    /// Table groups to run (`gguf`, `safetensors`).
+    /// `[backends.hf-candle] device` of the Switchyard children (`cpu`, `cuda`).
+    device: String,
+    /// Table groups to run (`gguf`, `safetensors`, `cuda`).
     tables: Vec<String>,
 }
 
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
-[--tables gguf,safetensors]";
+[--tables gguf,safetensors,cuda] [--device cpu|cuda]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -75,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
         transformers_python: None,
         child: None,
         dtype: "f32".into(),
+        device: "cpu".into(),
         tables: vec!["gguf".into(), "safetensors".into()],
     };
     let mut it = std::env::args().skip(1);
@@ -96,14 +102,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--transformers-python" => a.transformers_python = Some(PathBuf::from(value()?)),
             "--child" => a.child = Some(value()?),
             "--dtype" => a.dtype = value()?,
+            "--device" => a.device = value()?,
             "--tables" => {
                 a.tables = value()?.split(',').map(str::to_owned).collect();
                 if let Some(t) = a
                     .tables
                     .iter()
-                    .find(|t| !["gguf", "safetensors"].contains(&t.as_str()))
+                    .find(|t| !["gguf", "safetensors", "cuda"].contains(&t.as_str()))
                 {
-                    bail!("unknown table group `{t}` in --tables (known: gguf, safetensors)");
+                    bail!("unknown table group `{t}` in --tables (known: gguf, safetensors, cuda)");
                 }
             }
             "--help" | "-h" => {
@@ -145,9 +152,10 @@ fn load_with(
     model_extra: &str,
 ) -> anyhow::Result<ChatModel> {
     let toml = format!(
-        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n{model_extra}\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\n{extra}\n",
+        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n{model_extra}\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\ndevice = \"{}\"\n{extra}\n",
         a.model.display(),
-        a.dtype
+        a.dtype,
+        a.device
     );
     let config = Config::parse(&toml, "bench", &[])?;
     let registry = Registry::scan(&resolve_plugin_dir(None, None))?;
@@ -163,8 +171,7 @@ where
     E: std::fmt::Display,
 {
     let d = decode_span(events)?;
-    let dt = (d.last - d.first).as_secs_f64().max(1e-9);
-    Ok((f64::from(d.n.saturating_sub(1)) / dt, d.n))
+    Ok((d.rate(), d.n))
 }
 
 /// When a stream's first and last tokens came, how many tokens it had, and when each event
@@ -174,6 +181,16 @@ struct Span {
     last: Instant,
     n: u32,
     events: Vec<(Instant, u32)>,
+    /// The token ids the stream carried, in order.
+    ids: Vec<u32>,
+}
+
+impl Span {
+    /// Tokens after the first over the time after the first.
+    fn rate(&self) -> f64 {
+        let dt = (self.last - self.first).as_secs_f64().max(1e-9);
+        f64::from(self.n.saturating_sub(1)) / dt
+    }
 }
 
 fn decode_span<I, E>(events: I) -> anyhow::Result<Span>
@@ -185,8 +202,10 @@ where
     let mut n = 0u32;
     let mut last = Instant::now();
     let mut timed = Vec::new();
+    let mut ids = Vec::new();
     for e in events {
         let e = e.map_err(|e| anyhow::anyhow!("{e}"))?;
+        ids.extend_from_slice(&e.token_ids);
         let k = e.token_ids.len().max(usize::from(!e.delta.is_empty())) as u32;
         n += k;
         last = Instant::now();
@@ -198,6 +217,7 @@ where
         last,
         n,
         events: timed,
+        ids,
     })
 }
 
@@ -230,8 +250,9 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
                 }
             }
             let pp = f64::from(prompt_len) / start.elapsed().as_secs_f64();
-            let (tg, n) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
-            json!({"pp": pp, "pp_tokens": prompt_len, "tg": tg, "tg_tokens": n, "rss_mb": peak_rss_mb()})
+            let d = decode_span(model.stream_chat(request(STORY, a.gen_tokens))?)?;
+            json!({"pp": pp, "pp_tokens": prompt_len, "tg": d.rate(), "tg_tokens": d.n,
+                   "ids": d.ids, "rss_mb": peak_rss_mb()})
         }
         "cold" => {
             // The raw prompt "Hi", as llama-simple gets it (no chat template).
@@ -346,6 +367,7 @@ fn run_child(
         .args(["--child", mode, "--model"])
         .arg(model)
         .args(["--threads", &threads.to_string(), "--dtype", dtype])
+        .args(["--device", &a.device])
         .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
         .output()?;
@@ -403,15 +425,24 @@ fn run_llama_cold(a: &Args, dir: &Path) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// One run of `scripts/bench/transformers_generate.py` on `a.device`: its JSON line (`pp`,
+/// `tg`, the greedy `ids` of the decode run, versions).
 fn run_transformers(
     a: &Args,
     py: &Path,
     hf: &Path,
     threads: usize,
     dtype: &str,
-) -> anyhow::Result<(f64, f64)> {
-    let script =
+) -> anyhow::Result<Value> {
+    // The checkout this binary was built from, else (a binary carried to another machine)
+    // the checkout it runs in.
+    let built =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench/transformers_generate.py");
+    let script = if built.is_file() {
+        built
+    } else {
+        PathBuf::from("scripts/bench/transformers_generate.py")
+    };
     let out = Command::new(py)
         .arg(script)
         .arg("--model")
@@ -421,6 +452,8 @@ fn run_transformers(
             &threads.to_string(),
             "--dtype",
             dtype,
+            "--device",
+            &a.device,
             "--reps",
             "1",
         ])
@@ -434,11 +467,7 @@ fn run_transformers(
         );
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))?;
-    Ok((
-        v["pp"].as_f64().unwrap_or(f64::NAN),
-        v["tg"].as_f64().unwrap_or(f64::NAN),
-    ))
+    Ok(serde_json::from_str(line.lines().last().unwrap_or("{}"))?)
 }
 
 /// Size in MiB of a Hugging Face folder's weights as f32 (from the safetensors headers).
@@ -515,6 +544,61 @@ fn main() -> anyhow::Result<()> {
     if a.tables.iter().any(|t| t == "safetensors") {
         safetensors_tables(&a)?;
     }
+    if a.tables.iter().any(|t| t == "cuda") {
+        cuda_tables(&a)?;
+    }
+    Ok(())
+}
+
+/// The CUDA table (`--tables cuda --device cuda --hf-model DIR --transformers-python PY`):
+/// the folder in bf16 on GPU 0 vs Transformers `generate()` on the same GPU, prefill and
+/// batch-1 decode, and how many of the decode's greedy ids the two agree on.
+fn cuda_tables(a: &Args) -> anyhow::Result<()> {
+    let (Some(hf), Some(py)) = (&a.hf_model, &a.transformers_python) else {
+        bail!("--tables cuda needs --hf-model DIR and --transformers-python PY");
+    };
+    if a.device != "cuda" {
+        bail!("--tables cuda needs --device cuda");
+    }
+    let t = a.threads[0];
+    let (mut hpp, mut htg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
+    let (mut hids, mut sids) = (Value::Null, Value::Null);
+    for _ in 0..a.reps {
+        let v = run_transformers(a, py, hf, t, "bfloat16")?;
+        hpp.push(f(&v, "pp"));
+        htg.push(f(&v, "tg"));
+        hids = v["ids"].clone();
+        let (s, _) = run_child(a, "speed", t, hf, "bf16")?;
+        spp.push(f(&s, "pp"));
+        stg.push(f(&s, "tg"));
+        sids = s["ids"].clone();
+    }
+    let ids = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let (hids, sids) = (ids(&hids), ids(&sids));
+    let agree = hids.iter().zip(&sids).take_while(|(h, s)| h == s).count();
+    println!(
+        "\n{} on cuda:0, bf16, batch 1, vs Transformers generate() (reps: {}, A B A B)\n",
+        hf.display(),
+        a.reps
+    );
+    println!("| test | transformers t/s | switchyard t/s | ratio |");
+    println!("|---|---:|---:|---:|");
+    for (name, h, s) in [
+        (format!("pp{}", a.prompt_tokens), hpp, spp),
+        (format!("tg{}", a.gen_tokens), htg, stg),
+    ] {
+        let (h, s) = (median(h), median(s));
+        println!("| {name} | {h:.1} | {s:.1} | {:.2}x |", s / h);
+    }
+    println!(
+        "\ngreedy decode ids: transformers {} tokens, switchyard {} tokens, first {agree} equal",
+        hids.len(),
+        sids.len()
+    );
     Ok(())
 }
 
@@ -631,9 +715,9 @@ fn safetensors_tables(a: &Args) -> anyhow::Result<()> {
                     (vec![], vec![], vec![], vec![], vec![]);
                 for _ in 0..a.reps {
                     gbs = gbs.max(read_bandwidth(t));
-                    let (pp, tg) = run_transformers(a, py, hf, t, tdtype)?;
-                    hpp.push(pp);
-                    htg.push(tg);
+                    let v = run_transformers(a, py, hf, t, tdtype)?;
+                    hpp.push(f(&v, "pp"));
+                    htg.push(f(&v, "tg"));
                     let (s, _) = run_child(a, "speed", t, hf, dtype)?;
                     spp.push(f(&s, "pp"));
                     stg.push(f(&s, "tg"));

@@ -18,10 +18,17 @@ fn fixture(name: &str) -> Option<(std::path::PathBuf, Value)> {
 }
 
 fn check_causal(name: &str) {
+    check_causal_on(name, json!({"threads": 2}));
+}
+
+/// [`check_causal`] with the engine options `options` (e.g. `engine = "candle"`, the path
+/// a GPU runs).
+fn check_causal_on(name: &str, options: Value) {
     let Some((dir, exp)) = fixture(name) else {
         return;
     };
-    let eng = common::engine(&dir);
+    let eng = common::engine_with(&dir, options, json!({}))
+        .unwrap_or_else(|e| panic!("load {}: {e}", dir.display()));
     let convs = exp["conversations"].as_array().unwrap();
     for (i, c) in convs.iter().enumerate() {
         let req = ChatRequest {
@@ -87,6 +94,16 @@ fn qwen3_matches_transformers() {
 #[test]
 fn mistral_matches_transformers() {
     check_causal("mistral");
+}
+
+/// The candle graph (what `device = "cuda"` runs; the CPU runs it with `engine = "candle"`)
+/// for each family: stacked q/k/v (with Qwen2's biases, Qwen3's q/k norms) and gate/up
+/// projections, grouped-query attention without repeated K/V.
+#[test]
+fn candle_graph_matches_transformers() {
+    for name in ["llama", "qwen2", "qwen3", "mistral"] {
+        check_causal_on(name, json!({"threads": 2, "engine": "candle"}));
+    }
 }
 
 fn check_scores(name: &str) {

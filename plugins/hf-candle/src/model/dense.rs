@@ -82,9 +82,10 @@ impl RopeTables {
 
 #[derive(Clone, Debug)]
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// The q, k and v projections stacked into one matrix (rows q, then k, then v): one
+    /// matrix product per layer instead of three (on a GPU each product is a kernel launch,
+    /// and batch-1 decoding is bound by launches).
+    qkv: Linear,
     o: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -92,9 +93,10 @@ struct Attention {
 
 #[derive(Clone, Debug)]
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// The gate and up projections stacked (rows gate, then up).
+    gate_up: Linear,
     down: Linear,
+    intermediate: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -113,6 +115,30 @@ fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear>
         None
     };
     Ok(Linear::new(w, b))
+}
+
+/// Several projections of the same input stacked into one: their weights (and biases)
+/// concatenated along the output dimension.
+fn stacked(
+    vb: &VarBuilder,
+    names: &[&str],
+    inp: usize,
+    outs: &[usize],
+    bias: bool,
+) -> Result<Linear> {
+    let mut ws = Vec::with_capacity(names.len());
+    let mut bs = Vec::with_capacity(names.len());
+    for (name, &out) in names.iter().zip(outs) {
+        let l = linear(&vb.pp(name), inp, out, bias)?;
+        bs.extend(l.bias().cloned());
+        ws.push(l.weight().clone());
+    }
+    let b = if bias {
+        Some(Tensor::cat(&bs, 0)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(Tensor::cat(&ws, 0)?, b))
 }
 
 fn rms(vb: &VarBuilder, size: usize, eps: f64) -> Result<RmsNorm> {
@@ -176,9 +202,13 @@ impl DenseModel {
                 (None, None)
             };
             let attn = Attention {
-                q: linear(&a.pp("q_proj"), h, nh * hd, qkv_bias)?,
-                k: linear(&a.pp("k_proj"), h, nkv * hd, qkv_bias)?,
-                v: linear(&a.pp("v_proj"), h, nkv * hd, qkv_bias)?,
+                qkv: stacked(
+                    &a,
+                    &["q_proj", "k_proj", "v_proj"],
+                    h,
+                    &[nh * hd, nkv * hd, nkv * hd],
+                    qkv_bias,
+                )?,
                 o: linear(
                     &a.pp("o_proj"),
                     nh * hd,
@@ -189,10 +219,11 @@ impl DenseModel {
                 k_norm,
             };
             let p = l.pp("mlp");
+            let inter = cfg.intermediate_size;
             let mlp = Mlp {
-                gate: linear(&p.pp("gate_proj"), h, cfg.intermediate_size, false)?,
-                up: linear(&p.pp("up_proj"), h, cfg.intermediate_size, false)?,
-                down: linear(&p.pp("down_proj"), cfg.intermediate_size, h, false)?,
+                gate_up: stacked(&p, &["gate_proj", "up_proj"], h, &[inter, inter], false)?,
+                down: linear(&p.pp("down_proj"), inter, h, false)?,
+                intermediate: inter,
             };
             layers.push(Layer {
                 input_norm: rms(&l.pp("input_layernorm"), h, cfg.rms_norm_eps)?,
@@ -261,7 +292,9 @@ impl DenseModel {
         let ids_t = Tensor::new(ids, &dev)?;
         let mut x = self.embed.index_select(&ids_t, 0)?.unsqueeze(0)?;
         let mask = if seq > 1 || self.sliding_window.is_some_and(|w| pos + seq > w) {
-            Some(self.mask(seq, pos, &dev)?)
+            // In the scores' dtype (see `attention`): f32 on the CPU, the model's elsewhere.
+            let dtype = if dev.is_cpu() { DType::F32 } else { self.dtype };
+            Some(self.mask(seq, pos, &dev)?.to_dtype(dtype)?)
         } else {
             None
         };
@@ -277,8 +310,10 @@ impl DenseModel {
             x = (attn + residual)?;
             let h = layer.post_norm.forward(&x)?;
             let mlp = &layer.mlp;
-            let g = candle_nn::ops::silu(&mlp.gate.forward(&h)?)?;
-            let y = mlp.down.forward(&(g * mlp.up.forward(&h)?)?)?;
+            let gu = mlp.gate_up.forward(&h)?;
+            let g = candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, mlp.intermediate)?)?;
+            let u = gu.narrow(D::Minus1, mlp.intermediate, mlp.intermediate)?;
+            let y = mlp.down.forward(&(g * u)?)?;
             x = (x + y)?;
         }
         Ok(self.norm.forward(&x)?)
@@ -326,14 +361,22 @@ impl DenseModel {
     ) -> Result<(Tensor, (Tensor, Tensor))> {
         let a = &self.layers[i].attn;
         let (b, seq, _) = x.dims3()?;
-        let hd = self.head_dim;
-        let mut q = a.q.forward(x)?.reshape((b, seq, self.n_heads, hd))?;
-        let mut k = a.k.forward(x)?.reshape((b, seq, self.n_kv, hd))?;
-        let v = a.v.forward(x)?.reshape((b, seq, self.n_kv, hd))?;
+        let (hd, nh, nkv) = (self.head_dim, self.n_heads, self.n_kv);
+        let qkv = a.qkv.forward(x)?;
+        let mut q = qkv
+            .narrow(D::Minus1, 0, nh * hd)?
+            .reshape((b, seq, nh, hd))?;
+        let mut k = qkv
+            .narrow(D::Minus1, nh * hd, nkv * hd)?
+            .reshape((b, seq, nkv, hd))?;
+        let v = qkv
+            .narrow(D::Minus1, (nh + nkv) * hd, nkv * hd)?
+            .reshape((b, seq, nkv, hd))?;
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
+        // With one new token these transposes move only size-1 dimensions: no copy.
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -343,18 +386,29 @@ impl DenseModel {
             Some((ck, cv)) => (Tensor::cat(&[ck, &k], 2)?, Tensor::cat(&[cv, &v], 2)?),
             None => (k, v),
         };
-        let groups = self.n_heads / self.n_kv;
-        let kr = candle_transformers::utils::repeat_kv(k.clone(), groups)?.contiguous()?;
-        let vr = candle_transformers::utils::repeat_kv(v.clone(), groups)?.contiguous()?;
+        let total = k.dim(2)?;
+        // Grouped-query attention without copying K and V per query head: the query heads
+        // that share a KV head are adjacent, so `(b, nh, seq, hd)` viewed as
+        // `(b, nkv, groups * seq, hd)` multiplies each KV head once.
+        let groups = nh / nkv;
+        let qg = q.reshape((b, nkv, groups * seq, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&kr.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let att = (qg.matmul(&k.t()?)? * scale)?;
+        // The CPU keeps scores in f32 (its results are compared with Transformers'); CUDA's
+        // softmax kernel accumulates half-width inputs in f32 itself, saving two casts.
+        let wide = self.dtype != DType::F32 && att.device().is_cpu();
+        let att = if wide { att.to_dtype(DType::F32)? } else { att };
         let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
+            Some(m) => att
+                .reshape((b, nkv, groups, seq, total))?
+                .broadcast_add(m)?
+                .reshape((b, nkv, groups * seq, total))?,
             None => att,
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?.to_dtype(self.dtype)?;
-        let y = att.matmul(&vr)?;
-        let y = y.transpose(1, 2)?.reshape((b, seq, self.n_heads * hd))?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let att = if wide { att.to_dtype(self.dtype)? } else { att };
+        let y = att.matmul(&v)?.reshape((b, nh, seq, hd))?;
+        let y = y.transpose(1, 2)?.reshape((b, seq, nh * hd))?;
         Ok((a.o.forward(&y)?, (k, v)))
     }
 
