@@ -35,7 +35,7 @@ for shape in ${SHAPES:-smollm2-135m llama-1b}; do
         echo "## $shape, $(basename "$plugins")"
         SWITCHYARD_PLUGIN_DIR=$plugins "$bundle/switchyard-bench" \
             --model "$work/$shape" --hf-model "$work/$shape" --transformers-python python3 \
-            --device cuda --tables cuda --threads 1 --reps "${REPS:-3}" \
+            --device cuda --tables cuda --threads "$(nproc)" --reps "${REPS:-3}" \
             --gen-tokens "${GEN:-128}" --prompt-tokens "${PROMPT:-512}" ||
             { status=1; echo "FAILED: $shape, $(basename "$plugins")"; }
     done
