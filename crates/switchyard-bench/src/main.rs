@@ -22,7 +22,9 @@
 //!   the tokens all streams got while all four were decoding: from the latest first token to
 //!   the earliest last token) vs one stream (tokens after its first over the time after its
 //!   first);
-//! - plugin boundary: decode through the loaded plugin vs the same engine linked statically;
+//! - plugin boundary: decode through the loaded plugin vs the same engine linked statically,
+//!   both loaded in one child, alternating in rounds (static, plugin, plugin, static, then the
+//!   other way round); the ratio is the median of the rounds' paired ratios;
 //! - memory: peak RSS of the decode child vs the model file size;
 //! - safetensors (with `--hf-model`): the Hugging Face folder in f32 and bf16 vs Transformers
 //!   `generate()` (`scripts/bench/transformers_generate.py`);
@@ -163,6 +165,9 @@ fn load_with(
 }
 
 const STORY: &str = "Write a long story about a lighthouse keeper.";
+
+/// Rounds of the plugin-boundary child (each decodes twice through each side).
+const STATIC_ROUNDS: usize = 3;
 
 /// Decode speed of one stream: (tokens after the first) / (time after the first).
 fn decode<I, E>(events: I) -> anyhow::Result<(f64, u32)>
@@ -343,13 +348,33 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
             }))?;
             let eng = hf_candle::HfCandle::load(&cfg)?;
             let cancel = switchyard_plugin::CancelToken::new();
-            let (tg, _) = decode(eng.stream_chat(request(STORY, a.gen_tokens), cancel.clone())?)?;
             let model = load(a, t, "prefix_cache_mb = 0", 1)?;
-            let (tg_plugin, _) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
-            // Second round, in the other order.
-            let (tg_plugin2, _) = decode(model.stream_chat(request(STORY, a.gen_tokens))?)?;
-            let (tg2, _) = decode(eng.stream_chat(request(STORY, a.gen_tokens), cancel)?)?;
-            json!({"static": (tg + tg2) / 2.0, "plugin": (tg_plugin + tg_plugin2) / 2.0})
+            let run_static = || -> anyhow::Result<f64> {
+                let events = eng.stream_chat(request(STORY, a.gen_tokens), cancel.clone())?;
+                Ok(decode(events)?.0)
+            };
+            let run_plugin = || -> anyhow::Result<f64> {
+                Ok(decode(model.stream_chat(request(STORY, a.gen_tokens))?)?.0)
+            };
+            // Rounds of static-plugin-plugin-static (then the next round starts with the
+            // plugin), so a drift of the machine's speed during the child weighs on both
+            // sides alike; each round's pair gives one ratio.
+            let (mut st, mut pl, mut ratios) = (vec![], vec![], vec![]);
+            for round in 0..STATIC_ROUNDS {
+                let (s1, p1, p2, s2) = if round % 2 == 0 {
+                    let s1 = run_static()?;
+                    let (p1, p2) = (run_plugin()?, run_plugin()?);
+                    (s1, p1, p2, run_static()?)
+                } else {
+                    let p1 = run_plugin()?;
+                    let (s1, s2) = (run_static()?, run_static()?);
+                    (s1, p1, run_plugin()?, s2)
+                };
+                st.extend([s1, s2]);
+                pl.extend([p1, p2]);
+                ratios.push((p1 + p2) / (s1 + s2));
+            }
+            json!({"static": median(st), "plugin": median(pl), "ratio": median(ratios)})
         }
         other => bail!("unknown child mode {other}"),
     })
@@ -656,7 +681,7 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
     }
     let (mut t1, mut t5) = (vec![], vec![]);
     let (mut solo, mut agg) = (vec![], vec![]);
-    let (mut st, mut pl) = (vec![], vec![]);
+    let (mut st, mut pl, mut boundary) = (vec![], vec![], vec![]);
     for _ in 0..a.reps {
         let (v, _) = run_child(a, "turns", t, &a.model, &a.dtype)?;
         t1.push(v["ttft_ms"][0].as_f64().unwrap_or(f64::NAN));
@@ -667,6 +692,7 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
         let (v, _) = run_child(a, "static", t, &a.model, &a.dtype)?;
         st.push(f(&v, "static"));
         pl.push(f(&v, "plugin"));
+        boundary.push(f(&v, "ratio"));
     }
     let (t1, t5) = (median(t1), median(t5));
     println!(
@@ -678,10 +704,12 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
         "| {t} | decode t/s, 4 concurrent streams (aggregate) vs 1 | 1 stream | {solo:.1} | {agg:.1} | {:.2}x |",
         agg / solo
     );
+    // The ratio column is the median of the rounds' paired ratios (each round alternates
+    // the two within one process), not the ratio of the two medians.
     let (st, pl) = (median(st), median(pl));
     println!(
         "| {t} | decode t/s through the plugin vs linked statically | static | {st:.1} | {pl:.1} | {:.3}x |",
-        pl / st
+        median(boundary)
     );
     let rss = median(rss);
     println!(
