@@ -361,18 +361,20 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
             // sides alike; each round's pair gives one ratio.
             let (mut st, mut pl, mut ratios) = (vec![], vec![], vec![]);
             for round in 0..STATIC_ROUNDS {
-                let (s1, p1, p2, s2) = if round % 2 == 0 {
-                    let s1 = run_static()?;
-                    let (p1, p2) = (run_plugin()?, run_plugin()?);
-                    (s1, p1, p2, run_static()?)
-                } else {
-                    let p1 = run_plugin()?;
-                    let (s1, s2) = (run_static()?, run_static()?);
-                    (s1, p1, run_plugin()?, s2)
-                };
-                st.extend([s1, s2]);
-                pl.extend([p1, p2]);
-                ratios.push((p1 + p2) / (s1 + s2));
+                let first_static = round % 2 == 0;
+                let (mut s, mut p) = (0.0, 0.0);
+                for is_static in [first_static, !first_static, !first_static, first_static] {
+                    if is_static {
+                        let tg = run_static()?;
+                        st.push(tg);
+                        s += tg;
+                    } else {
+                        let tg = run_plugin()?;
+                        pl.push(tg);
+                        p += tg;
+                    }
+                }
+                ratios.push(p / s);
             }
             json!({"static": median(st), "plugin": median(pl), "ratio": median(ratios)})
         }
