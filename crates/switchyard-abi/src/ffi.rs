@@ -5,7 +5,7 @@ use std::fmt;
 use abi_stable::{
     StableAbi, declare_root_module_statics,
     library::RootModule,
-    package_version_strings, sabi_trait,
+    sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RBox, ROption, RResult, RStr, RString, RVec},
 };
@@ -199,5 +199,6 @@ impl RootModule for PluginModRef {
     declare_root_module_statics! {PluginModRef}
     const BASE_NAME: &'static str = "switchyard_plugin";
     const NAME: &'static str = "switchyard_plugin";
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    /// The contract's version, not this crate's: see [`crate::CONTRACT_VERSION`].
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(crate::CONTRACT_VERSION);
 }
