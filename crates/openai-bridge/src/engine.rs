@@ -14,7 +14,7 @@ use crate::error::{BridgeError, Result};
 use crate::flavor::{Field, Flavor};
 use crate::launch::ServerProcess;
 use crate::options::{Options, ReasoningMode, launch_argv};
-use crate::protocol::{Completion, chat_body, finish_reason, join_reasoning, render_tool_calls};
+use crate::protocol::{Completion, chat_body, finish_reason, tool_calls};
 use crate::scores;
 use crate::stream::{self, Assembler};
 
@@ -44,6 +44,11 @@ pub fn capabilities(flavor: &Flavor, multimodal: bool) -> Capabilities {
         images: media,
         videos: media,
         audios: media,
+        // Not passed to the servers yet: the host refuses them by name instead of dropping
+        // them.
+        logprobs: false,
+        constraints: false,
+        tool_choice: false,
     }
 }
 
@@ -349,27 +354,30 @@ impl Bridge {
             .into_iter()
             .map(|c| {
                 let msg = c.message.unwrap_or_default();
-                let mut text = join_reasoning(
-                    self.reasoning,
-                    msg.reasoning_text(),
-                    msg.content.as_deref().unwrap_or_default(),
-                );
                 let mut reason =
                     finish_reason(server, c.finish_reason.as_deref().unwrap_or("stop"))?;
-                if let Some(calls) = msg.tool_calls.as_ref().filter(|c| !c.is_empty()) {
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    text.push_str(&render_tool_calls(calls));
+                let calls = msg
+                    .tool_calls
+                    .as_deref()
+                    .filter(|c| !c.is_empty())
+                    .map(tool_calls);
+                if calls.is_some() && reason == switchyard_plugin::FinishReason::Stop {
                     reason = switchyard_plugin::FinishReason::ToolCalls;
                 }
+                let reasoning = match self.reasoning {
+                    ReasoningMode::Keep => msg.reasoning_text().map(str::to_owned),
+                    ReasoningMode::Drop => None,
+                };
                 Ok(Response {
-                    text,
+                    text: msg.content.unwrap_or_default(),
                     // Usage covers all choices; with several, each gets an even share.
                     response_length: usage.completion_tokens / n,
                     prompt_length: usage.prompt_tokens,
                     finish_reason: reason,
                     token_ids: None,
+                    reasoning_content: reasoning,
+                    tool_calls: calls,
+                    logprobs: None,
                 })
             })
             .collect()

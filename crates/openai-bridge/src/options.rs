@@ -24,13 +24,14 @@ use switchyard_plugin::EngineConfig;
 use crate::error::{BridgeError, Result};
 use crate::flavor::Flavor;
 
-/// How reasoning text (`reasoning` / `reasoning_content`) is returned.
+/// What happens to a server's reasoning text (`reasoning` / `reasoning_content`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ReasoningMode {
-    /// Inline, wrapped in `<think>…</think>` before the answer (as the model wrote it).
+    /// Passed on as the response's reasoning (`reasoning = "keep"`; the old name `"inline"`
+    /// means the same).
     #[default]
-    Inline,
-    /// Dropped.
+    Keep,
+    /// Dropped (`reasoning = "drop"`).
     Drop,
 }
 
@@ -120,11 +121,10 @@ impl Options {
             }
         }
         if let Some(r) = &o.reasoning
-            && r != "inline"
-            && r != "drop"
+            && !["keep", "inline", "drop"].contains(&r.as_str())
         {
             return Err(BridgeError::Config(format!(
-                "[backends.{}] reasoning = \"{r}\": use \"inline\" or \"drop\"",
+                "[backends.{}] reasoning = \"{r}\": use \"keep\" or \"drop\"",
                 flavor.backend
             )));
         }
@@ -150,7 +150,7 @@ impl Options {
     pub fn reasoning_mode(&self) -> ReasoningMode {
         match self.reasoning.as_deref() {
             Some("drop") => ReasoningMode::Drop,
-            _ => ReasoningMode::Inline,
+            _ => ReasoningMode::Keep,
         }
     }
 

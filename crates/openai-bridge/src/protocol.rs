@@ -3,11 +3,12 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use switchyard_plugin::{ChatRequest, FinishReason, MediaInput, Message, Role};
+use switchyard_plugin::{
+    ChatRequest, FinishReason, FunctionCall, MediaInput, Message, Role, ToolCall, ToolCallDelta,
+};
 
 use crate::error::{BridgeError, Result};
 use crate::flavor::{Field, Flavor};
-use crate::options::ReasoningMode;
 
 /// A chat completion or a stream chunk (`message` in the first, `delta` in the second).
 #[derive(Debug, Default, Deserialize)]
@@ -89,36 +90,50 @@ pub fn finish_reason(server: &str, reason: &str) -> Result<FinishReason> {
     }
 }
 
-/// Renders finished tool calls as text, one `<tool_call>` block each (the Hermes/Qwen format),
-/// since Switchyard responses carry text only.
-pub fn render_tool_calls(calls: &[Value]) -> String {
+/// A server's tool call (whole, or a stream fragment) as a typed fragment, id preserved.
+pub fn tool_call_delta(call: &Value) -> ToolCallDelta {
+    let f = call.get("function").unwrap_or(call);
+    let arguments = match f.get("arguments") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    };
+    ToolCallDelta {
+        index: call
+            .get("index")
+            .and_then(Value::as_u64)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0),
+        id: call
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        name: f
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        arguments,
+    }
+}
+
+/// A server's finished tool calls (a non-streamed message) as typed calls, ids preserved.
+pub fn tool_calls(calls: &[Value]) -> Vec<ToolCall> {
     calls
         .iter()
         .map(|c| {
-            let f = c.get("function").unwrap_or(c);
-            let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-            let args = match f.get("arguments") {
-                Some(Value::String(s)) => {
-                    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone()))
-                }
-                Some(v) => v.clone(),
-                None => json!({}),
-            };
-            format!(
-                "<tool_call>\n{}\n</tool_call>",
-                json!({"name": name, "arguments": args})
-            )
+            let d = tool_call_delta(c);
+            ToolCall {
+                id: d.id.unwrap_or_default(),
+                kind: "function".to_owned(),
+                function: FunctionCall {
+                    name: d.name.unwrap_or_default(),
+                    arguments: d.arguments,
+                },
+            }
         })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Joins reasoning and answer text per `mode`.
-pub fn join_reasoning(mode: ReasoningMode, reasoning: Option<&str>, content: &str) -> String {
-    match (mode, reasoning) {
-        (ReasoningMode::Inline, Some(r)) => format!("<think>{r}</think>{content}"),
-        _ => content.to_owned(),
-    }
+        .collect()
 }
 
 fn data_url(media: &MediaInput, default_mime: &str) -> String {
@@ -344,13 +359,15 @@ mod tests {
     }
 
     #[test]
-    fn tool_calls_render_as_text() {
+    fn tool_calls_keep_their_ids_and_arguments() {
         let calls = vec![
-            json!({"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}),
+            json!({"id":"call_abc","type":"function","function":{"name":"f","arguments":"{\"a\": 1}"}}),
+            json!({"index":1,"function":{"name":"g","arguments":{"b":2}}}),
         ];
-        assert_eq!(
-            render_tool_calls(&calls),
-            "<tool_call>\n{\"name\":\"f\",\"arguments\":{\"a\":1}}\n</tool_call>"
-        );
+        let typed = tool_calls(&calls);
+        assert_eq!(typed[0].id, "call_abc");
+        assert_eq!(typed[0].function.arguments, "{\"a\": 1}");
+        assert_eq!(typed[1].function.name, "g");
+        assert_eq!(typed[1].function.arguments, "{\"b\":2}");
     }
 }

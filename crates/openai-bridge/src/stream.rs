@@ -13,17 +13,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
 use switchyard_plugin::{CancelToken, EngineError, Event, Finish, FinishReason};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::client::{Client, Runtime};
 use crate::error::{BridgeError, parse_error_value};
 use crate::options::ReasoningMode;
-use crate::protocol::{Completion, Usage, finish_reason, render_tool_calls};
+use crate::protocol::{Completion, Usage, finish_reason, tool_call_delta};
 use crate::sse::SseDecoder;
 
 type Item = Result<Event, EngineError>;
@@ -32,9 +31,8 @@ type Item = Result<Event, EngineError>;
 struct Seq {
     finish: Option<FinishReason>,
     chunks: u32,
-    thinking: bool,
-    /// Tool-call fragments by tool index: (name, arguments).
-    tools: BTreeMap<u64, (String, String)>,
+    /// Tool-call fragments seen (then the sequence ended in tool calls).
+    tool_calls: u32,
 }
 
 /// Assembles events from decoded chunks.
@@ -82,37 +80,25 @@ impl Assembler {
         let mut out = Vec::new();
         for choice in chunk.choices {
             let seq = self.seqs.entry(choice.index).or_default();
-            let mut text = String::new();
+            let mut event = Event {
+                index: choice.index,
+                ..Default::default()
+            };
             if let Some(d) = &choice.delta {
                 if let Some(r) = d.reasoning_text()
-                    && self.reasoning == ReasoningMode::Inline
+                    && self.reasoning == ReasoningMode::Keep
                 {
-                    if !seq.thinking {
-                        text.push_str("<think>");
-                        seq.thinking = true;
-                    }
-                    text.push_str(r);
+                    event.reasoning.push_str(r);
                 }
-                if let Some(c) = d.content.as_deref().filter(|c| !c.is_empty()) {
-                    if seq.thinking {
-                        text.push_str("</think>");
-                        seq.thinking = false;
-                    }
-                    text.push_str(c);
+                if let Some(c) = d.content.as_deref() {
+                    event.delta.push_str(c);
                 }
-                for call in d.tool_calls.iter().flatten() {
-                    let idx = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let entry = seq.tools.entry(idx).or_default();
-                    let f = call.get("function").unwrap_or(call);
-                    if let Some(n) = f.get("name").and_then(Value::as_str) {
-                        entry.0.push_str(n);
-                    }
-                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
-                        entry.1.push_str(a);
-                    }
-                }
+                event
+                    .tool_calls
+                    .extend(d.tool_calls.iter().flatten().map(tool_call_delta));
+                seq.tool_calls += event.tool_calls.len() as u32;
             }
-            if !text.is_empty() {
+            if !event.delta.is_empty() || !event.reasoning.is_empty() {
                 seq.chunks += 1;
             }
             if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
@@ -128,17 +114,12 @@ impl Assembler {
                 let reason = finish_reason(self.server, reason)?;
                 // A repeated finish chunk (KTransformers legacy) keeps the first reason.
                 seq.finish.get_or_insert(reason);
-                if seq.thinking {
-                    text.push_str("</think>");
-                    seq.thinking = false;
-                }
             }
-            if !text.is_empty() {
-                out.push(Event {
-                    index: choice.index,
-                    delta: text,
-                    ..Default::default()
-                });
+            if !event.delta.is_empty()
+                || !event.reasoning.is_empty()
+                || !event.tool_calls.is_empty()
+            {
+                out.push(event);
             }
         }
         Ok(out)
@@ -153,18 +134,8 @@ impl Assembler {
         let single = self.seqs.len() == 1;
         let mut out = Vec::new();
         for (&index, seq) in &mut self.seqs {
-            let mut delta = String::new();
-            if seq.thinking {
-                delta.push_str("</think>");
-            }
             let mut reason = seq.finish.unwrap_or(FinishReason::Stop);
-            if !seq.tools.is_empty() {
-                let calls: Vec<Value> = seq
-                    .tools
-                    .values()
-                    .map(|(n, a)| serde_json::json!({"function": {"name": n, "arguments": a}}))
-                    .collect();
-                delta.push_str(&render_tool_calls(&calls));
+            if seq.tool_calls > 0 && reason == FinishReason::Stop {
                 reason = FinishReason::ToolCalls;
             }
             let response_length = if single && self.usage.is_some() {
@@ -174,13 +145,12 @@ impl Assembler {
             };
             out.push(Event {
                 index,
-                delta,
-                token_ids: Vec::new(),
                 finish: Some(Finish {
                     reason,
                     prompt_length: usage.prompt_tokens,
                     response_length,
                 }),
+                ..Default::default()
             });
         }
         out
@@ -200,17 +170,23 @@ impl Drop for AbortOnDrop {
 pub struct BlockingEvents {
     rx: mpsc::Receiver<Item>,
     rt: Arc<Runtime>,
-    cancel: CancelToken,
+    cancel: watch::Receiver<bool>,
     task: AbortOnDrop,
     done: bool,
 }
 
-const CANCEL_POLL: Duration = Duration::from_millis(20);
+/// A receiver the token wakes when it is cancelled (no polling).
+fn cancel_signal(cancel: &CancelToken) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(cancel.is_cancelled());
+    cancel.on_cancel(move || {
+        let _ = tx.send(true);
+    });
+    rx
+}
 
-async fn cancelled(cancel: &CancelToken) {
-    while !cancel.is_cancelled() {
-        tokio::time::sleep(CANCEL_POLL).await;
-    }
+/// Resolves once the signal says cancelled (or its token is gone).
+async fn cancelled(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|c| *c).await;
 }
 
 impl Iterator for BlockingEvents {
@@ -220,7 +196,7 @@ impl Iterator for BlockingEvents {
         if self.done {
             return None;
         }
-        let (rx, cancel) = (&mut self.rx, &self.cancel);
+        let (rx, cancel) = (&mut self.rx, &mut self.cancel);
         let next = self.rt.block_on(async {
             tokio::select! {
                 item = rx.recv() => Some(item),
@@ -255,11 +231,12 @@ pub fn spawn(
     cancel: CancelToken,
 ) -> BlockingEvents {
     let (tx, rx) = mpsc::channel(32);
-    let task_cancel = cancel.clone();
+    let signal = cancel_signal(&cancel);
+    let mut task_signal = signal.clone();
     let task = rt.spawn(async move {
         tokio::select! {
             () = produce(client, resp, assembler, &tx) => {}
-            () = cancelled(&task_cancel) => {
+            () = cancelled(&mut task_signal) => {
                 tracing::debug!("stream cancelled; closing the connection");
             }
         }
@@ -267,7 +244,7 @@ pub fn spawn(
     BlockingEvents {
         rx,
         rt,
-        cancel,
+        cancel: signal,
         task: AbortOnDrop(task),
         done: false,
     }
@@ -354,7 +331,7 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&str]) -> Vec<Event> {
-        let mut a = Assembler::new("t", ReasoningMode::Inline);
+        let mut a = Assembler::new("t", ReasoningMode::Keep);
         let mut out = Vec::new();
         for c in chunks {
             out.extend(a.chunk(c).unwrap());
@@ -378,22 +355,39 @@ mod tests {
     }
 
     #[test]
-    fn reasoning_is_wrapped_and_errors_surface() {
+    fn reasoning_and_tool_calls_stay_typed_and_errors_surface() {
         let ev = run(&[
             r#"{"choices":[{"delta":{"reasoning":"hmm"}}]}"#,
             r#"{"choices":[{"delta":{"reasoning_content":" ok"}}]}"#,
             r#"{"choices":[{"delta":{"content":"Yes"},"finish_reason":"length"}]}"#,
         ]);
         let text: String = ev.iter().map(|e| e.delta.as_str()).collect();
-        assert_eq!(text, "<think>hmm ok</think>Yes");
+        let reasoning: String = ev.iter().map(|e| e.reasoning.as_str()).collect();
+        assert_eq!((text.as_str(), reasoning.as_str()), ("Yes", "hmm ok"));
         assert_eq!(
             ev.last().unwrap().finish.as_ref().unwrap().reason,
             FinishReason::Length
         );
-        let mut a = Assembler::new("t", ReasoningMode::Inline);
+        let mut a = Assembler::new("t", ReasoningMode::Keep);
         let e = a
             .chunk(r#"{"error":{"message":"boom","code":500}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("boom"));
+
+        let ev = run(&[
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_9","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\": "}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"finish_reason":"tool_calls"}]}"#,
+        ]);
+        let mut c = switchyard_plugin::ResponseCollector::new(1);
+        for e in &ev {
+            c.push(e).unwrap();
+        }
+        let r = c.finish().remove(0);
+        let call = &r.tool_calls.unwrap()[0];
+        assert_eq!(call.id, "call_9");
+        assert_eq!(call.function.name, "get_weather");
+        assert_eq!(call.function.arguments, "{\"city\": \"Paris\"}");
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls);
     }
 }

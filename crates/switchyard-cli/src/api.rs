@@ -35,9 +35,10 @@ pub struct ApiArgs {
     #[arg(long, env = "MAX_CONCURRENT")]
     max_concurrent: Option<u32>,
 
-    /// Requests that may wait for a slot; beyond that the server answers 429.
-    #[arg(long, default_value_t = 16)]
-    max_queue: usize,
+    /// Requests that may wait for a slot; beyond that the server answers 429 (overrides
+    /// `max_queue` in the config; default 16).
+    #[arg(long)]
+    max_queue: Option<u32>,
 
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 16)]
@@ -73,6 +74,9 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
     if let Some(n) = args.max_concurrent {
         args.model.overrides.push(format!("max_concurrent={n}"));
     }
+    if let Some(n) = args.max_queue {
+        args.model.overrides.push(format!("max_queue={n}"));
+    }
     let addr = parse_addr(&args.host, args.port).map_err(anyhow::Error::msg)?;
     let media_dir = match &args.media_dir {
         Some(d) => {
@@ -91,7 +95,6 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
     let options = ServerOptions {
         model_name: args.model_name,
         api_key: args.api_key.filter(|k| !k.is_empty()),
-        max_queue: args.max_queue,
         body_limit: args.body_limit_mb << 20,
         media: MediaLimits {
             max_items: args.max_media,

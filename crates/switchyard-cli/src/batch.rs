@@ -3,7 +3,7 @@
 //! Input line: `{"messages": [...], "system"?: str, "tools"?: [...], <any generation setting>}`
 //! (`n` and `max_tokens` are accepted as aliases of `num_return_sequences` and `max_new_tokens`).
 //! Output line: `{"line", "text", "prompt_length", "response_length", "finish_reason",
-//! "token_ids"?}`, a list of those when `n > 1`, or `{"line", "error": {"kind", "message"}}` for
+//! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?}`, a list of those when `n > 1`, or `{"line", "error": {"kind", "message"}}` for
 //! a line that failed — the rest still run. `--resume` skips input lines that already have an
 //! output line; `--fail-fast` stops at the first error with a non-zero exit status.
 
@@ -128,6 +128,15 @@ fn record(line: usize, responses: &[Response]) -> Value {
         });
         if let Some(ids) = &r.token_ids {
             v["token_ids"] = json!(ids);
+        }
+        if let Some(reasoning) = &r.reasoning_content {
+            v["reasoning_content"] = json!(reasoning);
+        }
+        if let Some(calls) = &r.tool_calls {
+            v["tool_calls"] = json!(calls);
+        }
+        if let Some(lp) = &r.logprobs {
+            v["logprobs"] = json!(lp);
         }
         v
     };

@@ -11,7 +11,10 @@ use std::sync::Mutex;
 use anyhow::Context;
 use clap::Args;
 use rustyline::error::ReadlineError;
-use switchyard::{Canceller, ChatModel, ChatRequest, Error, ErrorKind, GenerationParams, Message};
+use switchyard::{
+    Canceller, ChatModel, ChatRequest, Error, ErrorKind, GenerationParams, Message, Response,
+    ResponseCollector,
+};
 
 use crate::ModelArgs;
 use crate::common::load_model;
@@ -140,14 +143,31 @@ impl Session {
             write!(out, "Assistant: ")?;
         }
         out.flush()?;
-        let mut answer = String::new();
+        let mut reply = ResponseCollector::new(1);
         let mut interrupted = false;
+        let mut in_reasoning = false;
         for event in stream {
             match event {
                 Ok(e) => {
+                    // Reasoning is shown dimmed (in brackets when not a terminal), the answer
+                    // as it comes; tool calls are listed when the reply ends.
+                    if !e.reasoning.is_empty() {
+                        if !in_reasoning {
+                            write!(out, "{}", if tty { "\x1b[2m" } else { "[reasoning] " })?;
+                            in_reasoning = true;
+                        }
+                        write!(out, "{}", e.reasoning)?;
+                    }
+                    if in_reasoning && !e.delta.is_empty() {
+                        write!(out, "{}", if tty { "\x1b[0m\n" } else { " [/reasoning] " })?;
+                        in_reasoning = false;
+                    }
                     write!(out, "{}", e.delta)?;
                     out.flush()?;
-                    answer.push_str(&e.delta);
+                    if let Err(msg) = reply.push(&e) {
+                        writeln!(out, "\nerror: {msg}")?;
+                        break;
+                    }
                 }
                 Err(Error::Engine(e)) if e.kind == ErrorKind::CANCELLED => {
                     interrupted = true;
@@ -161,14 +181,28 @@ impl Session {
             }
         }
         *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if in_reasoning && tty {
+            write!(out, "\x1b[0m")?;
+        }
         if interrupted {
             write!(out, " [interrupted]")?;
+        }
+        let reply = reply.finish().pop().unwrap_or_else(Response::empty);
+        for call in reply.tool_calls.iter().flatten() {
+            write!(
+                out,
+                "\n[tool call {}] {}({})",
+                call.id, call.function.name, call.function.arguments
+            )?;
         }
         writeln!(out)?;
         if tty {
             writeln!(out)?;
         }
-        self.history.push(Message::assistant(answer));
+        let mut message = Message::assistant(reply.text);
+        message.tool_calls = reply.tool_calls;
+        message.reasoning_content = reply.reasoning_content;
+        self.history.push(message);
         Ok(())
     }
 }

@@ -24,9 +24,10 @@ pub use cancel::CancelToken;
 pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{
-        Capabilities, ChatRequest, EngineConfig, EngineInfo, Event, Finish, FinishReason,
-        GenerationParams, MediaInput, Message, PluginMetadata, Response, Role, ScoreInput,
-        ScoreRequest,
+        Capabilities, ChatRequest, Constraint, EngineConfig, EngineInfo, Event, Finish,
+        FinishReason, FunctionCall, GenerationParams, MediaInput, Message, PluginMetadata,
+        Response, ResponseCollector, Role, ScoreInput, ScoreRequest, TokenLogprob, ToolCall,
+        ToolCallDelta, ToolChoice, TopLogprob,
     },
 };
 
@@ -56,7 +57,8 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Runs a request to completion. The default collects [`Backend::stream_chat`].
     fn chat(&self, request: ChatRequest) -> Result<Vec<Response>, EngineError> {
-        collect_stream(self.stream_chat(request, CancelToken::new())?)
+        let n = request.generation.num_return_sequences.unwrap_or(1) as usize;
+        collect_stream(self.stream_chat(request, CancelToken::new())?, n)
     }
 
     /// Reward scores, one per input. The default says the backend has none.
@@ -69,40 +71,17 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
-/// Collects a stream of events into one [`Response`] per sequence index.
+/// Collects a stream of events into one [`Response`] per sequence index (at most
+/// `max_sequences`; see [`ResponseCollector`]).
 pub fn collect_stream(
     events: impl Iterator<Item = Result<Event, EngineError>>,
+    max_sequences: usize,
 ) -> Result<Vec<Response>, EngineError> {
-    let mut out: Vec<Response> = Vec::new();
+    let mut out = ResponseCollector::new(max_sequences);
     for event in events {
-        let event = event?;
-        let i = event.index as usize;
-        while out.len() <= i {
-            out.push(Response {
-                text: String::new(),
-                response_length: 0,
-                prompt_length: 0,
-                finish_reason: FinishReason::Stop,
-                token_ids: Some(Vec::new()),
-            });
-        }
-        let r = &mut out[i];
-        r.text.push_str(&event.delta);
-        if let Some(ids) = r.token_ids.as_mut() {
-            ids.extend_from_slice(&event.token_ids);
-        }
-        if let Some(f) = event.finish {
-            r.finish_reason = f.reason;
-            r.prompt_length = f.prompt_length;
-            r.response_length = f.response_length;
-        }
+        out.push(&event?).map_err(EngineError::backend)?;
     }
-    for r in &mut out {
-        if r.token_ids.as_ref().is_some_and(|ids| ids.is_empty()) && r.response_length > 0 {
-            r.token_ids = None;
-        }
-    }
-    Ok(out)
+    Ok(out.finish())
 }
 
 /// Sets up `tracing` output for this plugin (a `cdylib` has its own subscriber): human-readable

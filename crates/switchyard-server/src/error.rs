@@ -77,6 +77,16 @@ impl ApiError {
     }
 }
 
+/// The OpenAI request field a Switchyard setting comes from.
+fn openai_param(name: &str) -> &str {
+    match name {
+        "num_return_sequences" => "n",
+        "max_new_tokens" => "max_tokens",
+        "constraint" => "response_format",
+        other => other,
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, kind, code) = match e.kind() {
@@ -110,8 +120,8 @@ impl From<Error> for ApiError {
         Self {
             status,
             kind,
+            param: e.field().map(|f| openai_param(f).to_owned()),
             message: e.to_string(),
-            param: None,
             code,
         }
     }

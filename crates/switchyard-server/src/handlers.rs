@@ -14,13 +14,12 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard::{FinishReason, Message, ScoreInput, ScoreRequest};
-use tokio::sync::mpsc;
+use switchyard::{Message, ResponseCollector, ScoreInput, ScoreRequest};
 
+use crate::AppState;
 use crate::error::ApiError;
-use crate::protocol::{ChatCompletionRequest, tool_call_json};
-use crate::tools::{ReasoningSplitter, ToolCallHolder, parse_tool_calls, split_reasoning};
-use crate::{Admission, AppState};
+use crate::protocol::ChatCompletionRequest;
+use crate::responses::{ChoiceStream, choice_json, logprobs_json};
 
 type AppResult<T> = Result<T, ApiError>;
 
@@ -74,10 +73,14 @@ fn check_model(state: &AppState, asked: &str) -> AppResult<()> {
     }
 }
 
-/// Counts a failed request and passes the error on.
+/// Counts a failed request (and a refused one) and passes the error on.
 fn failed(state: &AppState, e: impl Into<ApiError>) -> ApiError {
+    let e = e.into();
     state.metrics.errors.fetch_add(1, Ordering::Relaxed);
-    e.into()
+    if e.status == StatusCode::TOO_MANY_REQUESTS {
+        state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    e
 }
 
 pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -118,7 +121,9 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.model.in_flight()),
+        state
+            .metrics
+            .render(state.model.in_flight(), state.model.waiting()),
     )
         .into_response()
 }
@@ -240,7 +245,6 @@ pub(crate) async fn score(
         .get("max_length")
         .and_then(Value::as_u64)
         .map(|n| n as u32);
-    let _admission = state.admit()?;
     let scores = state
         .model
         .aget_scores(ScoreRequest { inputs, max_length })
@@ -253,37 +257,6 @@ pub(crate) async fn score(
         "model": state.served_name,
         "scores": scores,
     })))
-}
-
-fn message_json(text: &str, tools: bool, split: bool) -> (Value, bool) {
-    let (content, reasoning) = if split {
-        split_reasoning(text)
-    } else {
-        (text.to_owned(), None)
-    };
-    let (content, calls) = if tools {
-        parse_tool_calls(&content)
-    } else {
-        (content, Vec::new())
-    };
-    let mut m = json!({"role": "assistant", "content": content});
-    if let Some(r) = reasoning {
-        m["reasoning_content"] = json!(r);
-    }
-    let has_calls = !calls.is_empty();
-    if has_calls {
-        m["tool_calls"] = Value::Array(
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, c)| tool_call_json(i, c))
-                .collect(),
-        );
-        if m["content"] == "" {
-            m["content"] = Value::Null;
-        }
-    }
-    (m, has_calls)
 }
 
 /// `POST /v1/chat/completions`.
@@ -299,43 +272,32 @@ pub(crate) async fn chat_completions(
     let prepared = req
         .prepare(&state.options.media, state.options.reasoning)
         .map_err(|e| failed(&state, e))?;
-    let admission = state.admit()?;
+    let n = prepared
+        .request
+        .generation
+        .num_return_sequences
+        .unwrap_or(1) as usize;
+    // Validation, admission and the start of generation all happen here, so every error is a
+    // real HTTP status. Even a whole completion is generated through the stream: a client that
+    // hangs up drops this future, which drops the stream and cancels generation.
+    let events = state
+        .model
+        .astream_chat(prepared.request)
+        .await
+        .map_err(|e| failed(&state, e))?;
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     if !prepared.stream {
-        // Generated through the stream: a client that hangs up drops this future, which drops
-        // the stream and cancels generation (`achat` would run on to the end, holding the slot).
-        let events = state
-            .model
-            .astream_chat(prepared.request)
-            .await
-            .map_err(|e| failed(&state, e))?;
-        let responses = collect_events(events)
+        let responses = collect_events(events, n)
             .await
             .map_err(|e| failed(&state, e))?;
         let prompt = responses.first().map_or(0, |r| r.prompt_length);
         let completion: u32 = responses.iter().map(|r| r.response_length).sum();
-        state
-            .metrics
-            .tokens_in
-            .fetch_add(u64::from(prompt), Ordering::Relaxed);
-        state
-            .metrics
-            .tokens_out
-            .fetch_add(u64::from(completion), Ordering::Relaxed);
+        state.metrics.count_tokens(prompt, completion);
         state.metrics.observe_latency(started.elapsed());
         let choices: Vec<Value> = responses
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let (message, calls) =
-                    message_json(&r.text, prepared.tools, prepared.split_reasoning);
-                let reason = if calls {
-                    "tool_calls"
-                } else {
-                    r.finish_reason.as_str()
-                };
-                json!({"index": i, "message": message, "finish_reason": reason, "logprobs": null})
-            })
+            .map(|(i, r)| choice_json(i, r, prepared.include_reasoning))
             .collect();
         return Ok(Json(json!({
             "id": id, "object": "chat.completion", "created": now_secs(), "model": state.served_name,
@@ -344,79 +306,44 @@ pub(crate) async fn chat_completions(
         }))
         .into_response());
     }
-    // Streaming: start generation first, so that errors are real HTTP errors.
-    let n = prepared
-        .request
-        .generation
-        .num_return_sequences
-        .unwrap_or(1) as usize;
-    let events = state
-        .model
-        .astream_chat(prepared.request)
-        .await
-        .map_err(|e| failed(&state, e))?;
-    let (tx, rx) = mpsc::channel::<SseEvent>(16);
-    let ctx = StreamCtx {
-        state: state.clone(),
-        id,
-        created: now_secs(),
-        n,
-        tools: prepared.tools,
-        split: prepared.split_reasoning,
-        include_usage: prepared.include_usage,
-        started,
+    let chunks = ChunkStream {
+        ctx: StreamCtx {
+            state: state.clone(),
+            id,
+            created: now_secs(),
+            include_reasoning: prepared.include_reasoning,
+            include_usage: prepared.include_usage,
+            started,
+        },
+        choices: (0..n).map(|_| ChoiceStream::default()).collect(),
+        prompt: 0,
+        completion: 0,
+        first: true,
     };
-    tokio::spawn(ctx.run(events, tx, admission));
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
-    Ok(Sse::new(stream).into_response())
+    Ok(Sse::new(chunks.into_sse(events)).into_response())
 }
 
-/// Collects a stream into one response per sequence index (like `ChatModel::achat`).
+/// Collects a stream into one response per sequence index.
 async fn collect_events(
     mut events: switchyard::EventStream,
+    n: usize,
 ) -> switchyard::Result<Vec<switchyard::Response>> {
-    let mut out: Vec<switchyard::Response> = Vec::new();
+    let mut out = ResponseCollector::new(n);
     while let Some(event) = events.next().await {
-        let event = event?;
-        let i = event.index as usize;
-        while out.len() <= i {
-            out.push(switchyard::Response {
-                text: String::new(),
-                response_length: 0,
-                prompt_length: 0,
-                finish_reason: FinishReason::Stop,
-                token_ids: None,
-            });
-        }
-        let r = &mut out[i];
-        r.text.push_str(&event.delta);
-        if let Some(f) = event.finish {
-            r.finish_reason = f.reason;
-            r.prompt_length = f.prompt_length;
-            r.response_length = f.response_length;
-        }
+        out.push(&event?)
+            .map_err(|e| switchyard::Error::Engine(switchyard::EngineError::backend(e)))?;
     }
-    Ok(out)
+    Ok(out.finish())
 }
 
+/// What every chunk of one streamed completion shares.
 struct StreamCtx {
     state: Arc<AppState>,
     id: String,
     created: u64,
-    n: usize,
-    tools: bool,
-    split: bool,
+    include_reasoning: bool,
     include_usage: bool,
     started: Instant,
-}
-
-#[derive(Default)]
-struct ChoiceState {
-    reasoning: ReasoningSplitter,
-    tools: ToolCallHolder,
-    finished: bool,
 }
 
 impl StreamCtx {
@@ -428,148 +355,130 @@ impl StreamCtx {
         )
     }
 
-    fn delta(&self, index: usize, delta: Value, finish: Option<&str>) -> SseEvent {
+    fn delta(&self, index: usize, delta: Value, finish: Option<&str>, logprobs: Value) -> SseEvent {
         self.chunk(
-            json!([{"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}]),
+            json!([{"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]),
         )
     }
+}
 
-    /// Turns text deltas of one choice into content/reasoning delta chunks.
-    fn text_chunks(&self, index: usize, st: &mut ChoiceState, text: &str, out: &mut Vec<SseEvent>) {
-        let (content, reasoning) = if self.split {
-            st.reasoning.push(text)
-        } else {
-            (text.to_owned(), String::new())
-        };
-        if !reasoning.is_empty() {
-            out.push(self.delta(index, json!({"reasoning_content": reasoning}), None));
-        }
-        let content = if self.tools {
-            st.tools.push(&content)
-        } else {
-            content
-        };
-        if !content.is_empty() {
-            out.push(self.delta(index, json!({"content": content}), None));
-        }
-    }
+/// The SSE side of one streamed completion: ChatModel's event stream mapped to chunks, with no
+/// task or channel in between (the client's disconnect drops it, which cancels generation).
+struct ChunkStream {
+    ctx: StreamCtx,
+    choices: Vec<ChoiceStream>,
+    prompt: u32,
+    completion: u32,
+    first: bool,
+}
 
-    fn finish_chunks(
-        &self,
-        index: usize,
-        st: &mut ChoiceState,
-        reason: FinishReason,
-        out: &mut Vec<SseEvent>,
-    ) {
-        if self.split {
-            let (c, r) = st.reasoning.finish();
-            if !r.is_empty() {
-                out.push(self.delta(index, json!({"reasoning_content": r}), None));
-            }
-            let c = if self.tools { st.tools.push(&c) } else { c };
-            if !c.is_empty() {
-                out.push(self.delta(index, json!({"content": c}), None));
-            }
-        }
-        let mut reason = reason.as_str();
-        if self.tools {
-            let (rest, calls) = st.tools.finish();
-            if !rest.is_empty() {
-                out.push(self.delta(index, json!({"content": rest}), None));
-            }
-            if !calls.is_empty() {
-                let calls: Vec<Value> = calls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| tool_call_json(i, c))
-                    .collect();
-                out.push(self.delta(index, json!({"tool_calls": calls}), None));
-                reason = "tool_calls";
-            }
-        }
-        out.push(self.delta(index, json!({}), Some(reason)));
-        st.finished = true;
-    }
-
-    async fn run(
+impl ChunkStream {
+    fn into_sse(
         self,
-        mut events: switchyard::EventStream,
-        tx: mpsc::Sender<SseEvent>,
-        admission: Admission,
-    ) {
-        let _admission = admission;
-        let mut choices: Vec<ChoiceState> = (0..self.n).map(|_| ChoiceState::default()).collect();
-        let mut out = Vec::new();
-        for i in 0..self.n {
-            out.push(self.delta(i, json!({"role": "assistant", "content": ""}), None));
-        }
-        let (mut prompt, mut completion) = (0u32, 0u32);
-        let mut first = true;
-        let mut failed = false;
-        loop {
-            for e in out.drain(..) {
-                if tx.send(e).await.is_err() {
-                    // The client went away: dropping `events` cancels generation.
-                    tracing::debug!(id = %self.id, "client disconnected; cancelling");
-                    return;
+        events: switchyard::EventStream,
+    ) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> {
+        let opening: Vec<SseEvent> = (0..self.choices.len())
+            .map(|i| {
+                self.ctx.delta(
+                    i,
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    Value::Null,
+                )
+            })
+            .collect();
+        let body = futures::stream::unfold(Some((self, events)), |state| async move {
+            let (mut this, mut events) = state?;
+            match events.next().await {
+                Some(Ok(e)) => {
+                    let chunks = this.event(e);
+                    Some((chunks, Some((this, events))))
                 }
+                Some(Err(e)) => Some((this.failure(e), None)),
+                None => Some((this.end(), None)),
             }
-            let Some(event) = events.next().await else {
-                break;
-            };
-            match event {
-                Ok(e) => {
-                    if first && !e.delta.is_empty() {
-                        self.state.metrics.observe_ttft(self.started.elapsed());
-                        first = false;
-                    }
-                    let i = (e.index as usize).min(self.n.saturating_sub(1));
-                    self.text_chunks(i, &mut choices[i], &e.delta, &mut out);
-                    if let Some(f) = e.finish {
-                        prompt = f.prompt_length;
-                        completion += f.response_length;
-                        self.finish_chunks(i, &mut choices[i], f.reason, &mut out);
-                    }
-                }
-                Err(e) => {
-                    failed = true;
-                    let err = ApiError::from(e);
-                    out.push(SseEvent::default().data(err.body().to_string()));
-                    break;
-                }
-            }
+        });
+        futures::stream::iter(opening)
+            .chain(body.flat_map(futures::stream::iter))
+            .map(Ok)
+    }
+
+    fn event(&mut self, e: switchyard::Event) -> Vec<SseEvent> {
+        let ctx = &self.ctx;
+        if self.first && !(e.delta.is_empty() && e.reasoning.is_empty()) {
+            ctx.state.metrics.observe_ttft(ctx.started.elapsed());
+            self.first = false;
         }
-        if failed {
-            self.state.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        let i = e.index as usize;
+        let Some(choice) = self.choices.get_mut(i) else {
+            return self.failure(switchyard::Error::Engine(switchyard::EngineError::backend(
+                format!(
+                    "the backend sent an event for choice {i}, but the request asked for {}",
+                    self.choices.len()
+                ),
+            )));
+        };
+        let logprobs = if e.logprobs.is_empty() {
+            Value::Null
         } else {
-            for (i, st) in choices.iter_mut().enumerate() {
-                if !st.finished {
-                    self.finish_chunks(i, st, FinishReason::Stop, &mut out);
+            logprobs_json(&e.logprobs)
+        };
+        let mut out: Vec<SseEvent> = Vec::new();
+        let deltas = choice.deltas(&e.reasoning, &e.delta, &e.tool_calls, ctx.include_reasoning);
+        let mut logprobs = Some(logprobs);
+        for d in deltas {
+            out.push(ctx.delta(i, d, None, logprobs.take().unwrap_or(Value::Null)));
+        }
+        if let Some(lp) = logprobs.filter(|l| !l.is_null()) {
+            out.push(ctx.delta(i, json!({}), None, lp));
+        }
+        if let Some(f) = e.finish {
+            self.prompt = f.prompt_length;
+            self.completion += f.response_length;
+            if let Some(rest) = choice.close() {
+                out.push(ctx.delta(i, rest, None, Value::Null));
+            }
+            out.push(ctx.delta(i, json!({}), Some(f.reason.as_str()), Value::Null));
+        }
+        out
+    }
+
+    fn failure(&mut self, e: switchyard::Error) -> Vec<SseEvent> {
+        self.ctx
+            .state
+            .metrics
+            .errors
+            .fetch_add(1, Ordering::Relaxed);
+        let err = ApiError::from(e);
+        vec![
+            SseEvent::default().data(err.body().to_string()),
+            SseEvent::default().data("[DONE]"),
+        ]
+    }
+
+    fn end(&mut self) -> Vec<SseEvent> {
+        let ctx = &self.ctx;
+        let mut out = Vec::new();
+        for (i, c) in self.choices.iter_mut().enumerate() {
+            if !c.finished {
+                if let Some(rest) = c.close() {
+                    out.push(ctx.delta(i, rest, None, Value::Null));
                 }
+                out.push(ctx.delta(i, json!({}), Some("stop"), Value::Null));
             }
         }
-        self.state
-            .metrics
-            .tokens_in
-            .fetch_add(u64::from(prompt), Ordering::Relaxed);
-        self.state
-            .metrics
-            .tokens_out
-            .fetch_add(u64::from(completion), Ordering::Relaxed);
-        if self.include_usage {
+        ctx.state.metrics.count_tokens(self.prompt, self.completion);
+        if ctx.include_usage {
+            let (p, c) = (self.prompt, self.completion);
             out.push(SseEvent::default().data(
-                json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                       "model": self.state.served_name, "choices": [],
-                       "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}})
+                json!({"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created,
+                       "model": ctx.state.served_name, "choices": [],
+                       "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
                 .to_string(),
             ));
         }
         out.push(SseEvent::default().data("[DONE]"));
-        for e in out {
-            if tx.send(e).await.is_err() {
-                return;
-            }
-        }
-        self.state.metrics.observe_latency(self.started.elapsed());
+        ctx.state.metrics.observe_latency(ctx.started.elapsed());
+        out
     }
 }

@@ -8,8 +8,10 @@
 //! Design notes:
 //! - Validation happens before a stream starts, so bad requests get real 4xx responses in
 //!   OpenAI's error shape; backend error kinds map to statuses in one place ([`ApiError`]).
-//! - Admission control: at most `max_concurrent + max_queue` requests are admitted; the rest get
-//!   429 at once instead of piling up. Admitted requests wait for an engine slot.
+//! - Admission control is the model's own (`ChatModel`: `max_concurrent` running, `max_queue`
+//!   waiting, from the config); the server answers its "overloaded" error with 429.
+//! - Responses are a mapping only ([`responses`]): reasoning, tool calls (with their ids) and
+//!   logprobs arrive typed from the backend.
 //! - A client that disconnects drops its SSE stream, which drops the engine stream, which cancels
 //!   generation and frees the slot.
 #![deny(missing_docs)]
@@ -18,11 +20,10 @@ mod error;
 mod handlers;
 mod metrics;
 mod protocol;
-mod tools;
+mod responses;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -35,7 +36,6 @@ use switchyard::ChatModel;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use protocol::MediaLimits;
-pub use tools::{ReasoningSplitter, ToolCallHolder, parse_tool_calls, split_reasoning};
 
 /// Server settings (flags and `API_*` environment variables in the CLI).
 #[derive(Debug, Clone)]
@@ -44,8 +44,6 @@ pub struct ServerOptions {
     pub model_name: Option<String>,
     /// Bearer key required on every route but `/health` and the page (`API_KEY`).
     pub api_key: Option<String>,
-    /// Requests that may wait for a slot beyond `max_concurrent`; more get 429.
-    pub max_queue: usize,
     /// Largest request body, bytes.
     pub body_limit: usize,
     /// Media limits and sources.
@@ -61,7 +59,6 @@ impl Default for ServerOptions {
         Self {
             model_name: None,
             api_key: None,
-            max_queue: 16,
             body_limit: 16 << 20,
             media: MediaLimits {
                 max_items: 4,
@@ -80,7 +77,6 @@ pub struct AppState {
     pub(crate) model: ChatModel,
     pub(crate) options: ServerOptions,
     pub(crate) metrics: Metrics,
-    pub(crate) admitted: AtomicU64,
     pub(crate) served_name: String,
 }
 
@@ -88,29 +84,6 @@ impl AppState {
     /// The model name clients must send.
     pub fn served_name(&self) -> &str {
         &self.served_name
-    }
-
-    /// Admits a request or refuses it with 429 when the queue is full.
-    pub(crate) fn admit(self: &Arc<Self>) -> Result<Admission, ApiError> {
-        let limit = (self.model.max_concurrent() + self.options.max_queue) as u64;
-        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
-        if prev >= limit {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::overloaded(limit as usize));
-        }
-        self.metrics.queue_depth.store(prev + 1, Ordering::Relaxed);
-        Ok(Admission(self.clone()))
-    }
-}
-
-/// Holds one admission; released on drop.
-pub(crate) struct Admission(Arc<AppState>);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let now = self.0.admitted.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.0.metrics.queue_depth.store(now, Ordering::Relaxed);
     }
 }
 
@@ -148,7 +121,6 @@ pub fn router(model: ChatModel, options: ServerOptions) -> Router {
         model,
         options,
         metrics: Metrics::default(),
-        admitted: AtomicU64::new(0),
         served_name,
     });
     let protected = Router::new()

@@ -16,8 +16,6 @@ pub struct Metrics {
     pub tokens_in: AtomicU64,
     /// Tokens generated.
     pub tokens_out: AtomicU64,
-    /// Requests admitted and not yet finished (running or waiting for a slot).
-    pub queue_depth: AtomicU64,
     /// Sum of time-to-first-token, microseconds, over `ttft_count` streams.
     pub ttft_us_sum: AtomicU64,
     /// Streams that produced a first token.
@@ -43,8 +41,17 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, in_flight: usize) -> String {
+    /// Adds a finished request's token counts.
+    pub fn count_tokens(&self, prompt: u32, completion: u32) {
+        self.tokens_in
+            .fetch_add(u64::from(prompt), Ordering::Relaxed);
+        self.tokens_out
+            .fetch_add(u64::from(completion), Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition; `in_flight` and `waiting` come from the model's
+    /// admission limit.
+    pub fn render(&self, in_flight: usize, waiting: usize) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
@@ -86,8 +93,8 @@ impl Metrics {
         metric(
             "switchyard_queue_depth",
             "gauge",
-            "Requests admitted and not finished.",
-            g(&self.queue_depth).to_string(),
+            "Requests admitted and not finished (running or waiting for a slot).",
+            (in_flight + waiting).to_string(),
         );
         metric(
             "switchyard_running",

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use switchyard::{
-    ChatRequest, FunctionCall, GenerationParams, MediaInput, Message, Role, ToolCall,
+    ChatRequest, Constraint, GenerationParams, MediaInput, Message, Role, ToolCall, ToolChoice,
 };
 
 use crate::error::ApiError;
@@ -74,8 +74,25 @@ pub struct ChatCompletionRequest {
     pub stream_options: Option<StreamOptions>,
     /// Extra chat-template variables (`enable_thinking`, ...).
     pub chat_template_kwargs: Option<Map<String, Value>>,
-    /// Split `<think>` text into `reasoning_content` (default: the server's setting).
+    /// Return reasoning as `reasoning_content` (default: the server's setting); otherwise it
+    /// stays in the content as `<think>…</think>`.
     pub include_reasoning: Option<bool>,
+    /// Return token log-probabilities.
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: alternatives per token (0–20).
+    pub top_logprobs: Option<u32>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema"?: {name, schema, strict}}`.
+    pub response_format: Option<Value>,
+    /// vLLM's structured-output extras.
+    pub guided_json: Option<Value>,
+    /// vLLM: a regular expression.
+    pub guided_regex: Option<String>,
+    /// vLLM: one of these strings.
+    pub guided_choice: Option<Vec<String>>,
+    /// vLLM: a grammar.
+    pub guided_grammar: Option<String>,
+    /// vLLM's newer form: `{"json" | "regex" | "choice" | "grammar": ...}`.
+    pub structured_outputs: Option<Value>,
 }
 
 /// Limits applied while converting media.
@@ -100,10 +117,8 @@ pub struct Prepared {
     pub stream: bool,
     /// Send a usage chunk at the end of a stream.
     pub include_usage: bool,
-    /// Whether tools were offered (then tool calls are parsed from the output).
-    pub tools: bool,
-    /// Split `<think>` text out.
-    pub split_reasoning: bool,
+    /// Return reasoning as `reasoning_content` rather than inline.
+    pub include_reasoning: bool,
 }
 
 fn text_of_parts(
@@ -432,65 +447,23 @@ impl ChatCompletionRequest {
                 _ => request.audios.push(item),
             }
         }
-        let tool_choice_none = matches!(
-            self.tool_choice.as_ref().and_then(Value::as_str),
-            Some("none")
-        );
-        if let Some(tools) = self.tools.filter(|t| !t.is_empty()) {
-            for (i, t) in tools.iter().enumerate() {
-                if t.get("function")
-                    .and_then(|f| f.get("name"))
-                    .and_then(Value::as_str)
-                    .is_none()
-                {
-                    return Err(ApiError::invalid(
-                        "each tool needs {\"type\": \"function\", \"function\": {\"name\", ...}}",
-                        Some(&format!("tools[{i}]")),
-                    ));
-                }
-            }
-            if !tool_choice_none {
-                request.tools = Some(tools);
-            }
-        }
-        let range = |name: &str, v: Option<f32>, lo: f32, hi: f32| -> Result<(), ApiError> {
-            match v {
-                Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::invalid(
-                    format!("`{name}` = {x} is out of range [{lo}, {hi}]"),
-                    Some(name),
-                )),
-                _ => Ok(()),
-            }
-        };
-        range("temperature", self.temperature, 0.0, 2.0)?;
-        range("top_p", self.top_p, 0.0, 1.0)?;
-        if self.top_p == Some(0.0) {
-            return Err(ApiError::invalid(
-                "`top_p` must be greater than 0",
-                Some("top_p"),
-            ));
-        }
-        range("presence_penalty", self.presence_penalty, -2.0, 2.0)?;
-        range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?;
-        if let Some(r) = self.repetition_penalty
-            && r <= 0.0
-        {
-            return Err(ApiError::invalid(
-                "`repetition_penalty` must be greater than 0",
-                Some("repetition_penalty"),
-            ));
-        }
-        let n = self.n.unwrap_or(1);
-        if !(1..=16).contains(&n) {
-            return Err(ApiError::invalid("`n` must be between 1 and 16", Some("n")));
-        }
-        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        if max_tokens == Some(0) {
-            return Err(ApiError::invalid(
-                "`max_tokens` must be at least 1",
-                Some("max_tokens"),
-            ));
-        }
+        let (tools, tool_choice) = tool_choice(self.tools, self.tool_choice.as_ref())?;
+        request.tools = tools;
+        request.tool_choice = tool_choice;
+        request.constraint = constraint(
+            self.response_format.as_ref(),
+            Guided {
+                json: self.guided_json,
+                regex: self.guided_regex,
+                choice: self.guided_choice,
+                grammar: self.guided_grammar,
+                structured: self.structured_outputs,
+            },
+        )?;
+        request.logprobs = self.logprobs.unwrap_or(false);
+        request.top_logprobs = self.top_logprobs.unwrap_or(0);
+        // Only names are mapped here; ranges are checked by the host library, the same for every
+        // front end (`switchyard::generation`).
         let top_k = match self.top_k {
             None => None,
             Some(k) if k <= 0 => Some(0),
@@ -501,14 +474,6 @@ impl ChatCompletionRequest {
             Some(Stop::One(s)) => Some(vec![s]),
             Some(Stop::Many(v)) => Some(v),
         };
-        if let Some(s) = &stop
-            && (s.len() > 8 || s.iter().any(String::is_empty))
-        {
-            return Err(ApiError::invalid(
-                "`stop` takes up to 8 non-empty strings",
-                Some("stop"),
-            ));
-        }
         // OpenAI semantics: a positive temperature asks for sampling, whatever the backend's
         // default (hf-candle, like transformers, is greedy unless `do_sample` is set).
         let do_sample = self
@@ -519,11 +484,11 @@ impl ChatCompletionRequest {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k,
-            max_new_tokens: max_tokens,
+            max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             repetition_penalty: self.repetition_penalty,
-            num_return_sequences: (n > 1).then_some(n),
+            num_return_sequences: self.n,
             seed: self.seed,
             stop: stop.filter(|s| !s.is_empty()),
             skip_special_tokens: self.skip_special_tokens,
@@ -532,21 +497,130 @@ impl ChatCompletionRequest {
         Ok(Prepared {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
-            tools: request.tools.is_some(),
-            split_reasoning: self.include_reasoning.unwrap_or(default_reasoning),
+            include_reasoning: self.include_reasoning.unwrap_or(default_reasoning),
             request,
         })
     }
 }
 
-/// A function call in OpenAI's response shape.
-pub fn tool_call_json(index: usize, call: &FunctionCall) -> Value {
-    serde_json::json!({
-        "index": index,
-        "id": format!("call_{}", uuid::Uuid::new_v4().simple()),
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.arguments},
-    })
+/// `tools` and `tool_choice`: `"none"` drops the tools, `"auto"` (or nothing) lets the model
+/// decide, `"required"` and a named function force a call.
+fn tool_choice(
+    tools: Option<Vec<Value>>,
+    choice: Option<&Value>,
+) -> Result<(Option<Vec<Value>>, Option<ToolChoice>), ApiError> {
+    let tools = tools.filter(|t| !t.is_empty());
+    let bad = || {
+        ApiError::invalid(
+            "`tool_choice` must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            Some("tool_choice"),
+        )
+    };
+    match choice {
+        None | Some(Value::Null) => Ok((tools, None)),
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => Ok((None, None)),
+            "auto" => Ok((tools, None)),
+            "required" => Ok((tools, Some(ToolChoice::Required))),
+            _ => Err(bad()),
+        },
+        Some(v) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?;
+            Ok((
+                tools,
+                Some(ToolChoice::Function {
+                    name: name.to_owned(),
+                }),
+            ))
+        }
+    }
+}
+
+/// vLLM's structured-output extras, in either of its forms.
+struct Guided {
+    json: Option<Value>,
+    regex: Option<String>,
+    choice: Option<Vec<String>>,
+    grammar: Option<String>,
+    structured: Option<Value>,
+}
+
+/// `response_format` or vLLM's extras as one constraint; two at once is an error.
+fn constraint(format: Option<&Value>, guided: Guided) -> Result<Option<Constraint>, ApiError> {
+    let mut found: Vec<(&'static str, Constraint)> = Vec::new();
+    if let Some(f) = format {
+        let param = Some("response_format");
+        match f.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => found.push(("response_format", Constraint::JsonObject)),
+            Some("json_schema") => {
+                let schema = f
+                    .get("json_schema")
+                    .and_then(|s| s.get("schema"))
+                    .cloned()
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "`response_format` of type json_schema needs `json_schema.schema`",
+                            param,
+                        )
+                    })?;
+                found.push(("response_format", Constraint::JsonSchema { schema }));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"",
+                    param,
+                ));
+            }
+        }
+    }
+    let structured = guided.structured.unwrap_or(Value::Null);
+    let pick = |key: &str| structured.get(key).cloned();
+    if let Some(schema) = guided.json.or_else(|| pick("json")) {
+        let schema = match schema {
+            Value::String(s) => serde_json::from_str(&s).map_err(|e| {
+                ApiError::invalid(
+                    format!("`guided_json` is not JSON: {e}"),
+                    Some("guided_json"),
+                )
+            })?,
+            v => v,
+        };
+        found.push(("guided_json", Constraint::JsonSchema { schema }));
+    }
+    if let Some(pattern) = guided
+        .regex
+        .or_else(|| pick("regex").and_then(|v| v.as_str().map(str::to_owned)))
+    {
+        found.push(("guided_regex", Constraint::Regex { pattern }));
+    }
+    if let Some(choices) = guided
+        .choice
+        .or_else(|| pick("choice").and_then(|v| serde_json::from_value(v).ok()))
+    {
+        found.push(("guided_choice", Constraint::Choice { choices }));
+    }
+    if let Some(grammar) = guided
+        .grammar
+        .or_else(|| pick("grammar").and_then(|v| v.as_str().map(str::to_owned)))
+    {
+        found.push(("guided_grammar", Constraint::Grammar { grammar }));
+    }
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
+        return Err(ApiError::invalid(
+            format!(
+                "{} each constrain the output; send one",
+                names.join(" and ")
+            ),
+            Some(names[1]),
+        ));
+    }
+    Ok(found.pop().map(|(_, c)| c))
 }
 
 #[cfg(test)]
@@ -608,16 +682,17 @@ mod tests {
                 "messages[0].role",
             ),
             (
-                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": 3}),
-                "temperature",
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "sometimes"}),
+                "tool_choice",
             ),
             (
-                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "n": 0}),
-                "n",
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}),
+                "response_format",
             ),
             (
-                serde_json::json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0}),
-                "top_p",
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}],
+                    "response_format": {"type": "json_object"}, "guided_regex": "a+"}),
+                "guided_regex",
             ),
         ] {
             let e = req(body).unwrap_err();

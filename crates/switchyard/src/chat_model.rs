@@ -1,7 +1,10 @@
 //! [`ChatModel`]: the one facade front ends use, over whichever plugin the config selects.
 //!
-//! Every call goes through a concurrency limit (`max_concurrent`, default 1) held for the whole
-//! call — for a stream, until it ends or is dropped. Plugin calls are blocking, so the async
+//! Every call goes through one admission limit: at most `max_concurrent` calls run (the slot is
+//! held for the whole call — for a stream, until it ends or is dropped) and at most `max_queue`
+//! more wait; beyond that a call fails at once with [`Error::Overloaded`], which the HTTP server
+//! answers with 429. Requests are validated and normalised by [`crate::validation`] before they
+//! take a slot, so a bad request never waits. Plugin calls are blocking, so the async
 //! methods run them on tokio's blocking pool and never stall the executor; the sync methods call
 //! the plugin on the caller's thread and need no runtime (they also work, without panicking, when
 //! called from inside one).
@@ -9,6 +12,7 @@
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -20,8 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::generation;
 use crate::registry::{Registry, resolve_plugin_dir};
+use crate::validation;
 
 struct Inner {
     engine: EngineBox,
@@ -30,6 +34,24 @@ struct Inner {
     config: Config,
     permits: Arc<Semaphore>,
     max_concurrent: usize,
+    max_queue: usize,
+    /// Calls admitted (running or waiting for a slot).
+    admitted: AtomicUsize,
+}
+
+/// One admitted call, counted against `max_concurrent + max_queue` until dropped.
+struct Ticket(Arc<Inner>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running call's slot; dropping it lets the next call in.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _ticket: Ticket,
 }
 
 /// A loaded backend behind a concurrency limit, with sync and async chat, stream and score calls.
@@ -74,6 +96,7 @@ impl ChatModel {
         let (engine, plugin) = registry.create_engine(&config.engine_config())?;
         let info: EngineInfo = serde_json::from_str(engine.info().as_str()).unwrap_or_default();
         let max_concurrent = config.max_concurrent();
+        let max_queue = config.max_queue();
         tracing::info!(
             backend = %config.sample_backend,
             model = %info.model,
@@ -89,6 +112,8 @@ impl ChatModel {
                 config,
                 permits: Arc::new(Semaphore::new(max_concurrent)),
                 max_concurrent,
+                max_queue,
+                admitted: AtomicUsize::new(0),
             }),
         })
     }
@@ -118,6 +143,14 @@ impl ChatModel {
         self.inner.max_concurrent - self.inner.permits.available_permits()
     }
 
+    /// Requests waiting for a slot right now.
+    pub fn waiting(&self) -> usize {
+        self.inner
+            .admitted
+            .load(Ordering::Acquire)
+            .saturating_sub(self.in_flight())
+    }
+
     /// Asks the backend whether it can serve.
     pub fn health(&self) -> Result<()> {
         self.inner
@@ -127,67 +160,67 @@ impl ChatModel {
             .map_err(Error::Engine)
     }
 
-    /// Validates the request and resolves its generation settings against the config.
-    fn prepare(&self, mut request: ChatRequest) -> Result<String> {
-        if request.messages.is_empty() {
-            return Err(Error::InvalidRequest(
-                "`messages` is empty; send at least one user message".to_owned(),
-            ));
-        }
-        if let Some(i) = request
-            .messages
-            .iter()
-            .skip(1)
-            .position(|m| m.role == switchyard_abi::wire::Role::System)
-        {
-            return Err(Error::InvalidRequest(format!(
-                "message {} has role `system`; a system message may only come first (or use the `system` field)",
-                i + 1
-            )));
-        }
-        let caps = &self.inner.info.capabilities;
-        for (kind, count, ok) in [
-            ("images", request.images.len(), caps.images),
-            ("videos", request.videos.len(), caps.videos),
-            ("audios", request.audios.len(), caps.audios),
-        ] {
-            if count > 0 && !ok {
-                return Err(Error::Engine(EngineError::unsupported(format!(
-                    "the request has {count} {kind}, but backend `{}` with model `{}` does not accept {kind}; use a multimodal model or drop them",
-                    self.inner.info.backend, self.inner.info.model
-                ))));
-            }
-        }
-        request.generation =
-            generation::resolve(&self.inner.config.generation, &request.generation)?;
+    /// Validates the request and resolves its generation settings against the config (see
+    /// [`crate::validation`]); returns the JSON the plugin receives.
+    fn prepare(&self, request: ChatRequest) -> Result<String> {
+        let request =
+            validation::prepare(request, &self.inner.config.generation, &self.inner.info)?;
         serde_json::to_string(&request)
             .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))
     }
 
-    fn acquire_blocking(&self) -> OwnedSemaphorePermit {
+    /// Counts a call against the admission limit, or refuses it.
+    fn admit(&self) -> Result<Ticket> {
+        let limit = self.inner.max_concurrent + self.inner.max_queue;
+        let before = self.inner.admitted.fetch_add(1, Ordering::AcqRel);
+        let ticket = Ticket(self.inner.clone());
+        if before >= limit {
+            return Err(Error::Overloaded(limit));
+        }
+        Ok(ticket)
+    }
+
+    fn acquire_blocking(&self) -> Result<Slot> {
+        let ticket = self.admit()?;
         // `futures`' executor parks this thread; unlike `Runtime::block_on` it is safe to call
         // from inside a tokio runtime (it only blocks that worker).
-        futures::executor::block_on(self.inner.permits.clone().acquire_owned())
-            .expect("the semaphore is never closed")
+        let permit = futures::executor::block_on(self.inner.permits.clone().acquire_owned())
+            .expect("the semaphore is never closed");
+        Ok(Slot {
+            _permit: permit,
+            _ticket: ticket,
+        })
     }
 
     /// Waits for a slot without blocking the executor.
-    async fn acquire(&self) -> OwnedSemaphorePermit {
-        self.inner
+    async fn acquire(&self) -> Result<Slot> {
+        let ticket = self.admit()?;
+        let permit = self
+            .inner
             .permits
             .clone()
             .acquire_owned()
             .await
-            .expect("the semaphore is never closed")
+            .expect("the semaphore is never closed");
+        Ok(Slot {
+            _permit: permit,
+            _ticket: ticket,
+        })
     }
 
     /// Takes a slot without waiting, or fails with [`Error::Overloaded`].
-    fn try_acquire(&self) -> Result<OwnedSemaphorePermit> {
-        self.inner
+    fn try_acquire(&self) -> Result<Slot> {
+        let ticket = self.admit()?;
+        let permit = self
+            .inner
             .permits
             .clone()
             .try_acquire_owned()
-            .map_err(|_| Error::Overloaded(self.inner.max_concurrent))
+            .map_err(|_| Error::Overloaded(self.inner.max_concurrent))?;
+        Ok(Slot {
+            _permit: permit,
+            _ticket: ticket,
+        })
     }
 
     fn run_chat(&self, json: &str) -> Result<Vec<Response>> {
@@ -220,7 +253,7 @@ impl ChatModel {
     /// Runs a chat request to completion (one [`Response`] per returned sequence).
     pub fn chat(&self, request: ChatRequest) -> Result<Vec<Response>> {
         let json = self.prepare(request)?;
-        let _permit = self.acquire_blocking();
+        let _slot = self.acquire_blocking()?;
         self.run_chat(&json)
     }
 
@@ -228,7 +261,7 @@ impl ChatModel {
     /// it cancels generation.
     pub fn stream_chat(&self, request: ChatRequest) -> Result<EventIter> {
         let json = self.prepare(request)?;
-        self.iter_started(&json, self.acquire_blocking())
+        self.iter_started(&json, self.acquire_blocking()?)
     }
 
     /// Like [`ChatModel::stream_chat`], but fails with [`Error::Overloaded`] instead of waiting
@@ -238,17 +271,17 @@ impl ChatModel {
         self.iter_started(&json, self.try_acquire()?)
     }
 
-    fn iter_started(&self, json: &str, permit: OwnedSemaphorePermit) -> Result<EventIter> {
+    fn iter_started(&self, json: &str, slot: Slot) -> Result<EventIter> {
         let stream = self.start_stream(json)?;
         Ok(EventIter {
             stream: Some(Arc::new(stream)),
-            _permit: permit,
+            _slot: slot,
         })
     }
 
     /// Reward scores, one per input.
     pub fn get_scores(&self, request: &ScoreRequest) -> Result<Vec<f32>> {
-        let _permit = self.acquire_blocking();
+        let _slot = self.acquire_blocking()?;
         self.run_scores(request)
     }
 
@@ -280,10 +313,10 @@ impl ChatModel {
     /// Async [`ChatModel::chat`].
     pub async fn achat(&self, request: ChatRequest) -> Result<Vec<Response>> {
         let json = self.prepare(request)?;
-        let permit = self.acquire().await;
+        let slot = self.acquire().await?;
         let this = self.clone();
         spawn_blocking(move || {
-            let _permit = permit;
+            let _slot = slot;
             this.run_chat(&json)
         })
         .await
@@ -293,29 +326,25 @@ impl ChatModel {
     /// returns, so errors come back here rather than inside the stream.
     pub async fn astream_chat(&self, request: ChatRequest) -> Result<EventStream> {
         let json = self.prepare(request)?;
-        let permit = self.acquire().await;
-        self.astream_started(json, permit).await
+        let slot = self.acquire().await?;
+        self.astream_started(json, slot).await
     }
 
     /// Like [`ChatModel::astream_chat`], but fails with [`Error::Overloaded`] at once when every
     /// slot is busy (an HTTP server turns that into 429).
     pub async fn try_astream_chat(&self, request: ChatRequest) -> Result<EventStream> {
         let json = self.prepare(request)?;
-        let permit = self.try_acquire()?;
-        self.astream_started(json, permit).await
+        let slot = self.try_acquire()?;
+        self.astream_started(json, slot).await
     }
 
-    async fn astream_started(
-        &self,
-        json: String,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<EventStream> {
+    async fn astream_started(&self, json: String, slot: Slot) -> Result<EventStream> {
         let this = self.clone();
         let stream = Arc::new(spawn_blocking(move || this.start_stream(&json)).await?);
         let (tx, rx) = mpsc::channel(8);
         let producer = stream.clone();
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _slot = slot;
             loop {
                 let item = match producer.next_event().into_result() {
                     Ok(abi_stable_option) => match abi_stable_option.into_option() {
@@ -339,10 +368,10 @@ impl ChatModel {
 
     /// Async [`ChatModel::get_scores`].
     pub async fn aget_scores(&self, request: ScoreRequest) -> Result<Vec<f32>> {
-        let permit = self.acquire().await;
+        let slot = self.acquire().await?;
         let this = self.clone();
         spawn_blocking(move || {
-            let _permit = permit;
+            let _slot = slot;
             this.run_scores(&request)
         })
         .await
@@ -369,7 +398,7 @@ async fn spawn_blocking<T: Send + 'static>(
 /// A blocking stream of [`Event`]s; dropping it cancels generation and frees the slot.
 pub struct EventIter {
     stream: Option<Arc<TokenStreamBox>>,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl EventIter {

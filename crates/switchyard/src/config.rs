@@ -3,6 +3,7 @@
 //! ```toml
 //! sample_backend = "hf-candle"      # which plugin backend serves requests
 //! max_concurrent = 1                # requests run at once (LLaMA-Factory's MAX_CONCURRENT)
+//! # max_queue = 16                  # requests that may wait beyond that; more get "overloaded"
 //! # plugin_dir = "plugins"          # where plugin libraries live
 //!
 //! [model]
@@ -41,6 +42,9 @@ pub struct Config {
     pub plugin_dir: Option<PathBuf>,
     /// How many requests run at once; further ones wait. Default 1.
     pub max_concurrent: Option<u32>,
+    /// How many requests may wait for a slot beyond `max_concurrent`; more are refused at once
+    /// as overloaded (HTTP 429). Default 16.
+    pub max_queue: Option<u32>,
     /// Shared model settings.
     pub model: ModelConfig,
     /// Generation defaults.
@@ -56,6 +60,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "sample_backend",
     "plugin_dir",
     "max_concurrent",
+    "max_queue",
     "model",
     "generation",
     "backends",
@@ -104,6 +109,11 @@ impl Config {
         if let Some(key) = unknown.first() {
             return Err(Error::Config(unknown_key_message(origin, text, key)));
         }
+        if config.max_concurrent == Some(0) {
+            return Err(Error::Config(format!(
+                "{origin}: max_concurrent = 0 would run no request; use 1 or more"
+            )));
+        }
         Ok(config)
     }
 
@@ -139,6 +149,11 @@ impl Config {
     /// The concurrency limit (at least 1).
     pub fn max_concurrent(&self) -> usize {
         self.max_concurrent.unwrap_or(1).max(1) as usize
+    }
+
+    /// How many requests may wait beyond the concurrency limit (default 16).
+    pub fn max_queue(&self) -> usize {
+        self.max_queue.unwrap_or(16) as usize
     }
 
     /// What the selected plugin's `create` receives.

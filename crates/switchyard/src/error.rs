@@ -38,14 +38,35 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The request is invalid (bad role, empty messages, value out of range...).
+    /// The request is invalid (bad role, empty messages, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A request setting is out of range or not allowed; `name` is the setting's Switchyard
+    /// name (`temperature`, `num_return_sequences`, `logprobs`, ...), which front ends may
+    /// rename to their own (`n`).
+    #[error("invalid request: {message}")]
+    InvalidSetting {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// The request asks for something the loaded backend cannot do (`logprobs` on a backend
+    /// without them, images on a text model); `name` is the request field.
+    #[error("unsupported: {message}")]
+    Unsupported {
+        /// The field.
+        name: &'static str,
+        /// What was asked, and what to do instead.
+        message: String,
+    },
     /// An error reported by the backend plugin.
     #[error("{0}")]
     Engine(EngineError),
     /// The concurrency limit is reached and the caller asked not to wait.
-    #[error("overloaded: all {0} slots are busy; retry later or raise `max_concurrent`")]
+    #[error(
+        "overloaded: {0} requests are running or waiting; retry later, or raise `max_concurrent` / `max_queue`"
+    )]
     Overloaded(usize),
 }
 
@@ -55,9 +76,20 @@ impl Error {
         match self {
             Error::Config(_) | Error::UnknownBackend { .. } => ErrorKind::CONFIG,
             Error::Plugin { .. } | Error::PluginDir { .. } => ErrorKind::UNAVAILABLE,
-            Error::InvalidRequest(_) => ErrorKind::INVALID_REQUEST,
+            Error::InvalidRequest(_) | Error::InvalidSetting { .. } => ErrorKind::INVALID_REQUEST,
+            Error::Unsupported { .. } => ErrorKind::UNSUPPORTED,
             Error::Engine(e) => e.kind,
             Error::Overloaded(_) => ErrorKind::OVERLOADED,
+        }
+    }
+}
+
+impl Error {
+    /// The request field to blame, for errors about one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Error::InvalidSetting { name, .. } | Error::Unsupported { name, .. } => Some(name),
+            _ => None,
         }
     }
 }

@@ -10,7 +10,9 @@
 //!    `max_length` is dropped; when it sets only `max_length`, the default `max_new_tokens` is
 //!    dropped.
 //!
-//! Validation (ranges) happens here too, so every backend gets the same errors.
+//! Validation (ranges) happens here too, and only here: the HTTP API, the CLI, batch files and
+//! host apps all get the same answer and the same error for the same value, and every backend
+//! receives settings already checked and normalised.
 
 use switchyard_abi::wire::GenerationParams;
 
@@ -108,51 +110,79 @@ pub fn set_param(params: &mut GenerationParams, key: &str, raw: &str) -> Result<
     Ok(())
 }
 
+/// The allowed ranges, in one place for every front end (HTTP, CLI, batch files, host apps).
+/// The server only renames OpenAI's fields (`n`, `max_tokens`) to these.
+pub const MAX_SEQUENCES: u32 = 16;
+/// Most stop strings per request.
+pub const MAX_STOP_STRINGS: usize = 16;
+
 fn validate(p: &GenerationParams) -> Result<()> {
-    let bad = |name: &str, value: String, allowed: &str| {
-        Err(Error::InvalidRequest(format!(
-            "`{name}` = {value} is out of range; allowed: {allowed}"
-        )))
+    let bad = |name: &'static str, value: String, allowed: &str| {
+        Err(Error::InvalidSetting {
+            name,
+            message: format!("`{name}` = {value} is out of range; allowed: {allowed}"),
+        })
     };
-    if let Some(t) = p.temperature
-        && !(0.0..=100.0).contains(&t)
-    {
-        return bad("temperature", t.to_string(), "0 to 100 (0 = greedy)");
-    }
-    if let Some(t) = p.top_p
-        && !(t > 0.0 && t <= 1.0)
-    {
-        return bad("top_p", t.to_string(), "greater than 0 and at most 1");
-    }
-    if let Some(r) = p.repetition_penalty
-        && r <= 0.0
-    {
-        return bad(
-            "repetition_penalty",
-            r.to_string(),
-            "greater than 0 (1 = off)",
-        );
-    }
+    let float = |name: &'static str, v: Option<f32>, ok: fn(f32) -> bool, allowed: &str| match v {
+        Some(x) if x.is_nan() || !ok(x) => bad(name, x.to_string(), allowed),
+        _ => Ok(()),
+    };
+    float(
+        "temperature",
+        p.temperature,
+        |t| (0.0..=2.0).contains(&t),
+        "0 to 2 (0 = greedy)",
+    )?;
+    float(
+        "top_p",
+        p.top_p,
+        |t| t > 0.0 && t <= 1.0,
+        "greater than 0 and at most 1",
+    )?;
+    float(
+        "repetition_penalty",
+        p.repetition_penalty,
+        |r| r > 0.0 && r.is_finite(),
+        "greater than 0 (1 = off)",
+    )?;
+    float(
+        "length_penalty",
+        p.length_penalty,
+        f32::is_finite,
+        "a finite number",
+    )?;
     for (name, v) in [
         ("presence_penalty", p.presence_penalty),
         ("frequency_penalty", p.frequency_penalty),
     ] {
-        if let Some(v) = v
-            && !(-2.0..=2.0).contains(&v)
-        {
-            return bad(name, v.to_string(), "-2 to 2");
-        }
+        float(name, v, |v| (-2.0..=2.0).contains(&v), "-2 to 2")?;
     }
-    if p.num_return_sequences == Some(0) {
-        return bad("num_return_sequences", "0".into(), "1 or more");
+    if let Some(n) = p.num_return_sequences
+        && !(1..=MAX_SEQUENCES).contains(&n)
+    {
+        return bad(
+            "num_return_sequences",
+            n.to_string(),
+            &format!("1 to {MAX_SEQUENCES}"),
+        );
     }
     if p.max_new_tokens == Some(0) {
         return bad("max_new_tokens", "0".into(), "1 or more");
     }
-    if let Some(stop) = &p.stop
-        && stop.iter().any(String::is_empty)
-    {
-        return bad("stop", "\"\"".into(), "non-empty strings");
+    if p.max_length == Some(0) {
+        return bad("max_length", "0".into(), "1 or more");
+    }
+    if let Some(stop) = &p.stop {
+        if stop.iter().any(String::is_empty) {
+            return bad("stop", "\"\"".into(), "non-empty strings");
+        }
+        if stop.len() > MAX_STOP_STRINGS {
+            return bad(
+                "stop",
+                format!("{} strings", stop.len()),
+                &format!("at most {MAX_STOP_STRINGS} strings"),
+            );
+        }
     }
     Ok(())
 }
@@ -248,6 +278,7 @@ mod tests {
                 .contains("known")
         );
         assert!(set_param(&mut p, "top_p", "2").is_err());
+        assert!(set_param(&mut p, "temperature", "5").is_err());
         assert!(set_param(&mut p, "seed", "abc").is_err());
     }
 

@@ -4,7 +4,12 @@
 //! - [`registry`]: scans a directory for backend plugins and loads each file on its own.
 //! - [`ChatModel`]: the facade — `chat`, `stream_chat`, `get_scores`, `batch`, sync and async,
 //!   behind a concurrency limit.
-//! - [`generation`]: merging and normalising generation settings (LLaMA-Factory's rules).
+//! - [`generation`]: merging, normalising and range-checking generation settings
+//!   (LLaMA-Factory's rules).
+//! - [`validation`]: the request-level checks (messages, media, tools, logprobs, constraints
+//!   against the engine's capabilities); together with [`generation`] the one seam every front
+//!   end goes through, so the same request gets the same answer over HTTP, the CLI and a host
+//!   app.
 //!
 //! The host never links a backend: it reaches each one through the stable ABI of
 //! `switchyard-abi`, so a third party can drop a new plugin into the directory and select it by
@@ -26,6 +31,7 @@ pub mod config;
 mod error;
 pub mod generation;
 pub mod registry;
+pub mod validation;
 
 pub use chat_model::{Canceller, ChatModel, EventIter, EventStream};
 pub use config::Config;
@@ -34,8 +40,9 @@ pub use registry::{LoadedPlugin, PluginProblem, Registry};
 pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{
-        Capabilities, ChatRequest, EngineInfo, Event, Finish, FinishReason, FunctionCall,
-        GenerationParams, MediaInput, Message, ModelConfig, PluginMetadata, Response, Role,
-        ScoreInput, ScoreRequest, ToolCall,
+        Capabilities, ChatRequest, Constraint, EngineInfo, Event, Finish, FinishReason,
+        FunctionCall, GenerationParams, MediaInput, Message, ModelConfig, PluginMetadata, Response,
+        ResponseCollector, Role, ScoreInput, ScoreRequest, TokenLogprob, ToolCall, ToolCallDelta,
+        ToolChoice, TopLogprob,
     },
 };

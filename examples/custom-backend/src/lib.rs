@@ -9,10 +9,12 @@
 //! Special inputs, for exercising hosts: a message `!panic` panics inside `chat`/`stream_chat`,
 //! a message starting `!panic-mid-stream` (with more words) panics after the first word, and
 //! `!say TEXT` replies TEXT verbatim (not reversed), streamed word by word — handy for testing
-//! what a host does with given model output (tool calls, `<think>` blocks, stop strings).
+//! what a host does with given model output (tool calls, `<think>` blocks, stop strings); the
+//! reply is read with `switchyard-formats`, so tool calls and reasoning arrive typed.
 
 use std::time::Duration;
 
+use switchyard_formats::{OutputFormat, ParsedEvents, ReasoningStart};
 use switchyard_plugin::{
     Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo, Event,
     EventIter, Finish, FinishReason, PluginMetadata, Role, export_backend,
@@ -28,6 +30,7 @@ fn capabilities() -> Capabilities {
     Capabilities {
         chat: true,
         stream: true,
+        tools: true,
         ..Default::default()
     }
 }
@@ -113,9 +116,16 @@ impl Backend for Echo {
                     prompt_length,
                     response_length: sent as u32,
                 }),
+                ..Default::default()
             }))
         });
-        Ok(Box::new(iter))
+        // The "model output" may hold `<think>` reasoning and, when tools were offered, tool
+        // calls in a model's format: read them out into typed fields, as hf-candle does.
+        let format = OutputFormat {
+            reasoning: ReasoningStart::Closed,
+            tools: request.tools.as_ref().is_some_and(|t| !t.is_empty()),
+        };
+        Ok(Box::new(ParsedEvents::new(iter, format)))
     }
 }
 

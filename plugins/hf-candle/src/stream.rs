@@ -115,6 +115,7 @@ impl SeqText {
                 prompt_length: self.prompt_len,
                 response_length: self.generated as u32,
             }),
+            ..Default::default()
         }))
     }
 }

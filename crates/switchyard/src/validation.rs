@@ -1,0 +1,202 @@
+//! Checking a chat request before any work, the same way for every front end.
+//!
+//! The request-level rules live here (messages, media, logprobs, tool choice, constraints
+//! against what the loaded engine declares it can do); the generation settings' merge,
+//! normalisation and ranges live in [`crate::generation`]. A field the backend cannot honour is
+//! an error that names it, never silently dropped.
+
+use serde_json::Value;
+use switchyard_abi::wire::{
+    ChatRequest, Constraint, EngineInfo, GenerationParams, Role, ToolChoice,
+};
+
+use crate::error::{Error, Result};
+use crate::generation;
+
+/// Most alternatives per token for `top_logprobs` (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+fn unsupported(name: &'static str, info: &EngineInfo, what: &str) -> Error {
+    Error::Unsupported {
+        name,
+        message: format!(
+            "{what}, but backend `{}` with model `{}` cannot do it; drop `{name}` or use a backend that lists `{name}` in its capabilities (GET /v1/info)",
+            info.backend, info.model
+        ),
+    }
+}
+
+fn invalid(name: &'static str, message: impl Into<String>) -> Error {
+    Error::InvalidSetting {
+        name,
+        message: message.into(),
+    }
+}
+
+/// Validates `request` against the engine and resolves its generation settings over the
+/// config's `defaults`; what comes back is what the plugin receives.
+pub fn prepare(
+    mut request: ChatRequest,
+    defaults: &GenerationParams,
+    info: &EngineInfo,
+) -> Result<ChatRequest> {
+    check_messages(&request)?;
+    check_media(&request, info)?;
+    check_tools(&request, info)?;
+    check_logprobs(&request, info)?;
+    check_constraint(&request, info)?;
+    request.generation = generation::resolve(defaults, &request.generation)?;
+    Ok(request)
+}
+
+fn check_messages(request: &ChatRequest) -> Result<()> {
+    if request.messages.is_empty() {
+        return Err(invalid(
+            "messages",
+            "`messages` is empty; send at least one user message",
+        ));
+    }
+    if let Some(i) = request
+        .messages
+        .iter()
+        .skip(1)
+        .position(|m| m.role == Role::System)
+    {
+        return Err(invalid(
+            "messages",
+            format!(
+                "message {} has role `system`; a system message may only come first (or use the `system` field)",
+                i + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_media(request: &ChatRequest, info: &EngineInfo) -> Result<()> {
+    let caps = &info.capabilities;
+    for (name, count, ok) in [
+        ("images", request.images.len(), caps.images),
+        ("videos", request.videos.len(), caps.videos),
+        ("audios", request.audios.len(), caps.audios),
+    ] {
+        if count > 0 && !ok {
+            return Err(unsupported(
+                name,
+                info,
+                &format!("the request has {count} {name}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tool_name(tool: &Value) -> Option<&str> {
+    tool.get("function")?.get("name")?.as_str()
+}
+
+fn check_tools(request: &ChatRequest, info: &EngineInfo) -> Result<()> {
+    let tools = request.tools.as_deref().unwrap_or_default();
+    if let Some(i) = tools.iter().position(|t| tool_name(t).is_none()) {
+        return Err(invalid(
+            "tools",
+            format!(
+                "tools[{i}] has no function name; each tool is {{\"type\": \"function\", \"function\": {{\"name\", \"parameters\"?, ...}}}}"
+            ),
+        ));
+    }
+    if !tools.is_empty() && !info.capabilities.tools {
+        return Err(unsupported(
+            "tools",
+            info,
+            &format!("the request offers {} tools", tools.len()),
+        ));
+    }
+    let Some(choice) = &request.tool_choice else {
+        return Ok(());
+    };
+    if tools.is_empty() {
+        return Err(invalid(
+            "tool_choice",
+            "`tool_choice` forces a tool call, but the request offers no `tools`",
+        ));
+    }
+    if let ToolChoice::Function { name } = choice
+        && !tools.iter().any(|t| tool_name(t) == Some(name))
+    {
+        return Err(invalid(
+            "tool_choice",
+            format!(
+                "`tool_choice` names function `{name}`, which is not among the offered tools ({})",
+                tools
+                    .iter()
+                    .filter_map(tool_name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    if !info.capabilities.tool_choice {
+        return Err(unsupported(
+            "tool_choice",
+            info,
+            "the request forces a tool call with `tool_choice`",
+        ));
+    }
+    Ok(())
+}
+
+fn check_logprobs(request: &ChatRequest, info: &EngineInfo) -> Result<()> {
+    if request.top_logprobs > MAX_TOP_LOGPROBS {
+        return Err(invalid(
+            "top_logprobs",
+            format!(
+                "`top_logprobs` = {} is out of range; allowed: 0 to {MAX_TOP_LOGPROBS}",
+                request.top_logprobs
+            ),
+        ));
+    }
+    if request.top_logprobs > 0 && !request.logprobs {
+        return Err(invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
+    if request.logprobs && !info.capabilities.logprobs {
+        return Err(unsupported(
+            "logprobs",
+            info,
+            "the request asks for token log-probabilities",
+        ));
+    }
+    Ok(())
+}
+
+fn check_constraint(request: &ChatRequest, info: &EngineInfo) -> Result<()> {
+    let Some(c) = &request.constraint else {
+        return Ok(());
+    };
+    match c {
+        Constraint::JsonSchema { schema } if !(schema.is_object() || schema.is_boolean()) => {
+            return Err(invalid(
+                "constraint",
+                "the JSON schema must be an object (or true/false)",
+            ));
+        }
+        Constraint::Choice { choices } if choices.is_empty() => {
+            return Err(invalid("constraint", "the choice list is empty"));
+        }
+        _ => {}
+    }
+    if !info.capabilities.constraints {
+        return Err(unsupported(
+            "constraint",
+            info,
+            &format!(
+                "the request constrains the output ({}; OpenAI's `response_format`)",
+                c.name()
+            ),
+        ));
+    }
+    Ok(())
+}
