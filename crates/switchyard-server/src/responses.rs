@@ -44,14 +44,22 @@ pub fn tool_call_delta_json(d: &ToolCallDelta) -> Value {
 
 /// One choice of a whole (non-streamed) completion.
 pub fn choice_json(index: usize, r: &Response, include_reasoning: bool) -> Value {
-    let mut content = r.text.clone();
+    let calls = r.tool_calls.as_deref().unwrap_or_default();
+    // Whitespace that only separated the answer from the reasoning or the calls is dropped.
+    let mut content = if calls.is_empty() {
+        r.text.clone()
+    } else {
+        r.text.trim().to_owned()
+    };
     let mut m = json!({"role": "assistant"});
     match &r.reasoning_content {
-        Some(reasoning) if include_reasoning => m["reasoning_content"] = json!(reasoning),
+        Some(reasoning) if include_reasoning => {
+            m["reasoning_content"] = json!(reasoning);
+            content = content.trim_start().to_owned();
+        }
         Some(reasoning) => content = format!("<think>{reasoning}</think>{content}"),
         None => {}
     }
-    let calls = r.tool_calls.as_deref().unwrap_or_default();
     m["content"] = if content.is_empty() && !calls.is_empty() {
         Value::Null
     } else {

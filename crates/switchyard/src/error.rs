@@ -46,8 +46,8 @@ pub enum Error {
     /// rename to their own (`n`).
     #[error("invalid request: {message}")]
     InvalidSetting {
-        /// The setting.
-        name: &'static str,
+        /// The setting (`tools[0]` for an item of a list).
+        name: String,
         /// What is wrong and what is allowed.
         message: String,
     },
@@ -56,7 +56,7 @@ pub enum Error {
     #[error("unsupported: {message}")]
     Unsupported {
         /// The field.
-        name: &'static str,
+        name: String,
         /// What was asked, and what to do instead.
         message: String,
     },
@@ -86,7 +86,7 @@ impl Error {
 
 impl Error {
     /// The request field to blame, for errors about one.
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<&str> {
         match self {
             Error::InvalidSetting { name, .. } | Error::Unsupported { name, .. } => Some(name),
             _ => None,

@@ -117,9 +117,9 @@ pub const MAX_SEQUENCES: u32 = 16;
 pub const MAX_STOP_STRINGS: usize = 16;
 
 fn validate(p: &GenerationParams) -> Result<()> {
-    let bad = |name: &'static str, value: String, allowed: &str| {
+    let bad = |name: &str, value: String, allowed: &str| {
         Err(Error::InvalidSetting {
-            name,
+            name: name.to_owned(),
             message: format!("`{name}` = {value} is out of range; allowed: {allowed}"),
         })
     };

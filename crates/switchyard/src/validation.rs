@@ -16,9 +16,9 @@ use crate::generation;
 /// Most alternatives per token for `top_logprobs` (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: u32 = 20;
 
-fn unsupported(name: &'static str, info: &EngineInfo, what: &str) -> Error {
+fn unsupported(name: &str, info: &EngineInfo, what: &str) -> Error {
     Error::Unsupported {
-        name,
+        name: name.to_owned(),
         message: format!(
             "{what}, but backend `{}` with model `{}` cannot do it; drop `{name}` or use a backend that lists `{name}` in its capabilities (GET /v1/info)",
             info.backend, info.model
@@ -26,9 +26,9 @@ fn unsupported(name: &'static str, info: &EngineInfo, what: &str) -> Error {
     }
 }
 
-fn invalid(name: &'static str, message: impl Into<String>) -> Error {
+fn invalid(name: &str, message: impl Into<String>) -> Error {
     Error::InvalidSetting {
-        name,
+        name: name.to_owned(),
         message: message.into(),
     }
 }
@@ -99,7 +99,7 @@ fn check_tools(request: &ChatRequest, info: &EngineInfo) -> Result<()> {
     let tools = request.tools.as_deref().unwrap_or_default();
     if let Some(i) = tools.iter().position(|t| tool_name(t).is_none()) {
         return Err(invalid(
-            "tools",
+            &format!("tools[{i}]"),
             format!(
                 "tools[{i}] has no function name; each tool is {{\"type\": \"function\", \"function\": {{\"name\", \"parameters\"?, ...}}}}"
             ),
