@@ -193,8 +193,10 @@ fn vllm_reasoning_both_names_greedy_and_several_sequences() {
     let mut request = ask("x");
     request.generation.num_return_sequences = Some(2);
     let out = model.chat(request).unwrap();
-    assert_eq!(out[0].text, "<think>think a</think>A");
-    assert_eq!(out[1].text, "<think>think b</think>B");
+    assert_eq!(out[0].text, "A");
+    assert_eq!(out[0].reasoning_content.as_deref(), Some("think a"));
+    assert_eq!(out[1].text, "B");
+    assert_eq!(out[1].reasoning_content.as_deref(), Some("think b"));
     assert_eq!(out[1].finish_reason, FinishReason::Length);
     assert_eq!(server.last_body("/v1/chat/completions")["n"], 2);
 
@@ -210,7 +212,76 @@ fn vllm_reasoning_both_names_greedy_and_several_sequences() {
     let model = attach(dir.path(), "vllm", &server, "reasoning = \"drop\"");
     let mut request = ask("x");
     request.generation.num_return_sequences = Some(2);
-    assert_eq!(model.chat(request).unwrap()[0].text, "A");
+    let out = model.chat(request).unwrap();
+    assert_eq!(out[0].text, "A");
+    assert_eq!(out[0].reasoning_content, None);
+}
+
+/// A server that returns structured `tool_calls` and `reasoning_content` (vLLM with a tool and a
+/// reasoning parser): the bridge passes them through typed, call ids preserved, whole and
+/// streamed in fragments.
+#[test]
+fn structured_tool_calls_and_reasoning_pass_through_with_their_ids() {
+    let dir = plugin_dir();
+    let server = FakeServer::start();
+    let whole = r#"{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":null,"reasoning_content":"The user wants the weather.","tool_calls":[{"id":"chatcmpl-tool-5f1e","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}},{"id":"chatcmpl-tool-77aa","type":"function","function":{"name":"get_time","arguments":"{}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":40,"completion_tokens":30,"total_tokens":70}}"#;
+    let stream = [
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"The user "},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"wants the weather."},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"chatcmpl-tool-5f1e","type":"function","function":{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\": "}}]},"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]},"finish_reason":"tool_calls"}]}"#,
+        r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[],"usage":{"prompt_tokens":40,"completion_tokens":30,"total_tokens":70}}"#,
+    ];
+    server.models("m").route(
+        "POST",
+        "/v1/chat/completions",
+        vec![json(200, whole), sse(&stream)],
+    );
+    let model = attach(dir.path(), "vllm", &server, "");
+    let mut request = ask("Weather in Paris?");
+    request.tools = Some(vec![
+        j!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}),
+        j!({"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}),
+    ]);
+    let r = model.chat(request.clone()).unwrap().remove(0);
+    assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(r.text, "");
+    assert_eq!(
+        r.reasoning_content.as_deref(),
+        Some("The user wants the weather.")
+    );
+    let calls = r.tool_calls.unwrap();
+    assert_eq!(
+        calls.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["chatcmpl-tool-5f1e", "chatcmpl-tool-77aa"]
+    );
+    assert_eq!(calls[0].function.arguments, "{\"city\": \"Paris\"}");
+    assert_eq!(
+        server.last_body("/v1/chat/completions")["tools"][0]["function"]["name"],
+        "get_weather"
+    );
+
+    let mut collected = switchyard::ResponseCollector::new(1);
+    for e in model.stream_chat(request).unwrap() {
+        let e = e.unwrap();
+        assert!(
+            !e.delta.contains("<tool_call>") && !e.delta.contains("<think>"),
+            "{e:?}"
+        );
+        collected.push(&e).unwrap();
+    }
+    let r = collected.finish().remove(0);
+    assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+    assert_eq!(
+        r.reasoning_content.as_deref(),
+        Some("The user wants the weather.")
+    );
+    let call = &r.tool_calls.unwrap()[0];
+    assert_eq!(call.id, "chatcmpl-tool-5f1e");
+    assert_eq!(call.function.name, "get_weather");
+    assert_eq!(call.function.arguments, "{\"city\": \"Paris\"}");
 }
 
 #[test]
