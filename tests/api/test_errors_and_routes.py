@@ -33,11 +33,11 @@ OK = user("hello")
     ({"messages": OK, "presence_penalty": 3}, "presence_penalty", "range"),
     ({"messages": OK, "frequency_penalty": -3}, "frequency_penalty", "range"),
     ({"messages": OK, "repetition_penalty": 0}, "repetition_penalty", "greater than 0"),
-    ({"messages": OK, "n": 0}, "n", "between"),
-    ({"messages": OK, "n": 17}, "n", "between"),
-    ({"messages": OK, "max_tokens": 0}, "max_tokens", "at least 1"),
+    ({"messages": OK, "n": 0}, "n", "allowed: 1 to 16"),
+    ({"messages": OK, "n": 17}, "n", "allowed: 1 to 16"),
+    ({"messages": OK, "max_tokens": 0}, "max_tokens", "1 or more"),
     ({"messages": OK, "stop": [""]}, "stop", "stop"),
-    ({"messages": OK, "stop": [str(i) for i in range(9)]}, "stop", "stop"),
+    ({"messages": OK, "stop": [str(i) for i in range(17)]}, "stop", "at most 16"),
 ])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 def test_bad_requests_are_400_before_any_stream(echo_server, body, param, needle, stream):

@@ -65,7 +65,7 @@ pub enum Error {
     Engine(EngineError),
     /// The concurrency limit is reached and the caller asked not to wait.
     #[error(
-        "overloaded: {0} requests are running or waiting; retry later, or raise `max_concurrent` / `max_queue`"
+        "overloaded: the model is busy ({0} requests running or waiting); retry shortly, or raise `max_concurrent` / `max_queue`"
     )]
     Overloaded(usize),
 }

@@ -118,9 +118,15 @@ pub const MAX_STOP_STRINGS: usize = 16;
 
 fn validate(p: &GenerationParams) -> Result<()> {
     let bad = |name: &str, value: String, allowed: &str| {
+        // The OpenAI name too, where it differs: HTTP and batch users may have written that.
+        let alias = match name {
+            "num_return_sequences" => " (OpenAI `n`)",
+            "max_new_tokens" => " (OpenAI `max_tokens`)",
+            _ => "",
+        };
         Err(Error::InvalidSetting {
             name: name.to_owned(),
-            message: format!("`{name}` = {value} is out of range; allowed: {allowed}"),
+            message: format!("`{name}`{alias} = {value} is out of range; allowed: {allowed}"),
         })
     };
     let float = |name: &'static str, v: Option<f32>, ok: fn(f32) -> bool, allowed: &str| match v {
