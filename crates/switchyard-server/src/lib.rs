@@ -18,6 +18,7 @@
 
 mod error;
 mod handlers;
+mod media;
 mod metrics;
 mod protocol;
 mod responses;
@@ -34,8 +35,8 @@ use axum::routing::{get, post};
 use switchyard::ChatModel;
 
 pub use error::ApiError;
+pub use media::MediaLimits;
 pub use metrics::Metrics;
-pub use protocol::MediaLimits;
 
 /// Server settings (flags and `API_*` environment variables in the CLI).
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 //! Decoding is lenient (unknown fields are ignored); validation is strict and happens before any
 //! generation starts, so a bad request always gets a 4xx with the field named.
 
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use switchyard::{
@@ -11,6 +10,7 @@ use switchyard::{
 };
 
 use crate::error::ApiError;
+use crate::media::{MediaLimits, check_media};
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -93,19 +93,6 @@ pub struct ChatCompletionRequest {
     pub guided_grammar: Option<String>,
     /// vLLM's newer form: `{"json" | "regex" | "choice" | "grammar": ...}`.
     pub structured_outputs: Option<Value>,
-}
-
-/// Limits applied while converting media.
-#[derive(Debug, Clone)]
-pub struct MediaLimits {
-    /// Most media items per request.
-    pub max_items: usize,
-    /// Most decoded bytes per item.
-    pub max_bytes: usize,
-    /// Whether `http(s)` URLs are passed on (never to private addresses).
-    pub allow_remote: bool,
-    /// A directory clients may reference with `file://` URLs.
-    pub local_dir: Option<std::path::PathBuf>,
 }
 
 /// The converted request plus what the response builder needs.
@@ -263,146 +250,6 @@ fn parse_message(
             .and_then(Value::as_str)
             .map(str::to_owned),
     })
-}
-
-fn is_private_host(host: &str) -> bool {
-    use std::net::{IpAddr, ToSocketAddrs};
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => match (host, 80).to_socket_addrs() {
-            Ok(a) => a.map(|s| s.ip()).collect(),
-            Err(_) => return true,
-        },
-    };
-    addrs.is_empty()
-        || addrs.iter().any(|ip| match ip {
-            IpAddr::V4(v4) => {
-                v4.is_private()
-                    || v4.is_loopback()
-                    || v4.is_link_local()
-                    || v4.is_unspecified()
-                    || v4.is_broadcast()
-            }
-            IpAddr::V6(v6) => {
-                v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xfe00) == 0xfc00
-            }
-        })
-}
-
-fn check_media(item: MediaInput, limits: &MediaLimits) -> Result<MediaInput, ApiError> {
-    let too_big = |n: usize| {
-        ApiError::invalid(
-            format!(
-                "a media item decodes to {n} bytes; the limit is {} bytes",
-                limits.max_bytes
-            ),
-            Some("messages"),
-        )
-    };
-    let decode = |b64: &str| {
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|e| {
-                ApiError::invalid(
-                    format!("media data is not valid base64: {e}"),
-                    Some("messages"),
-                )
-            })
-    };
-    match item {
-        MediaInput::Bytes {
-            data_base64,
-            mime_type,
-        } => {
-            let n = decode(&data_base64)?.len();
-            if n > limits.max_bytes {
-                return Err(too_big(n));
-            }
-            Ok(MediaInput::Bytes {
-                data_base64,
-                mime_type,
-            })
-        }
-        MediaInput::Url { url } => {
-            if let Some(rest) = url.strip_prefix("data:") {
-                let (meta, data) = rest.split_once(',').ok_or_else(|| {
-                    ApiError::invalid("malformed data: URL (no comma)", Some("messages"))
-                })?;
-                if !meta.ends_with(";base64") {
-                    return Err(ApiError::invalid(
-                        "data: URLs must be base64-encoded",
-                        Some("messages"),
-                    ));
-                }
-                let n = decode(data)?.len();
-                if n > limits.max_bytes {
-                    return Err(too_big(n));
-                }
-                return Ok(MediaInput::Bytes {
-                    data_base64: data.to_owned(),
-                    mime_type: Some(meta.trim_end_matches(";base64").to_owned()),
-                });
-            }
-            if let Some(path) = url.strip_prefix("file://") {
-                let Some(dir) = &limits.local_dir else {
-                    return Err(ApiError::invalid(
-                        "local file URLs are disabled; start the server with --media-dir DIR to allow files under DIR",
-                        Some("messages"),
-                    ));
-                };
-                let full = std::fs::canonicalize(path).map_err(|e| {
-                    ApiError::invalid(format!("cannot open {path}: {e}"), Some("messages"))
-                })?;
-                if !full.starts_with(dir) {
-                    return Err(ApiError::invalid(
-                        format!("{path} is outside the allowed media directory"),
-                        Some("messages"),
-                    ));
-                }
-                return Ok(MediaInput::Url {
-                    url: format!("file://{}", full.display()),
-                });
-            }
-            if url.starts_with("http://") || url.starts_with("https://") {
-                if !limits.allow_remote {
-                    return Err(ApiError::invalid(
-                        "remote media URLs are disabled; send a data: URL, or start the server with --allow-remote-media",
-                        Some("messages"),
-                    ));
-                }
-                let host = url
-                    .split("://")
-                    .nth(1)
-                    .unwrap_or("")
-                    .split(['/', '?', '#'])
-                    .next()
-                    .unwrap_or("");
-                let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-                let host = if host.starts_with('[') {
-                    host.split(']')
-                        .next()
-                        .map(|h| format!("{h}]"))
-                        .unwrap_or_default()
-                } else {
-                    host.split(':').next().unwrap_or("").to_owned()
-                };
-                if is_private_host(&host) {
-                    return Err(ApiError::invalid(
-                        format!(
-                            "media URL host `{host}` is a private or unresolvable address; refused"
-                        ),
-                        Some("messages"),
-                    ));
-                }
-                return Ok(MediaInput::Url { url });
-            }
-            Err(ApiError::invalid(
-                "unsupported media URL scheme; use data:, http(s): or file:",
-                Some("messages"),
-            ))
-        }
-    }
 }
 
 impl ChatCompletionRequest {
@@ -717,13 +564,5 @@ mod tests {
             sample(serde_json::json!({"temperature": 0.8, "do_sample": false})),
             Some(false)
         );
-    }
-
-    #[test]
-    fn private_hosts_are_refused() {
-        assert!(is_private_host("127.0.0.1"));
-        assert!(is_private_host("192.168.1.1"));
-        assert!(is_private_host("[::1]"));
-        assert!(!is_private_host("8.8.8.8"));
     }
 }
