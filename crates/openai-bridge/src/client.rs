@@ -317,6 +317,15 @@ impl Client {
     pub fn body_error(&self, path: &str, e: &reqwest::Error) -> BridgeError {
         self.transport_error(path, e)
     }
+
+    /// The error for a body that cannot be decoded.
+    pub fn decode_error(&self, path: &str, cause: &dyn std::fmt::Display) -> BridgeError {
+        BridgeError::Decode {
+            server: self.server().to_owned(),
+            path: path.to_owned(),
+            cause: cause.to_string(),
+        }
+    }
 }
 
 /// Whether `e` is a kept-alive connection closed by the server before any response came

@@ -293,7 +293,11 @@ impl Backend for Bridge {
             self.rt.clone(),
             self.client.clone(),
             resp,
-            Assembler::new(self.flavor.server, self.reasoning),
+            Assembler::new(
+                self.flavor.server,
+                self.reasoning,
+                request.generation.max_new_tokens,
+            ),
             cancel,
         );
         Ok(Box::new(events))

@@ -30,6 +30,8 @@ type Item = Result<Event, EngineError>;
 #[derive(Default)]
 struct Seq {
     finish: Option<FinishReason>,
+    /// Cut at the token limit the server ignored.
+    cut: bool,
     chunks: u32,
     /// Tool-call fragments seen (then the sequence ended in tool calls).
     tool_calls: u32,
@@ -41,17 +43,26 @@ pub struct Assembler {
     reasoning: ReasoningMode,
     seqs: BTreeMap<u32, Seq>,
     usage: Option<Usage>,
+    /// The request's `max_new_tokens`: a server that sends more chunks than that (each holds
+    /// at least one token) ignored the limit, and the sequence is cut there.
+    max_chunks: Option<u32>,
 }
 
 impl Assembler {
-    /// A fresh assembler.
-    pub fn new(server: &'static str, reasoning: ReasoningMode) -> Self {
+    /// A fresh assembler for a request with `max_new_tokens` = `max_chunks`.
+    pub fn new(server: &'static str, reasoning: ReasoningMode, max_chunks: Option<u32>) -> Self {
         Self {
             server,
             reasoning,
             seqs: BTreeMap::new(),
             usage: None,
+            max_chunks,
         }
+    }
+
+    /// Every sequence was cut at the token limit: the rest of the stream is not needed.
+    pub fn all_cut(&self) -> bool {
+        !self.seqs.is_empty() && self.seqs.values().all(|s| s.cut)
     }
 
     /// Handles one chunk payload; returns the events it completes.
@@ -73,13 +84,38 @@ impl Assembler {
                 message,
             });
         }
-        let chunk: Completion = serde_json::from_value(raw).unwrap_or_default();
+        let chunk: Completion = serde_json::from_value(raw).map_err(|e| BridgeError::Decode {
+            server: self.server.to_owned(),
+            path: "/v1/chat/completions".into(),
+            cause: format!(
+                "a stream chunk is not a chat completion chunk ({e}): {}",
+                payload.chars().take(200).collect::<String>()
+            ),
+        })?;
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
         let mut out = Vec::new();
         for choice in chunk.choices {
             let seq = self.seqs.entry(choice.index).or_default();
+            if seq.cut {
+                continue;
+            }
+            if self.max_chunks.is_some_and(|m| seq.chunks >= m)
+                && choice.delta.as_ref().is_some_and(|d| {
+                    d.content.as_deref().is_some_and(|c| !c.is_empty())
+                        || d.reasoning_text().is_some()
+                })
+            {
+                tracing::warn!(
+                    server = self.server,
+                    index = choice.index,
+                    "the server sent more than max_tokens; the sequence is cut there"
+                );
+                seq.cut = true;
+                seq.finish = Some(FinishReason::Length);
+                continue;
+            }
             let mut event = Event {
                 index: choice.index,
                 ..Default::default()
@@ -262,7 +298,13 @@ async fn produce(
     let mut seen_any = false;
     loop {
         let (payloads, eof) = match body.next().await {
-            Some(Ok(bytes)) => (sse.push(&bytes), false),
+            Some(Ok(bytes)) => match sse.push(&bytes) {
+                Ok(p) => (p, false),
+                Err(e) => {
+                    let _ = tx.send(Err(client.decode_error(PATH, &e).into())).await;
+                    return;
+                }
+            },
             Some(Err(e)) => {
                 let err = client.body_error(PATH, &e);
                 let err = BridgeError::Connection {
@@ -276,10 +318,16 @@ async fn produce(
                 let _ = tx.send(Err(err.into())).await;
                 return;
             }
-            None => (sse.finish(), true),
+            None => match sse.finish() {
+                Ok(p) => (p, true),
+                Err(e) => {
+                    let _ = tx.send(Err(client.decode_error(PATH, &e).into())).await;
+                    return;
+                }
+            },
         };
         for payload in payloads {
-            if payload.trim() == "[DONE]" {
+            if payload.trim() == "[DONE]" || assembler.all_cut() {
                 for e in assembler.finish() {
                     if tx.send(Ok(e)).await.is_err() {
                         return;
@@ -294,6 +342,15 @@ async fn produce(
                         if tx.send(Ok(e)).await.is_err() {
                             return;
                         }
+                    }
+                    if assembler.all_cut() {
+                        // Dropping the response closes the connection: the server stops.
+                        for e in assembler.finish() {
+                            if tx.send(Ok(e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
                     }
                 }
                 Err(err) => {
@@ -331,7 +388,7 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&str]) -> Vec<Event> {
-        let mut a = Assembler::new("t", ReasoningMode::Keep);
+        let mut a = Assembler::new("t", ReasoningMode::Keep, None);
         let mut out = Vec::new();
         for c in chunks {
             out.extend(a.chunk(c).unwrap());
@@ -368,11 +425,27 @@ mod tests {
             ev.last().unwrap().finish.as_ref().unwrap().reason,
             FinishReason::Length
         );
-        let mut a = Assembler::new("t", ReasoningMode::Keep);
+        let mut a = Assembler::new("t", ReasoningMode::Keep, None);
         let e = a
             .chunk(r#"{"error":{"message":"boom","code":500}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("boom"));
+        let e = Assembler::new("t", ReasoningMode::Keep, None)
+            .chunk(r#"{"choices":"nope"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a chat completion chunk"), "{e}");
+        let mut a = Assembler::new("t", ReasoningMode::Keep, Some(2));
+        let mut text = String::new();
+        for w in ["a", "b", "c", "d"] {
+            let chunk = format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"{w}"}}}}]}}"#);
+            text.extend(a.chunk(&chunk).unwrap().iter().map(|e| e.delta.clone()));
+        }
+        assert_eq!(text, "ab");
+        assert!(a.all_cut());
+        assert_eq!(
+            a.finish()[0].finish.as_ref().unwrap().reason,
+            FinishReason::Length
+        );
 
         let ev = run(&[
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_9","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
