@@ -175,6 +175,121 @@ fn batch_writes_good_records_and_an_error_record_per_bad_line() {
     assert_eq!(std::fs::read_to_string(&output).unwrap().lines().count(), 2);
 }
 
+fn batch_input(dir: &Path, n: usize, extra_line: Option<&[u8]>) -> std::path::PathBuf {
+    let mut bytes = Vec::new();
+    for i in 0..n {
+        if i == 3
+            && let Some(l) = extra_line
+        {
+            bytes.extend_from_slice(l);
+            bytes.push(b'\n');
+            continue;
+        }
+        bytes.extend_from_slice(
+            format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"w{i} x{i}\"}}]}}\n")
+                .as_bytes(),
+        );
+    }
+    let path = dir.join("in.jsonl");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Checks that `output` has exactly one record per input line 1..=n, each the echo of its line.
+fn assert_one_record_per_line(output: &Path, n: usize, bad: Option<usize>) {
+    let text = std::fs::read_to_string(output).unwrap();
+    let mut seen = vec![0; n + 1];
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        let line = v["line"].as_u64().unwrap() as usize;
+        seen[line] += 1;
+        if Some(line) == bad {
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("UTF-8"),
+                "{v}"
+            );
+        } else {
+            let i = line - 1;
+            assert_eq!(v["text"], format!("x{i} w{i}"), "{v}");
+        }
+    }
+    assert!(
+        seen[1..].iter().all(|&c| c == 1),
+        "records per line: {:?}",
+        &seen[1..]
+    );
+}
+
+#[test]
+fn batch_resume_cuts_a_torn_record_and_keys_on_line_numbers() {
+    let (dir, config) = echo_dir("max_concurrent = 2\n");
+    // Line 4 is not UTF-8: an error record for that line, the rest run.
+    let input = batch_input(
+        dir.path(),
+        6,
+        Some(b"{\"messages\": [{\"role\": \"user\", \"content\": \"\xff\xfe\"}]}"),
+    );
+    let output = dir.path().join("out.jsonl");
+    // A previous run wrote lines 1, 2 and 5, then was killed in the middle of a record.
+    std::fs::write(
+        &output,
+        "{\"line\":1,\"text\":\"x0 w0\"}\n{\"line\":2,\"text\":\"x1 w1\"}\n{\"line\":5,\"text\":\"x4 w4\"}\n{\"line\":3,\"te",
+    )
+    .unwrap();
+    let out = switchyard(dir.path(), &["batch", "--config"])
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("torn"), "{stderr}");
+    assert_one_record_per_line(&output, 6, Some(4));
+}
+
+#[test]
+fn batch_killed_and_resumed_again_and_again_loses_and_repeats_nothing() {
+    let (dir, config) = echo_dir("max_concurrent = 4\n[backends.echo]\ndelay_ms = 1\n");
+    let n = 400;
+    let input = batch_input(dir.path(), n, None);
+    let output = dir.path().join("out.jsonl");
+    let mut kills = 0;
+    for round in 0..40 {
+        let mut child = switchyard(dir.path(), &["batch", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .arg("--resume")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill at varying points, a few times; then let it finish.
+        if round < 6 {
+            std::thread::sleep(Duration::from_millis(60 + 37 * round));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+        }
+        let status = child.wait().unwrap();
+        if round >= 6 {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+    }
+    assert!(
+        kills > 0,
+        "the batch finished before any kill; make it longer"
+    );
+    assert_one_record_per_line(&output, n, None);
+}
+
 #[test]
 fn help_is_complete_and_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,12 +3,14 @@
 //! Input line: `{"messages": [...], "system"?: str, "tools"?: [...], <any generation setting>}`
 //! (`n` and `max_tokens` are accepted as aliases of `num_return_sequences` and `max_new_tokens`).
 //! Output line: `{"line", "text", "prompt_length", "response_length", "finish_reason",
-//! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?}`, a list of those when `n > 1`, or `{"line", "error": {"kind", "message"}}` for
-//! a line that failed — the rest still run. `--resume` skips input lines that already have an
-//! output line; `--fail-fast` stops at the first error with a non-zero exit status.
+//! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?}`, a list of those when
+//! `n > 1`, or `{"line", "error": {"kind", "message"}}` for a line that failed (bad JSON, not
+//! UTF-8, a refused request) — the rest still run. `--resume` cuts a torn last record (a run
+//! killed mid-write) and skips the input lines whose `line` numbers already have a record;
+//! `--fail-fast` stops at the first error with a non-zero exit status.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -150,33 +152,74 @@ fn error_record(line: usize, kind: &str, message: &str) -> Value {
     json!({ "line": line, "error": { "kind": kind, "message": message } })
 }
 
-/// Counts complete result lines already in `path` (for `--resume`).
-fn existing_results(path: &Path) -> anyhow::Result<usize> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(text
-            .lines()
-            .filter(|l| serde_json::from_str::<Value>(l).is_ok())
-            .count()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+/// The input lines, numbered from 1; a line that is not UTF-8 is an error for that line only.
+fn input_lines(path: &Path) -> anyhow::Result<Vec<(usize, Result<String, String>)>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
     }
+    Ok(lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            let text = String::from_utf8(l.to_vec()).map_err(|e| {
+                format!(
+                    "the line is not valid UTF-8 (byte {}); re-encode the file as UTF-8",
+                    e.utf8_error().valid_up_to()
+                )
+            });
+            (i + 1, text)
+        })
+        .collect())
+}
+
+/// For `--resume`: cuts a torn last record (a run killed mid-write) off `path` and returns the
+/// input line numbers that already have a complete record.
+fn completed_lines(path: &Path) -> anyhow::Result<BTreeSet<usize>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        eprintln!(
+            "resuming: dropping a torn last record ({} bytes) from {}",
+            bytes.len() - complete,
+            path.display()
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_len(complete as u64))
+            .with_context(|| format!("cannot cut the torn record off {}", path.display()))?;
+    }
+    let mut done = BTreeSet::new();
+    for line in bytes[..complete].split(|&b| b == b'\n') {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let first = if v.is_array() { &v[0] } else { &v };
+        if let Some(n) = first.get("line").and_then(Value::as_u64) {
+            done.insert(n as usize);
+        }
+    }
+    Ok(done)
 }
 
 /// Runs the batch.
 pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
-    let input = std::fs::File::open(&args.input)
-        .with_context(|| format!("cannot open input {}", args.input.display()))?;
-    let lines: Vec<String> = std::io::BufReader::new(input)
-        .lines()
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("cannot read {}", args.input.display()))?;
-    let skip = if args.resume {
-        existing_results(&args.output)?
+    let lines = input_lines(&args.input)?;
+    let done = if args.resume {
+        completed_lines(&args.output)?
     } else {
-        0
+        BTreeSet::new()
     };
-    if skip > 0 {
-        eprintln!("resuming: {skip} line(s) already done");
+    if !done.is_empty() {
+        eprintln!("resuming: {} line(s) already done", done.len());
     }
     let (model, _) = load_model(&args.model, plugin_dir)?;
     let out_file = std::fs::OpenOptions::new()
@@ -188,11 +231,9 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let mut out = BufWriter::new(out_file);
 
-    let todo: Vec<(usize, String)> = lines
+    let todo: Vec<(usize, Result<String, String>)> = lines
         .into_iter()
-        .enumerate()
-        .skip(skip)
-        .map(|(i, l)| (i + 1, l))
+        .filter(|(n, _)| !done.contains(n))
         .collect();
     let bar = ProgressBar::new(todo.len() as u64);
     bar.set_style(
@@ -211,6 +252,10 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
         let mut results = futures::stream::iter(todo.into_iter().map(|(line, text)| {
             let model = model.clone();
             async move {
+                let text = match text {
+                    Ok(t) => t,
+                    Err(e) => return (line, Err(("invalid_request".to_owned(), e))),
+                };
                 if text.trim().is_empty() {
                     return (
                         line,
