@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use switchyard_server::{MediaLimits, ServerOptions, parse_addr, serve};
+use switchyard_server::{ConnectionLimits, MediaLimits, ServerOptions, parse_addr, serve};
 
 use crate::ModelArgs;
 use crate::common::load_model;
@@ -64,9 +64,18 @@ pub struct ApiArgs {
     #[arg(long)]
     reasoning: bool,
 
-    /// Seconds in-flight streams may run on after SIGTERM before they are cut.
+    /// Seconds in-flight streams may run on after SIGTERM before they are cut (with an error
+    /// event).
     #[arg(long, default_value_t = 10)]
     shutdown_grace_s: u64,
+
+    /// Seconds a client has to send a request's headers (slow clients are disconnected).
+    #[arg(long, default_value_t = 10)]
+    header_timeout_s: u64,
+
+    /// Most open connections; more are closed at once.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
 }
 
 /// Runs the server until SIGTERM/Ctrl-C. `open_page` prints (and tries to open) the page URL.
@@ -104,6 +113,10 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
         },
         reasoning: args.reasoning,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_s),
+        connections: ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(args.header_timeout_s.max(1)),
+            max_connections: args.max_connections.max(1),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -103,18 +103,20 @@ pub(crate) async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
     let model = state.model.clone();
+    // `/health` needs no key, so it says only whether the backend is up; the reason (which may
+    // name an upstream URL) goes to the log and to `/v1/info` behind the key.
+    let down = |reason: String| {
+        tracing::warn!("health check failed: {reason}");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable"})),
+        )
+            .into_response()
+    };
     match tokio::task::spawn_blocking(move || model.health()).await {
         Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": e.to_string()})),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "reason": e.to_string()})),
-        )
-            .into_response(),
+        Ok(Err(e)) => down(e.to_string()),
+        Err(e) => down(e.to_string()),
     }
 }
 
@@ -362,6 +364,13 @@ impl StreamCtx {
     }
 }
 
+/// Resolves when the server's shutdown grace is over (never, for a router without a server).
+async fn shutdown_cut(cut: &mut tokio::sync::watch::Receiver<bool>) {
+    if cut.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The SSE side of one streamed completion: ChatModel's event stream mapped to chunks, with no
 /// task or channel in between (the client's disconnect drops it, which cancels generation).
 struct ChunkStream {
@@ -387,12 +396,22 @@ impl ChunkStream {
                 )
             })
             .collect();
-        let body = futures::stream::unfold(Some((self, events)), |state| async move {
-            let (mut this, mut events) = state?;
-            match events.next().await {
+        let cut = self.ctx.state.cut.clone();
+        let body = futures::stream::unfold(Some((self, events, cut)), |state| async move {
+            let (mut this, mut events, mut cut) = state?;
+            let next = tokio::select! {
+                next = events.next() => next,
+                () = shutdown_cut(&mut cut) => {
+                    let e = switchyard::Error::Engine(switchyard::EngineError::unavailable(
+                        "the server is shutting down and this stream ran past its grace period; retry against a running server",
+                    ));
+                    return Some((this.failure(e), None));
+                }
+            };
+            match next {
                 Some(Ok(e)) => {
                     let chunks = this.event(e);
-                    Some((chunks, Some((this, events))))
+                    Some((chunks, Some((this, events, cut))))
                 }
                 Some(Err(e)) => Some((this.failure(e), None)),
                 None => Some((this.end(), None)),

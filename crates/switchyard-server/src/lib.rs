@@ -18,6 +18,7 @@
 
 mod error;
 mod handlers;
+mod listener;
 mod media;
 mod metrics;
 mod protocol;
@@ -33,8 +34,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use switchyard::ChatModel;
+use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use listener::ConnectionLimits;
 pub use media::MediaLimits;
 pub use metrics::Metrics;
 
@@ -51,8 +54,11 @@ pub struct ServerOptions {
     pub media: MediaLimits,
     /// Split `<think>` text into `reasoning_content` unless a request says otherwise.
     pub reasoning: bool,
-    /// How long in-flight streams may run on after SIGTERM/Ctrl-C before they are cut.
+    /// How long in-flight streams may run on after SIGTERM/Ctrl-C before they are cut (with
+    /// an error event).
     pub shutdown_grace: Duration,
+    /// Header deadline and open-connection cap.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerOptions {
@@ -69,6 +75,7 @@ impl Default for ServerOptions {
             },
             reasoning: false,
             shutdown_grace: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -79,6 +86,8 @@ pub struct AppState {
     pub(crate) options: ServerOptions,
     pub(crate) metrics: Metrics,
     pub(crate) served_name: String,
+    /// Set when the shutdown grace is over: streams end with an error event.
+    pub(crate) cut: watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -109,6 +118,10 @@ async fn require_key(State(state): State<Arc<AppState>>, request: Request, next:
 
 /// Builds the router for `model`.
 pub fn router(model: ChatModel, options: ServerOptions) -> Router {
+    build(model, options, watch::channel(false).1)
+}
+
+fn build(model: ChatModel, options: ServerOptions, cut: watch::Receiver<bool>) -> Router {
     let served_name = options.model_name.clone().unwrap_or_else(|| {
         let m = &model.info().model;
         if m.is_empty() {
@@ -123,6 +136,7 @@ pub fn router(model: ChatModel, options: ServerOptions) -> Router {
         options,
         metrics: Metrics::default(),
         served_name,
+        cut,
     });
     let protected = Router::new()
         .route("/v1/models", get(handlers::models))
@@ -130,7 +144,8 @@ pub fn router(model: ChatModel, options: ServerOptions) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/score/evaluation", post(handlers::score))
         .route("/metrics", get(handlers::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .route_layer(middleware::from_fn(require_json));
     Router::new()
         .merge(protected)
         .route("/health", get(handlers::health))
@@ -145,32 +160,54 @@ pub fn router(model: ChatModel, options: ServerOptions) -> Router {
 }
 
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish for
-/// `options.shutdown_grace` before returning.
+/// `options.shutdown_grace`; streams still running then end with an error event.
 pub async fn serve(
     model: ChatModel,
     addr: SocketAddr,
     options: ServerOptions,
 ) -> std::io::Result<()> {
     let grace = options.shutdown_grace;
-    let app = router(model, options);
+    let limits = options.connections;
+    let (cut_tx, cut_rx) = watch::channel(false);
+    let app = build(model, options, cut_rx);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     eprintln!(
         "Switchyard API listening on http://{}",
         listener.local_addr()?
     );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = tx.send(());
-    });
-    tokio::select! {
-        r = server => r,
-        _ = async { let _ = rx.await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("in-flight requests did not finish within {grace:?}; closing them");
-            Ok(())
+    listener::run(listener, app, limits, shutdown_signal(), grace, cut_tx).await
+}
+
+/// POST bodies must be JSON (`Content-Type: application/json`): a browser page on another
+/// site can send a cross-site `text/plain` POST without asking, but not a JSON one.
+async fn require_json(request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::POST {
+        let ct = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return ApiError {
+                status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                kind: "invalid_request_error",
+                message: format!(
+                    "the request body must be JSON with `Content-Type: application/json` (got `{ct}`)"
+                ),
+                param: None,
+                code: Some("unsupported_media_type"),
+            }
+            .into_response();
         }
     }
+    next.run(request).await
 }
 
 async fn shutdown_signal() {
