@@ -12,10 +12,13 @@
 //! **Pull streams, not async.** [`TokenStreamFfi`] is a *blocking pull iterator*
 //! (`next_event() -> Result<Option<StreamEvent>>`) with an explicit `cancel()`; dropping it cancels.
 //! No async executor crosses the boundary: a `cdylib` has its own copy of every static, so it cannot
-//! see the host's tokio runtime, and futures are not FFI-safe anyway. Backpressure comes for free —
-//! a plugin produces the next token when the host pulls. Cancellation is explicit and cheap (an
-//! atomic flag the plugin checks between steps), and can be requested from another thread while a
-//! pull is in progress. Each call crosses the boundary on its own, so each has its own panic scope:
+//! see the host's tokio runtime, and futures are not FFI-safe anyway. A simple plugin gets
+//! backpressure for free — it produces the next token when the host pulls — but the contract does
+//! not require it: a batching engine (hf-candle runs every live request in one forward pass) steps
+//! all requests together and buffers each one's events until they are pulled, bounded by its
+//! token limit. Cancellation is explicit and cheap (the plugin side's token wakes a producer that
+//! waits and is checked between steps), and can be requested from another thread while a pull is
+//! in progress. Each call crosses the boundary on its own, so each has its own panic scope:
 //! the plugin side catches panics at every entry point (see the `switchyard-plugin` crate) and turns
 //! them into [`ErrorKind::PANICKED`] errors instead of aborting the host.
 //!
