@@ -637,7 +637,7 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
         "model: {} ({file_mb:.1} MiB)   reps: {}   kernels: {:?}   (A B A B: peer, then switchyard)\n",
         a.model.display(),
         a.reps,
-        hf_candle::kernels::isa()
+        native_llm::kernels::isa()
     );
     println!("| threads | test | peer | peer t/s | switchyard t/s | ratio |");
     println!("|---:|---|---|---:|---:|---:|");

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::kernels::WeightKind;
+use native_llm::kernels::WeightKind;
 
 /// The `[backends.hf-candle]` options.
 #[derive(Clone, Debug)]

@@ -14,7 +14,6 @@ use switchyard_plugin::{
 use crate::assets::{self, GenerationDefaults, TemplateSource, TokenizerConfig};
 use crate::config::{HfConfig, Options, ids_of};
 use crate::error::{Error, Result};
-use crate::kernels::WeightKind;
 use crate::model::dense::Family;
 use crate::model::gguf::GgufModel;
 use crate::model::{Instance, Net, ScoreHead, gguf, hf};
@@ -25,6 +24,7 @@ use crate::sampling::SamplingParams;
 use crate::stream::{GenPlan, GenStream};
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::{self, Tok};
+use native_llm::kernels::WeightKind;
 use std::sync::atomic::AtomicBool;
 
 /// New tokens generated when neither the request nor the model sets a limit.
@@ -157,7 +157,7 @@ fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded>
     let net = match g.model {
         GgufModel::Native(m) => {
             details.insert("engine".into(), "native".into());
-            details.insert("kernels".into(), crate::kernels::isa().name().into());
+            details.insert("kernels".into(), native_llm::kernels::isa().name().into());
             Runner::Native(m)
         }
         GgufModel::Candle(m) => {

@@ -23,7 +23,6 @@ pub mod assets;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod kernels;
 pub mod model;
 pub mod native;
 pub mod sampling;

@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::BufReader;
 
 use candle_core::quantized::gguf_file::Content;
-use hf_candle::kernels::{self, BlockQ8, BlockQ8K, QK, QK_K, WeightKind, kquants};
 use hf_candle::native::weights::GgufWeights;
+use native_llm::kernels::{self, BlockQ8, BlockQ8K, QK, QK_K, WeightKind};
 use serde_json::Value;
 
 fn fixture() -> (GgufWeights, Value) {
@@ -74,15 +74,15 @@ fn k_quant_and_q5_0_dot_products_match_the_exact_ones() {
         {
             let got = if m.kind.act_format() == kernels::ActFormat::Q8K {
                 let mut xq = vec![BlockQ8K::default(); m.cols / QK_K];
-                kquants::quantize_row_k(&x, &mut xq);
-                let one = kquants::dot_k(m.kind, m.row(r), &xq);
+                kernels::quantize_row_k(&x, &mut xq);
+                let one = kernels::dot_k(m.kind, m.row(r), &xq);
                 // A tile of tokens gives each token the result it gets alone, bit for bit.
                 let mut rev = x.clone();
                 rev.reverse();
                 let mut rq = vec![BlockQ8K::default(); m.cols / QK_K];
-                kquants::quantize_row_k(&rev, &mut rq);
+                kernels::quantize_row_k(&rev, &mut rq);
                 let mut multi = [0f32; 3];
-                kquants::dot_k_multi(m.kind, m.row(r), &[&rq, &xq, &rq], &mut multi, false);
+                kernels::dot_k_multi(m.kind, m.row(r), &[&rq, &xq, &rq], &mut multi, false);
                 assert_eq!(multi[1], one, "{name} row {r}: batched == alone");
                 assert_eq!(multi[0], multi[2]);
                 one
@@ -99,21 +99,4 @@ fn k_quant_and_q5_0_dot_products_match_the_exact_ones() {
             );
         }
     }
-}
-
-#[test]
-fn q8k_quantization_follows_llama_cpp() {
-    // Scale `max / -127` for the value of largest magnitude (so it maps to -127 whatever its
-    // sign), round to nearest with ties to even, as llama.cpp's `nearest_int`.
-    let mut x = vec![0f32; QK_K];
-    x[..4].copy_from_slice(&[-127.0, 2.5, 3.5, -2.5]);
-    let mut q = [BlockQ8K::default()];
-    kquants::quantize_row_k(&x, &mut q);
-    assert_eq!(q[0].qs[..5], [-127, 2, 4, -2, 0]);
-    assert_eq!(q[0].bsums[0], -123);
-    assert_eq!(q[0].bsums[1], 0);
-    assert_eq!(q[0].d, 1.0);
-    let zero = vec![0f32; QK_K];
-    kquants::quantize_row_k(&zero, &mut q);
-    assert_eq!(q[0], BlockQ8K::default());
 }

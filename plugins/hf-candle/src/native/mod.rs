@@ -1,5 +1,5 @@
 //! The native GGUF engine: memory-mapped quantized weights, SIMD kernels chosen at run time
-//! ([`crate::kernels`]), a batched transformer ([`model`]), continuous batching with prefix
+//! ([`native_llm::kernels`]), a batched transformer ([`model`]), continuous batching with prefix
 //! reuse ([`batcher`]) and the per-request event stream ([`stream`]).
 //!
 //! It runs the GGUF architectures in [`model::NATIVE_ARCHITECTURES`] whose tensors are all in

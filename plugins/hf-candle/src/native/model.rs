@@ -12,8 +12,8 @@ use super::kv::KvCache;
 use super::weights::{GgufWeights, Matrix, SafeTensors};
 use crate::config::HfConfig;
 use crate::error::{Error, Result};
-use crate::kernels::{self, ActFormat, BlockQ8, BlockQ8K, QK, QK_K, WeightKind};
 use crate::model::dense::Family;
+use native_llm::kernels::{self, ActFormat, BlockQ8, BlockQ8K, QK, QK_K, WeightKind};
 
 /// GGUF architectures the native model runs.
 pub const NATIVE_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
@@ -776,7 +776,7 @@ fn prepare<'a>(mats: &[&Matrix], x: &'a [f32], cols: usize, bufs: &'a mut QuantB
         quantize_rows(x, cols, QK, q8, kernels::quantize_row);
     }
     if needs(ActFormat::Q8K) {
-        quantize_rows(x, cols, QK_K, q8k, kernels::kquants::quantize_row_k);
+        quantize_rows(x, cols, QK_K, q8k, kernels::quantize_row_k);
     }
     Input { f: x, q8, q8k }
 }
@@ -825,7 +825,7 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
             let per = w.cols / QK_K;
             let act = &x.q8k[tok * per..(tok + 1) * per];
             for (j, o) in out.iter_mut().enumerate() {
-                *o = kernels::kquants::dot_k(w.kind, w.row(r0 + j), act);
+                *o = kernels::dot_k(w.kind, w.row(r0 + j), act);
             }
         }
         ActFormat::F32 => {
@@ -928,13 +928,7 @@ fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                         });
                         let acts = &all[..n];
                         for j in 0..nr {
-                            kernels::kquants::dot_k_multi(
-                                w.kind,
-                                w.row(r0 + j),
-                                acts,
-                                &mut res,
-                                stream,
-                            );
+                            kernels::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res, stream);
                             for (k, r) in res[..n].iter().enumerate() {
                                 o[(t0 + k) * nr + j] = *r;
                             }

@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, WeightKind};
+use native_llm::kernels::{self, WeightKind};
 
 enum Bytes {
     /// A range of the mapped file.

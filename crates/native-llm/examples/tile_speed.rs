@@ -1,5 +1,5 @@
 //! Quantized group kernel throughput:
-//! `cargo run --release -p hf-candle --example tile_speed [-- MB [threads]]`.
+//! `cargo run --release -p native-llm --example tile_speed [-- MB [threads]]`.
 //! Interleaved 8-row groups of a 576-column matrix against 1 to 4 quantized activation vectors
 //! at a time (decode steps of 1-4 sequences, prefill tiles), in multiply-accumulates per second:
 //! - in L2: 512 rows on one thread, the kernel's compute ceiling (`Q4_0`, `Q4_1`, `Q8_0`);
@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use hf_candle::kernels::{self, BlockQ8, GROUP, MAX_TOKENS, QK, WeightKind};
+use native_llm::kernels::{self, BlockQ8, GROUP, MAX_TOKENS, QK, WeightKind};
 
 const COLS: usize = 576;
 

@@ -1,11 +1,11 @@
-//! Decode attention kernel throughput: `cargo run --release -p hf-candle --example attend_speed`.
+//! Decode attention kernel throughput: `cargo run --release -p native-llm --example attend_speed`.
 //! One KV head of a 16-bit cache (`CTX` positions, default 256, × 64 dimensions, in cache)
 //! against the 3 query heads that share it (SmolLM2's grouping), as in one decode step; prints
 //! nanoseconds per call and the rate in key/value elements per second, best of 5 rounds.
 
 use std::time::Instant;
 
-use hf_candle::kernels::{self, Tile, WeightKind};
+use native_llm::kernels::{self, Tile, WeightKind};
 
 fn main() {
     let ctx: usize = std::env::var("CTX")

@@ -1,12 +1,12 @@
 //! Float-weight decode kernel throughput:
-//! `cargo run --release -p hf-candle --example float_speed [-- f32|bf16|f16]`.
+//! `cargo run --release -p native-llm --example float_speed [-- f32|bf16|f16]`.
 //! One token's activations against ~`BYTES` (default 200 MB) of rows, as one decode step of
 //! a model that size, on 1 thread and on 2 (rows split in halves); then the same rows made
 //! small enough to stay in L2, which shows the kernel's compute ceiling.
 
 use std::time::Instant;
 
-use hf_candle::kernels::{self, WeightKind};
+use native_llm::kernels::{self, WeightKind};
 
 /// Whether to run the interleaved 4-row layout (`GROUPED=0` for plain rows).
 fn grouped() -> bool {

@@ -3,13 +3,9 @@
 
 use half::{bf16, f16};
 
-use super::{BlockQ8, QK, WeightKind};
-
-/// The little-endian f16 at bytes `i..i + 2` of `b`, as f32.
-#[inline]
-pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-}
+use super::format::{BlockQ8, GROUP, QK, WeightKind, f16_at};
+use super::kquants;
+use super::layout::{group_block_bytes, quant_at};
 
 fn bf16_at(b: &[u8], i: usize) -> f32 {
     bf16::from_le_bytes([b[i], b[i + 1]]).to_f32()
@@ -163,17 +159,17 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
             }
         }
         WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => {
-            super::kquants::dequantize_row_k(kind, row, out)
+            kquants::dequantize_row_k(kind, row, out)
         }
     }
 }
 
-/// The 8 dot products of an interleaved group (see `super::interleave`).
-pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::GROUP] {
-    let gb = super::group_block_bytes(kind);
-    let heads = kind.head_bytes() * super::GROUP;
+/// The 8 dot products of an interleaved group (see `kernels::interleave`).
+pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
+    let gb = group_block_bytes(kind);
+    let heads = kind.head_bytes() * GROUP;
     let qb = kind.block_bytes() - kind.head_bytes();
-    let mut out = [0f32; super::GROUP];
+    let mut out = [0f32; GROUP];
     for (g, a) in group.chunks_exact(gb).zip(act) {
         for (r, o) in out.iter_mut().enumerate() {
             let m = if kind == WeightKind::Q4_1 {
@@ -181,14 +177,14 @@ pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; super::G
             } else {
                 0.0
             };
-            let qs: Vec<u8> = (0..qb).map(|b| g[heads + super::quant_at(r, b)]).collect();
+            let qs: Vec<u8> = (0..qb).map(|b| g[heads + quant_at(r, b)]).collect();
             *o += block_dot(kind, f16_at(g, r * 2), m, &qs, a);
         }
     }
     out
 }
 
-/// `x[i] = e^(x[i] - max)`, returning their sum, in order (see `super::exp_shifted_sum`).
+/// `x[i] = e^(x[i] - max)`, returning their sum, in order (see `kernels::exp_shifted_sum`).
 pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
     let mut sum = 0f32;
     for v in x.iter_mut() {
@@ -196,4 +192,14 @@ pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
         sum += *v;
     }
     sum
+}
+
+/// SiLU `x sigmoid(x)` or (`gelu`) GELU, tanh approximation, of one value.
+pub fn activation(gelu: bool, x: f32) -> f32 {
+    if gelu {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+    } else {
+        x / (1.0 + (-x).exp())
+    }
 }

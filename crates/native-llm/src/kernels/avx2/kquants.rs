@@ -1,5 +1,5 @@
 //! AVX2 kernels for the K-quant formats (`Q4_K`, `Q5_K`, `Q6_K`; layouts in
-//! [`super::kquants`]): one weight row against up to [`super::MAX_TOKENS`] activation
+//! [`kernels::kquants`](crate::kernels::kquants)): one weight row against up to [`MAX_TOKENS`](crate::kernels::MAX_TOKENS) activation
 //! vectors, each super-block unpacked into registers once for all of them.
 //!
 //! Per super-block and token the integer sums are exact (`vpmaddubsw` of unsigned quants and
@@ -11,13 +11,12 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::WeightKind;
-use super::avx2::{load_32, prefetch_span};
-use super::kquants::{BlockQ8K, QK_K};
-use super::portable::f16_at;
+use super::simd::{available, load_32, prefetch_span};
+use crate::kernels::format::{BlockQ8K, QK_K, WeightKind, f16_at};
+use crate::kernels::kquants::scales_mins;
 
 /// `out[t] = row · acts[t]` for a K-quant row (`out.len() >= acts.len()`, at most
-/// [`super::MAX_TOKENS`] vectors). Callers check AVX2/FMA/F16C first.
+/// [`MAX_TOKENS`](crate::kernels::MAX_TOKENS) vectors). Callers check AVX2/FMA/F16C first.
 pub fn dot_k_multi(
     kind: WeightKind,
     row: &[u8],
@@ -25,7 +24,7 @@ pub fn dot_k_multi(
     out: &mut [f32],
     stream: bool,
 ) {
-    debug_assert!(super::avx2::available());
+    debug_assert!(available());
     fn run<const N: usize>(
         kind: WeightKind,
         row: &[u8],
@@ -53,10 +52,10 @@ pub fn dot_k_multi(
     out[..n].copy_from_slice(res);
 }
 
-/// [`super::kquants::quantize_row_k`] with AVX2: the same scale, the same products rounded
+/// [`kernels::quantize_row_k`](crate::kernels::quantize_row_k) with AVX2: the same scale, the same products rounded
 /// the same way (to nearest, ties to even), so the same blocks bit for bit.
 pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
-    debug_assert!(super::avx2::available());
+    debug_assert!(available());
     // SAFETY: reached only after `available()` confirmed AVX2 and FMA.
     unsafe { quantize_row_k_imp(x, out) }
 }
@@ -159,7 +158,7 @@ fn q45k<const N: usize, const Q5: bool>(
             prefetch_span(row, i * bb, bb);
         }
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let (sc, m) = super::kquants::scales_mins(&b[4..16]);
+        let (sc, m) = scales_mins(&b[4..16]);
         let qs = if Q5 { &b[48..176] } else { &b[16..144] };
         // The 256 quants as unsigned bytes, 32 values (one sub-block) per register.
         let mut q = [_mm256_setzero_si256(); 8];
@@ -297,7 +296,7 @@ mod tests {
 
     #[test]
     fn simd_q8k_quantization_equals_the_portable_body_bit_for_bit() {
-        if !crate::kernels::avx2::available() {
+        if !available() {
             return;
         }
         let mut seed = 9;
@@ -320,7 +319,7 @@ mod tests {
 
     #[test]
     fn simd_k_quant_kernels_equal_the_portable_body_bit_for_bit() {
-        if !crate::kernels::avx2::available() {
+        if !available() {
             return;
         }
         let mut seed = 3;

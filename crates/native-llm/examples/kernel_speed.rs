@@ -1,10 +1,10 @@
-//! Kernel throughput: `cargo run --release -p hf-candle --example kernel_speed`.
+//! Kernel throughput: `cargo run --release -p native-llm --example kernel_speed`.
 //! Streams ~100 MB of Q4_1 rows through the dot kernel (like one decode step of a 135M model)
 //! and compares with a plain memory read of the same bytes.
 
 use std::time::Instant;
 
-use hf_candle::kernels::{self, BlockQ8, QK, WeightKind};
+use native_llm::kernels::{self, BlockQ8, QK, WeightKind};
 
 fn main() {
     let cols = 576;

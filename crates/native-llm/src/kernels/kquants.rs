@@ -10,56 +10,9 @@
 //! - `Q6_K` (210 bytes): `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`; value
 //!   `d * sc[s] * (q - 32)` with 16 sub-blocks of 16, 6-bit `q`.
 
-use super::WeightKind;
-use super::portable::f16_at;
+use super::format::{BlockQ8K, QK_K, WeightKind, f16_at};
 
-/// Values per K-quant super-block.
-pub const QK_K: usize = 256;
-
-/// 256 activation values quantized to signed bytes with one f32 scale (`x ≈ d * q`), and the
-/// sums of each 16 quants (the `Q4_K`/`Q5_K` minimum terms need them).
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[repr(C)]
-pub struct BlockQ8K {
-    /// Scale.
-    pub d: f32,
-    /// The quantized values.
-    pub qs: [i8; QK_K],
-    /// `Σ qs[16j..16j + 16]` for each `j`.
-    pub bsums: [i16; QK_K / 16],
-}
-
-impl BlockQ8K {
-    /// Sets `bsums` from `qs`.
-    pub(crate) fn fill_bsums(&mut self) {
-        for (s, qs) in self.bsums.iter_mut().zip(self.qs.chunks_exact(16)) {
-            *s = qs.iter().map(|&q| q as i16).sum();
-        }
-    }
-}
-
-impl Default for BlockQ8K {
-    fn default() -> Self {
-        Self {
-            d: 0.0,
-            qs: [0; QK_K],
-            bsums: [0; QK_K / 16],
-        }
-    }
-}
-
-/// Quantizes 256-value blocks of `x` as llama.cpp's `quantize_row_q8_K`: the value of
-/// largest magnitude (the first of equals) maps to -127 (scale `max / -127`), rounding to
-/// nearest, ties to even.
-pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
-    match super::isa() {
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 => super::avx2_kquants::quantize_row_k(x, out),
-        _ => quantize_row_k_body(x, out),
-    }
-}
-
-/// The portable body of [`quantize_row_k`] (the reference the AVX2 version equals bit for
+/// The portable body of [`quantize_row_k`](super::quantize_row_k) (the reference the AVX2 version equals bit for
 /// bit).
 pub(crate) fn quantize_row_k_body(x: &[f32], out: &mut [BlockQ8K]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
@@ -220,25 +173,8 @@ impl Unpacked {
     }
 }
 
-/// One K-quant weight row against up to [`super::MAX_TOKENS`] activation vectors
-/// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
-/// result equals a call with that activation alone.
-pub fn dot_k_multi(
-    kind: WeightKind,
-    row: &[u8],
-    acts: &[&[BlockQ8K]],
-    out: &mut [f32],
-    stream: bool,
-) {
-    match super::isa() {
-        #[cfg(target_arch = "x86_64")]
-        super::Isa::Avx2 => super::avx2::dot_k_multi(kind, row, acts, out, stream),
-        _ => dot_k_multi_body(kind, row, acts, out),
-    }
-}
-
-/// The portable body of [`dot_k_multi`] (CPUs without AVX2; the reference the AVX2 kernels
-/// in `super::avx2_kquants` equal bit for bit).
+/// The portable body of [`dot_k_multi`](super::dot_k_multi) (CPUs without AVX2; the reference the AVX2 kernels
+/// in `kernels::avx2` equal bit for bit).
 pub(crate) fn dot_k_multi_body(
     kind: WeightKind,
     row: &[u8],
@@ -254,13 +190,6 @@ pub(crate) fn dot_k_multi_body(
             *o += u.dot(kind, &a[i]);
         }
     }
-}
-
-/// One K-quant weight row · one activation vector.
-pub fn dot_k(kind: WeightKind, row: &[u8], act: &[BlockQ8K]) -> f32 {
-    let mut out = [0f32];
-    dot_k_multi(kind, row, &[act], &mut out, true);
-    out[0]
 }
 
 /// Writes the first `out.len()` values of a K-quant row as f32.

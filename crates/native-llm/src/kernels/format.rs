@@ -1,0 +1,234 @@
+//! Storage formats: how a weight row, an activation block or a cache entry is laid out in
+//! bytes ([`WeightKind`], [`BlockQ8`], [`BlockQ8K`]), the block and group sizes every kernel
+//! shares, and reading / writing single values. The leaf of the kernels: it uses nothing else
+//! here.
+
+/// Values per quantized block.
+pub const QK: usize = 32;
+
+/// How a weight matrix's rows are stored (GGUF `ggml_type`s this module can multiply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)] // GGUF's names
+pub enum WeightKind {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 32 4-bit values with one f16 scale: `(q - 8) * d`.
+    Q4_0,
+    /// 32 4-bit values with an f16 scale and minimum: `q * d + m`.
+    Q4_1,
+    /// 32 signed bytes with one f16 scale: `q * d`.
+    Q8_0,
+    /// 256 4-bit values in 8 sub-blocks with 6-bit scales and minimums.
+    Q4_K,
+    /// 256 5-bit values in 8 sub-blocks with 6-bit scales and minimums.
+    Q5_K,
+    /// 256 6-bit values in 16 sub-blocks with 8-bit scales.
+    Q6_K,
+}
+
+/// The activation format a weight format is multiplied against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActFormat {
+    /// Plain f32 (float weights).
+    F32,
+    /// [`BlockQ8`], 32 values per block.
+    Q8,
+    /// [`BlockQ8K`], 256 values per block.
+    Q8K,
+}
+
+impl WeightKind {
+    /// Values per storage block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            WeightKind::F32 | WeightKind::F16 | WeightKind::BF16 => 1,
+            WeightKind::Q4_0 | WeightKind::Q4_1 | WeightKind::Q8_0 => QK,
+            WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => QK_K,
+        }
+    }
+
+    /// Bytes per storage block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            WeightKind::F32 => 4,
+            WeightKind::F16 | WeightKind::BF16 => 2,
+            WeightKind::Q4_0 => 18,
+            WeightKind::Q4_1 => 20,
+            WeightKind::Q8_0 => 34,
+            WeightKind::Q4_K => 144,
+            WeightKind::Q5_K => 176,
+            WeightKind::Q6_K => 210,
+        }
+    }
+
+    /// Bytes one row of `cols` values takes (`cols` must be a multiple of the block size).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_elems() * self.block_bytes()
+    }
+
+    /// Bytes before the quants in a quantized block: the f16 scale, and `Q4_1`'s f16 minimum.
+    pub fn head_bytes(self) -> usize {
+        if self == WeightKind::Q4_1 { 4 } else { 2 }
+    }
+
+    /// Whether activations must be quantized before multiplying.
+    pub fn is_quantized(self) -> bool {
+        self.block_elems() > 1
+    }
+
+    /// The activation format this weight format is multiplied against.
+    pub fn act_format(self) -> ActFormat {
+        match self.block_elems() {
+            1 => ActFormat::F32,
+            QK => ActFormat::Q8,
+            _ => ActFormat::Q8K,
+        }
+    }
+
+    /// Rows per interleaved group when a matrix of this format with `cols` columns can be
+    /// repacked for the multi-row kernels ([`interleave`]): [`GROUP`] for `Q4_0`/`Q4_1`/`Q8_0`,
+    /// [`F_GROUP`] for floats whose width is a multiple of [`F_PIECE`]; `None` otherwise.
+    pub fn group_rows(self, cols: usize) -> Option<usize> {
+        match self.act_format() {
+            ActFormat::Q8 => Some(GROUP),
+            ActFormat::F32 if cols.is_multiple_of(F_PIECE) => Some(F_GROUP),
+            _ => None,
+        }
+    }
+
+    /// The GGUF name of the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightKind::F32 => "F32",
+            WeightKind::F16 => "F16",
+            WeightKind::BF16 => "BF16",
+            WeightKind::Q4_0 => "Q4_0",
+            WeightKind::Q4_1 => "Q4_1",
+            WeightKind::Q8_0 => "Q8_0",
+            WeightKind::Q4_K => "Q4_K",
+            WeightKind::Q5_K => "Q5_K",
+            WeightKind::Q6_K => "Q6_K",
+        }
+    }
+}
+
+/// 32 activation values quantized to signed bytes: `x ≈ d * q`, with `s = d * Σq`
+/// (the term `Q4_0`'s offset and `Q4_1`'s minimum need).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8 {
+    /// Scale.
+    pub d: f32,
+    /// `d` times the sum of `qs`.
+    pub s: f32,
+    /// The quantized values.
+    pub qs: [i8; QK],
+}
+
+/// Rows per interleaved group of a quantized matrix (see [`interleave`]).
+pub const GROUP: usize = 8;
+
+/// Rows per interleaved group of a float matrix (see [`interleave`]).
+pub const F_GROUP: usize = 4;
+
+/// Columns per piece of an interleaved float group (one 8-lane vector).
+pub const F_PIECE: usize = 8;
+
+/// Most activation vectors [`dot_x8_multi`] takes at once.
+pub const MAX_TOKENS: usize = 4;
+
+/// Values per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// 256 activation values quantized to signed bytes with one f32 scale (`x ≈ d * q`), and the
+/// sums of each 16 quants (the `Q4_K`/`Q5_K` minimum terms need them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8K {
+    /// Scale.
+    pub d: f32,
+    /// The quantized values.
+    pub qs: [i8; QK_K],
+    /// `Σ qs[16j..16j + 16]` for each `j`.
+    pub bsums: [i16; QK_K / 16],
+}
+
+impl BlockQ8K {
+    /// Sets `bsums` from `qs`.
+    pub(crate) fn fill_bsums(&mut self) {
+        for (s, qs) in self.bsums.iter_mut().zip(self.qs.chunks_exact(16)) {
+            *s = qs.iter().map(|&q| q as i16).sum();
+        }
+    }
+}
+
+impl Default for BlockQ8K {
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
+    }
+}
+
+/// The little-endian f16 at bytes `i..i + 2` of `b`, as f32.
+#[inline]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Appends `src` to `dst` as little-endian values of `kind` (`F32`, `F16` or `BF16`; 16-bit
+/// formats round to nearest even, as PyTorch's `.to(dtype)` and llama.cpp's cache writes do).
+pub fn push_floats(kind: WeightKind, src: &[f32], dst: &mut Vec<u8>) {
+    use half::slice::HalfFloatSliceExt;
+    // Written into the grown tail in place (a KV append runs per layer and token: a
+    // byte-by-byte `extend` there cost several times a copy).
+    let start = dst.len();
+    dst.resize(start + src.len() * kind.row_bytes(1), 0);
+    let out = &mut dst[start..];
+    match kind {
+        WeightKind::F16 => put_16(
+            src,
+            out,
+            half::f16::ZERO,
+            |b, c| b.convert_from_f32_slice(c),
+            half::f16::to_le_bytes,
+        ),
+        WeightKind::BF16 => put_16(
+            src,
+            out,
+            half::bf16::ZERO,
+            |b, c| b.convert_from_f32_slice(c),
+            half::bf16::to_le_bytes,
+        ),
+        _ => {
+            for (o, v) in out.chunks_exact_mut(4).zip(src) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// [`push_floats`] for a 16-bit format `T` into `out` (2 bytes per value), converted 64
+/// values at a time (`half`'s slice conversion uses F16C where the CPU has it).
+fn put_16<T: Copy>(
+    src: &[f32],
+    out: &mut [u8],
+    zero: T,
+    convert: fn(&mut [T], &[f32]),
+    le_bytes: fn(T) -> [u8; 2],
+) {
+    let mut buf = [zero; 64];
+    for (c, o) in src.chunks(buf.len()).zip(out.chunks_mut(2 * buf.len())) {
+        let b = &mut buf[..c.len()];
+        convert(b, c);
+        for (pair, &v) in o.chunks_exact_mut(2).zip(b.iter()) {
+            pair.copy_from_slice(&le_bytes(v));
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! CPU kernels for the native transformer: dot products between weight rows stored in GGUF
+//! block formats (or plain floats) and activations, picked once at run time.
+//!
+//! Quantized weights (`Q4_0`, `Q4_1`, `Q8_0`) are multiplied against activations quantized to
+//! [`BlockQ8`] (32 values, an f32 scale and the scaled sum), the way llama.cpp does, so the
+//! inner loop is 8-bit integer multiply-adds; K-quants (`Q4_K`, `Q5_K`, `Q6_K`) against
+//! [`BlockQ8K`] (256 values; see [`kquants`]). Float weights (`F32`, `F16`, `BF16`) meet f32
+//! activations.
+//!
+//! Every kernel computes one row against one activation vector, so a token's result does not
+//! depend on what else is in the batch: batched prefill, batched decoding and a solo run give
+//! bit-identical logits.
+//!
+//! Instruction sets are chosen at run time (`is_x86_feature_detected!`), never at compile time:
+//! the binary runs on any x86-64 (or other) CPU, and uses AVX2 + FMA + F16C where the CPU has
+//! them. `SWITCHYARD_KERNELS=portable` forces the portable code (used by the tests to check
+//! that both paths agree).
+//!
+//! # Layering
+//!
+//! Each module uses only the ones listed before it; this one (the dispatch) uses them all
+//! and none of them uses it:
+//!
+//! - [`format`](self#reexports) (`format.rs`): storage formats, block and group sizes, value
+//!   readers and writers;
+//! - `layout.rs`: the interleaved group layout ([`interleave`], [`deinterleave_row`]);
+//! - [`kquants`]: the K-quant formats' portable reference and `Q5_0` transcoding;
+//! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
+//! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
+//! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels.
+//!
+//! The functions below pick one of the last two per call from [`isa()`], chosen once per
+//! process.
+
+mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod format;
+pub mod kquants;
+mod layout;
+pub mod portable;
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+use attention::Head;
+pub use attention::Tile;
+pub use format::{
+    ActFormat, BlockQ8, BlockQ8K, F_GROUP, F_PIECE, GROUP, MAX_TOKENS, QK, QK_K, WeightKind,
+    push_floats,
+};
+pub use layout::{deinterleave_row, group_block_bytes, interleave, interleave_into, quant_at};
+pub use portable::activation;
+
+use std::sync::OnceLock;
+
+/// The instruction set the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// Plain Rust (what the compiler makes of it for the build target).
+    Portable,
+}
+
+impl Isa {
+    /// A short name for logs and benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// The instruction set picked for this process (detected once).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        if std::env::var("SWITCHYARD_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("portable")) {
+            return Isa::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    })
+}
+
+/// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::quantize_row(x, out),
+        _ => portable::quantize_row(x, out),
+    }
+}
+
+/// Dot product of one quantized weight row (`kind`'s bytes) with quantized activations.
+pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
+    debug_assert!(row.len() >= kind.row_bytes(act.len() * QK));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_q(kind, row, act),
+        _ => portable::dot_q(kind, row, act),
+    }
+}
+
+/// The 8 dot products of an interleaved group (see [`interleave`]) with quantized
+/// activations.
+pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
+    let mut out = [[0f32; GROUP]];
+    dot_x8_multi(kind, group, &[act], &mut out, true);
+    out[0]
+}
+
+/// [`dot_x8`] for up to [`MAX_TOKENS`] activation vectors at once (`out[t]` for `acts[t]`):
+/// the weights are unpacked once for all of them. Each result equals, bit for bit, a
+/// [`dot_x8`] call of its own.
+pub fn dot_x8_multi(
+    kind: WeightKind,
+    group: &[u8],
+    acts: &[&[BlockQ8]],
+    out: &mut [[f32; GROUP]],
+    stream: bool,
+) {
+    debug_assert!((1..=MAX_TOKENS).contains(&acts.len()) && out.len() >= acts.len());
+    debug_assert!(
+        acts.iter()
+            .all(|a| group.len() >= group_block_bytes(kind) * a.len())
+    );
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_x8_multi(kind, group, acts, out, stream),
+        _ => {
+            for (o, a) in out.iter_mut().zip(acts) {
+                *o = portable::dot_x8(kind, group, a);
+            }
+        }
+    }
+}
+
+/// `x[i] = e^(x[i] - max)`, returning their sum (a softmax's numerators).
+pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::exp_shifted_sum(x, max),
+        _ => portable::exp_shifted_sum(x, max),
+    }
+}
+
+/// The feed-forward gate: `gate[i] = act(gate[i]) * up[i]`, `act` SiLU or (`gelu`) GELU
+/// in its tanh form.
+pub fn gated_activation(gelu: bool, gate: &mut [f32], up: &[f32]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::gated_activation(gelu, gate, up),
+        _ => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, u)| *g = activation(gelu, *g) * u),
+    }
+}
+
+/// Dot product of one float weight row (`F32`/`F16`/`BF16` bytes) with f32 activations.
+pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
+    debug_assert!(row.len() >= kind.row_bytes(act.len()));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_f(kind, row, act),
+        _ => portable::dot_f(kind, row, act),
+    }
+}
+
+/// Float weight rows (`F32`/`F16`/`BF16`, `cols` values each; row-major in `rows`, or
+/// groups of [`F_GROUP`] rows when `grouped`, see [`interleave`]) against activation
+/// vectors: `out[t * stride + r] = row r · acts[t]`. The kernel works in tiles of 4 rows × up
+/// to 3 vectors, loading each weight and activation vector once per tile; each result still
+/// equals, bit for bit, a [`dot_f`] call of its own (one accumulator chain per output, in
+/// column order, whatever the layout or the tile).
+pub fn dot_f_block(
+    kind: WeightKind,
+    rows: &[u8],
+    cols: usize,
+    grouped: bool,
+    acts: &[&[f32]],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let rb = kind.row_bytes(cols);
+    debug_assert!(rows.len().is_multiple_of(rb) && acts.iter().all(|a| a.len() == cols));
+    debug_assert!(!grouped || rows.len().is_multiple_of(rb * F_GROUP));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
+        _ => {
+            // Row by row; a grouped matrix is rebuilt into rows one group at a time.
+            let per = if grouped { F_GROUP } else { 1 };
+            let mut buf = Vec::new();
+            for (g, chunk) in rows.chunks_exact(rb * per).enumerate() {
+                let chunk = if grouped {
+                    buf.clear();
+                    for j in 0..F_GROUP {
+                        buf.extend(deinterleave_row(kind, chunk, j, cols));
+                    }
+                    &buf[..]
+                } else {
+                    chunk
+                };
+                for (j, row) in chunk.chunks_exact(rb).enumerate() {
+                    for (t, a) in acts.iter().enumerate() {
+                        out[t * stride + g * per + j] = portable::dot_f(kind, row, a);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Σ a[i] * b[i]`.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_f32(a, b),
+        _ => portable::dot_f32(a, b),
+    }
+}
+
+/// Attention for a [`Tile`]: query `m`'s result into `out[m * head_dim..]`. With AVX2 the
+/// keys and values are read in blocks shared by all the tile's queries; every query's result
+/// is the same whatever its tile-mates (it equals the result of a tile of its own).
+pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::attend_many(tile, scratch, out),
+        _ => tile.run_each(
+            |h, sc, o| h.run(portable::dot_f32, portable::axpy, sc, o),
+            scratch,
+            out,
+        ),
+    }
+}
+
+/// `y[i] += a * x[i]`.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::axpy(y, a, x),
+        _ => portable::axpy(y, a, x),
+    }
+}
+
+/// Writes row values `0..out.len()` of a weight row as f32 (embedding lookups).
+pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
+    if kind.act_format() == ActFormat::Q8K {
+        kquants::dequantize_row_k(kind, row, out);
+    } else {
+        portable::dequantize_row(kind, row, out);
+    }
+}
+
+/// Quantizes 256-value blocks of `x` as llama.cpp's `quantize_row_q8_K`: the value of
+/// largest magnitude (the first of equals) maps to -127 (scale `max / -127`), rounding to
+/// nearest, ties to even.
+pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::quantize_row_k(x, out),
+        _ => kquants::quantize_row_k_body(x, out),
+    }
+}
+
+/// One K-quant weight row against up to [`MAX_TOKENS`] activation vectors
+/// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
+/// result equals a call with that activation alone.
+pub fn dot_k_multi(
+    kind: WeightKind,
+    row: &[u8],
+    acts: &[&[BlockQ8K]],
+    out: &mut [f32],
+    stream: bool,
+) {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_k_multi(kind, row, acts, out, stream),
+        _ => kquants::dot_k_multi_body(kind, row, acts, out),
+    }
+}
+
+/// One K-quant weight row · one activation vector.
+pub fn dot_k(kind: WeightKind, row: &[u8], act: &[BlockQ8K]) -> f32 {
+    let mut out = [0f32];
+    dot_k_multi(kind, row, &[act], &mut out, true);
+    out[0]
+}

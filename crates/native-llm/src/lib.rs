@@ -1,0 +1,5 @@
+//! `native-llm`: the native CPU engine behind Switchyard's embedded `hf-candle` backend.
+
+#![warn(missing_docs)]
+
+pub mod kernels;
