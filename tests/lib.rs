@@ -81,27 +81,47 @@ pub fn switchyard_bin() -> PathBuf {
         .clone()
 }
 
+/// The target dir of the test-only workspaces under `tests/plugins`, apart from the real
+/// plugins so their libraries never land next to them.
+pub fn test_plugins_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+        .join("test-plugins")
+}
+
 /// Builds the broken plugins of `tests/plugins` (their own workspace and target dir) and
 /// returns the path of the library of `package`.
 pub fn broken_plugin(package: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("test-plugins");
-    BUILT.get_or_init(|| build_broken_plugins(&target));
-    target.join("release").join(dylib_name(package))
+    BUILT.get_or_init(|| build_test_workspace(&workspace_root().join("tests/plugins/Cargo.toml")));
+    test_plugins_target()
+        .join("release")
+        .join(dylib_name(package))
 }
 
-fn build_broken_plugins(target: &Path) {
+/// Builds the plugins of `tests/plugins/frozen-0.1.0`, built against a frozen copy of contract
+/// 0.1.0 (their own workspace), and returns the path of the library of `package`.
+pub fn frozen_plugin(package: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        build_test_workspace(&workspace_root().join("tests/plugins/frozen-0.1.0/Cargo.toml"))
+    });
+    test_plugins_target()
+        .join("release")
+        .join(dylib_name(package))
+}
+
+/// `cargo build --release` of the workspace at `manifest` into [`test_plugins_target`].
+pub fn build_test_workspace(manifest: &Path) {
     let status = cargo()
         .args(["build", "--quiet", "--release", "--manifest-path"])
-        .arg(workspace_root().join("tests/plugins/Cargo.toml"))
+        .arg(manifest)
         .arg("--target-dir")
-        .arg(target)
+        .arg(test_plugins_target())
         .status()
         .expect("run cargo");
-    assert!(status.success(), "building tests/plugins failed");
+    assert!(status.success(), "building {} failed", manifest.display());
 }
 
 /// Writes `text` to `dir/name` and returns the path.
