@@ -95,6 +95,47 @@ fn chat_in_a_terminal_streams_clears_interrupts_and_exits() {
     assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
 }
 
+/// A person pasting (or a terminal multiplexer sending) whole lines: each line arrives in one
+/// write, as tmux `send-keys` does. Every turn must see its whole line at once, and keys typed
+/// while a reply streams must not appear inside the reply.
+#[test]
+fn chat_in_a_terminal_takes_pasted_lines_and_keeps_typed_ahead_keys_out_of_replies() {
+    let (dir, config) = echo_dir("[backends.echo]\ndelay_ms = 30\n");
+    let mut cmd = switchyard(dir.path(), &["chat", "--config"]);
+    cmd.arg(&config).env("HOME", dir.path());
+    let mut p = Session::spawn(cmd).unwrap();
+    p.get_process_mut().set_window_size(200, 50).unwrap();
+    p.set_expect_timeout(Some(Duration::from_secs(30)));
+    p.expect("User: ").unwrap();
+    for (line, reply) in [
+        ("Hello! Who are you?", "you? are Who Hello!"),
+        ("second line here please", "please here line second"),
+        ("third one now", "now one third"),
+        ("and a fourth", "fourth a and"),
+    ] {
+        p.send(format!("{line}\r")).unwrap();
+        p.expect(format!("Assistant: {reply}")).unwrap();
+        p.expect("User: ").unwrap();
+    }
+    // Typed while the reply streams: not echoed into it, waiting at the next prompt.
+    let long: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    p.send(format!("{}\r", long.join(" "))).unwrap();
+    p.expect("Assistant: w39").unwrap();
+    p.send("ahead").unwrap();
+    let got = p.expect("User: ").unwrap();
+    let reply = String::from_utf8_lossy(got.before()).to_string();
+    assert!(
+        !reply.contains("ahead"),
+        "typed keys were echoed into the reply: {reply}"
+    );
+    p.expect("ahead").unwrap();
+    p.send("\r").unwrap();
+    p.expect("Assistant: ahead").unwrap();
+    p.send("exit\r").unwrap();
+    let status = p.get_process().wait().unwrap();
+    assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+}
+
 #[test]
 fn chat_with_piped_stdin_answers_one_line_per_message() {
     let (dir, config) = echo_dir("");

@@ -139,6 +139,7 @@ impl Session {
             }
         };
         *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.canceller());
+        let echo_off = EchoOff::new(tty);
         if tty {
             write!(out, "Assistant: ")?;
         }
@@ -181,6 +182,7 @@ impl Session {
             }
         }
         *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        drop(echo_off);
         if in_reasoning && tty {
             write!(out, "\x1b[0m")?;
         }
@@ -207,8 +209,63 @@ impl Session {
     }
 }
 
+/// While a reply streams, the terminal does not echo keys: a person typing ahead does not see
+/// their keys mixed into the reply, and the keys wait (unechoed) for the next prompt, where the
+/// line editor shows them. Restored when dropped.
+struct EchoOff {
+    #[cfg(unix)]
+    saved: Option<nix::sys::termios::Termios>,
+}
+
+impl EchoOff {
+    fn new(tty: bool) -> Self {
+        #[cfg(unix)]
+        {
+            use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+            let stdin = std::io::stdin();
+            let saved = tty.then(|| tcgetattr(&stdin).ok()).flatten();
+            if let Some(saved) = &saved {
+                let mut quiet = saved.clone();
+                quiet.local_flags.remove(LocalFlags::ECHO);
+                let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+            }
+            Self { saved }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tty;
+            Self {}
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(saved) = &self.saved {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
+}
+
 fn history_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/switchyard/chat_history.txt"))
+}
+
+/// Ctrl-C cancels the reply being generated, or quits when there is none.
+fn install_ctrl_c() -> anyhow::Result<()> {
+    ctrlc::set_handler(move || {
+        let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match current {
+            Some(c) => c.cancel(),
+            None => std::process::exit(130),
+        }
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 /// Runs the chat loop.
@@ -222,14 +279,6 @@ pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
         info.model,
         elapsed.as_secs_f64()
     );
-    ctrlc::set_handler(move || {
-        let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match current {
-            Some(c) => c.cancel(),
-            None => std::process::exit(130),
-        }
-    })
-    .context("cannot install the Ctrl-C handler")?;
     let mut session = Session {
         model,
         system: args.system,
@@ -238,6 +287,7 @@ pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     };
     let mut stdout = std::io::stdout();
     if !tty {
+        install_ctrl_c()?;
         eprintln!("{banner}");
         for line in std::io::stdin().lock().lines() {
             let line = line.context("cannot read stdin")?;
@@ -250,6 +300,10 @@ pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     println!("{banner}");
     println!("Type a message; `clear` forgets the history, `exit` quits, /help lists commands.\n");
     let mut editor = rustyline::DefaultEditor::new().context("cannot open the terminal")?;
+    // After the editor: it takes SIGINT for itself when created (for a prompt, where the
+    // terminal is raw and Ctrl-C arrives as a key anyway); while a reply streams, Ctrl-C must
+    // reach the handler that cancels it.
+    install_ctrl_c()?;
     let history = history_file();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
