@@ -331,6 +331,60 @@ fn batch_killed_and_resumed_again_and_again_loses_and_repeats_nothing() {
     assert_one_record_per_line(&output, n, None);
 }
 
+/// A library that aborts, exits or overflows its stack when loaded sits in the plugin directory
+/// next to the echo plugin: `plugins` lists it as a problem and `batch` on echo still works.
+#[test]
+fn a_plugin_that_crashes_when_loaded_takes_no_command_down() {
+    let (dir, config) = echo_dir("");
+    std::fs::copy(
+        switchyard_tests::broken_plugin("crashes-on-load"),
+        dir.path().join("libcrashes_on_load.so"),
+    )
+    .unwrap();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a b\"}]}\n",
+    );
+    for (mode, reason) in [
+        ("abort", "SIGABRT"),
+        ("exit", "without a result"),
+        ("overflow", "signal"),
+    ] {
+        let out = switchyard(dir.path(), &["plugins"])
+            .env("CRASH_ON_LOAD", mode)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{mode}: {text}");
+        assert!(text.contains("echo"), "{mode}: {text}");
+        let problem = text
+            .lines()
+            .find(|l| l.contains("libcrashes_on_load"))
+            .unwrap_or_else(|| panic!("{mode}: no problem listed: {text}"));
+        assert!(problem.contains(reason), "{mode}: {problem}");
+
+        let output = dir.path().join(format!("out-{mode}.jsonl"));
+        let out = switchyard(dir.path(), &["batch", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .env("CRASH_ON_LOAD", mode)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value =
+            serde_json::from_str(std::fs::read_to_string(&output).unwrap().trim()).unwrap();
+        assert_eq!(v["text"], "b a", "{mode}");
+    }
+}
+
 #[test]
 fn help_is_complete_and_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use switchyard::ChatModel;
+use switchyard::registry::resolve_plugin_dir;
 
 use crate::ModelArgs;
 
@@ -21,6 +22,15 @@ pub fn init_logging(flag: Option<&str>) {
         .try_init();
 }
 
+/// The config, the plugin directory inspected file by file in child processes, and the
+/// selected engine (the only plugin loaded into this process).
+fn open_model(args: &ModelArgs, plugin_dir: Option<&Path>) -> switchyard::Result<ChatModel> {
+    let config = switchyard::Config::load(&args.config, &args.overrides)?;
+    let dir = resolve_plugin_dir(plugin_dir, config.plugin_dir.as_deref());
+    let registry = crate::inspect::scan(&dir)?;
+    ChatModel::new(&registry, config)
+}
+
 /// Loads the model the config selects, with a spinner on stderr while the backend loads.
 pub fn load_model(
     args: &ModelArgs,
@@ -33,7 +43,7 @@ pub fn load_model(
     );
     spinner.set_message(format!("loading {}", args.config.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let model = ChatModel::from_config_file(&args.config, &args.overrides, plugin_dir)
+    let model = open_model(args, plugin_dir)
         .with_context(|| format!("cannot start the model from {}", args.config.display()));
     spinner.finish_and_clear();
     Ok((model?, started.elapsed()))

@@ -7,6 +7,7 @@ mod api;
 mod batch;
 mod chat;
 mod common;
+mod inspect;
 mod plugins;
 mod score;
 
@@ -57,6 +58,13 @@ enum Command {
     Api(api::ApiArgs),
     /// Serve the API and open the web chat page.
     Webchat(api::ApiArgs),
+    /// Load one plugin file and print its metadata as JSON (used by the other commands, which
+    /// inspect every plugin file in a child process).
+    #[command(hide = true)]
+    InspectPlugin {
+        /// The library file.
+        path: PathBuf,
+    },
 }
 
 fn main() {
@@ -79,6 +87,7 @@ fn main() {
         Command::Score(args) => score::run(args, cli.plugin_dir.as_deref()),
         Command::Api(args) => api::run(args, cli.plugin_dir.as_deref(), false),
         Command::Webchat(args) => api::run(args, cli.plugin_dir.as_deref(), true),
+        Command::InspectPlugin { path } => inspect::run_child(&path),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -2,12 +2,14 @@
 
 use std::path::Path;
 
-use switchyard::{ABI_VERSION, Registry, registry::resolve_plugin_dir};
+use switchyard::{ABI_VERSION, registry::resolve_plugin_dir};
 
 /// Prints a table of loaded plugins and a list of files that failed.
 pub fn run(plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     let dir = resolve_plugin_dir(plugin_dir, None);
-    let registry = Registry::scan(&dir)?;
+    // Every file is loaded in a child process: a library that crashes when loaded is listed
+    // as a problem instead of ending the listing.
+    let registry = crate::inspect::scan(&dir)?;
     println!(
         "plugin directory: {}  (host ABI {ABI_VERSION})",
         dir.display()

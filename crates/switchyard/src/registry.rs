@@ -9,6 +9,12 @@
 //! the scan goes on, so one bad file never hides the good ones.
 //!
 //! Libraries loaded this way are never unloaded: a plugin's statics live as long as the process.
+//!
+//! Loading a library runs its constructors, so a hostile or broken file (one that aborts,
+//! overflows its stack or calls `exit` when loaded) would take the scanning process with it.
+//! [`Registry::scan_with`] therefore lets a binary inspect each file somewhere else — the
+//! `switchyard` command runs [`inspect_file`] in a child process of itself — and then loads into
+//! the host only the one file whose backend is selected, when the engine is created.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,14 +30,15 @@ use crate::error::{Error, Result};
 /// Environment variable naming the plugin directory.
 pub const PLUGIN_DIR_ENV: &str = "SWITCHYARD_PLUGIN_DIR";
 
-/// A successfully loaded plugin file.
+/// A plugin file that loaded (or, scanned with [`Registry::scan_with`], was inspected and is
+/// loaded when its engine is first created).
 #[derive(Clone)]
 pub struct LoadedPlugin {
     /// The library file.
     pub path: PathBuf,
     /// What the plugin declares about itself.
     pub metadata: PluginMetadata,
-    module: PluginModRef,
+    module: std::sync::OnceLock<PluginModRef>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -106,7 +113,7 @@ fn first_lines(text: &str, n: usize) -> String {
     out
 }
 
-fn load_one(path: &Path) -> std::result::Result<LoadedPlugin, String> {
+fn open_module(path: &Path) -> std::result::Result<PluginModRef, String> {
     let header = lib_header_from_path(path).map_err(|e| describe_library_error(&e))?;
     let module = header
         .init_root_module::<PluginModRef>()
@@ -117,23 +124,90 @@ fn load_one(path: &Path) -> std::result::Result<LoadedPlugin, String> {
             "built for Switchyard plugin ABI {abi}, but this host speaks ABI {ABI_VERSION}; rebuild the plugin against this version of switchyard-abi"
         ));
     }
+    Ok(module)
+}
+
+fn metadata_of(module: PluginModRef) -> std::result::Result<PluginMetadata, String> {
     let json = (module.metadata())();
     let metadata: PluginMetadata = serde_json::from_str(json.as_str())
         .map_err(|e| format!("malformed plugin metadata: {e}"))?;
     if metadata.backends.is_empty() {
         return Err("the plugin declares no backend names".to_owned());
     }
+    Ok(metadata)
+}
+
+fn load_one(path: &Path) -> std::result::Result<LoadedPlugin, String> {
+    let module = open_module(path)?;
+    let metadata = metadata_of(module)?;
     Ok(LoadedPlugin {
         path: path.to_path_buf(),
         metadata,
-        module,
+        module: module.into(),
     })
+}
+
+/// Loads one plugin file in this process and returns what it declares — what a child process
+/// runs for [`Registry::scan_with`] (the library stays loaded; call it where that is safe).
+pub fn inspect_file(path: &Path) -> std::result::Result<PluginMetadata, String> {
+    metadata_of(open_module(path)?)
 }
 
 impl Registry {
     /// Loads every shared library in `dir` (not recursive). Fails only when the directory
     /// itself cannot be read; problems with single files are kept in [`Registry::problems`].
     pub fn scan(dir: &Path) -> Result<Self> {
+        let files = Self::library_files(dir)?;
+        let mut reg = Self::empty(dir);
+        for path in files {
+            match load_one(&path) {
+                Ok(plugin) => reg.add(plugin),
+                Err(reason) => reg.problem(path, reason),
+            }
+        }
+        Ok(reg)
+    }
+
+    /// Like [`Registry::scan`], but each file is inspected by `inspect` (e.g. [`inspect_file`]
+    /// run in a child process) and nothing is loaded into this process until
+    /// [`Registry::create_engine`] loads the one file it needs.
+    pub fn scan_with(
+        dir: &Path,
+        inspect: impl Fn(&Path) -> std::result::Result<PluginMetadata, String>,
+    ) -> Result<Self> {
+        let files = Self::library_files(dir)?;
+        let mut reg = Self::empty(dir);
+        for path in files {
+            match inspect(&path) {
+                Ok(metadata) if metadata.backends.is_empty() => {
+                    reg.problem(path, "the plugin declares no backend names".to_owned())
+                }
+                Ok(metadata) => reg.add(LoadedPlugin {
+                    path,
+                    metadata,
+                    module: std::sync::OnceLock::new(),
+                }),
+                Err(reason) => reg.problem(path, reason),
+            }
+        }
+        Ok(reg)
+    }
+
+    fn empty(dir: &Path) -> Self {
+        Registry {
+            dir: dir.to_path_buf(),
+            plugins: Vec::new(),
+            by_backend: BTreeMap::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, path: PathBuf, reason: String) {
+        tracing::warn!(path = %path.display(), "skipping plugin: {reason}");
+        self.problems.push(PluginProblem { path, reason });
+    }
+
+    fn library_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::PluginDir {
             path: dir.to_path_buf(),
             reason: format!(
@@ -145,22 +219,7 @@ impl Registry {
             .filter(|p| p.is_file() && is_shared_library(p))
             .collect();
         files.sort();
-        let mut reg = Registry {
-            dir: dir.to_path_buf(),
-            plugins: Vec::new(),
-            by_backend: BTreeMap::new(),
-            problems: Vec::new(),
-        };
-        for path in files {
-            match load_one(&path) {
-                Ok(plugin) => reg.add(plugin),
-                Err(reason) => {
-                    tracing::warn!(path = %path.display(), "skipping plugin: {reason}");
-                    reg.problems.push(PluginProblem { path, reason });
-                }
-            }
-        }
-        Ok(reg)
+        Ok(files)
     }
 
     fn add(&mut self, plugin: LoadedPlugin) {
@@ -242,9 +301,19 @@ impl Registry {
     /// Creates an engine for `config.backend`.
     pub fn create_engine(&self, config: &EngineConfig) -> Result<(EngineBox, &LoadedPlugin)> {
         let plugin = self.plugin_for(&config.backend)?;
+        let module = match plugin.module.get() {
+            Some(m) => *m,
+            None => {
+                let m = open_module(&plugin.path).map_err(|reason| Error::Plugin {
+                    path: plugin.path.clone(),
+                    reason,
+                })?;
+                *plugin.module.get_or_init(|| m)
+            }
+        };
         let json = serde_json::to_string(config)
             .map_err(|e| Error::Config(format!("cannot encode engine config: {e}")))?;
-        let engine = (plugin.module.create())(json.as_str().into())
+        let engine = (module.create())(json.as_str().into())
             .into_result()
             .map_err(Error::Engine)?;
         Ok((engine, plugin))
