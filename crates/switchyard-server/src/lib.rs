@@ -37,6 +37,25 @@ use switchyard::ChatModel;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+
+/// Entry points for the property tests (bounded fuzzing) in `tests/`; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{ApiError, MediaLimits, protocol::ChatCompletionRequest};
+
+    /// A `POST /v1/chat/completions` body mapped as the handler maps it (before the model).
+    pub fn map_chat_request(body: &serde_json::Value) -> Result<switchyard::ChatRequest, ApiError> {
+        let req: ChatCompletionRequest = serde_json::from_value(body.clone())
+            .map_err(|e| ApiError::invalid(format!("bad body: {e}"), None))?;
+        let limits = MediaLimits {
+            max_items: 4,
+            max_bytes: 1 << 20,
+            allow_remote: false,
+            local_dir: None,
+        };
+        req.prepare(&limits, false).map(|p| p.request)
+    }
+}
 pub use listener::ConnectionLimits;
 pub use media::MediaLimits;
 pub use metrics::Metrics;
