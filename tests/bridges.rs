@@ -566,6 +566,116 @@ fn ktransformers_legacy_quirks() {
     let err = model.chat(ask("x")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::BACKEND, "{err}");
     assert!(err.to_string().contains("api_key"), "{err}");
+
+    // What the legacy server cannot do is refused by name before anything is sent.
+    let sent = server.requests("/v1/chat/completions").len();
+    let mut r = ask("x");
+    r.logprobs = true;
+    let err = model.chat(r).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UNSUPPORTED, "{err}");
+    assert_eq!(err.field(), Some("logprobs"), "{err}");
+    let mut r = ask("x");
+    r.constraint = Some(switchyard::Constraint::JsonObject);
+    assert_eq!(model.chat(r).unwrap_err().field(), Some("constraint"));
+    assert_eq!(server.requests("/v1/chat/completions").len(), sent);
+}
+
+/// Logprobs, forced tool use and constraints reach vLLM and SGLang in their own dialects, and
+/// the servers' logprobs come back typed, whole and streamed.
+#[test]
+fn logprobs_tool_choice_and_constraints_in_each_servers_dialect() {
+    let dir = plugin_dir();
+    let server = FakeServer::start();
+    let lp = r#"{"content":[{"token":"Hi","logprob":-0.25,"bytes":[72,105],"top_logprobs":[{"token":"Hi","logprob":-0.25,"bytes":[72,105]},{"token":"Hello","logprob":-1.5,"bytes":[72,101,108,108,111]}]}]}"#;
+    let whole = format!(
+        r#"{{"id":"c","object":"chat.completion","model":"m","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hi"}},"logprobs":{lp},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}}}"#
+    );
+    let chunk = format!(
+        r#"{{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{{"index":0,"delta":{{"content":"Hi"}},"logprobs":{lp},"finish_reason":"stop"}}]}}"#
+    );
+    server.models("m").route(
+        "POST",
+        "/v1/chat/completions",
+        vec![
+            json(200, &whole),
+            sse(&[chunk.as_str()]),
+            json(200, &whole),
+            json(200, &whole),
+        ],
+    );
+    let model = attach(dir.path(), "vllm", &server, "");
+    let caps = &model.info().capabilities;
+    assert!(caps.logprobs && caps.constraints && caps.tool_choice);
+    let mut r = ask("x");
+    r.logprobs = true;
+    r.top_logprobs = 2;
+    let out = model.chat(r.clone()).unwrap().remove(0);
+    let b = server.last_body("/v1/chat/completions");
+    assert_eq!(
+        (b["logprobs"].clone(), b["top_logprobs"].clone()),
+        (j!(true), j!(2))
+    );
+    let lps = out.logprobs.unwrap();
+    assert_eq!((lps[0].token.as_str(), lps[0].logprob), ("Hi", -0.25));
+    assert_eq!(lps[0].top_logprobs[1].bytes, b"Hello");
+    let streamed: Vec<_> = model
+        .stream_chat(r)
+        .unwrap()
+        .map(Result::unwrap)
+        .flat_map(|e| e.logprobs)
+        .collect();
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0].top_logprobs.len(), 2);
+
+    let mut r = ask("x");
+    r.tools = Some(vec![j!({"type": "function", "function": {"name": "f"}})]);
+    r.tool_choice = Some(switchyard::ToolChoice::Function { name: "f".into() });
+    r.constraint = None;
+    model.chat(r).unwrap();
+    let b = server.last_body("/v1/chat/completions");
+    assert_eq!(
+        b["tool_choice"],
+        j!({"type": "function", "function": {"name": "f"}})
+    );
+
+    let mut r = ask("x");
+    r.constraint = Some(switchyard::Constraint::Regex {
+        pattern: "[0-9]+".into(),
+    });
+    model.chat(r).unwrap();
+    let b = server.last_body("/v1/chat/completions");
+    assert_eq!(b["structured_outputs"], j!({"regex": "[0-9]+"}));
+    assert!(
+        b.get("guided_regex").is_none(),
+        "vLLM >= 0.12 ignores guided_*: {b}"
+    );
+
+    // SGLang: JSON schemas through response_format, a choice as an escaped regex.
+    let server = FakeServer::start();
+    server.models("m").route(
+        "POST",
+        "/v1/chat/completions",
+        vec![json(200, &whole), json(200, &whole)],
+    );
+    let model = attach(dir.path(), "sglang", &server, "");
+    let mut r = ask("x");
+    r.constraint = Some(switchyard::Constraint::JsonSchema {
+        schema: j!({"type": "object"}),
+    });
+    model.chat(r).unwrap();
+    let b = server.last_body("/v1/chat/completions");
+    assert_eq!(b["response_format"]["type"], "json_schema");
+    assert_eq!(
+        b["response_format"]["json_schema"]["schema"],
+        j!({"type": "object"})
+    );
+    let mut r = ask("x");
+    r.constraint = Some(switchyard::Constraint::Choice {
+        choices: vec!["yes".into(), "a.b".into()],
+    });
+    model.chat(r).unwrap();
+    let b = server.last_body("/v1/chat/completions");
+    assert_eq!(b["regex"], "(yes|a\\.b)");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::error::{BridgeError, Result};
 use crate::flavor::{Field, Flavor};
 use crate::launch::ServerProcess;
 use crate::options::{Options, ReasoningMode, launch_argv};
-use crate::protocol::{Completion, chat_body, finish_reason, tool_calls};
+use crate::protocol::{Completion, chat_body, finish_reason, logprobs, tool_calls};
 use crate::scores;
 use crate::stream::{self, Assembler};
 
@@ -44,11 +44,9 @@ pub fn capabilities(flavor: &Flavor, multimodal: bool) -> Capabilities {
         images: media,
         videos: media,
         audios: media,
-        // Not passed to the servers yet: the host refuses them by name instead of dropping
-        // them.
-        logprobs: false,
-        constraints: false,
-        tool_choice: false,
+        logprobs: flavor.supports(Field::Logprobs),
+        constraints: flavor.constraints != crate::flavor::ConstraintDialect::None,
+        tool_choice: flavor.supports(Field::ToolChoice),
     }
 }
 
@@ -381,7 +379,7 @@ impl Bridge {
                     token_ids: None,
                     reasoning_content: reasoning,
                     tool_calls: calls,
-                    logprobs: None,
+                    logprobs: Some(logprobs(c.logprobs.as_ref())).filter(|l| !l.is_empty()),
                 })
             })
             .collect()

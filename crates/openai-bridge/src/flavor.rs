@@ -28,6 +28,22 @@ pub enum Field {
     Tools,
     /// Images, videos and audio as content parts.
     Media,
+    /// `logprobs` and `top_logprobs`.
+    Logprobs,
+    /// `tool_choice` `"required"` or a named function.
+    ToolChoice,
+}
+
+/// How a server takes a structured-output constraint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConstraintDialect {
+    /// None: a constraint is refused.
+    None,
+    /// vLLM ≥ 0.12: `response_format` for JSON, `structured_outputs` for regex, choice and
+    /// grammar (the old `guided_*` fields are ignored there without an error).
+    Vllm,
+    /// SGLang: `response_format` for JSON, `regex` and `ebnf` fields; a choice becomes a regex.
+    Sglang,
 }
 
 /// Where reward scores come from.
@@ -83,6 +99,8 @@ pub struct Flavor {
     pub scores: ScoreApi,
     /// Launch mode.
     pub launch: LaunchSpec,
+    /// Structured outputs.
+    pub constraints: ConstraintDialect,
 }
 
 impl Flavor {
@@ -103,6 +121,8 @@ const COMMON_FIELDS: &[Field] = &[
     Field::N,
     Field::Tools,
     Field::Media,
+    Field::Logprobs,
+    Field::ToolChoice,
 ];
 
 const SGLANG_OPTIONS: &[(&str, &str)] = &[
@@ -161,6 +181,7 @@ pub const VLLM: Flavor = Flavor {
         prefix_flags: None,
         install_hint: "install vLLM (`pip install vllm`)",
     },
+    constraints: ConstraintDialect::Vllm,
 };
 
 /// SGLang's server (`python -m sglang.launch_server`).
@@ -171,6 +192,7 @@ pub const SGLANG: Flavor = Flavor {
     ready_path: "/health",
     scores: ScoreApi::Sglang,
     launch: SGLANG_LAUNCH,
+    constraints: ConstraintDialect::Sglang,
 };
 
 /// Today's KTransformers: SGLang with the kt-kernel CPU MoE kernel and `--kt-*` flags.
@@ -185,6 +207,7 @@ pub const KT_SGLANG: Flavor = Flavor {
         install_hint: "install KTransformers' SGLang fork (`pip install kt-kernel sglang-kt`, without the official `sglang`)",
         ..SGLANG_LAUNCH
     },
+    constraints: ConstraintDialect::Sglang,
 };
 
 /// The legacy KTransformers server (≤ v0.3): string content only, no `/health`, no `top_k`,
@@ -218,4 +241,5 @@ pub const KT_LEGACY: Flavor = Flavor {
         prefix_flags: None,
         install_hint: "install the legacy KTransformers server (`pip install ktransformers`)",
     },
+    constraints: ConstraintDialect::None,
 };

@@ -4,11 +4,12 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use switchyard_plugin::{
-    ChatRequest, FinishReason, FunctionCall, MediaInput, Message, Role, ToolCall, ToolCallDelta,
+    ChatRequest, Constraint, FinishReason, FunctionCall, MediaInput, Message, Role, TokenLogprob,
+    ToolCall, ToolCallDelta, ToolChoice, TopLogprob,
 };
 
 use crate::error::{BridgeError, Result};
-use crate::flavor::{Field, Flavor};
+use crate::flavor::{ConstraintDialect, Field, Flavor};
 
 /// A chat completion or a stream chunk (`message` in the first, `delta` in the second).
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +39,8 @@ pub struct Choice {
     pub matched_stop: Option<Value>,
     /// vLLM: the stop token id or string that matched.
     pub stop_reason: Option<Value>,
+    /// Token log-probabilities, when asked for.
+    pub logprobs: Option<Value>,
 }
 
 /// Message or delta content.
@@ -303,11 +306,156 @@ pub fn chat_body(
             ignored.join(", ")
         );
     }
+    for (key, value) in contract_fields(flavor, request)? {
+        body.insert(key.into(), value);
+    }
     if stream {
         body.insert("stream".into(), true.into());
         body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Ok(Value::Object(body))
+}
+
+/// The request fields that change what comes back (logprobs, forced tool use, a
+/// structured-output constraint), in the server's dialect. The host refuses them before a
+/// bridge sees them when the flavor's capabilities lack them; a server that cannot take one is
+/// an error here too, never a silent drop.
+fn contract_fields(flavor: &Flavor, request: &ChatRequest) -> Result<Vec<(&'static str, Value)>> {
+    let refuse = |what: &str| {
+        Err(BridgeError::Unsupported(format!(
+            "the {} server does not take {what}; drop it from the request",
+            flavor.server
+        )))
+    };
+    let mut out = Vec::new();
+    if request.logprobs {
+        if !flavor.supports(Field::Logprobs) {
+            return refuse("`logprobs`");
+        }
+        out.push(("logprobs", json!(true)));
+        if request.top_logprobs > 0 {
+            out.push(("top_logprobs", json!(request.top_logprobs)));
+        }
+    }
+    if let Some(choice) = &request.tool_choice {
+        if !flavor.supports(Field::ToolChoice) {
+            return refuse("`tool_choice`");
+        }
+        out.push((
+            "tool_choice",
+            match choice {
+                ToolChoice::Required => json!("required"),
+                ToolChoice::Function { name } => {
+                    json!({"type": "function", "function": {"name": name}})
+                }
+            },
+        ));
+    }
+    if let Some(c) = &request.constraint {
+        let json_format = |schema: Option<&Value>| match schema {
+            Some(schema) => json!({"type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema, "strict": true}}),
+            None => json!({"type": "json_object"}),
+        };
+        match (flavor.constraints, c) {
+            (ConstraintDialect::None, _) => return refuse("structured-output constraints"),
+            (_, Constraint::JsonObject) => out.push(("response_format", json_format(None))),
+            (_, Constraint::JsonSchema { schema }) => {
+                out.push(("response_format", json_format(Some(schema))))
+            }
+            (ConstraintDialect::Vllm, Constraint::Regex { pattern }) => {
+                out.push(("structured_outputs", json!({"regex": pattern})))
+            }
+            (ConstraintDialect::Vllm, Constraint::Choice { choices }) => {
+                out.push(("structured_outputs", json!({"choice": choices})))
+            }
+            (ConstraintDialect::Vllm, Constraint::Grammar { grammar }) => {
+                out.push(("structured_outputs", json!({"grammar": grammar})))
+            }
+            (ConstraintDialect::Sglang, Constraint::Regex { pattern }) => {
+                out.push(("regex", json!(pattern)))
+            }
+            (ConstraintDialect::Sglang, Constraint::Choice { choices }) => {
+                let alternatives: Vec<String> = choices.iter().map(|c| regex_escape(c)).collect();
+                out.push(("regex", json!(format!("({})", alternatives.join("|")))))
+            }
+            (ConstraintDialect::Sglang, Constraint::Grammar { grammar }) => {
+                out.push(("ebnf", json!(grammar)))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `text` as a regular expression that matches it literally.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A server's `logprobs` object (`{"content": [{token, logprob, bytes, top_logprobs}]}`) as
+/// typed token logprobs; servers name tokens by text, so `token_id` stays unset.
+pub fn logprobs(value: Option<&Value>) -> Vec<TokenLogprob> {
+    let Some(items) = value
+        .and_then(|v| v.get("content"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let bytes_of = |v: &Value| -> Vec<u8> {
+        match v.get("bytes").and_then(Value::as_array) {
+            Some(b) => b
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u8))
+                .collect(),
+            None => v
+                .get("token")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
+        }
+    };
+    let text = |v: &Value| {
+        v.get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let logprob = |v: &Value| {
+        v.get("logprob")
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NEG_INFINITY) as f32
+    };
+    items
+        .iter()
+        .map(|t| TokenLogprob {
+            token: text(t),
+            token_id: None,
+            bytes: bytes_of(t),
+            logprob: logprob(t),
+            top_logprobs: t
+                .get("top_logprobs")
+                .and_then(Value::as_array)
+                .map(|alts| {
+                    alts.iter()
+                        .map(|a| TopLogprob {
+                            token: text(a),
+                            token_id: None,
+                            bytes: bytes_of(a),
+                            logprob: logprob(a),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::{Client, Runtime};
 use crate::error::{BridgeError, parse_error_value};
 use crate::options::ReasoningMode;
-use crate::protocol::{Completion, Usage, finish_reason, tool_call_delta};
+use crate::protocol::{Completion, Usage, finish_reason, logprobs, tool_call_delta};
 use crate::sse::SseDecoder;
 
 type Item = Result<Event, EngineError>;
@@ -134,6 +134,7 @@ impl Assembler {
                     .extend(d.tool_calls.iter().flatten().map(tool_call_delta));
                 seq.tool_calls += event.tool_calls.len() as u32;
             }
+            event.logprobs = logprobs(choice.logprobs.as_ref());
             if !event.delta.is_empty() || !event.reasoning.is_empty() {
                 seq.chunks += 1;
             }
@@ -154,6 +155,7 @@ impl Assembler {
             if !event.delta.is_empty()
                 || !event.reasoning.is_empty()
                 || !event.tool_calls.is_empty()
+                || !event.logprobs.is_empty()
             {
                 out.push(event);
             }

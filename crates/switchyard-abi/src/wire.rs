@@ -443,8 +443,9 @@ impl ResponseCollector {
 pub struct TopLogprob {
     /// The token's text (lossy UTF-8 of `bytes`).
     pub token: String,
-    /// The token id.
-    pub token_id: u32,
+    /// The token id, where the backend knows it (servers behind a bridge name tokens by text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<u32>,
     /// The token's bytes (a token may be part of a UTF-8 character).
     #[serde(default)]
     pub bytes: Vec<u8>,
@@ -458,8 +459,9 @@ pub struct TopLogprob {
 pub struct TokenLogprob {
     /// The generated token's text (lossy UTF-8 of `bytes`).
     pub token: String,
-    /// The token id.
-    pub token_id: u32,
+    /// The token id, where the backend knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<u32>,
     /// The token's bytes.
     #[serde(default)]
     pub bytes: Vec<u8>,
@@ -736,7 +738,7 @@ mod tests {
             }],
             logprobs: vec![TokenLogprob {
                 token: "It".into(),
-                token_id: 1,
+                token_id: Some(1),
                 bytes: b"It".to_vec(),
                 logprob: -0.5,
                 top_logprobs: vec![],
