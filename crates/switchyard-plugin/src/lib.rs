@@ -7,14 +7,179 @@
 //! `extern "C"` function, so a plugin bug would otherwise take the host down. Here a panic becomes
 //! an [`ErrorKind::PANICKED`] error and the host keeps serving.
 //!
-//! ```ignore
-//! struct Echo;
-//! impl switchyard_plugin::Backend for Echo { /* ... */ }
-//! switchyard_plugin::export_backend! {
-//!     metadata: || PluginMetadata { backends: vec!["echo".into()], ..Default::default() },
-//!     create: |config: EngineConfig| Ok(Echo),
-//! }
+//! # A complete backend
+//!
+//! `shout` streams the last message back in capitals, one word per event, each word followed by
+//! the `suffix` from its config table. This is all a plugin needs (the doctest also runs it):
+//!
 //! ```
+//! use switchyard_plugin::{
+//!     Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo,
+//!     Event, EventIter, Finish, FinishReason, PluginMetadata, export_backend,
+//! };
+//!
+//! struct Shout {
+//!     suffix: String,
+//! }
+//!
+//! fn capabilities() -> Capabilities {
+//!     Capabilities { chat: true, stream: true, ..Default::default() }
+//! }
+//!
+//! impl Backend for Shout {
+//!     fn info(&self) -> EngineInfo {
+//!         let (backend, model) = ("shout".into(), "capitals".into());
+//!         EngineInfo { backend, model, capabilities: capabilities(), ..Default::default() }
+//!     }
+//!
+//!     fn stream_chat(&self, req: ChatRequest, cancel: CancelToken) -> Result<EventIter, EngineError>
+//!     {
+//!         let text = req.messages.last().map(|m| m.content.to_uppercase()).unwrap_or_default();
+//!         let words: Vec<&str> = text.split_whitespace().collect();
+//!         let len = words.len().min(req.generation.max_new_tokens.unwrap_or(u32::MAX) as usize);
+//!         let mut events = Vec::new();
+//!         for index in 0..req.generation.num_return_sequences.unwrap_or(1) {
+//!             for (i, word) in words[..len].iter().enumerate() {
+//!                 let delta = format!("{}{word}{}", if i > 0 { " " } else { "" }, self.suffix);
+//!                 events.push(Event { index, delta, ..Default::default() });
+//!             }
+//!             // Exactly one finish per sequence, as its last event.
+//!             let reason = match len < words.len() {
+//!                 true => FinishReason::Length,
+//!                 false => FinishReason::Stop,
+//!             };
+//!             let (prompt_length, response_length) = (words.len() as u32, len as u32);
+//!             let finish = Some(Finish { reason, prompt_length, response_length });
+//!             events.push(Event { index, finish, ..Default::default() });
+//!         }
+//!         // The host pulls one event at a time; stop as soon as it cancels.
+//!         Ok(Box::new(events.into_iter().map(move |event| match cancel.is_cancelled() {
+//!             true => Err(EngineError::cancelled()),
+//!             false => Ok(event),
+//!         })))
+//!     }
+//! }
+//!
+//! fn create(config: EngineConfig) -> Result<Shout, EngineError> {
+//!     let suffix = match config.options.get("suffix") {
+//!         None => "",
+//!         Some(v) => v.as_str().ok_or_else(|| {
+//!             EngineError::config(format!("[backends.shout] suffix must be a string, not {v}"))
+//!         })?,
+//!     };
+//!     Ok(Shout { suffix: suffix.to_owned() })
+//! }
+//!
+//! export_backend! {
+//!     metadata: || PluginMetadata {
+//!         backends: vec!["shout".into()],
+//!         version: env!("CARGO_PKG_VERSION").into(),
+//!         capabilities: capabilities(),
+//!         ..Default::default()
+//!     },
+//!     create: create,
+//! }
+//! # fn main() {
+//! #     use switchyard_plugin::{ErrorKind, Message};
+//! #     let config = |o| EngineConfig { options: o, ..Default::default() };
+//! #     let shout = create(config(serde_json::json!({"suffix": "!"}))).unwrap();
+//! #     let ask = |t: &str| ChatRequest { messages: vec![Message::user(t)], ..Default::default() };
+//! #     let stream = shout.stream_chat(ask("hello plugin"), CancelToken::new()).unwrap();
+//! #     assert_eq!(stream.map(|e| e.unwrap().delta).collect::<String>(), "HELLO! PLUGIN!");
+//! #     let replies = shout.chat(ask("one two")).unwrap();
+//! #     assert_eq!((replies[0].text.as_str(), replies[0].response_length), ("ONE! TWO!", 2));
+//! #     let cancel = CancelToken::new();
+//! #     let mut stream = shout.stream_chat(ask("a b"), cancel.clone()).unwrap();
+//! #     cancel.cancel();
+//! #     assert_eq!(stream.next().unwrap().unwrap_err().kind, ErrorKind::CANCELLED);
+//! #     let bad = create(config(serde_json::json!({"suffix": 1})));
+//! #     assert_eq!(bad.err().unwrap().kind, ErrorKind::CONFIG);
+//! # }
+//! ```
+//!
+//! Its `Cargo.toml` has `crate-type = ["cdylib"]` and one dependency, this crate
+//! (`examples/custom-backend` is the same thing with more options and its manifest spelled out).
+//! Build it in release mode, copy the library (`libshout.so`, `libshout.dylib`, `shout.dll`) into
+//! the plugin directory, check it with `switchyard plugins`, and select it with
+//! `sample_backend = "shout"`.
+//!
+//! # The contract
+//!
+//! **Loading.** The host loads every library in the plugin directory and calls the `metadata`
+//! function for each (on every scan, `switchyard plugins` included: keep it cheap, with no side
+//! effects); it names the backends the plugin serves. For the selected backend it calls `create`
+//! once, with an [`EngineConfig`]; the engine lives until the process ends (libraries are never
+//! unloaded). The host calls [`Backend::info`] right after `create` and keeps the answer: the
+//! capabilities it declares decide which requests reach the engine, so make it right from the
+//! start. A plugin keeps loading in later hosts until the contract itself changes (then the host
+//! refuses it with a message naming both versions); the rules are in `switchyard-abi`'s crate doc,
+//! "Compatibility policy".
+//!
+//! **Configuration.** [`EngineConfig::options`] is the backend's own TOML table,
+//! `[backends.<name>]`, as JSON and as written (after `--set backends.<name>.key=value`
+//! overrides): the host checks nothing in it, so check every key you read and refuse a bad one
+//! with [`EngineError::config`], naming the table and key. `model` holds the shared `[model]`
+//! settings (`path` already `~`-expanded and resolved against the config file's directory when
+//! that file exists), `generation` the config's generation defaults (the host applies them to
+//! each request; you need not), `max_concurrent` how many requests the host runs at once, and
+//! `config_dir` where the config file is.
+//!
+//! **Threads.** Every [`Backend`] method takes `&self`, and the host calls them from several
+//! threads at once: up to `max_concurrent` requests run together (the host makes the rest wait, or
+//! refuses them as overloaded), and `info`/`health` may come at any time. Keep shared state behind
+//! a `Mutex` or atomics. A returned [`EventIter`] is pulled by one thread at a time, but not
+//! necessarily the one that created it.
+//!
+//! **Streams.** Events carry a sequence `index`, `0..num_return_sequences`; a backend that
+//! cannot sample several sequences refuses `num_return_sequences > 1` with
+//! [`EngineError::unsupported`]. Sequences may interleave. Each index gets **exactly one** event
+//! with `finish` set, as its last event; the iterator ends (`None`) once every index has
+//! finished. `delta` is answer text, `reasoning` thinking text, `tool_calls` tool-call fragments
+//! and `logprobs` the log-probabilities the request asked for — leave what you do not produce
+//! empty. Lengths count tokens. [`Backend::chat`] collects the stream by default; override it
+//! only for a faster path, returning one [`Response`] per index in index order. The host pulls
+//! the next event when its consumer is ready for it, so produce lazily where you can; an engine
+//! that must run ahead (a batcher) should bound what it buffers.
+//!
+//! **What the host has already done** before a request reaches you: the messages are not empty and
+//! a system message only comes first; media, tools, `tool_choice`, `logprobs` and constraints are
+//! refused unless your [`EngineInfo::capabilities`] declare them; the generation settings are the
+//! config's defaults with the request's values over them, range-checked (for example `temperature`
+//! 0 to 2, `max_new_tokens` at least 1) and normalised as LLaMA-Factory does:
+//! `num_return_sequences > 1` forces sampling, `temperature = 0` means greedy (`do_sample = false`,
+//! `temperature` and `top_p` dropped), and `max_new_tokens` wins over `max_length`. Every front end (HTTP, CLI,
+//! batch, host apps) goes through the same checks. What only you know is yours to check: the prompt
+//! against the context length, settings your model cannot honour.
+//!
+//! **Errors.** Return an [`EngineError`]; its [`ErrorKind`] decides what the user sees:
+//!
+//! | kind (constructor) | HTTP API | CLI |
+//! |---|---|---|
+//! | `INVALID_REQUEST` ([`EngineError::invalid_request`]) | 400 `invalid_request_error` | `error: …`; `chat` goes on, `batch` writes `{"line", "error": {"kind", "message"}}` and goes on |
+//! | `UNSUPPORTED` ([`EngineError::unsupported`]) | 400, code `unsupported` | as above |
+//! | `OVERLOADED` | 429 `rate_limit_error` | as above |
+//! | `UNAVAILABLE` ([`EngineError::unavailable`]) | 503, code `backend_unavailable` | as above |
+//! | `CANCELLED` ([`EngineError::cancelled`]) | 499 (the client has gone) | `chat`: the reply stops, the session goes on |
+//! | `CONFIG` ([`EngineError::config`], from `create`) | the server does not start | `error: …`, exit status 1 |
+//! | `BACKEND`, `PANICKED`, any other | 500 `server_error`, code `backend_error` | `error: …` as above |
+//!
+//! Once a stream has sent its first event the HTTP status is already 200: a later error arrives as
+//! an SSE event with the same error body. Any error from [`Backend::health`] makes `GET /health`
+//! answer 503. `batch --fail-fast` stops at the first failed line with exit status 2. Write
+//! messages for the person who has to fix things: what was wrong and what to do.
+//!
+//! **Cancellation.** Every stream has a [`CancelToken`]. It is set when the host cancels the stream
+//! or drops it — dropping is cancelling: Ctrl-C in `chat`, an HTTP client that hangs up, a host app
+//! that drops its stream. Check [`CancelToken::is_cancelled`] between steps; a producer that blocks
+//! (on a channel, a socket) registers [`CancelToken::on_cancel`] to be woken instead of polling.
+//! Then stop promptly: end the iterator, or yield [`EngineError::cancelled`]. Free the request's
+//! resources when the iterator is dropped.
+//!
+//! **Panics** in any entry point — `create`, `info`, `health`, `chat`, `stream_chat`, each pull of
+//! the iterator, `get_scores` — are caught and become [`ErrorKind::PANICKED`] errors; a stream that
+//! panicked ends. The engine stays loaded and keeps serving other requests, so a panic must not
+//! leave shared state poisoned for good (recover from a poisoned `Mutex` with `into_inner`). A
+//! panic in `metadata` makes the plugin declare no backends.
 #![deny(missing_docs)]
 
 mod adapter;
