@@ -624,8 +624,10 @@ pub struct EngineInfo {
 ///
 /// `delta` is the answer text only: reasoning and tool calls, which a backend reads out of the
 /// model's output in the model's own format, travel in their own fields (across the FFI in the
-/// event's `extra` JSON, which older hosts ignore).
-#[derive(Clone, Debug, Default, PartialEq)]
+/// event's `extra` JSON, which older hosts ignore). Its serde form is used where events cross a
+/// process boundary (the host's backend worker).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Event {
     /// Sequence index (for `num_return_sequences > 1`).
     pub index: u32,
@@ -656,7 +658,7 @@ struct EventExtra {
 }
 
 /// The end of one streamed sequence, in plain Rust form.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finish {
     /// Why it ended.
     pub reason: FinishReason,

@@ -93,7 +93,7 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
         }
         None => None,
     };
-    let (model, elapsed) = load_model(&args.model, plugin_dir)?;
+    let (model, elapsed) = load_model(&args.model, plugin_dir, true)?;
     eprintln!(
         "backend {} | model {} | loaded in {:.2} s | max_concurrent {}",
         model.info().backend,

@@ -221,7 +221,7 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     if !done.is_empty() {
         eprintln!("resuming: {} line(s) already done", done.len());
     }
-    let (model, _) = load_model(&args.model, plugin_dir)?;
+    let (model, _) = load_model(&args.model, plugin_dir, false)?;
     let out_file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)

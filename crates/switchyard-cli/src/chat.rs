@@ -270,7 +270,7 @@ fn install_ctrl_c() -> anyhow::Result<()> {
 
 /// Runs the chat loop.
 pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
-    let (model, elapsed) = load_model(&args.model, plugin_dir)?;
+    let (model, elapsed) = load_model(&args.model, plugin_dir, false)?;
     let info = model.info().clone();
     let tty = std::io::stdin().is_terminal();
     let banner = format!(

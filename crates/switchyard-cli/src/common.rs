@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use switchyard::ChatModel;
+use switchyard::config::Isolation;
 use switchyard::registry::resolve_plugin_dir;
+use switchyard::worker::WorkerLauncher;
 
 use crate::ModelArgs;
 
@@ -24,17 +26,30 @@ pub fn init_logging(flag: Option<&str>) {
 
 /// The config, the plugin directory inspected file by file in child processes, and the
 /// selected engine (the only plugin loaded into this process).
-fn open_model(args: &ModelArgs, plugin_dir: Option<&Path>) -> switchyard::Result<ChatModel> {
-    let config = switchyard::Config::load(&args.config, &args.overrides)?;
+fn open_model(
+    args: &ModelArgs,
+    plugin_dir: Option<&Path>,
+    isolate: bool,
+) -> switchyard::Result<ChatModel> {
+    let mut config = switchyard::Config::load(&args.config, &args.overrides)?;
+    if isolate && config.isolation.is_none() {
+        config.isolation = Some(Isolation::Process);
+    }
     let dir = resolve_plugin_dir(plugin_dir, config.plugin_dir.as_deref());
     let registry = crate::inspect::scan(&dir)?;
-    ChatModel::new(&registry, config)
+    let worker = std::env::current_exe().ok().map(|program| WorkerLauncher {
+        program,
+        args: vec!["worker".to_owned()],
+    });
+    ChatModel::open(&registry, config, worker.as_ref())
 }
 
 /// Loads the model the config selects, with a spinner on stderr while the backend loads.
+/// `isolate`: run the backend in a worker process unless the config says `isolation`.
 pub fn load_model(
     args: &ModelArgs,
     plugin_dir: Option<&Path>,
+    isolate: bool,
 ) -> anyhow::Result<(ChatModel, Duration)> {
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner();
@@ -43,7 +58,7 @@ pub fn load_model(
     );
     spinner.set_message(format!("loading {}", args.config.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let model = open_model(args, plugin_dir)
+    let model = open_model(args, plugin_dir, isolate)
         .with_context(|| format!("cannot start the model from {}", args.config.display()));
     spinner.finish_and_clear();
     Ok((model?, started.elapsed()))

@@ -58,6 +58,13 @@ enum Command {
     Api(api::ApiArgs),
     /// Serve the API and open the web chat page.
     Webchat(api::ApiArgs),
+    /// Run one plugin file as a backend worker on stdin/stdout (what `isolation = "process"`
+    /// starts; see the host library's `worker` module).
+    #[command(hide = true)]
+    Worker {
+        /// The library file.
+        path: PathBuf,
+    },
     /// Load one plugin file and print its metadata as JSON (used by the other commands, which
     /// inspect every plugin file in a child process).
     #[command(hide = true)]
@@ -88,6 +95,9 @@ fn main() {
         Command::Api(args) => api::run(args, cli.plugin_dir.as_deref(), false),
         Command::Webchat(args) => api::run(args, cli.plugin_dir.as_deref(), true),
         Command::InspectPlugin { path } => inspect::run_child(&path),
+        Command::Worker { path } => switchyard::worker::serve_stdio(&path)
+            .map(|()| 0)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -62,7 +62,7 @@ fn parse_input(text: &str) -> Result<ScoreInput, String> {
 pub fn run(args: ScoreArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("cannot read input {}", args.input.display()))?;
-    let (model, _) = load_model(&args.model, plugin_dir)?;
+    let (model, _) = load_model(&args.model, plugin_dir, false)?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&args.output)
             .with_context(|| format!("cannot write {}", args.output.display()))?,

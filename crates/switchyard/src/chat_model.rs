@@ -17,15 +17,17 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use switchyard_abi::{
-    EngineBox, EngineError, ErrorKind, TokenStreamBox,
+    EngineBox, EngineError, EngineFfi_TO, ErrorKind, TokenStreamBox,
+    abi_stable::sabi_trait::TD_Opaque,
     wire::{ChatRequest, EngineInfo, Event, Response, ScoreRequest},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::config::Config;
+use crate::config::{Config, Isolation};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, resolve_plugin_dir};
 use crate::validation;
+use crate::worker::{WorkerEngine, WorkerLauncher};
 
 struct Inner {
     engine: EngineBox,
@@ -85,15 +87,44 @@ impl ChatModel {
         Self::new(&registry, config)
     }
 
-    /// Creates the engine `config.sample_backend` names, from an already scanned registry.
+    /// Creates the engine `config.sample_backend` names, from an already scanned registry, in
+    /// this process (`isolation = "process"` needs [`ChatModel::open`] with a launcher).
     pub fn new(registry: &Registry, config: Config) -> Result<Self> {
+        Self::open(registry, config, None)
+    }
+
+    /// Creates the engine `config.sample_backend` names. With `isolation = "process"` in the
+    /// config the plugin runs in a worker process started with `worker` (see
+    /// [`crate::worker`]).
+    pub fn open(
+        registry: &Registry,
+        config: Config,
+        worker: Option<&WorkerLauncher>,
+    ) -> Result<Self> {
         if config.sample_backend.is_empty() {
             return Err(Error::Config(format!(
                 "`sample_backend` is not set; choose one of: {}",
                 registry.backend_names().join(", ")
             )));
         }
-        let (engine, plugin) = registry.create_engine(&config.engine_config())?;
+        let isolated = match (config.isolation, worker) {
+            (Some(Isolation::Process), Some(w)) => Some(w),
+            (Some(Isolation::Process), None) => {
+                return Err(Error::Config(
+                    "isolation = \"process\" needs a worker program: the `switchyard` command has one; a host app passes a `WorkerLauncher` to `ChatModel::open` (its binary calls `switchyard::worker::serve_stdio`)".to_owned(),
+                ));
+            }
+            _ => None,
+        };
+        let (engine, plugin) = match isolated {
+            None => registry.create_engine(&config.engine_config())?,
+            Some(launcher) => {
+                let plugin = registry.plugin_for(&config.sample_backend)?;
+                let engine =
+                    WorkerEngine::start(launcher.clone(), &plugin.path, &config.engine_config())?;
+                (EngineFfi_TO::from_value(engine, TD_Opaque), plugin)
+            }
+        };
         let info: EngineInfo = serde_json::from_str(engine.info().as_str()).unwrap_or_default();
         let max_concurrent = config.max_concurrent();
         let max_queue = config.max_queue();

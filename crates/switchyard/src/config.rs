@@ -4,6 +4,7 @@
 //! sample_backend = "hf-candle"      # which plugin backend serves requests
 //! max_concurrent = 1                # requests run at once (LLaMA-Factory's MAX_CONCURRENT)
 //! # max_queue = 16                  # requests that may wait beyond that; more get "overloaded"
+//! # isolation = "process"           # the backend in a worker process ("in-process" otherwise)
 //! # plugin_dir = "plugins"          # where plugin libraries live
 //!
 //! [model]
@@ -31,6 +32,16 @@ use switchyard_abi::wire::{EngineConfig, GenerationParams, ModelConfig};
 
 use crate::error::{Error, Result};
 
+/// Where a backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In the host process: fastest to start, but a crash in the backend is a crash of the host.
+    InProcess,
+    /// In a worker process: a backend that dies fails only its in-flight requests.
+    Process,
+}
+
 /// The parsed configuration file.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -45,6 +56,10 @@ pub struct Config {
     /// How many requests may wait for a slot beyond `max_concurrent`; more are refused at once
     /// as overloaded (HTTP 429). Default 16.
     pub max_queue: Option<u32>,
+    /// Where the backend runs: `"in-process"`, or `"process"` (a worker process the host
+    /// restarts when it dies; see [`crate::worker`]). Default: the front end's choice (the
+    /// `switchyard api` server isolates, the other commands and host apps do not).
+    pub isolation: Option<Isolation>,
     /// Shared model settings.
     pub model: ModelConfig,
     /// Generation defaults.
@@ -61,6 +76,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "plugin_dir",
     "max_concurrent",
     "max_queue",
+    "isolation",
     "model",
     "generation",
     "backends",

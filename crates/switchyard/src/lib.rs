@@ -32,6 +32,7 @@ mod error;
 pub mod generation;
 pub mod registry;
 pub mod validation;
+pub mod worker;
 
 pub use chat_model::{Canceller, ChatModel, EventIter, EventStream};
 pub use config::Config;

@@ -91,8 +91,8 @@ fn describe_library_error(e: &LibraryError) -> String {
         LibraryError::InvalidAbiHeader(_)
         | LibraryError::IncompatibleVersionNumber { .. }
         | LibraryError::AbiInstability(_) => format!(
-            "built for an incompatible plugin ABI; rebuild it against switchyard-abi {} (details: {})",
-            env!("CARGO_PKG_VERSION"),
+            "built for an incompatible plugin ABI; rebuild it against switchyard-abi contract {} (details: {})",
+            switchyard_abi::CONTRACT_VERSION,
             first_lines(&text, 6)
         ),
         _ => first_lines(&text, 6),
@@ -113,7 +113,7 @@ fn first_lines(text: &str, n: usize) -> String {
     out
 }
 
-fn open_module(path: &Path) -> std::result::Result<PluginModRef, String> {
+pub(crate) fn open_module(path: &Path) -> std::result::Result<PluginModRef, String> {
     let header = lib_header_from_path(path).map_err(|e| describe_library_error(&e))?;
     let module = header
         .init_root_module::<PluginModRef>()

@@ -7,6 +7,7 @@
 //! `prefix` put before the reply.
 //!
 //! Special inputs, for exercising hosts: a message `!panic` panics inside `chat`/`stream_chat`,
+//! `!abort` aborts the process (as a crash no `catch_unwind` catches would),
 //! a message starting `!panic-mid-stream` (with more words) panics after the first word, and
 //! `!say TEXT` replies TEXT verbatim (not reversed), streamed word by word — handy for testing
 //! what a host does with given model output (tool calls, `<think>` blocks, stop strings); the
@@ -59,6 +60,11 @@ impl Backend for Echo {
             .ok_or_else(|| EngineError::invalid_request("no user message to echo"))?;
         if last.content == "!panic" {
             panic!("echo was asked to panic");
+        }
+        if last.content == "!abort" {
+            // What no `catch_unwind` can catch (an allocation failure, a bad SIMD kernel): the
+            // whole process goes. Only a host that runs the backend in a worker survives it.
+            std::process::abort();
         }
         let panic_mid = last.content.starts_with("!panic-mid-stream");
         let mut words: Vec<String> = match last.content.strip_prefix("!say ") {
