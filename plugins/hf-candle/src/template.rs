@@ -8,6 +8,18 @@ use serde_json::{Map, Value as Json};
 
 use crate::error::{Error, Result};
 
+/// The most template instructions one render may run: a real chat template renders a long
+/// conversation in well under a million; a hostile one (nested `range(100000)` loops) is stopped
+/// with an error instead of spinning.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// The longest rendered prompt, bytes (far beyond any context window; a template that writes
+/// more is refused before tokenization).
+const MAX_RENDERED_BYTES: usize = 256 << 20;
+
+/// The widest `tojson(indent=...)` accepted (Python takes any; a huge one only allocates).
+const MAX_JSON_INDENT: i64 = 64;
+
 /// ChatML, used when a model ships no template.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -45,6 +57,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -90,8 +103,19 @@ impl ChatTemplate {
                 .eos_token
                 .map_or(Json::Null, |s| Json::String(s.into())),
         );
-        tmpl.render(Value::from_serialize(&ctx)).map_err(|e| {
-            if e.kind() == ErrorKind::InvalidOperation {
+        let mut out = CappedString::default();
+        let rendered = tmpl.render_captured_to(Value::from_serialize(&ctx), &mut out);
+        if out.overflow {
+            return Err(Error::InvalidRequest(format!(
+                "the chat template rendered more than {MAX_RENDERED_BYTES} bytes; shorten the conversation"
+            )));
+        }
+        rendered.map(|_| out.text).map_err(|e| {
+            if e.kind() == ErrorKind::OutOfFuel {
+                Error::Template(format!(
+                    "the chat template ran more than {TEMPLATE_FUEL} instructions and was stopped; fix its loops or set another template"
+                ))
+            } else if e.kind() == ErrorKind::InvalidOperation {
                 // raise_exception(...) from the template: the conversation is not acceptable.
                 Error::InvalidRequest(format!(
                     "the chat template rejected the conversation: {}",
@@ -101,6 +125,29 @@ impl ChatTemplate {
                 Error::Template(format!("{e:#}"))
             }
         })
+    }
+}
+
+/// The rendered prompt, refusing to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedString {
+    text: String,
+    overflow: bool,
+}
+
+impl std::io::Write for CappedString {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflow = true;
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        // minijinja writes whole UTF-8 strings.
+        self.text.push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -118,6 +165,12 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => match v.as_i64() {
+            Some(n) if n > MAX_JSON_INDENT => {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: indent {n} is larger than {MAX_JSON_INDENT}"),
+                ));
+            }
             Some(n) => Some(" ".repeat(n.max(0) as usize)),
             None => Some(v.as_str().unwrap_or("").to_owned()),
         },
@@ -338,6 +391,35 @@ pub fn format_time(secs: i64, fmt: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hostile_templates_are_stopped_not_obeyed() {
+        let messages = [serde_json::json!({"role": "user", "content": "hi"})];
+        let kwargs = Map::new();
+        let input = RenderInput {
+            messages: &messages,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: None,
+            eos_token: None,
+            kwargs: &kwargs,
+        };
+        let started = std::time::Instant::now();
+        let spin = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let e = spin.render(&input).unwrap_err().to_string();
+        assert!(e.contains("instructions"), "{e}");
+        assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+        let wide = ChatTemplate::new("{{ messages | tojson(indent=1000000000000) }}").unwrap();
+        let e = wide.render(&input).unwrap_err().to_string();
+        assert!(e.contains("indent"), "{e}");
+        let huge =
+            ChatTemplate::new("{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}").unwrap();
+        let e = huge.render(&input).unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+    }
+
     use super::*;
 
     #[test]
