@@ -10,8 +10,7 @@ use std::io::BufReader;
 use std::time::Instant;
 
 use candle_core::quantized::gguf_file::Content;
-use hf_candle::native::model::{SeqStep, Transformer};
-use hf_candle::native::weights::GgufWeights;
+use native_llm::model::{SeqStep, Transformer};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,7 +23,7 @@ fn main() {
         .to_string()
         .expect("architecture")
         .clone();
-    let weights = GgufWeights::new(&path, &content).expect("weights");
+    let weights = hf_candle::model::gguf::native_weights(&path, &content).expect("weights");
     let model = Transformer::load(&weights, &arch).expect("model");
     let threads: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2);
     // Like the engine: the steps run on a worker of the compute pool.

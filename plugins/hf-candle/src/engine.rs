@@ -17,14 +17,15 @@ use crate::error::{Error, Result};
 use crate::model::dense::Family;
 use crate::model::gguf::GgufModel;
 use crate::model::{Instance, Net, ScoreHead, gguf, hf};
-use crate::native::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
-use crate::native::model::Transformer;
-use crate::native::stream::NativeStream;
-use crate::sampling::SamplingParams;
-use crate::stream::{GenPlan, GenStream};
+use crate::native_stream::NativeStream;
+use crate::stream::GenStream;
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::{self, Tok};
+use native_llm::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
 use native_llm::kernels::WeightKind;
+use native_llm::model::{DecoderConfig, Transformer};
+use native_llm::plan::GenPlan;
+use native_llm::sampling::SamplingParams;
 use std::sync::atomic::AtomicBool;
 
 /// New tokens generated when neither the request nor the model sets a limit.
@@ -177,6 +178,25 @@ fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded>
     })
 }
 
+/// What the native safetensors loader needs of `config`, the family's rules applied.
+fn native_decoder(config: &HfConfig, family: Family) -> Result<DecoderConfig> {
+    let head_dim = config.head_dim();
+    Ok(DecoderConfig {
+        architecture: config.architecture(),
+        hidden_size: config.hidden_size,
+        num_hidden_layers: config.num_hidden_layers,
+        num_attention_heads: config.num_attention_heads,
+        num_key_value_heads: config.kv_heads(),
+        head_dim,
+        rms_norm_eps: config.rms_norm_eps,
+        max_position_embeddings: config.max_position_embeddings,
+        qkv_bias: family == Family::Qwen2 || config.attention_bias,
+        qk_norm: family == Family::Qwen3,
+        tie_word_embeddings: config.tie_word_embeddings.unwrap_or(false),
+        inv_freq: config.rope()?.inv_freq(head_dim),
+    })
+}
+
 fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) -> Result<Loaded> {
     if !dir.join("config.json").is_file() {
         return Err(Error::file(
@@ -209,7 +229,7 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) ->
                 _ => WeightKind::F32,
             };
             let files = hf::weight_files(dir)?;
-            let model = Transformer::load_hf(&config, family, &files, kind)?;
+            let model = Transformer::load_hf(&native_decoder(&config, family)?, &files, kind)?;
             let ctx = model.hp.context_length;
             (Runner::Native(model), None, ctx)
         }

@@ -49,9 +49,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A [`Error::ModelFile`] for `path`.
     pub fn file(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
-        Error::ModelFile {
-            path: path.as_ref().to_path_buf(),
-            message: message.into(),
+        native_llm::Error::file(path, message).into()
+    }
+}
+
+impl From<native_llm::Error> for Error {
+    fn from(e: native_llm::Error) -> Self {
+        match e {
+            native_llm::Error::ModelFile { path, message } => Error::ModelFile { path, message },
+            native_llm::Error::Unsupported(message) => Error::Unsupported(message),
         }
     }
 }

@@ -5,36 +5,18 @@
 //! cancel flag is checked before every step. The model instance is leased from the engine's
 //! pool and returned when the stream ends or is dropped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use native_llm::plan::{self, GenPlan};
+use native_llm::sampling::Sampler;
 use switchyard_plugin::{CancelToken, EngineError, Event, Finish, FinishReason};
 
 use crate::engine::Shared;
 use crate::error::Result;
 use crate::model::Instance;
-use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::{Scan, StopBuffer};
 use crate::tokenizer::{StreamDecoder, Tok};
-
-/// Everything generation needs to know about one request, resolved.
-#[derive(Clone, Debug)]
-pub struct GenPlan {
-    /// Sampling settings.
-    pub sampling: SamplingParams,
-    /// RNG seed.
-    pub seed: Option<u64>,
-    /// New-token limit (already capped by the context window).
-    pub max_new: usize,
-    /// Stop strings.
-    pub stops: Vec<String>,
-    /// Ids that end a sequence.
-    pub stop_ids: HashSet<u32>,
-    /// Drop special tokens from the text.
-    pub skip_special: bool,
-    /// Sequences to generate.
-    pub n: usize,
-}
 
 /// The text side of one generated sequence, shared by both generation loops: UTF-8-safe
 /// decoding, stop strings, and the events it becomes.
@@ -68,9 +50,13 @@ impl SeqText {
         &mut self,
         tok: &Tok,
         id: u32,
-        ended: Option<FinishReason>,
+        ended: Option<plan::Finish>,
         skip_special: bool,
     ) -> Result<Option<Event>> {
+        let ended = ended.map(|f| match f {
+            plan::Finish::Stop => FinishReason::Stop,
+            plan::Finish::Length => FinishReason::Length,
+        });
         self.generated += 1;
         self.pending_ids.push(id);
         let end_id = ended == Some(FinishReason::Stop);
@@ -117,20 +103,6 @@ impl SeqText {
             }),
             ..Default::default()
         }))
-    }
-}
-
-impl GenPlan {
-    /// Why sampling `id` as the `generated`-th new token ends its sequence, if it does: an end
-    /// id (`Stop`) or the new-token limit (`Length`). Stop strings are the text side's.
-    pub fn finish_for(&self, id: u32, generated: usize) -> Option<FinishReason> {
-        if self.stop_ids.contains(&id) {
-            Some(FinishReason::Stop)
-        } else if generated >= self.max_new {
-            Some(FinishReason::Length)
-        } else {
-            None
-        }
     }
 }
 

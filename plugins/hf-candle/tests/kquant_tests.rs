@@ -9,8 +9,8 @@ use std::fs::File;
 use std::io::BufReader;
 
 use candle_core::quantized::gguf_file::Content;
-use hf_candle::native::weights::GgufWeights;
 use native_llm::kernels::{self, BlockQ8, BlockQ8K, QK, QK_K, WeightKind};
+use native_llm::weights::GgufWeights;
 use serde_json::Value;
 
 fn fixture() -> (GgufWeights, Value) {
@@ -18,7 +18,7 @@ fn fixture() -> (GgufWeights, Value) {
     let path = dir.join("kquants.gguf");
     let mut r = BufReader::new(File::open(&path).unwrap());
     let content = Content::read(&mut r).unwrap();
-    let w = GgufWeights::new(&path, &content).unwrap();
+    let w = hf_candle::model::gguf::native_weights(&path, &content).unwrap();
     (w, common::read_json(&dir.join("kquants.json")))
 }
 

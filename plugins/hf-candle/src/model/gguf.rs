@@ -4,12 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
+use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+use native_llm::kernels::WeightKind;
+use native_llm::model::{NATIVE_ARCHITECTURES, Transformer};
+use native_llm::weights::{GgufDirectory, GgufTensor, GgufWeights, TensorFormat, map_file};
 
 use crate::error::{Error, Result};
-use crate::native::model::{NATIVE_ARCHITECTURES, Transformer};
-use crate::native::weights::{GgufWeights, map_file};
 
 /// GGUF architectures (`general.architecture`) supported here.
 pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
@@ -27,7 +29,7 @@ pub enum QuantModel {
 
 /// Which implementation runs a GGUF file.
 pub enum GgufModel {
-    /// Switchyard's own batched transformer with SIMD kernels (see [`crate::native`]).
+    /// Switchyard's own batched transformer with SIMD kernels (see [`native_llm`]).
     Native(Transformer),
     /// candle's quantized model (architectures or tensor formats the native model lacks).
     Candle(QuantModel),
@@ -102,7 +104,7 @@ pub fn load<R: Send>(
     let md_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
     let ctx = md_u32(&format!("{arch}.context_length")).unwrap_or(4096) as usize;
     if allow_native && device.is_cpu() && NATIVE_ARCHITECTURES.contains(&arch.as_str()) {
-        let weights = GgufWeights::with_map(path, map.clone(), &content)?;
+        let weights = GgufWeights::with_map(path, map.clone(), native_directory(&content))?;
         match weights.unsupported_tensor() {
             None => {
                 let md = &content.metadata;
@@ -155,7 +157,7 @@ pub fn load<R: Send>(
         } else if !allow_native {
             "needs the native engine; remove `engine = \"candle\"`".to_owned()
         } else {
-            let w = GgufWeights::with_map(path, map.clone(), &content)?;
+            let w = GgufWeights::with_map(path, map.clone(), native_directory(&content))?;
             let (name, format) = w.unsupported_tensor().unwrap_or_default();
             format!(
                 "has tensor `{name}` in {format}, which the native kernels do not run (they run F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize it, e.g. `llama-quantize in.gguf out.gguf Q4_K_M`"
@@ -271,4 +273,77 @@ pub fn md_str<'a>(md: &'a std::collections::HashMap<String, Value>, key: &str) -
     md.get(key)
         .and_then(|v| v.to_string().ok())
         .map(String::as_str)
+}
+
+/// The tensor directory and numeric metadata of `content` (read from a GGUF file), as the
+/// native engine takes them.
+pub fn native_directory(content: &gguf_file::Content) -> GgufDirectory {
+    GgufDirectory {
+        data_offset: content.tensor_data_offset,
+        tensors: content
+            .tensor_infos
+            .iter()
+            .map(|(n, t)| {
+                let tensor = GgufTensor {
+                    format: tensor_format(t.ggml_dtype),
+                    dims: t.shape.dims().to_vec(),
+                    offset: t.offset,
+                };
+                (n.clone(), tensor)
+            })
+            .collect(),
+        numbers: content
+            .metadata
+            .iter()
+            .filter_map(|(k, v)| number(v).map(|n| (k.clone(), n)))
+            .collect(),
+    }
+}
+
+/// The native engine's weights of the GGUF file at `path`, whose header is `content`.
+pub fn native_weights(path: &Path, content: &gguf_file::Content) -> Result<GgufWeights> {
+    Ok(GgufWeights::new(path, native_directory(content))?)
+}
+
+/// The GGUF formats the native kernels multiply, or `None`.
+fn weight_kind(t: GgmlDType) -> Option<WeightKind> {
+    Some(match t {
+        GgmlDType::F32 => WeightKind::F32,
+        GgmlDType::F16 => WeightKind::F16,
+        GgmlDType::BF16 => WeightKind::BF16,
+        GgmlDType::Q4_0 => WeightKind::Q4_0,
+        GgmlDType::Q4_1 => WeightKind::Q4_1,
+        GgmlDType::Q8_0 => WeightKind::Q8_0,
+        GgmlDType::Q4K => WeightKind::Q4_K,
+        GgmlDType::Q5K => WeightKind::Q5_K,
+        GgmlDType::Q6K => WeightKind::Q6_K,
+        _ => return None,
+    })
+}
+
+/// How the native engine sees a GGML type: one its kernels multiply, `Q5_0` (transcoded to
+/// `Q8_0` at load), or another, by name.
+fn tensor_format(t: GgmlDType) -> TensorFormat {
+    match weight_kind(t) {
+        Some(kind) => TensorFormat::Kernel(kind),
+        None if t == GgmlDType::Q5_0 => TensorFormat::Q5_0,
+        None => TensorFormat::Other(format!("{t:?}")),
+    }
+}
+
+/// A numeric metadata value (any integer or float type) as f64.
+fn number(v: &Value) -> Option<f64> {
+    Some(match v {
+        Value::U8(v) => *v as f64,
+        Value::I8(v) => *v as f64,
+        Value::U16(v) => *v as f64,
+        Value::I16(v) => *v as f64,
+        Value::U32(v) => *v as f64,
+        Value::I32(v) => *v as f64,
+        Value::U64(v) => *v as f64,
+        Value::I64(v) => *v as f64,
+        Value::F32(v) => *v as f64,
+        Value::F64(v) => *v,
+        _ => return None,
+    })
 }

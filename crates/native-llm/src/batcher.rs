@@ -10,12 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use switchyard_plugin::FinishReason;
-
-use super::kv::{KvCache, PrefixCache};
-use super::model::{SeqStep, Transformer};
+use crate::kv::{KvCache, PrefixCache};
+use crate::model::{SeqStep, Transformer};
+use crate::plan::{Finish, GenPlan};
 use crate::sampling::Sampler;
-use crate::stream::GenPlan;
 
 /// What the batcher tells a request's stream.
 #[derive(Debug)]
@@ -27,7 +25,7 @@ pub enum Msg {
         /// The token.
         id: u32,
         /// Why the sequence ended with this token, if it did.
-        finish: Option<FinishReason>,
+        finish: Option<Finish>,
     },
     /// The model failed; the request is over.
     Failed(String),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use native_llm::kernels::{self, WeightKind};
+use crate::kernels::{self, WeightKind};
 
 /// Keys and values of one sequence, every layer, one contiguous `[position][head_dim]` run
 /// per KV head, so attention streams each head's keys and values sequentially (a
@@ -245,7 +245,7 @@ mod tests {
     /// Stored bytes read back as f32.
     fn floats(kind: WeightKind, bytes: &[u8]) -> Vec<f32> {
         let mut out = vec![0f32; bytes.len() / kind.row_bytes(1)];
-        native_llm::kernels::dequantize_row(kind, bytes, &mut out);
+        crate::kernels::dequantize_row(kind, bytes, &mut out);
         out
     }
 

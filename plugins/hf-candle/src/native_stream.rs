@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use switchyard_plugin::{CancelToken, EngineError, Event};
 
-use super::batcher::Msg;
-use crate::stream::{GenPlan, SeqText};
+use native_llm::batcher::Msg;
+use native_llm::plan::GenPlan;
+
+use crate::stream::SeqText;
 use crate::tokenizer::Tok;
 
 /// How often a waiting stream looks at its cancel token.

@@ -133,7 +133,7 @@ fn candidates(p: &SamplingParams, logits: &[f32]) -> (Vec<u32>, Vec<f32>) {
     // Every token's softmax numerator e^(l/t - max), vectorised, and their sum.
     let mut w: Vec<f32> = logits.iter().map(|l| l / t).collect();
     let max = w.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-    let total = native_llm::kernels::exp_shifted_sum(&mut w, max);
+    let total = crate::kernels::exp_shifted_sum(&mut w, max);
     // How many of the most likely tokens to keep, and what the probabilities are relative to.
     let (keep, norm) = if p.top_k > 0 && p.top_k < n {
         idx.select_nth_unstable_by(p.top_k - 1, by_logit);

@@ -1,0 +1,217 @@
+//! Matrix products of a step: activations quantized once into every format the step's
+//! matrices need, then each matrix against all the step's tokens, the kernel and the work
+//! split picked by the weight format and the number of tokens.
+
+use rayon::prelude::*;
+
+use super::ops::each_row;
+use crate::kernels::{self, ActFormat, BlockQ8, BlockQ8K, QK, QK_K};
+use crate::weights::Matrix;
+
+/// A step's activations (`[t][cols]`) in every format the matrices reading them need,
+/// quantized once and shared by all of them.
+pub(super) struct Input<'a> {
+    f: &'a [f32],
+    q8: &'a [BlockQ8],
+    q8k: &'a [BlockQ8K],
+}
+
+/// Reusable buffers for quantized activations.
+#[derive(Default)]
+pub(super) struct QuantBufs {
+    q8: Vec<BlockQ8>,
+    q8k: Vec<BlockQ8K>,
+}
+
+/// Prepares `x` (`[t][cols]`) for the matrices `mats`: quantized into each activation
+/// format one of them needs.
+pub(super) fn prepare<'a>(
+    mats: &[&Matrix],
+    x: &'a [f32],
+    cols: usize,
+    bufs: &'a mut QuantBufs,
+) -> Input<'a> {
+    let needs = |f: ActFormat| mats.iter().any(|m| m.kind.act_format() == f);
+    let QuantBufs { q8, q8k } = bufs;
+    q8.clear();
+    q8k.clear();
+    if needs(ActFormat::Q8) {
+        quantize_rows(x, cols, QK, q8, kernels::quantize_row);
+    }
+    if needs(ActFormat::Q8K) {
+        quantize_rows(x, cols, QK_K, q8k, kernels::quantize_row_k);
+    }
+    Input { f: x, q8, q8k }
+}
+
+/// Quantizes each `cols`-wide row of `x` into `out` (blocks of `block` values), in parallel.
+fn quantize_rows<B: Clone + Default + Send>(
+    x: &[f32],
+    cols: usize,
+    block: usize,
+    out: &mut Vec<B>,
+    quantize: impl Fn(&[f32], &mut [B]) + Sync,
+) {
+    let per_row = cols / block;
+    out.resize(x.len() / cols * per_row, B::default());
+    out.par_chunks_mut(per_row)
+        .with_min_len(8)
+        .zip(x.par_chunks(cols))
+        .for_each(|(b, r)| quantize(r, b));
+}
+
+/// Rows per task in prefill (their weights stay in L1 while every token passes).
+const ROW_BLOCK: usize = 16;
+
+/// `out[j] = w[r0 + j] · x[tok]` for a run of rows (`r0` and the run's length are multiples
+/// of 8 for interleaved matrices).
+fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
+    match w.kind.act_format() {
+        ActFormat::Q8 => {
+            let per = w.cols / QK;
+            let act = &x.q8[tok * per..(tok + 1) * per];
+            if w.interleaved {
+                for (k, o) in out.chunks_exact_mut(kernels::GROUP).enumerate() {
+                    o.copy_from_slice(&kernels::dot_x8(
+                        w.kind,
+                        w.group(r0 / kernels::GROUP + k),
+                        act,
+                    ));
+                }
+            } else {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = kernels::dot_q(w.kind, w.row(r0 + j), act);
+                }
+            }
+        }
+        ActFormat::Q8K => {
+            let per = w.cols / QK_K;
+            let act = &x.q8k[tok * per..(tok + 1) * per];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = kernels::dot_k(w.kind, w.row(r0 + j), act);
+            }
+        }
+        ActFormat::F32 => {
+            let act = &x.f[tok * w.cols..(tok + 1) * w.cols];
+            let n = out.len();
+            kernels::dot_f_block(w.kind, w.rows(r0, n), w.cols, w.interleaved, &[act], out, n);
+        }
+    }
+}
+
+/// Tokens per block in float prefill (their f32 activations stay in L2 while rows pass).
+const F_TOKEN_BLOCK: usize = 48;
+
+/// `out[t][r] = w[r] · x[t]` for `t` tokens.
+pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
+    let rows = w.rows;
+    // Decode steps: a few large contiguous runs of rows per thread (a sequential stream
+    // through the weights, few tasks); prefill: small blocks whose weights stay in L1 while
+    // every token passes.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows
+        .div_ceil(threads * 4)
+        .max(ROW_BLOCK)
+        .next_multiple_of(kernels::GROUP);
+    if t == 1 {
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, o)| dot_rows(w, x, 0, ci * chunk, o));
+        return;
+    }
+    // A batch of a few tokens (decode steps of several sequences) streams through the
+    // weights once, in large runs; more tokens reuse each block from cache.
+    let stream = t <= kernels::MAX_TOKENS;
+    let block = if stream { chunk } else { ROW_BLOCK };
+    // Each token's f32 activations (float weights), listed once for every block.
+    let float_acts: Vec<&[f32]> = if w.kind.act_format() == ActFormat::F32 {
+        x.f.chunks_exact(w.cols).collect()
+    } else {
+        Vec::new()
+    };
+    // Blocks of rows × tiles of tokens, computed token-major into a per-block buffer and
+    // scattered into `[t][r]`.
+    let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(block))
+        .into_par_iter()
+        .map(|bi| {
+            let r0 = bi * block;
+            let nr = block.min(rows - r0);
+            let mut o = vec![0f32; nr * t];
+            match w.kind.act_format() {
+                // Interleaved groups: each group's weights unpacked once per tile of tokens.
+                ActFormat::Q8 if w.interleaved => {
+                    let b = x.q8;
+                    let per = w.cols / QK;
+                    let mut res = [[0f32; kernels::GROUP]; kernels::MAX_TOKENS];
+                    for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
+                        let n = kernels::MAX_TOKENS.min(t - t0);
+                        // On the stack: this runs once per tile of every block.
+                        let all: [&[BlockQ8]; kernels::MAX_TOKENS] = std::array::from_fn(|j| {
+                            let tok = (t0 + j).min(t - 1);
+                            &b[tok * per..(tok + 1) * per]
+                        });
+                        let acts = &all[..n];
+                        for k in 0..nr / kernels::GROUP {
+                            let g = w.group(r0 / kernels::GROUP + k);
+                            kernels::dot_x8_multi(w.kind, g, acts, &mut res, stream);
+                            for (j, r) in res[..n].iter().enumerate() {
+                                let at = (t0 + j) * nr + k * kernels::GROUP;
+                                o[at..at + kernels::GROUP].copy_from_slice(r);
+                            }
+                        }
+                    }
+                }
+                // Float weights: tiles of 4 rows × 3 tokens over blocks of tokens whose
+                // activations stay in cache while the block's rows pass.
+                ActFormat::F32 => {
+                    for t0 in (0..t).step_by(F_TOKEN_BLOCK) {
+                        let block = &float_acts[t0..(t0 + F_TOKEN_BLOCK).min(t)];
+                        let rows = w.rows(r0, nr);
+                        kernels::dot_f_block(
+                            w.kind,
+                            rows,
+                            w.cols,
+                            w.interleaved,
+                            block,
+                            &mut o[t0 * nr..],
+                            nr,
+                        );
+                    }
+                }
+                // K-quants: each row's super-blocks unpacked once per tile of tokens.
+                ActFormat::Q8K => {
+                    let per = w.cols / QK_K;
+                    let mut res = [0f32; kernels::MAX_TOKENS];
+                    for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
+                        let n = kernels::MAX_TOKENS.min(t - t0);
+                        let all: [&[BlockQ8K]; kernels::MAX_TOKENS] = std::array::from_fn(|j| {
+                            let tok = (t0 + j).min(t - 1);
+                            &x.q8k[tok * per..(tok + 1) * per]
+                        });
+                        let acts = &all[..n];
+                        for j in 0..nr {
+                            kernels::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res, stream);
+                            for (k, r) in res[..n].iter().enumerate() {
+                                o[(t0 + k) * nr + j] = *r;
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    for tok in 0..t {
+                        dot_rows(w, x, tok, r0, &mut o[tok * nr..(tok + 1) * nr]);
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    each_row(&mut out[..t * rows], rows, |tok, dst| {
+        for (bi, o) in blocks.iter().enumerate() {
+            let r0 = bi * block;
+            let nr = o.len() / t;
+            dst[r0..r0 + nr].copy_from_slice(&o[tok * nr..(tok + 1) * nr]);
+        }
+    });
+}

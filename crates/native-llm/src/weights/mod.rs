@@ -1,0 +1,13 @@
+//! Model weights as the kernels read them: [`Matrix`] (rows in a storage format, mapped from
+//! the file or repacked), loaded from a GGUF file ([`GgufWeights`], the header read by the
+//! caller into a [`GgufDirectory`]) or from a Hugging Face folder's safetensors.
+//!
+//! Layering: `matrix` (the matrix and its memory) ← `gguf`, `safetensors` (the two sources).
+
+mod gguf;
+mod matrix;
+mod safetensors;
+
+pub use gguf::{GgufDirectory, GgufTensor, GgufWeights, TensorFormat};
+pub use matrix::{Matrix, map_file};
+pub(crate) use safetensors::SafeTensors;
