@@ -114,6 +114,11 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
+        Self::from_table(table, origin, text)
+    }
+
+    /// A config from a TOML table already read (`text` is the file, for line numbers in errors).
+    pub(crate) fn from_table(table: toml::Table, origin: &str, text: &str) -> Result<Self> {
         let mut unknown = Vec::new();
         let config: Config = serde_ignored::deserialize(toml::Value::Table(table), |path| {
             unknown.push(path.to_string())
@@ -131,6 +136,12 @@ impl Config {
             )));
         }
         Ok(config)
+    }
+
+    /// Sets the directory relative paths are resolved against, and resolves them.
+    pub(crate) fn set_dir(&mut self, dir: Option<PathBuf>) {
+        self.config_dir = dir;
+        self.resolve_paths();
     }
 
     /// Expands `~` and resolves relative paths against the config file's directory.
@@ -205,7 +216,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> Error {
+pub(crate) fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> Error {
     let location = match e.span() {
         Some(span) => {
             let (line, col) = line_col(text, span.start);
@@ -219,7 +230,7 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> Error {
 
 /// Applies one `key.path=value` override. The value is read as TOML (`0.7`, `true`, `["a"]`,
 /// `"text"`) and, when that fails, taken as a plain string.
-fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+pub(crate) fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let Some((key, raw)) = spec.split_once('=') else {
         return Err(Error::Config(format!(
             "--set {spec}: expected key=value, e.g. --set generation.temperature=0"

@@ -60,6 +60,14 @@ pub enum Error {
         /// What was asked, and what to do instead.
         message: String,
     },
+    /// No model of that name is served (a [`crate::ModelRouter`] lookup).
+    #[error("model `{asked}` does not exist here; served: {}", known.join(", "))]
+    UnknownModel {
+        /// The name asked for.
+        asked: String,
+        /// The names served.
+        known: Vec<String>,
+    },
     /// An error reported by the backend plugin.
     #[error("{0}")]
     Engine(EngineError),
@@ -78,6 +86,7 @@ impl Error {
             Error::Plugin { .. } | Error::PluginDir { .. } => ErrorKind::UNAVAILABLE,
             Error::InvalidRequest(_) | Error::InvalidSetting { .. } => ErrorKind::INVALID_REQUEST,
             Error::Unsupported { .. } => ErrorKind::UNSUPPORTED,
+            Error::UnknownModel { .. } => ErrorKind::INVALID_REQUEST,
             Error::Engine(e) => e.kind,
             Error::Overloaded(_) => ErrorKind::OVERLOADED,
         }

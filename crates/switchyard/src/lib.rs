@@ -4,6 +4,9 @@
 //! - [`registry`]: scans a directory for backend plugins and loads each file on its own.
 //! - [`ChatModel`]: the facade — `chat`, `stream_chat`, `get_scores`, `batch`, sync and async,
 //!   behind a concurrency limit.
+//! - [`catalog`] and [`ModelRouter`]: several models behind one name space (`[[models]]`),
+//!   loaded on first use, unloaded when idle or to make room.
+//! - [`worker`]: a backend in a worker process (`isolation = "process"`).
 //! - [`generation`]: merging, normalising and range-checking generation settings
 //!   (LLaMA-Factory's rules).
 //! - [`validation`]: the request-level checks (messages, media, tools, logprobs, constraints
@@ -26,18 +29,22 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod catalog;
 mod chat_model;
 pub mod config;
 mod error;
 pub mod generation;
 pub mod registry;
+pub mod router;
 pub mod validation;
 pub mod worker;
 
+pub use catalog::{Catalog, KeepAlive};
 pub use chat_model::{Canceller, ChatModel, EventIter, EventStream};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use registry::{LoadedPlugin, PluginProblem, Registry};
+pub use router::{ModelRouter, ModelStatus};
 pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{
