@@ -7,7 +7,7 @@ use clap::Args;
 use switchyard_server::{ConnectionLimits, MediaLimits, ServerOptions, parse_addr, serve};
 
 use crate::ModelArgs;
-use crate::common::load_model;
+use crate::common::load_router;
 
 /// Arguments of `switchyard api` / `switchyard webchat`.
 #[derive(Args, Debug)]
@@ -93,14 +93,36 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
         }
         None => None,
     };
-    let (model, elapsed) = load_model(&args.model, plugin_dir, true)?;
-    eprintln!(
-        "backend {} | model {} | loaded in {:.2} s | max_concurrent {}",
-        model.info().backend,
-        model.info().model,
-        elapsed.as_secs_f64(),
-        model.max_concurrent()
-    );
+    let (mut models, catalog, elapsed) = load_router(&args.model, plugin_dir, true)?;
+    if catalog.single {
+        let model = models.get("")?;
+        let info = model.info();
+        let name = args.model_name.clone().unwrap_or_else(|| {
+            if info.model.is_empty() {
+                info.backend.clone()
+            } else {
+                info.model.clone()
+            }
+        });
+        eprintln!(
+            "backend {} | model {} | loaded in {:.2} s | max_concurrent {}",
+            info.backend,
+            info.model,
+            elapsed.as_secs_f64(),
+            model.max_concurrent()
+        );
+        drop(model);
+        models.name_default(name);
+    } else {
+        if args.model_name.is_some() {
+            tracing::warn!(
+                "--model-name / API_MODEL_NAME is ignored with [[models]]: each entry has its name"
+            );
+        }
+        for m in models.status() {
+            eprintln!("model {} | backend {} | {:?}", m.name, m.backend, m.status);
+        }
+    }
     let options = ServerOptions {
         model_name: args.model_name,
         api_key: args.api_key.filter(|k| !k.is_empty()),
@@ -132,7 +154,7 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
             .spawn();
     }
     runtime
-        .block_on(serve(model, addr, options))
+        .block_on(serve(models, addr, options))
         .with_context(|| format!("cannot serve on {addr}"))?;
     Ok(0)
 }

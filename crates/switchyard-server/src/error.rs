@@ -89,6 +89,22 @@ fn openai_param(name: &str) -> &str {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        if let Error::UnknownModel { asked, known } = &e {
+            return Self {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message: format!(
+                    "model `{asked}` does not exist here; this server serves {} (see GET /v1/models)",
+                    known
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                param: Some("model".to_owned()),
+                code: Some("model_not_found"),
+            };
+        }
         let (status, kind, code) = match e.kind() {
             ErrorKind::INVALID_REQUEST => (StatusCode::BAD_REQUEST, "invalid_request_error", None),
             ErrorKind::UNSUPPORTED => (

@@ -65,12 +65,30 @@ fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> AppResul
     })
 }
 
-fn check_model(state: &AppState, asked: &str) -> AppResult<()> {
-    if asked.is_empty() || asked == state.served_name {
-        Ok(())
-    } else {
-        Err(ApiError::unknown_model(asked, &state.served_name))
-    }
+/// The model a request names (empty: the first), loaded if needed, and its canonical name.
+pub(crate) async fn model_for(
+    state: &AppState,
+    asked: &str,
+    keep_alive: Option<&Value>,
+) -> AppResult<(String, switchyard::ChatModel)> {
+    let keep = match keep_alive {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            Some(
+                switchyard::KeepAlive::from_text(&text)
+                    .map_err(|e| ApiError::invalid(e, Some("keep_alive")))?,
+            )
+        }
+    };
+    let name = state.models.canonical(asked)?;
+    state.metrics.count_request(&name);
+    let model = state.models.aget(&name, keep).await?;
+    Ok((name, model))
 }
 
 /// Counts a failed request (and a refused one) and passes the error on.
@@ -81,53 +99,6 @@ fn failed(state: &AppState, e: impl Into<ApiError>) -> ApiError {
         state.metrics.rejected.fetch_add(1, Ordering::Relaxed);
     }
     e
-}
-
-pub(crate) async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{
-        "id": state.served_name, "object": "model", "created": now_secs(), "owned_by": "switchyard",
-    }]}))
-}
-
-pub(crate) async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let info = state.model.info();
-    Json(json!({
-        "model": state.served_name,
-        "backend": info.backend,
-        "context_length": info.context_length,
-        "capabilities": info.capabilities,
-        "max_concurrent": state.model.max_concurrent(),
-        "details": info.details,
-    }))
-}
-
-pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let model = state.model.clone();
-    // `/health` needs no key, so it says only whether the backend is up; the reason (which may
-    // name an upstream URL) goes to the log and to `/v1/info` behind the key.
-    let down = |reason: String| {
-        tracing::warn!("health check failed: {reason}");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable"})),
-        )
-            .into_response()
-    };
-    match tokio::task::spawn_blocking(move || model.health()).await {
-        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
-        Ok(Err(e)) => down(e.to_string()),
-        Err(e) => down(e.to_string()),
-    }
-}
-
-pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state
-            .metrics
-            .render(state.model.in_flight(), state.model.waiting()),
-    )
-        .into_response()
 }
 
 pub(crate) async fn openapi() -> Response {
@@ -201,8 +172,13 @@ pub(crate) async fn score(
     let started = Instant::now();
     let body = body_bytes(&state, body)?;
     let v: Value = parse_body(&body).map_err(|e| failed(&state, e))?;
-    check_model(&state, v.get("model").and_then(Value::as_str).unwrap_or(""))
-        .map_err(|e| failed(&state, e))?;
+    let (name, model) = model_for(
+        &state,
+        v.get("model").and_then(Value::as_str).unwrap_or(""),
+        v.get("keep_alive"),
+    )
+    .await
+    .map_err(|e| failed(&state, e))?;
     let items = v
         .get("messages")
         .and_then(Value::as_array)
@@ -247,8 +223,7 @@ pub(crate) async fn score(
         .get("max_length")
         .and_then(Value::as_u64)
         .map(|n| n as u32);
-    let scores = state
-        .model
+    let scores = model
         .aget_scores(ScoreRequest { inputs, max_length })
         .await
         .map_err(|e| failed(&state, e))?;
@@ -256,7 +231,7 @@ pub(crate) async fn score(
     Ok(Json(json!({
         "id": format!("scoreval-{}", uuid::Uuid::new_v4().simple()),
         "object": "score.evaluation",
-        "model": state.served_name,
+        "model": name,
         "scores": scores,
     })))
 }
@@ -270,7 +245,9 @@ pub(crate) async fn chat_completions(
     let started = Instant::now();
     let body = body_bytes(&state, body)?;
     let req: ChatCompletionRequest = parse_body(&body).map_err(|e| failed(&state, e))?;
-    check_model(&state, &req.model).map_err(|e| failed(&state, e))?;
+    let (name, model) = model_for(&state, &req.model, req.keep_alive.as_ref())
+        .await
+        .map_err(|e| failed(&state, e))?;
     let prepared = req
         .prepare(&state.options.media, state.options.reasoning)
         .map_err(|e| failed(&state, e))?;
@@ -282,8 +259,7 @@ pub(crate) async fn chat_completions(
     // Validation, admission and the start of generation all happen here, so every error is a
     // real HTTP status. Even a whole completion is generated through the stream: a client that
     // hangs up drops this future, which drops the stream and cancels generation.
-    let events = state
-        .model
+    let events = model
         .astream_chat(prepared.request)
         .await
         .map_err(|e| failed(&state, e))?;
@@ -294,7 +270,7 @@ pub(crate) async fn chat_completions(
             .map_err(|e| failed(&state, e))?;
         let prompt = responses.first().map_or(0, |r| r.prompt_length);
         let completion: u32 = responses.iter().map(|r| r.response_length).sum();
-        state.metrics.count_tokens(prompt, completion);
+        state.metrics.count_tokens(&name, prompt, completion);
         state.metrics.observe_latency(started.elapsed());
         let choices: Vec<Value> = responses
             .iter()
@@ -302,7 +278,7 @@ pub(crate) async fn chat_completions(
             .map(|(i, r)| choice_json(i, r, prepared.include_reasoning))
             .collect();
         return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": now_secs(), "model": state.served_name,
+            "id": id, "object": "chat.completion", "created": now_secs(), "model": name,
             "choices": choices,
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         }))
@@ -311,6 +287,7 @@ pub(crate) async fn chat_completions(
     let chunks = ChunkStream {
         ctx: StreamCtx {
             state: state.clone(),
+            model: name,
             id,
             created: now_secs(),
             include_reasoning: prepared.include_reasoning,
@@ -341,6 +318,8 @@ async fn collect_events(
 /// What every chunk of one streamed completion shares.
 struct StreamCtx {
     state: Arc<AppState>,
+    /// The model's name, as the chunks report it.
+    model: String,
     id: String,
     created: u64,
     include_reasoning: bool,
@@ -352,7 +331,7 @@ impl StreamCtx {
     fn chunk(&self, choices: Value) -> SseEvent {
         SseEvent::default().data(
             json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                   "model": self.state.served_name, "choices": choices})
+                   "model": self.model, "choices": choices})
             .to_string(),
         )
     }
@@ -486,12 +465,14 @@ impl ChunkStream {
                 out.push(ctx.delta(i, json!({}), Some("stop"), Value::Null));
             }
         }
-        ctx.state.metrics.count_tokens(self.prompt, self.completion);
+        ctx.state
+            .metrics
+            .count_tokens(&ctx.model, self.prompt, self.completion);
         if ctx.include_usage {
             let (p, c) = (self.prompt, self.completion);
             out.push(SseEvent::default().data(
                 json!({"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created,
-                       "model": ctx.state.served_name, "choices": [],
+                       "model": ctx.model, "choices": [],
                        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
                 .to_string(),
             ));

@@ -1,6 +1,7 @@
 //! Switchyard's OpenAI-compatible HTTP API, on `axum`, over any backend's `ChatModel`.
 //!
-//! Routes: `GET /v1/models`, `POST /v1/chat/completions` (JSON or SSE), `POST
+//! Routes: `GET /v1/models` (every model, loaded or not), `POST /v1/models/{name}/load` and
+//! `/unload` (admin), `POST /v1/chat/completions` (JSON or SSE, routed by `model`), `POST
 //! /v1/score/evaluation` (LLaMA-Factory's reward endpoint), `GET /v1/info`, `GET /health`,
 //! `GET /metrics` (Prometheus), `GET /openapi.json`, and the web chat page at `/` (with its
 //! assets under `/web/`).
@@ -21,6 +22,7 @@ mod handlers;
 mod listener;
 mod media;
 mod metrics;
+mod models;
 mod protocol;
 mod responses;
 
@@ -33,7 +35,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use switchyard::ChatModel;
+use switchyard::ModelRouter;
 use tokio::sync::watch;
 
 pub use error::ApiError;
@@ -101,19 +103,11 @@ impl Default for ServerOptions {
 
 /// Shared state of the handlers.
 pub struct AppState {
-    pub(crate) model: ChatModel,
+    pub(crate) models: ModelRouter,
     pub(crate) options: ServerOptions,
     pub(crate) metrics: Metrics,
-    pub(crate) served_name: String,
     /// Set when the shutdown grace is over: streams end with an error event.
     pub(crate) cut: watch::Receiver<bool>,
-}
-
-impl AppState {
-    /// The model name clients must send.
-    pub fn served_name(&self) -> &str {
-        &self.served_name
-    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -135,39 +129,33 @@ async fn require_key(State(state): State<Arc<AppState>>, request: Request, next:
     next.run(request).await
 }
 
-/// Builds the router for `model`.
-pub fn router(model: ChatModel, options: ServerOptions) -> Router {
-    build(model, options, watch::channel(false).1)
+/// Builds the router over `models` (see [`ModelRouter`]; one model for a single-model config).
+pub fn router(models: ModelRouter, options: ServerOptions) -> Router {
+    build(models, options, watch::channel(false).1)
 }
 
-fn build(model: ChatModel, options: ServerOptions, cut: watch::Receiver<bool>) -> Router {
-    let served_name = options.model_name.clone().unwrap_or_else(|| {
-        let m = &model.info().model;
-        if m.is_empty() {
-            model.info().backend.clone()
-        } else {
-            m.clone()
-        }
-    });
+fn build(models: ModelRouter, options: ServerOptions, cut: watch::Receiver<bool>) -> Router {
     let body_limit = options.body_limit;
     let state = Arc::new(AppState {
-        model,
+        models,
         options,
         metrics: Metrics::default(),
-        served_name,
         cut,
     });
     let protected = Router::new()
-        .route("/v1/models", get(handlers::models))
-        .route("/v1/info", get(handlers::info))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{name}/load", post(models::load))
+        .route("/v1/models/{name}/unload", post(models::unload))
+        .route("/v1/info", get(models::info))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/score/evaluation", post(handlers::score))
-        .route("/metrics", get(handlers::metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
-        .route_layer(middleware::from_fn(require_json));
+        .route("/metrics", get(models::metrics))
+        // The key is checked first (the outer layer), then the content type.
+        .route_layer(middleware::from_fn(require_json))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(protected)
-        .route("/health", get(handlers::health))
+        .route("/health", get(models::health))
         .route("/openapi.json", get(handlers::openapi))
         .route("/", get(handlers::page))
         .route("/web/app.js", get(handlers::page_js))
@@ -181,14 +169,16 @@ fn build(model: ChatModel, options: ServerOptions, cut: watch::Receiver<bool>) -
 /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish for
 /// `options.shutdown_grace`; streams still running then end with an error event.
 pub async fn serve(
-    model: ChatModel,
+    models: ModelRouter,
     addr: SocketAddr,
     options: ServerOptions,
 ) -> std::io::Result<()> {
     let grace = options.shutdown_grace;
     let limits = options.connections;
     let (cut_tx, cut_rx) = watch::channel(false);
-    let app = build(model, options, cut_rx);
+    // Idle models are unloaded after their keep_alive.
+    let _reaper = models.spawn_reaper(Duration::from_millis(250));
+    let app = build(models, options, cut_rx);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     eprintln!(

@@ -1,6 +1,8 @@
 //! Counters for `GET /metrics`, in Prometheus' text format.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Server-wide counters. All updates are relaxed atomics: cheap on the request path.
@@ -24,6 +26,20 @@ pub struct Metrics {
     pub latency_us_sum: AtomicU64,
     /// Finished requests.
     pub latency_count: AtomicU64,
+    /// Per model: requests, prompt tokens, generated tokens.
+    pub by_model: Mutex<BTreeMap<String, [u64; 3]>>,
+}
+
+/// One model's live numbers for the labelled series.
+pub struct ModelGauges {
+    /// The model's name.
+    pub name: String,
+    /// Requests holding its slots.
+    pub running: usize,
+    /// Requests waiting for them.
+    pub waiting: usize,
+    /// Loaded (1) or not (0).
+    pub loaded: bool,
 }
 
 impl Metrics {
@@ -41,17 +57,29 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Adds a finished request's token counts.
-    pub fn count_tokens(&self, prompt: u32, completion: u32) {
+    /// Adds a finished request's token counts (for `model`).
+    pub fn count_tokens(&self, model: &str, prompt: u32, completion: u32) {
         self.tokens_in
             .fetch_add(u64::from(prompt), Ordering::Relaxed);
         self.tokens_out
             .fetch_add(u64::from(completion), Ordering::Relaxed);
+        let mut by = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+        let c = by.entry(model.to_owned()).or_default();
+        c[1] += u64::from(prompt);
+        c[2] += u64::from(completion);
     }
 
-    /// The Prometheus text exposition; `in_flight` and `waiting` come from the model's
-    /// admission limit.
-    pub fn render(&self, in_flight: usize, waiting: usize) -> String {
+    /// Counts a request for `model`.
+    pub fn count_request(&self, model: &str) {
+        let mut by = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+        by.entry(model.to_owned()).or_default()[0] += 1;
+    }
+
+    /// The Prometheus text exposition: server totals (running and waiting summed over the
+    /// models), then the same series labelled by model.
+    pub fn render(&self, models: &[ModelGauges]) -> String {
+        let in_flight: usize = models.iter().map(|m| m.running).sum();
+        let waiting: usize = models.iter().map(|m| m.waiting).sum();
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
@@ -122,6 +150,58 @@ impl Metrics {
                 g(sum) as f64 / 1e6,
                 g(count)
             );
+        }
+        let label = |name: &str| name.replace('\\', "\\\\").replace('"', "\\\"");
+        let by = self.by_model.lock().unwrap_or_else(|p| p.into_inner());
+        for (metric, kind, help, value) in [
+            (
+                "switchyard_model_loaded",
+                "gauge",
+                "Whether the model is loaded.",
+                0usize,
+            ),
+            (
+                "switchyard_model_running",
+                "gauge",
+                "Requests holding the model's slots.",
+                1,
+            ),
+            (
+                "switchyard_model_waiting",
+                "gauge",
+                "Requests waiting for the model's slots.",
+                2,
+            ),
+            (
+                "switchyard_model_requests_total",
+                "counter",
+                "Chat and score requests for the model.",
+                3,
+            ),
+            (
+                "switchyard_model_prompt_tokens_total",
+                "counter",
+                "Prompt tokens of the model.",
+                4,
+            ),
+            (
+                "switchyard_model_generated_tokens_total",
+                "counter",
+                "Tokens the model generated.",
+                5,
+            ),
+        ] {
+            let _ = writeln!(s, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for m in models {
+                let counts = by.get(&m.name).copied().unwrap_or_default();
+                let v = match value {
+                    0 => u64::from(m.loaded),
+                    1 => m.running as u64,
+                    2 => m.waiting as u64,
+                    i => counts[i - 3],
+                };
+                let _ = writeln!(s, "{metric}{{model=\"{}\"}} {v}", label(&m.name));
+            }
         }
         s
     }

@@ -93,6 +93,8 @@ pub struct ChatCompletionRequest {
     pub guided_grammar: Option<String>,
     /// vLLM's newer form: `{"json" | "regex" | "choice" | "grammar": ...}`.
     pub structured_outputs: Option<Value>,
+    /// Ollama's: how long the model stays loaded after this request (`"5m"`, seconds, `-1`).
+    pub keep_alive: Option<Value>,
 }
 
 /// The converted request plus what the response builder needs.

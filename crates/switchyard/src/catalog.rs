@@ -21,7 +21,8 @@
 //!
 //! Every key of a single-model config (`sample_backend`, `[model]`, `[generation]`,
 //! `[backends.*]`, `max_concurrent`, `max_queue`, `isolation`) works inside an entry; a top-level
-//! `plugin_dir` applies to all of them.
+//! `plugin_dir` applies to all of them, and a top-level `max_concurrent`, `max_queue` or
+//! `isolation` is the default of the entries that do not set it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,16 +45,19 @@ impl KeepAlive {
 
     /// Reads `"5m"`, `"30s"`, `"1h"`, `"0"`, `"-1"` (never), or a number of seconds.
     pub fn parse(value: &toml::Value) -> std::result::Result<Self, String> {
-        let text = match value {
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            toml::Value::String(s) => s.trim().to_owned(),
-            other => {
-                return Err(format!(
-                    "keep_alive = {other}: use e.g. \"5m\", \"30s\", 0 or -1"
-                ));
-            }
-        };
+        match value {
+            toml::Value::Integer(n) => Self::from_text(&n.to_string()),
+            toml::Value::Float(f) => Self::from_text(&f.to_string()),
+            toml::Value::String(s) => Self::from_text(s),
+            other => Err(format!(
+                "keep_alive = {other}: use e.g. \"5m\", \"30s\", 0 or -1"
+            )),
+        }
+    }
+
+    /// Reads `"5m"`, `"30s"`, `"1h"`, `"0"`, `"-1"` (never), or a number of seconds as text.
+    pub fn from_text(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim().to_owned();
         if text.starts_with('-') {
             return Ok(KeepAlive::Forever);
         }
@@ -104,7 +108,18 @@ pub struct Catalog {
     pub single: bool,
 }
 
-const TOP_KEYS: &[&str] = &["plugin_dir", "max_loaded_mb", "keep_alive", "models"];
+const TOP_KEYS: &[&str] = &[
+    "plugin_dir",
+    "max_loaded_mb",
+    "keep_alive",
+    "models",
+    "max_concurrent",
+    "max_queue",
+    "isolation",
+];
+
+/// Top-level keys that are defaults for every entry that does not set them.
+const ENTRY_DEFAULTS: &[&str] = &["max_concurrent", "max_queue", "isolation"];
 
 fn file_dir(path: &Path) -> PathBuf {
     let dir = match path.parent() {
@@ -222,6 +237,14 @@ impl Catalog {
                 None => None,
                 Some(v) => Some(KeepAlive::parse(&v).map_err(|e| bad(format!("`{name}`: {e}")))?),
             };
+            for key in ENTRY_DEFAULTS {
+                if let Some(v) = table.get(*key)
+                    && !t.contains_key(*key)
+                    && !t.contains_key("config")
+                {
+                    t.insert((*key).to_owned(), v.clone());
+                }
+            }
             let mut config = match t.remove("config") {
                 Some(toml::Value::String(file)) => {
                     if let Some(k) = t.keys().next() {

@@ -186,6 +186,11 @@ impl ModelRouter {
             })
     }
 
+    /// The name of the model `name` refers to (a name, an alias, or empty for the first).
+    pub fn canonical(&self, name: &str) -> Result<String> {
+        self.find(name).map(|i| self.name_of(i))
+    }
+
     /// The model called `name` (empty: the first), loaded if needed; waits while another
     /// request loads it. Blocking: use [`ModelRouter::aget`] from async code.
     pub fn get(&self, name: &str) -> Result<ChatModel> {
