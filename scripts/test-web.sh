@@ -8,6 +8,7 @@
 #           binary, else the echo backend (configs/echo.toml); the test says which it used.
 #   echo  - the echo example backend, slowed down, for Stop, Markdown/injection and <think> checks.
 #   key   - the echo backend behind --api-key, for the API-key prompt.
+#   models - two echo entries in a [[models]] file, for the model picker.
 # Installs Debian's `chromium` when /usr/bin/chromium is missing and the test's npm packages
 # (playwright-core only; no browser download). Screenshot: ${ARTIFACTS_DIR:-artifacts}/webchat.png.
 set -euo pipefail
@@ -112,11 +113,28 @@ export SY_API_KEY
 API_KEY="$SY_API_KEY" start_server key 30 configs/echo.toml
 export SY_KEY_URL="$URL"
 
+cat >"$WORK/models.toml" <<'EOF'
+[[models]]
+name = "alpha"
+sample_backend = "echo"
+preload = true
+[models.backends.echo]
+prefix = "A:"
+
+[[models]]
+name = "beta"
+sample_backend = "echo"
+[models.backends.echo]
+prefix = "B:"
+EOF
+start_server models 30 "$WORK/models.toml"
+export SY_MODELS_URL="$URL"
+
 log "running the browser test"
 status=0
 (cd tests/web && node --test --test-concurrency=1 webchat.test.mjs) || status=$?
 if ((status != 0)); then
-  for name in main echo key; do
+  for name in main echo key models; do
     log "--- $name server log (tail) ---"
     tail -n 40 "$WORK/$name.log" >&2 || true
   done

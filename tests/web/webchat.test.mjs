@@ -20,6 +20,7 @@ const MAIN_BACKEND = env('SY_MAIN_BACKEND');
 const ECHO_URL = env('SY_ECHO_URL');
 const KEY_URL = env('SY_KEY_URL');
 const API_KEY = env('SY_API_KEY');
+const MODELS_URL = env('SY_MODELS_URL');
 const ARTIFACTS = process.env.ARTIFACTS_DIR || 'artifacts';
 const REAL = MAIN_BACKEND !== 'echo';
 // The real model on a couple of CPU cores is much slower than echo.
@@ -368,6 +369,27 @@ describe('server with an API key', () => {
     await page.waitForFunction(() => window.switchyardChat.state.info);
     assert.equal(await dialog.isVisible(), false);
     assert.equal(await page.locator('.msg.assistant').count(), 1, 'the conversation survives a reload');
+    assert.deepEqual(ctx.errors, []);
+    await ctx.context.close();
+  });
+});
+
+describe('server with several models', () => {
+  test('the picker lists the models and the reply comes from the one picked', async () => {
+    const ctx = await openPage(MODELS_URL);
+    const { page, requests } = ctx;
+    const select = page.locator('#model-select');
+    await select.waitFor({ state: 'visible' });
+    const options = await select.locator('option').evaluateAll((os) => os.map((o) => o.value));
+    assert.deepEqual(options, ['alpha', 'beta']);
+    await send(page, 'one two');
+    assert.equal((await lastAssistant(page).locator('.content').textContent()).trim(), 'A: two one');
+    assert.equal(requests.at(-1).body.model, 'alpha');
+    await select.selectOption('beta');
+    await page.waitForFunction(() => window.switchyardChat.state.info.model === 'beta');
+    await send(page, 'three four');
+    assert.equal((await lastAssistant(page).locator('.content').textContent()).trim(), 'B: four three');
+    assert.equal(requests.at(-1).body.model, 'beta');
     assert.deepEqual(ctx.errors, []);
     await ctx.context.close();
   });

@@ -15,6 +15,8 @@
 
   const state = {
     info: null,
+    model: '', // the model picked (empty: the server's first)
+    models: [], // GET /v1/models entries
     messages: [], // {role: 'user'|'assistant'|'error', content, images?, reasoning?, toolCalls?, meta?}
     busy: false,
     controller: null,
@@ -554,7 +556,7 @@
       }
     }
     const body = {
-      model: (state.info && state.info.model) || '',
+      model: state.model || (state.info && state.info.model) || '',
       messages,
       stream: true,
       stream_options: { include_usage: true },
@@ -675,9 +677,26 @@
 
   // ---------------------------------------------------------------- server info
 
+  /** Fills the model picker from GET /v1/models; shown only when there is a choice. */
+  async function loadModels() {
+    const res = await apiFetch('/v1/models');
+    if (!res.ok) throw await errorFrom(res);
+    state.models = (await res.json()).data || [];
+    const select = $('model-select');
+    const label = (m) => m.status === 'loaded' ? m.id : `${m.id} (${m.status})`;
+    select.replaceChildren(...state.models.map((m) => h('option', { value: m.id, textContent: label(m) })));
+    const many = state.models.length > 1;
+    select.hidden = !many;
+    $('info-model').hidden = many;
+    if (!state.models.some((m) => m.id === state.model)) state.model = many ? state.models[0].id : '';
+    select.value = state.model;
+  }
+
   async function loadInfo() {
     try {
-      const res = await apiFetch('/v1/info');
+      await loadModels();
+      const query = state.model ? `?model=${encodeURIComponent(state.model)}` : '';
+      const res = await apiFetch(`/v1/info${query}`);
       if (!res.ok) throw await errorFrom(res);
       const info = await res.json();
       state.info = info;
@@ -695,6 +714,12 @@
       showBanner(`Cannot load /v1/info: ${e instanceof ApiError ? e.describe() : e.message}`);
     }
   }
+
+  // Picking another model: its info (capabilities, backend), and its name in the next request.
+  $('model-select').addEventListener('change', (e) => {
+    state.model = e.target.value;
+    loadInfo();
+  });
 
   // ---------------------------------------------------------------- attachments
 
