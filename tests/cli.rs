@@ -385,6 +385,71 @@ fn a_plugin_that_crashes_when_loaded_takes_no_command_down() {
     }
 }
 
+/// A `[[models]]` config in the CLI: `chat` switches with `/model`, `batch` rows name theirs.
+#[test]
+fn chat_and_batch_pick_models_from_a_models_file() {
+    let (dir, _) = echo_dir("");
+    let config = write_file(
+        dir.path(),
+        "models.toml",
+        "[[models]]\nname = \"alpha\"\nsample_backend = \"echo\"\n[models.backends.echo]\nprefix = \"A:\"\n\n[[models]]\nname = \"beta\"\naliases = [\"b\"]\nsample_backend = \"echo\"\n[models.backends.echo]\nprefix = \"B:\"\n",
+    );
+    let mut child = switchyard(dir.path(), &["chat", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "one two\n/model b\nthree four\n/model gamma\n/model").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("A: two one"), "{text}");
+    assert!(text.contains("Model: beta."), "{text}");
+    assert!(text.contains("B: four three"), "{text}");
+    assert!(
+        text.contains("gamma") && text.contains("alpha, beta"),
+        "{text}"
+    );
+    assert!(text.contains("* beta"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 more model"));
+
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"a b\"}]}\n{\"model\": \"beta\", \"messages\": [{\"role\": \"user\", \"content\": \"a b\"}]}\n{\"model\": \"nope\", \"messages\": [{\"role\": \"user\", \"content\": \"a b\"}]}\n",
+    );
+    let output = dir.path().join("out.jsonl");
+    let status = switchyard(dir.path(), &["batch", "--config"])
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["text"], "A: b a");
+    assert_eq!(lines[1]["text"], "B: b a");
+    assert!(
+        lines[2]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope"),
+        "{}",
+        lines[2]
+    );
+}
+
 #[test]
 fn help_is_complete_and_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,7 @@
 //! `switchyard batch`: JSONL chat requests in, JSONL results out, in input order.
 //!
-//! Input line: `{"messages": [...], "system"?: str, "tools"?: [...], <any generation setting>}`
+//! Input line: `{"messages": [...], "system"?: str, "tools"?: [...], "model"?: str,
+//! <any generation setting>}` (`model` picks a `[[models]]` entry; default: the first)
 //! (`n` and `max_tokens` are accepted as aliases of `num_return_sequences` and `max_new_tokens`).
 //! Output line: `{"line", "text", "prompt_length", "response_length", "finish_reason",
 //! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?}`, a list of those when
@@ -22,7 +23,7 @@ use serde_json::{Map, Value, json};
 use switchyard::{ChatRequest, Error, GenerationParams, Response};
 
 use crate::ModelArgs;
-use crate::common::load_model;
+use crate::common::load_router;
 
 /// Arguments of `switchyard batch`.
 #[derive(Args, Debug)]
@@ -48,10 +49,28 @@ pub struct BatchArgs {
 }
 
 /// Keys of an input line that are not generation settings.
-const REQUEST_KEYS: &[&str] = &["messages", "system", "tools", "chat_template_kwargs", "id"];
+const REQUEST_KEYS: &[&str] = &[
+    "messages",
+    "system",
+    "tools",
+    "chat_template_kwargs",
+    "id",
+    "model",
+];
+
+/// One input line: the request, the model it names (with `[[models]]`), and warnings about
+/// unknown keys.
+pub struct Line {
+    /// The request.
+    pub request: ChatRequest,
+    /// `model`, when the line names one.
+    pub model: Option<String>,
+    /// Unknown keys, ignored.
+    pub warnings: Vec<String>,
+}
 
 /// Parses one input line into a request; unknown keys are reported as warnings.
-pub fn parse_line(text: &str) -> Result<(ChatRequest, Vec<String>), String> {
+pub fn parse_line(text: &str) -> Result<Line, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
     let Value::Object(mut obj) = value else {
         return Err("expected a JSON object with a `messages` list".to_owned());
@@ -81,6 +100,11 @@ pub fn parse_line(text: &str) -> Result<(ChatRequest, Vec<String>), String> {
         }
     };
     obj.remove("id");
+    let model = match obj.remove("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(format!("`model` must be a string, got {other}")),
+    };
     for (alias, name) in [
         ("n", "num_return_sequences"),
         ("max_tokens", "max_new_tokens"),
@@ -106,8 +130,8 @@ pub fn parse_line(text: &str) -> Result<(ChatRequest, Vec<String>), String> {
     });
     let generation: GenerationParams = serde_json::from_value(Value::Object(obj))
         .map_err(|e| format!("bad generation setting: {e}"))?;
-    Ok((
-        ChatRequest {
+    Ok(Line {
+        request: ChatRequest {
             messages,
             system,
             tools,
@@ -115,8 +139,9 @@ pub fn parse_line(text: &str) -> Result<(ChatRequest, Vec<String>), String> {
             chat_template_kwargs,
             ..Default::default()
         },
+        model,
         warnings,
-    ))
+    })
 }
 
 fn record(line: usize, responses: &[Response]) -> Value {
@@ -221,7 +246,7 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     if !done.is_empty() {
         eprintln!("resuming: {} line(s) already done", done.len());
     }
-    let (model, _) = load_model(&args.model, plugin_dir, false)?;
+    let (models, catalog, _) = load_router(&args.model, plugin_dir, false)?;
     let out_file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -246,11 +271,16 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let concurrency = model.max_concurrent();
+    // Every model's slots can be busy at once; each model queues its own beyond that.
+    let concurrency: usize = catalog
+        .entries
+        .iter()
+        .map(|e| e.config.max_concurrent())
+        .sum();
     let (mut failed, mut tokens) = (0usize, 0u64);
     let code = runtime.block_on(async {
         let mut results = futures::stream::iter(todo.into_iter().map(|(line, text)| {
-            let model = model.clone();
+            let models = models.clone();
             async move {
                 let text = match text {
                     Ok(t) => t,
@@ -262,17 +292,19 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
                         Err(("invalid_request".to_owned(), "empty line".to_owned())),
                     );
                 }
-                let (request, warnings) = match parse_line(&text) {
+                let parsed = match parse_line(&text) {
                     Ok(r) => r,
                     Err(e) => return (line, Err(("invalid_request".to_owned(), e))),
                 };
-                for w in warnings {
+                for w in parsed.warnings {
                     tracing::warn!(line, "{w}");
                 }
-                let r = model
-                    .achat(request)
-                    .await
-                    .map_err(|e: Error| (e.kind().name().to_owned(), e.to_string()));
+                let name = parsed.model.unwrap_or_default();
+                let r = match models.aget(&name, None).await {
+                    Ok(model) => model.achat(parsed.request).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(|e: Error| (e.kind().name().to_owned(), e.to_string()));
                 (line, r)
             }
         }))

@@ -12,12 +12,12 @@ use anyhow::Context;
 use clap::Args;
 use rustyline::error::ReadlineError;
 use switchyard::{
-    Canceller, ChatModel, ChatRequest, Error, ErrorKind, GenerationParams, Message, Response,
+    Canceller, ChatRequest, Error, ErrorKind, GenerationParams, Message, ModelRouter, Response,
     ResponseCollector,
 };
 
 use crate::ModelArgs;
-use crate::common::load_model;
+use crate::common::load_router;
 
 /// Arguments of `switchyard chat`.
 #[derive(Args, Debug)]
@@ -37,6 +37,7 @@ Commands:
   /system TEXT       set the system prompt (empty TEXT removes it); clears the history
   /set KEY=VALUE     change a generation setting, e.g. /set temperature=0.2, /set stop=###
   /save FILE         write the conversation to FILE as JSON
+  /model [NAME]      list the models (with [[models]] in the config) or switch to NAME
   /help              this text
 Ctrl-C stops the reply being generated.";
 
@@ -44,7 +45,9 @@ Ctrl-C stops the reply being generated.";
 static CURRENT: Mutex<Option<Canceller>> = Mutex::new(None);
 
 struct Session {
-    model: ChatModel,
+    models: ModelRouter,
+    /// The model replies come from (a name of `models`).
+    current: String,
     system: Option<String>,
     history: Vec<Message>,
     generation: GenerationParams,
@@ -96,6 +99,24 @@ impl Session {
             }
             return Ok(Step::Continue);
         }
+        if let Some(rest) = trimmed.strip_prefix("/model") {
+            let name = rest.trim();
+            if name.is_empty() {
+                for m in self.models.status() {
+                    let mark = if m.name == self.current { "*" } else { " " };
+                    writeln!(out, "{mark} {} ({}, {:?})", m.name, m.backend, m.status)?;
+                }
+            } else {
+                match self.models.canonical(name) {
+                    Ok(n) => {
+                        writeln!(out, "Model: {n}.")?;
+                        self.current = n;
+                    }
+                    Err(e) => writeln!(out, "error: {e}")?,
+                }
+            }
+            return Ok(Step::Continue);
+        }
         if let Some(rest) = trimmed.strip_prefix("/save") {
             let file = rest.trim();
             if file.is_empty() {
@@ -130,7 +151,11 @@ impl Session {
             generation: self.generation.clone(),
             ..Default::default()
         };
-        let stream = match self.model.stream_chat(request) {
+        let stream = match self
+            .models
+            .get(&self.current)
+            .and_then(|m| m.stream_chat(request))
+        {
             Ok(s) => s,
             Err(e) => {
                 self.history.pop();
@@ -270,17 +295,25 @@ fn install_ctrl_c() -> anyhow::Result<()> {
 
 /// Runs the chat loop.
 pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
-    let (model, elapsed) = load_model(&args.model, plugin_dir, false)?;
-    let info = model.info().clone();
+    let (models, _, elapsed) = load_router(&args.model, plugin_dir, false)?;
+    let current = models.canonical("")?;
+    let info = models.get(&current)?.info().clone();
     let tty = std::io::stdin().is_terminal();
+    let others = models.names().len() - 1;
     let banner = format!(
-        "Switchyard chat: backend {} | model {} | loaded in {:.2} s",
+        "Switchyard chat: backend {} | model {} | loaded in {:.2} s{}",
         info.backend,
         info.model,
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        if others > 0 {
+            format!(" | {others} more model(s): /model lists them")
+        } else {
+            String::new()
+        }
     );
     let mut session = Session {
-        model,
+        models,
+        current,
         system: args.system,
         history: Vec::new(),
         generation: GenerationParams::default(),
