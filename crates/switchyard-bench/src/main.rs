@@ -32,11 +32,17 @@
 //!   `generate()` on the same GPU (`scripts/bench/cuda-compare.sh` runs it on random-weight
 //!   Llama shapes).
 //!
-//! `--tables` picks the table groups to run: `gguf` (every table above but the last two),
-//! `safetensors` and `cuda`; the first two by default.
+//! - lifecycle (`--tables lifecycle`): decode rate and time to first token with the backend in a
+//!   worker process vs in-process, and the time to first token of a model loaded on demand vs
+//!   already loaded, with the host's RSS around the load and unload (`lifecycle.rs`).
+//!
+//! `--tables` picks the table groups to run: `gguf` (every table above but the last three),
+//! `safetensors`, `cuda` and `lifecycle`; the first two by default.
 //!
 //! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
 //! Not run in CI (CI only builds it).
+
+mod lifecycle;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,7 +74,7 @@ struct Args {
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
-[--tables gguf,safetensors,cuda] [--device cpu|cuda]";
+[--tables gguf,safetensors,cuda,lifecycle] [--device cpu|cuda]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -110,9 +116,11 @@ fn parse_args() -> anyhow::Result<Args> {
                 if let Some(t) = a
                     .tables
                     .iter()
-                    .find(|t| !["gguf", "safetensors", "cuda"].contains(&t.as_str()))
+                    .find(|t| !["gguf", "safetensors", "cuda", "lifecycle"].contains(&t.as_str()))
                 {
-                    bail!("unknown table group `{t}` in --tables (known: gguf, safetensors, cuda)");
+                    bail!(
+                        "unknown table group `{t}` in --tables (known: gguf, safetensors, cuda, lifecycle)"
+                    );
                 }
             }
             "--help" | "-h" => {
@@ -378,7 +386,10 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
             }
             json!({"static": median(st), "plugin": median(pl), "ratio": median(ratios)})
         }
-        other => bail!("unknown child mode {other}"),
+        other => match lifecycle::child(a, other)? {
+            Some(v) => v,
+            None => bail!("unknown child mode {other}"),
+        },
     })
 }
 
@@ -573,6 +584,9 @@ fn main() -> anyhow::Result<()> {
     }
     if a.tables.iter().any(|t| t == "cuda") {
         cuda_tables(&a)?;
+    }
+    if a.tables.iter().any(|t| t == "lifecycle") {
+        lifecycle::tables(&a)?;
     }
     Ok(())
 }
