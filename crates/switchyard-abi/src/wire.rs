@@ -616,8 +616,16 @@ pub struct EngineInfo {
     pub context_length: Option<u32>,
     /// What the loaded model can do.
     pub capabilities: Capabilities,
+    /// The model's own generation defaults (e.g. its `generation_config.json`): the host merges
+    /// request, then config, then these, and sends the plugin the resolved settings.
+    #[serde(skip_serializing_if = "is_default_params")]
+    pub generation_defaults: GenerationParams,
     /// Free-form details (architecture, dtype, device, threads, server URL...).
     pub details: Map<String, Value>,
+}
+
+fn is_default_params(p: &GenerationParams) -> bool {
+    *p == GenerationParams::default()
 }
 
 /// A stream event in plain Rust form (the FFI form is [`crate::StreamEvent`]).

@@ -2,7 +2,8 @@
 //!
 //! The rules are LLaMA-Factory's, applied in its order, so settings mean the same here:
 //!
-//! 1. Merge: a request value wins when set; otherwise the config default applies.
+//! 1. Merge: a request value wins when set; otherwise the config default applies, and then the
+//!    model's own default (its `generation_config.json`, reported by the engine).
 //! 2. `num_return_sequences > 1` forces sampling (`do_sample = true`, temperature defaults to 1.0).
 //! 3. `temperature == 0` means greedy (`do_sample = false`).
 //! 4. Greedy drops `temperature` and `top_p` (`top_k` is kept, as LLaMA-Factory does).
@@ -24,14 +25,16 @@ macro_rules! merge_fields {
     };
 }
 
-/// Merges `request` over `defaults` and normalises the result (see the module docs).
-pub fn resolve(
-    defaults: &GenerationParams,
-    request: &GenerationParams,
-) -> Result<GenerationParams> {
-    let mut p = merge_fields!(
-        defaults,
-        request,
+/// `over` with the fields it leaves unset taken from `under` (no normalisation): the config's
+/// defaults over the model's own.
+pub fn layer(over: &GenerationParams, under: &GenerationParams) -> GenerationParams {
+    merge_all(under, over)
+}
+
+fn merge_all(base: &GenerationParams, over: &GenerationParams) -> GenerationParams {
+    merge_fields!(
+        base,
+        over,
         do_sample,
         temperature,
         top_p,
@@ -47,7 +50,15 @@ pub fn resolve(
         stop,
         stop_token_ids,
         skip_special_tokens,
-    );
+    )
+}
+
+/// Merges `request` over `defaults` and normalises the result (see the module docs).
+pub fn resolve(
+    defaults: &GenerationParams,
+    request: &GenerationParams,
+) -> Result<GenerationParams> {
+    let mut p = merge_all(defaults, request);
     validate(&p)?;
     if p.num_return_sequences.unwrap_or(1) > 1 {
         p.do_sample = Some(true);
@@ -264,6 +275,35 @@ mod tests {
         };
         let p = resolve(&defaults(), &r).unwrap();
         assert_eq!((p.max_new_tokens, p.max_length), (Some(8), None));
+    }
+
+    #[test]
+    fn the_models_own_defaults_come_last() {
+        let model = GenerationParams {
+            do_sample: Some(true),
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            ..Default::default()
+        };
+        let config = GenerationParams {
+            top_p: Some(0.8),
+            ..Default::default()
+        };
+        let p = resolve(&layer(&config, &model), &GenerationParams::default()).unwrap();
+        assert_eq!(
+            (p.do_sample, p.temperature, p.top_p, p.top_k),
+            (Some(true), Some(0.6), Some(0.8), Some(20))
+        );
+        let greedy = GenerationParams {
+            temperature: Some(0.0),
+            ..Default::default()
+        };
+        let p = resolve(&layer(&config, &model), &greedy).unwrap();
+        assert_eq!(
+            (p.do_sample, p.temperature, p.top_p),
+            (Some(false), None, None)
+        );
     }
 
     #[test]

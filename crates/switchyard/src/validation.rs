@@ -34,18 +34,27 @@ fn invalid(name: &str, message: impl Into<String>) -> Error {
 }
 
 /// Validates `request` against the engine and resolves its generation settings over the
-/// config's `defaults`; what comes back is what the plugin receives.
+/// config's `defaults` and then the model's own (`info.generation_defaults`); what comes back
+/// is what the plugin receives.
 pub fn prepare(
     mut request: ChatRequest,
     defaults: &GenerationParams,
     info: &EngineInfo,
 ) -> Result<ChatRequest> {
+    if !info.capabilities.chat {
+        return Err(unsupported(
+            "messages",
+            info,
+            "the request asks for a chat reply (this model computes scores: use /v1/score/evaluation)",
+        ));
+    }
     check_messages(&request)?;
     check_media(&request, info)?;
     check_tools(&request, info)?;
     check_logprobs(&request, info)?;
     check_constraint(&request, info)?;
-    request.generation = generation::resolve(defaults, &request.generation)?;
+    let defaults = generation::layer(defaults, &info.generation_defaults);
+    request.generation = generation::resolve(&defaults, &request.generation)?;
     Ok(request)
 }
 
