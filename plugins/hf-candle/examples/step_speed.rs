@@ -23,7 +23,7 @@ fn main() {
         .to_string()
         .expect("architecture")
         .clone();
-    let weights = hf_candle::model::gguf::native_weights(&path, &content).expect("weights");
+    let weights = hf_candle::gguf::native_weights(&path, &content).expect("weights");
     let model = Transformer::load(&weights, &arch).expect("model");
     let threads: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2);
     // Like the engine: the steps run on a worker of the compute pool.

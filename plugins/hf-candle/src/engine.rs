@@ -1,284 +1,41 @@
-//! The `hf-candle` engine: loading, prompt building, request validation, scores.
+//! The `hf-candle` engine: assembling a loaded model into the [`Backend`] (options, device,
+//! threads, template, the native batcher), prompt building, request validation, scores.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde_json::{Map, Value};
 use switchyard_plugin::{
     Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo,
     EventIter, Message, Role, ScoreInput, ScoreRequest,
 };
 
-use crate::assets::{self, GenerationDefaults, TemplateSource, TokenizerConfig};
-use crate::config::{HfConfig, Options, ids_of};
+use crate::assets::{self, TemplateSource};
+use crate::candle::Instance;
+use crate::config::Options;
 use crate::error::{Error, Result};
-use crate::model::dense::Family;
-use crate::model::gguf::GgufModel;
-use crate::model::{Instance, Net, ScoreHead, gguf, hf};
+use crate::load::{self, Runner};
 use crate::native_stream::NativeStream;
+use crate::shared::Shared;
 use crate::stream::GenStream;
 use crate::template::{ChatTemplate, RenderInput};
-use crate::tokenizer::{self, Tok};
+use crate::tokenizer::Tok;
 use native_llm::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
-use native_llm::kernels::WeightKind;
-use native_llm::model::{DecoderConfig, Transformer};
 use native_llm::plan::GenPlan;
 use native_llm::sampling::SamplingParams;
 use std::sync::atomic::AtomicBool;
 
+pub use crate::load::default_model_path;
+
 /// New tokens generated when neither the request nor the model sets a limit.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
-
-/// Where the default model lives (fetched by `scripts/fetch-model.sh`).
-pub fn default_model_path() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-/// State shared by the engine and its streams (model pool, tokenizer, template, thread pool).
-pub struct Shared {
-    pub(crate) info: EngineInfo,
-    /// The candle-run model (safetensors folders, GGUF files the native model cannot run).
-    proto: Option<Instance>,
-    pool: Mutex<Vec<Instance>>,
-    /// The batching thread of a natively run model.
-    native: Option<Batcher>,
-    /// The natively run model (shared with the batching thread; per-position logits).
-    native_model: Option<Arc<Transformer>>,
-    pub(crate) tok: Arc<Tok>,
-    template: ChatTemplate,
-    default_system: Option<String>,
-    gen_defaults: GenerationDefaults,
-    context_length: usize,
-    head: Option<ScoreHead>,
-    pad_id: Option<u32>,
-    pub(crate) threads: Arc<rayon::ThreadPool>,
-}
-
-impl Shared {
-    /// Leases a model instance (a cheap clone of the prototype when the pool is empty).
-    pub(crate) fn checkout(&self) -> Result<Instance> {
-        let idle = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match (idle, &self.proto) {
-            (Some(i), _) => Ok(i),
-            (None, Some(p)) => p.try_clone(),
-            (None, None) => Err(Error::Unsupported(
-                "this operation needs a safetensors model (GGUF models run on the batching engine)"
-                    .into(),
-            )),
-        }
-    }
-
-    /// Returns a leased instance, with its cache cleared.
-    pub(crate) fn checkin(&self, mut inst: Instance) {
-        inst.reset();
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(inst);
-    }
-}
 
 /// The engine. Cheap to clone; every method takes `&self` and may run on any thread.
 #[derive(Clone)]
 pub struct HfCandle {
     shared: Arc<Shared>,
-}
-
-fn resolve_path(config: &EngineConfig) -> PathBuf {
-    let Some(raw) = config.model.path.as_deref() else {
-        return default_model_path();
-    };
-    let p = match raw.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME")
-            .map_or_else(|| PathBuf::from(raw), |h| PathBuf::from(h).join(rest)),
-        None => PathBuf::from(raw),
-    };
-    match (&config.config_dir, p.is_relative()) {
-        (Some(dir), true) => Path::new(dir).join(p),
-        _ => p,
-    }
-}
-
-fn is_gguf(path: &Path) -> bool {
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        return true;
-    }
-    let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok_and(|_| &magic == b"GGUF")
-}
-
-/// What runs a loaded model.
-enum Runner {
-    Candle(Net),
-    Native(Transformer),
-}
-
-struct Loaded {
-    net: Runner,
-    tok: Tok,
-    model_template: Option<String>,
-    gen_defaults: GenerationDefaults,
-    context_length: usize,
-    head: Option<ScoreHead>,
-    pad_id: Option<u32>,
-    details: Map<String, Value>,
-}
-
-fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded> {
-    let started = std::time::Instant::now();
-    let (g, tok) = gguf::load(path, device, allow_native, |md| {
-        let t0 = std::time::Instant::now();
-        let tok = tokenizer::from_gguf(md, path);
-        tracing::debug!(
-            ms = t0.elapsed().as_secs_f64() * 1e3,
-            "GGUF tokenizer built"
-        );
-        tok
-    })?;
-    tracing::debug!(
-        ms = started.elapsed().as_secs_f64() * 1e3,
-        "GGUF loaded (weights and tokenizer)"
-    );
-    let template = gguf::md_str(&g.metadata, "tokenizer.chat_template").map(str::to_owned);
-    let pad_id = g
-        .metadata
-        .get("tokenizer.ggml.padding_token_id")
-        .and_then(|v| v.to_u32().ok());
-    let mut details = Map::new();
-    details.insert("format".into(), "gguf".into());
-    details.insert("architecture".into(), g.arch.clone().into());
-    let net = match g.model {
-        GgufModel::Native(m) => {
-            details.insert("engine".into(), "native".into());
-            details.insert("kernels".into(), native_llm::kernels::isa().name().into());
-            Runner::Native(m)
-        }
-        GgufModel::Candle(m) => {
-            details.insert("engine".into(), "candle".into());
-            Runner::Candle(Net::Quant(m))
-        }
-    };
-    Ok(Loaded {
-        net,
-        tok,
-        model_template: template,
-        gen_defaults: GenerationDefaults::default(),
-        context_length: g.context_length,
-        head: None,
-        pad_id,
-        details,
-    })
-}
-
-/// What the native safetensors loader needs of `config`, the family's rules applied.
-fn native_decoder(config: &HfConfig, family: Family) -> Result<DecoderConfig> {
-    let head_dim = config.head_dim();
-    Ok(DecoderConfig {
-        architecture: config.architecture(),
-        hidden_size: config.hidden_size,
-        num_hidden_layers: config.num_hidden_layers,
-        num_attention_heads: config.num_attention_heads,
-        num_key_value_heads: config.kv_heads(),
-        head_dim,
-        rms_norm_eps: config.rms_norm_eps,
-        max_position_embeddings: config.max_position_embeddings,
-        qkv_bias: family == Family::Qwen2 || config.attention_bias,
-        qk_norm: family == Family::Qwen3,
-        tie_word_embeddings: config.tie_word_embeddings.unwrap_or(false),
-        inv_freq: config.rope()?.inv_freq(head_dim),
-    })
-}
-
-fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) -> Result<Loaded> {
-    if !dir.join("config.json").is_file() {
-        return Err(Error::file(
-            dir,
-            "has no config.json; point [model] path at a Hugging Face model folder or a .gguf file",
-        ));
-    }
-    let inner = Tok::from_file(&dir.join("tokenizer.json"))?;
-    let tc = TokenizerConfig::load(dir)?;
-    let gen_defaults = GenerationDefaults::load(dir)?;
-    let template = assets::folder_template(dir, &tc)?;
-    let config = HfConfig::load(&dir.join("config.json"))?;
-    let arch = config.architecture();
-    let family = Family::from_arch(&arch);
-    // Generating models of the supported families run natively (batched, f32 math over
-    // f32/bf16/f16 weights); reward models and sliding-window attention stay on candle.
-    let native = allow_native
-        && device.is_cpu()
-        && arch.ends_with("ForCausalLM")
-        && family.is_some()
-        && !dir.join("value_head.safetensors").is_file()
-        && config
-            .effective_sliding_window()
-            .is_none_or(|w| w >= config.max_position_embeddings);
-    let (net, head, context_length) = match family {
-        Some(family) if native => {
-            let kind = match dtype {
-                DType::BF16 => WeightKind::BF16,
-                DType::F16 => WeightKind::F16,
-                _ => WeightKind::F32,
-            };
-            let files = hf::weight_files(dir)?;
-            let model = Transformer::load_hf(&native_decoder(&config, family)?, &files, kind)?;
-            let ctx = model.hp.context_length;
-            (Runner::Native(model), None, ctx)
-        }
-        _ => {
-            let m = hf::load(dir, dtype, device)?;
-            let ctx = m.model.max_positions();
-            (Runner::Candle(Net::Dense(m.model)), m.head, ctx)
-        }
-    };
-    let mut eos_ids: Vec<u32> = Vec::new();
-    for id in ids_of(config.eos_token_id.as_ref())
-        .into_iter()
-        .chain(gen_defaults.eos_ids.iter().copied())
-        .chain(tc.eos_token.as_deref().and_then(|t| inner.token_to_id(t)))
-    {
-        if !eos_ids.contains(&id) {
-            eos_ids.push(id);
-        }
-    }
-    let pad_id = config
-        .pad_id()
-        .or_else(|| tc.pad_token.as_deref().and_then(|t| inner.token_to_id(t)));
-    let mut details = Map::new();
-    details.insert("format".into(), "safetensors".into());
-    details.insert("architecture".into(), arch.into());
-    details.insert("dtype".into(), format!("{dtype:?}").to_lowercase().into());
-    details.insert(
-        "engine".into(),
-        match net {
-            Runner::Native(_) => "native",
-            Runner::Candle(_) => "candle",
-        }
-        .into(),
-    );
-    Ok(Loaded {
-        net,
-        tok: Tok {
-            inner,
-            bos_token: tc.bos_token,
-            eos_token: tc.eos_token,
-            eos_ids,
-        },
-        model_template: template,
-        gen_defaults,
-        context_length,
-        head,
-        pad_id,
-        details,
-    })
 }
 
 impl HfCandle {
@@ -294,7 +51,7 @@ impl HfCandle {
         } else {
             Device::Cpu
         };
-        let path = resolve_path(config);
+        let path = load::resolve_path(config);
         if !path.exists() {
             return Err(Error::file(
                 &path,
@@ -321,18 +78,7 @@ impl HfCandle {
                 "candle's quantized kernels size their pool from CANDLE_NUM_THREADS / the physical cores; set CANDLE_NUM_THREADS to match"
             );
         }
-        let loaded = threads.install(|| {
-            if path.is_dir() {
-                load_folder(&path, opts.dtype, &device, opts.native)
-            } else if is_gguf(&path) {
-                load_gguf(&path, &device, opts.native)
-            } else {
-                Err(Error::file(
-                    &path,
-                    "is neither a GGUF file nor a Hugging Face model folder (config.json + model.safetensors)",
-                ))
-            }
-        })?;
+        let loaded = threads.install(|| load::load_model(&path, &opts, &device))?;
         let template_file = config.model.chat_template_file.as_deref().map(|f| {
             let p = PathBuf::from(f);
             match (&config.config_dir, p.is_relative()) {
@@ -400,6 +146,8 @@ impl HfCandle {
             model: name,
             context_length: Some(loaded.context_length as u32),
             capabilities,
+            // Left empty: `plan` still applies the model's generation_config itself.
+            generation_defaults: Default::default(),
             details,
         };
         tracing::info!(model = %path.display(), context = loaded.context_length, threads = opts.threads, "hf-candle model loaded");

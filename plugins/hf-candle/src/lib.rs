@@ -1,33 +1,61 @@
-//! `hf-candle`: Switchyard's embedded backend — real in-process inference with
-//! [candle](https://github.com/huggingface/candle) and `tokenizers`, CPU by default.
+//! `hf-candle`: Switchyard's embedded backend — real in-process inference, CPU by default, on
+//! the native engine ([`native_llm`]) where it can run the model and on
+//! [candle](https://github.com/huggingface/candle) where it cannot; tokenizers from
+//! `tokenizers`, chat templates with `minijinja`.
 //!
 //! # Design
 //!
 //! * **Native engine first.** GGUF files (llama, qwen2, qwen3, gemma3; F32/F16/BF16, Q4_0,
 //!   Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) and Hugging Face folders (Llama, Mistral, Qwen2,
-//!   Qwen3) run on this crate's batched transformer ([`native`]) with SIMD kernels picked at
-//!   run time ([`kernels`]), continuous batching and a prefix cache. candle runs what it lacks:
-//!   other quantization formats of llama/qwen GGUF files, reward models, CUDA and
-//!   `engine = "candle"` (its decoder for folders is [`model::dense`]).
+//!   Qwen3) run on the `native-llm` crate's batched transformer, with SIMD kernels picked at
+//!   run time, continuous batching and a prefix cache. candle runs what it lacks: other
+//!   quantization formats of llama/qwen GGUF files, reward models, CUDA and
+//!   `engine = "candle"` (its decoder for folders is [`candle::dense`]).
 //! * **Tokenizer and template from the model.** A GGUF's tokenizer is built from its
 //!   metadata; a folder's from `tokenizer.json`.
 //! * **Pull streaming.** Generation runs inside the event iterator: each pull runs model steps
-//!   until text is ready, checking the cancel flag every step, so dropping the stream stops work.
+//!   (candle) or reads the batcher's tokens (native) until text is ready, checking the cancel
+//!   flag, so dropping the stream stops work.
 //! * **Templates like transformers.** Chat templates render with `minijinja` configured as
 //!   transformers configures Jinja2 (see [`template`]), so prompts match `apply_chat_template`
 //!   byte for byte.
+//!
+//! # Layering
+//!
+//! Each module uses only modules listed below it (no import circles); the native engine is a
+//! crate of its own that uses nothing of this one.
+//!
+//! * [`engine`]: the [`Backend`](switchyard_plugin::Backend) — assembles a loaded model
+//!   (options, device, threads, template, the native batcher), builds prompts, validates
+//!   requests, computes scores.
+//! * [`stream`] (candle's generation loop) and [`native_stream`] (the native batcher's
+//!   tokens): a request's event iterator.
+//! * `shared`: the state the engine shares with its streams (candle's instance pool).
+//! * `text`: a sequence's text side, the same for both loops (decoding, stop strings,
+//!   events).
+//! * `load`: which engine runs a model, and what comes with it (tokenizer, template,
+//!   generation defaults, end ids). The only module that knows both paths.
+//! * [`candle`]: the candle path — our safetensors decoder, folders, candle's quantized GGUF
+//!   models. It uses nothing of the native engine but the file mapping (through [`gguf`]).
+//! * [`gguf`]: a GGUF file's header (candle's reader), metadata lookups, and the tensor
+//!   directory handed to the native engine.
+//! * Leaves: [`tokenizer`], [`template`], [`stop`], [`assets`], [`config`], [`error`].
 
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod candle;
 pub mod config;
 pub mod engine;
 pub mod error;
-pub mod model;
+pub mod gguf;
+mod load;
 pub mod native_stream;
+mod shared;
 pub mod stop;
 pub mod stream;
 pub mod template;
+mod text;
 pub mod tokenizer;
 
 pub use engine::HfCandle;

@@ -11,7 +11,7 @@ use switchyard_plugin::{CancelToken, EngineError, Event};
 use native_llm::batcher::Msg;
 use native_llm::plan::GenPlan;
 
-use crate::stream::SeqText;
+use crate::text::SeqText;
 use crate::tokenizer::Tok;
 
 /// How often a waiting stream looks at its cancel token.

@@ -99,7 +99,7 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
             })
             .collect()
     };
-    let model = crate::model::gguf::md_str(md, "tokenizer.ggml.model")
+    let model = crate::gguf::md_str(md, "tokenizer.ggml.model")
         .unwrap_or("(none)")
         .to_owned();
     let tokens = strings("tokenizer.ggml.tokens")?;
@@ -125,7 +125,7 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
                 .build()
                 .map_err(|e| Error::file(source, format!("bad BPE vocabulary: {e}")))?;
             let mut t = Tokenizer::new(bpe);
-            let pre = crate::model::gguf::md_str(md, "tokenizer.ggml.pre").unwrap_or("default");
+            let pre = crate::gguf::md_str(md, "tokenizer.ggml.pre").unwrap_or("default");
             t.with_pre_tokenizer(Some(byte_level_pre(pre)?));
             t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
                 false, true, true,

@@ -11,8 +11,8 @@
 //!   steps differs by 0.036: the two quantize one activation to a different int8 value). So at
 //!   least 90% of the steps must agree within 1e-3 and every step within 0.05.
 //!
-//! The engine exposes per-position logits only for safetensors models, so these tests drive the
-//! GGUF model through `hf_candle::model` directly.
+//! They read the logits through `HfCandle::logits` (per-position logits of the natively run
+//! model), feeding the sequence again from an empty cache at every step.
 
 mod common;
 

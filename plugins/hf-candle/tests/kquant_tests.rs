@@ -18,7 +18,7 @@ fn fixture() -> (GgufWeights, Value) {
     let path = dir.join("kquants.gguf");
     let mut r = BufReader::new(File::open(&path).unwrap());
     let content = Content::read(&mut r).unwrap();
-    let w = hf_candle::model::gguf::native_weights(&path, &content).unwrap();
+    let w = hf_candle::gguf::native_weights(&path, &content).unwrap();
     (w, common::read_json(&dir.join("kquants.json")))
 }
 

@@ -90,8 +90,9 @@ impl WeightKind {
     }
 
     /// Rows per interleaved group when a matrix of this format with `cols` columns can be
-    /// repacked for the multi-row kernels ([`interleave`]): [`GROUP`] for `Q4_0`/`Q4_1`/`Q8_0`,
-    /// [`F_GROUP`] for floats whose width is a multiple of [`F_PIECE`]; `None` otherwise.
+    /// repacked for the multi-row kernels ([`interleave`](super::interleave)): [`GROUP`] for
+    /// `Q4_0`/`Q4_1`/`Q8_0`, [`F_GROUP`] for floats whose width is a multiple of [`F_PIECE`];
+    /// `None` otherwise.
     pub fn group_rows(self, cols: usize) -> Option<usize> {
         match self.act_format() {
             ActFormat::Q8 => Some(GROUP),
@@ -129,16 +130,16 @@ pub struct BlockQ8 {
     pub qs: [i8; QK],
 }
 
-/// Rows per interleaved group of a quantized matrix (see [`interleave`]).
+/// Rows per interleaved group of a quantized matrix (see [`interleave`](super::interleave)).
 pub const GROUP: usize = 8;
 
-/// Rows per interleaved group of a float matrix (see [`interleave`]).
+/// Rows per interleaved group of a float matrix (see [`interleave`](super::interleave)).
 pub const F_GROUP: usize = 4;
 
 /// Columns per piece of an interleaved float group (one 8-lane vector).
 pub const F_PIECE: usize = 8;
 
-/// Most activation vectors [`dot_x8_multi`] takes at once.
+/// Most activation vectors [`dot_x8_multi`](super::dot_x8_multi) takes at once.
 pub const MAX_TOKENS: usize = 4;
 
 /// Values per K-quant super-block.

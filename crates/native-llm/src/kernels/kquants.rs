@@ -12,8 +12,8 @@
 
 use super::format::{BlockQ8K, QK_K, WeightKind, f16_at};
 
-/// The portable body of [`quantize_row_k`](super::quantize_row_k) (the reference the AVX2 version equals bit for
-/// bit).
+/// The portable body of [`quantize_row_k`](super::quantize_row_k) (the reference the AVX2
+/// version equals bit for bit).
 pub(crate) fn quantize_row_k_body(x: &[f32], out: &mut [BlockQ8K]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         let (mut amax, mut max) = (0f32, 0f32);
@@ -173,8 +173,8 @@ impl Unpacked {
     }
 }
 
-/// The portable body of [`dot_k_multi`](super::dot_k_multi) (CPUs without AVX2; the reference the AVX2 kernels
-/// in `kernels::avx2` equal bit for bit).
+/// The portable body of [`dot_k_multi`](super::dot_k_multi) (CPUs without AVX2; the reference
+/// the AVX2 kernels in `kernels::avx2` equal bit for bit).
 pub(crate) fn dot_k_multi_body(
     kind: WeightKind,
     row: &[u8],

@@ -21,8 +21,7 @@
 //! Each module uses only the ones listed before it; this one (the dispatch) uses them all
 //! and none of them uses it:
 //!
-//! - [`format`](self#reexports) (`format.rs`): storage formats, block and group sizes, value
-//!   readers and writers;
+//! - `format.rs`: storage formats, block and group sizes, value readers and writers;
 //! - `layout.rs`: the interleaved group layout ([`interleave`], [`deinterleave_row`]);
 //! - [`kquants`]: the K-quant formats' portable reference and `Q5_0` transcoding;
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;

@@ -10,4 +10,6 @@ mod safetensors;
 
 pub use gguf::{GgufDirectory, GgufTensor, GgufWeights, TensorFormat};
 pub use matrix::{Matrix, map_file};
+/// The read-only file mapping [`map_file`] returns.
+pub use memmap2::Mmap;
 pub(crate) use safetensors::SafeTensors;

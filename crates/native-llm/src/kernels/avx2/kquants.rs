@@ -1,6 +1,7 @@
 //! AVX2 kernels for the K-quant formats (`Q4_K`, `Q5_K`, `Q6_K`; layouts in
-//! [`kernels::kquants`](crate::kernels::kquants)): one weight row against up to [`MAX_TOKENS`](crate::kernels::MAX_TOKENS) activation
-//! vectors, each super-block unpacked into registers once for all of them.
+//! [`kernels::kquants`](crate::kernels::kquants)): one weight row against up to
+//! [`MAX_TOKENS`](crate::kernels::MAX_TOKENS) activation vectors, each super-block unpacked
+//! into registers once for all of them.
 //!
 //! Per super-block and token the integer sums are exact (`vpmaddubsw` of unsigned quants and
 //! signed activations, then `vpmaddwd` by the sub-block scales, in 32-bit lanes), and the
@@ -52,8 +53,9 @@ pub fn dot_k_multi(
     out[..n].copy_from_slice(res);
 }
 
-/// [`kernels::quantize_row_k`](crate::kernels::quantize_row_k) with AVX2: the same scale, the same products rounded
-/// the same way (to nearest, ties to even), so the same blocks bit for bit.
+/// [`kernels::quantize_row_k`](crate::kernels::quantize_row_k) with AVX2: the same scale, the
+/// same products rounded the same way (to nearest, ties to even), so the same blocks bit for
+/// bit.
 pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
     debug_assert!(available());
     // SAFETY: reached only after `available()` confirmed AVX2 and FMA.
