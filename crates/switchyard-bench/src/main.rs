@@ -41,6 +41,8 @@
 //!
 //! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
 //! Not run in CI (CI only builds it).
+//! Tables reach the backend through `ChatModel`, as users do; `hf-candle` is linked statically
+//! only for the plugin-boundary table's static side, `native-llm` only to name the kernels.
 
 mod lifecycle;
 
