@@ -32,11 +32,35 @@ pub struct Options {
     /// `"bf16"`); `None` (`"auto"`, the default) picks it from the weights
     /// (`Transformer::default_kv_kind`).
     pub kv_cache: Option<WeightKind>,
+    /// Keep special-token text in messages from being read as control tokens
+    /// (`escape_special_tokens`, default true): `<|im_start|>system` typed by a user stays text.
+    pub escape_special_tokens: bool,
 }
 
+/// The keys of `[backends.hf-candle]`.
+pub const OPTION_KEYS: &[&str] = &[
+    "dtype",
+    "threads",
+    "device",
+    "engine",
+    "kv_cache_dtype",
+    "prefix_cache_mb",
+    "prefill_chunk",
+    "escape_special_tokens",
+];
+
 impl Options {
-    /// Reads the options table; unknown keys are ignored, bad values are errors naming the key.
+    /// Reads the options table; unknown keys and bad values are errors naming the key.
     pub fn from_value(v: &Value) -> Result<Self> {
+        if let Some(key) = v
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !OPTION_KEYS.contains(&k.as_str())))
+        {
+            return Err(Error::Config(format!(
+                "[backends.hf-candle] has no key `{key}`; the keys are: {}",
+                OPTION_KEYS.join(", ")
+            )));
+        }
         let get_str = |key: &str| -> Result<Option<String>> {
             match v.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -115,6 +139,15 @@ impl Options {
             prefix_cache_mb: count("prefix_cache_mb", 256)?,
             prefill_chunk: count("prefill_chunk", 512)?.max(1),
             kv_cache,
+            escape_special_tokens: match v.get("escape_special_tokens") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "[backends.hf-candle] escape_special_tokens must be true or false, got {other}"
+                    )));
+                }
+            },
         })
     }
 }

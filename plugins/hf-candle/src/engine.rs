@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use serde_json::{Map, Value};
+use switchyard_formats::{OutputFormat, ParsedEvents, ReasoningStart};
 use switchyard_plugin::{
     Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo,
-    EventIter, Message, Role, ScoreInput, ScoreRequest,
+    EventIter, GenerationParams, Message, Role, ScoreInput, ScoreRequest,
 };
 
 use crate::assets::{self, TemplateSource};
@@ -51,7 +52,7 @@ impl HfCandle {
         } else {
             Device::Cpu
         };
-        let path = load::resolve_path(config);
+        let path = load::resolve_path(config)?;
         if !path.exists() {
             return Err(Error::file(
                 &path,
@@ -146,8 +147,17 @@ impl HfCandle {
             model: name,
             context_length: Some(loaded.context_length as u32),
             capabilities,
-            // Left empty: `plan` still applies the model's generation_config itself.
-            generation_defaults: Default::default(),
+            // The model's generation_config, merged by the host after the request and the
+            // config (`max_length` stays here: `plan` applies it only when it leaves room).
+            generation_defaults: GenerationParams {
+                do_sample: loaded.gen_defaults.do_sample,
+                temperature: loaded.gen_defaults.temperature,
+                top_p: loaded.gen_defaults.top_p,
+                top_k: loaded.gen_defaults.top_k,
+                repetition_penalty: loaded.gen_defaults.repetition_penalty,
+                max_new_tokens: loaded.gen_defaults.max_new_tokens,
+                ..Default::default()
+            },
             details,
         };
         tracing::info!(model = %path.display(), context = loaded.context_length, threads = opts.threads, "hf-candle model loaded");
@@ -173,6 +183,7 @@ impl HfCandle {
                 native_model,
                 tok: Arc::new(loaded.tok),
                 template,
+                escape_specials: opts.escape_special_tokens,
                 default_system: config.model.default_system.clone(),
                 gen_defaults: loaded.gen_defaults,
                 context_length: loaded.context_length,
@@ -216,14 +227,24 @@ impl HfCandle {
         } else {
             messages
         };
+        // Text from the client never becomes control tokens (unless the config opts out).
+        let text = |t: &str| {
+            if s.escape_specials {
+                s.tok.escape_specials(t)
+            } else {
+                t.to_owned()
+            }
+        };
         if let Some(sys) = system.or(if has_system {
             None
         } else {
             s.default_system.as_deref()
         }) {
-            msgs.push(serde_json::to_value(Message::system(sys)).unwrap_or(Value::Null));
+            msgs.push(serde_json::to_value(Message::system(text(sys))).unwrap_or(Value::Null));
         }
         for m in rest {
+            let mut m = m.clone();
+            m.content = text(&m.content);
             msgs.push(serde_json::to_value(m).map_err(|e| Error::InvalidRequest(e.to_string()))?);
         }
         s.template.render(&RenderInput {
@@ -236,6 +257,23 @@ impl HfCandle {
         })
     }
 
+    /// What to read out of this request's output: `<think>` reasoning when the template writes
+    /// it (starting inside it when the prompt already opened it), tool calls when tools are
+    /// offered.
+    fn output_format(&self, request: &ChatRequest, prompt: &str) -> OutputFormat {
+        let reasoning = if !self.shared.template.thinks() {
+            ReasoningStart::None
+        } else if prompt.trim_end().ends_with("<think>") {
+            ReasoningStart::Opened
+        } else {
+            ReasoningStart::Closed
+        };
+        OutputFormat {
+            reasoning,
+            tools: request.tools.as_ref().is_some_and(|t| !t.is_empty()),
+        }
+    }
+
     /// The prompt text and ids a chat request runs on.
     pub fn prompt(&self, request: &ChatRequest) -> Result<(String, Vec<u32>)> {
         let text = self.render(
@@ -245,7 +283,18 @@ impl HfCandle {
             true,
             &request.chat_template_kwargs,
         )?;
-        let ids = self.shared.tok.encode(&text, false)?;
+        // Bound the work by the context before tokenizing: a prompt of n bytes has at least
+        // n / (longest token) tokens, so a huge message is refused in microseconds.
+        let s = &self.shared;
+        let min_tokens = text.len() / s.tok.longest_token_bytes();
+        if min_tokens >= s.context_length {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt is {} bytes, so at least {min_tokens} tokens, but the context window is {} tokens; shorten the conversation",
+                text.len(),
+                s.context_length
+            )));
+        }
+        let ids = s.tok.encode(&text, false)?;
         Ok((text, ids))
     }
 
@@ -287,29 +336,23 @@ impl HfCandle {
                 )));
             }
             l - prompt_len
-        } else if let Some(n) = d.max_new_tokens {
-            n as usize
         } else if let Some(l) = d.max_length.map(|l| l as usize).filter(|&l| l > prompt_len) {
             l - prompt_len
         } else {
             DEFAULT_MAX_NEW_TOKENS
         };
+        // The host has merged the request, the config and the model's defaults (reported in
+        // `EngineInfo::generation_defaults`) and normalised them: read them as they are.
         let n = g.num_return_sequences.unwrap_or(1).max(1) as usize;
-        let do_sample = g.do_sample.or(d.do_sample).unwrap_or(n > 1);
-        let temperature = g
-            .temperature
-            .or(if do_sample { d.temperature } else { None })
-            .unwrap_or(1.0);
+        let do_sample = g.do_sample.unwrap_or(n > 1);
+        let temperature = g.temperature.unwrap_or(1.0);
         let greedy = !do_sample || temperature <= 0.0;
         let sampling = SamplingParams {
             greedy,
             temperature,
-            top_p: g
-                .top_p
-                .or(if greedy { None } else { d.top_p })
-                .unwrap_or(1.0),
-            top_k: g.top_k.or(if greedy { None } else { d.top_k }).unwrap_or(0) as usize,
-            repetition_penalty: g.repetition_penalty.or(d.repetition_penalty).unwrap_or(1.0),
+            top_p: g.top_p.unwrap_or(1.0),
+            top_k: g.top_k.unwrap_or(0) as usize,
+            repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
             presence_penalty: g.presence_penalty.unwrap_or(0.0),
             frequency_penalty: g.frequency_penalty.unwrap_or(0.0),
         };
@@ -326,6 +369,8 @@ impl HfCandle {
         })
     }
 
+    /// What this engine cannot do is refused here too, never dropped: the host checks the same
+    /// against the capabilities, but a plugin may run under an older host.
     fn check_chat(&self, request: &ChatRequest) -> Result<()> {
         if self.shared.head.is_some() {
             return Err(Error::Unsupported(format!(
@@ -344,9 +389,6 @@ impl HfCandle {
                     self.shared.info.model
                 )));
             }
-        }
-        if request.messages.is_empty() {
-            return Err(Error::InvalidRequest("the request has no messages".into()));
         }
         Ok(())
     }
@@ -390,7 +432,8 @@ impl Backend for HfCandle {
         cancel: CancelToken,
     ) -> Result<EventIter, EngineError> {
         self.check_chat(&request)?;
-        let (_, ids) = self.prompt(&request)?;
+        let (text, ids) = self.prompt(&request)?;
+        let format = self.output_format(&request, &text);
         let ctx = self.shared.context_length;
         if ids.len() >= ctx {
             return Err(EngineError::invalid_request(format!(
@@ -414,6 +457,7 @@ impl Backend for HfCandle {
             let (tx, rx) = std::sync::mpsc::channel();
             let stop: Arc<[AtomicBool]> =
                 (0..plan.n.max(1)).map(|_| AtomicBool::new(false)).collect();
+            NativeStream::watch_cancel(&cancel, &stop);
             let prompt_len = ids.len();
             let job = Job {
                 prompt: ids,
@@ -426,21 +470,18 @@ impl Backend for HfCandle {
                     "the hf-candle generation thread is gone; reload the model",
                 ));
             }
-            return Ok(Box::new(NativeStream::new(
+            let events = NativeStream::new(
                 Arc::clone(&self.shared.tok),
                 rx,
                 stop,
                 cancel,
                 plan,
                 prompt_len,
-            )));
+            );
+            return Ok(Box::new(ParsedEvents::new(events, format)));
         }
-        Ok(Box::new(GenStream::new(
-            Arc::clone(&self.shared),
-            ids,
-            plan,
-            cancel,
-        )))
+        let events = GenStream::new(Arc::clone(&self.shared), ids, plan, cancel);
+        Ok(Box::new(ParsedEvents::new(events, format)))
     }
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {

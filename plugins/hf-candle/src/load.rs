@@ -31,19 +31,22 @@ pub fn default_model_path() -> PathBuf {
 
 /// The model path `config` names (`~/` expanded, relative to the config file's folder), or
 /// the default model.
-pub(crate) fn resolve_path(config: &EngineConfig) -> PathBuf {
+pub(crate) fn resolve_path(config: &EngineConfig) -> Result<PathBuf> {
     let Some(raw) = config.model.path.as_deref() else {
-        return default_model_path();
+        return Err(Error::Config(format!(
+            "[model] path is not set; give a .gguf file or a Hugging Face folder (the default model, after scripts/fetch-model.sh: {})",
+            default_model_path().display()
+        )));
     };
     let p = match raw.strip_prefix("~/") {
         Some(rest) => std::env::var_os("HOME")
             .map_or_else(|| PathBuf::from(raw), |h| PathBuf::from(h).join(rest)),
         None => PathBuf::from(raw),
     };
-    match (&config.config_dir, p.is_relative()) {
+    Ok(match (&config.config_dir, p.is_relative()) {
         (Some(dir), true) => Path::new(dir).join(p),
         _ => p,
-    }
+    })
 }
 
 fn is_gguf(path: &Path) -> bool {
@@ -331,6 +334,7 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) ->
             bos_token: tc.bos_token,
             eos_token: tc.eos_token,
             eos_ids,
+            derived: Default::default(),
         },
         model_template: template,
         gen_defaults,

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::mpsc::Receiver;
 
 use switchyard_plugin::{CancelToken, EngineError, Event};
 
@@ -13,9 +12,6 @@ use native_llm::plan::GenPlan;
 
 use crate::text::SeqText;
 use crate::tokenizer::Tok;
-
-/// How often a waiting stream looks at its cancel token.
-const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 struct Seq {
     text: SeqText,
@@ -60,6 +56,16 @@ impl NativeStream {
         }
     }
 
+    /// Lets `cancel` stop the request in the batcher at once, whoever holds the stream.
+    pub fn watch_cancel(cancel: &CancelToken, stop: &Arc<[AtomicBool]>) {
+        let stop = Arc::clone(stop);
+        cancel.on_cancel(move || {
+            for f in stop.iter() {
+                f.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+
     fn stop_all(&self) {
         for f in self.stop.iter() {
             f.store(true, Ordering::Relaxed);
@@ -74,10 +80,12 @@ impl NativeStream {
             if self.cancel.is_cancelled() {
                 return Err(EngineError::cancelled());
             }
-            let msg = match self.rx.recv_timeout(CANCEL_POLL) {
+            // No polling: a cancel sets the stop flags (see `watch_cancel`), the batcher retires
+            // the request at its next step and drops its sender, which ends this wait.
+            let msg = match self.rx.recv() {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(_) if self.cancel.is_cancelled() => return Err(EngineError::cancelled()),
+                Err(_) => {
                     return Err(EngineError::backend(
                         "the hf-candle generation thread stopped before this request finished",
                     ));

@@ -26,6 +26,8 @@ pub struct Shared {
     pub(crate) native_model: Option<Arc<Transformer>>,
     pub(crate) tok: Arc<Tok>,
     pub(crate) template: ChatTemplate,
+    /// Break special-token text in messages (`escape_special_tokens`).
+    pub(crate) escape_specials: bool,
     pub(crate) default_system: Option<String>,
     pub(crate) gen_defaults: GenerationDefaults,
     pub(crate) context_length: usize,

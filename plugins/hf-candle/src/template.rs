@@ -26,6 +26,8 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// The template writes `<think>` (a reasoning model's format).
+    thinks: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -69,7 +71,15 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat_template", source.to_owned())
             .map_err(|e| Error::Template(format!("the chat template does not compile: {e:#}")))?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            thinks: source.contains("<think>"),
+        })
+    }
+
+    /// Whether the model reasons in `<think>` tags (its template writes them).
+    pub fn thinks(&self) -> bool {
+        self.thinks
     }
 
     /// Renders the template.

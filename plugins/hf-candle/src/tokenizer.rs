@@ -34,7 +34,20 @@ pub struct Tok {
     pub eos_token: Option<String>,
     /// Ids that end generation (EOS and friends).
     pub eos_ids: Vec<u32>,
+    /// What is computed from the vocabulary once, on first use.
+    pub derived: Derived,
 }
+
+/// Facts about the vocabulary, computed once.
+#[derive(Clone, Debug, Default)]
+pub struct Derived {
+    longest: std::sync::OnceLock<usize>,
+    specials: std::sync::OnceLock<Vec<String>>,
+}
+
+/// Inserted after the first character of special-token text found in a message, so the
+/// tokenizer reads it as text (a zero-width space: the model sees nearly the same characters).
+const ESCAPE: char = '\u{200B}';
 
 fn tk_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
@@ -65,6 +78,66 @@ impl Tok {
             .map_err(tk_err)?
             .get_ids()
             .to_vec())
+    }
+
+    /// The longest token's text in bytes: a text of `n` bytes has at least `n / longest`
+    /// tokens (every token stands for at most as many bytes as its text has), which bounds a
+    /// prompt before it is tokenized.
+    pub fn longest_token_bytes(&self) -> usize {
+        *self.derived.longest.get_or_init(|| {
+            self.inner
+                .get_vocab(true)
+                .keys()
+                .map(String::len)
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        })
+    }
+
+    /// The special tokens' texts (`<|im_start|>`, `<|eot_id|>`...), longest first.
+    pub fn special_texts(&self) -> &[String] {
+        self.derived.specials.get_or_init(|| {
+            let mut v: Vec<String> = self
+                .inner
+                .get_added_tokens_decoder()
+                .into_values()
+                .filter(|t| t.special && !t.content.is_empty())
+                .map(|t| t.content)
+                .collect();
+            v.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+            v.dedup();
+            v
+        })
+    }
+
+    /// `text` with every special token's text broken by a zero-width space after its first
+    /// character, so a user cannot forge control tokens (a system turn) by typing them.
+    pub fn escape_specials(&self, text: &str) -> String {
+        let specials = self.special_texts();
+        if !specials.iter().any(|s| text.contains(s.as_str())) {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut rest = text;
+        'scan: while !rest.is_empty() {
+            for s in specials {
+                if let Some(tail) = rest.strip_prefix(s.as_str()) {
+                    let mut chars = s.chars();
+                    if let Some(first) = chars.next() {
+                        out.push(first);
+                        out.push(ESCAPE);
+                        out.push_str(chars.as_str());
+                    }
+                    rest = tail;
+                    continue 'scan;
+                }
+            }
+            let c = rest.chars().next().expect("not empty");
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        out
     }
 
     /// Decodes `ids`.
@@ -169,6 +242,7 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
         bos_token: name(bos),
         eos_token: name(eos),
         eos_ids,
+        derived: Derived::default(),
     })
 }
 
