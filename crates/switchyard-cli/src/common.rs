@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use switchyard::config::Isolation;
 use switchyard::registry::resolve_plugin_dir;
 use switchyard::worker::WorkerLauncher;
-use switchyard::{ChatModel, ModelRouter};
+use switchyard::ModelRouter;
 
 use crate::ModelArgs;
 
@@ -22,26 +22,6 @@ pub fn init_logging(flag: Option<&str>) {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-}
-
-/// The config, the plugin directory inspected file by file in child processes, and the
-/// selected engine (the only plugin loaded into this process).
-fn open_model(
-    args: &ModelArgs,
-    plugin_dir: Option<&Path>,
-    isolate: bool,
-) -> switchyard::Result<ChatModel> {
-    let mut config = switchyard::Config::load(&args.config, &args.overrides)?;
-    if isolate && config.isolation.is_none() {
-        config.isolation = Some(Isolation::Process);
-    }
-    let dir = resolve_plugin_dir(plugin_dir, config.plugin_dir.as_deref());
-    let registry = crate::inspect::scan(&dir)?;
-    let worker = std::env::current_exe().ok().map(|program| WorkerLauncher {
-        program,
-        args: vec!["worker".to_owned()],
-    });
-    ChatModel::open(&registry, config, worker.as_ref())
 }
 
 /// Loads the model the config selects, with a spinner on stderr while the backend loads.
@@ -87,23 +67,4 @@ fn launcher() -> Option<WorkerLauncher> {
         program,
         args: vec!["worker".to_owned()],
     })
-}
-
-/// `isolate`: run the backend in a worker process unless the config says `isolation`.
-pub fn load_model(
-    args: &ModelArgs,
-    plugin_dir: Option<&Path>,
-    isolate: bool,
-) -> anyhow::Result<(ChatModel, Duration)> {
-    let started = Instant::now();
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
-    );
-    spinner.set_message(format!("loading {}", args.config.display()));
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let model = open_model(args, plugin_dir, isolate)
-        .with_context(|| format!("cannot start the model from {}", args.config.display()));
-    spinner.finish_and_clear();
-    Ok((model?, started.elapsed()))
 }

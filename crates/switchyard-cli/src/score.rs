@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use switchyard::{ScoreInput, ScoreRequest};
 
 use crate::ModelArgs;
-use crate::common::load_model;
+use crate::common::load_router;
 
 /// Arguments of `switchyard score`.
 #[derive(Args, Debug)]
@@ -62,7 +62,9 @@ fn parse_input(text: &str) -> Result<ScoreInput, String> {
 pub fn run(args: ScoreArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     let text = std::fs::read_to_string(&args.input)
         .with_context(|| format!("cannot read input {}", args.input.display()))?;
-    let (model, _) = load_model(&args.model, plugin_dir, false)?;
+    // With [[models]], the first model scores (a reward model is usually served alone).
+    let (models, _, _) = load_router(&args.model, plugin_dir, false)?;
+    let model = models.get("")?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&args.output)
             .with_context(|| format!("cannot write {}", args.output.display()))?,

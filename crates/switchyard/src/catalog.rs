@@ -27,7 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Config, apply_override, toml_error};
+use crate::config::{Config, apply_override, file_dir, read_file, toml_error};
 use crate::error::{Error, Result};
 
 /// How long an idle model stays loaded.
@@ -121,23 +121,10 @@ const TOP_KEYS: &[&str] = &[
 /// Top-level keys that are defaults for every entry that does not set them.
 const ENTRY_DEFAULTS: &[&str] = &["max_concurrent", "max_queue", "isolation"];
 
-fn file_dir(path: &Path) -> PathBuf {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::canonicalize(&dir).unwrap_or(dir)
-}
-
 impl Catalog {
     /// Reads a config file: `[[models]]` entries, or a single-model config.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read config file {}: {e}. Pass an existing file with --config",
-                path.display()
-            ))
-        })?;
+        let text = read_file(path)?;
         Self::parse(
             &text,
             &path.display().to_string(),

@@ -85,25 +85,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 impl Config {
     /// Reads and validates a config file, applying `--set key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read config file {}: {e}. Pass an existing file with --config",
-                path.display()
-            ))
-        })?;
+        let text = read_file(path)?;
         let mut config = Self::parse(&text, &path.display().to_string(), overrides)?;
-        let dir = path
-            .parent()
-            .map(|p| {
-                if p.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    p.to_path_buf()
-                }
-            })
-            .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
-        config.config_dir = dir;
-        config.resolve_paths();
+        config.set_dir(Some(file_dir(path)));
         Ok(config)
     }
 
@@ -199,6 +183,25 @@ impl Config {
             config_dir: self.config_dir.as_ref().map(|d| d.display().to_string()),
         }
     }
+}
+
+/// A config file's text, or an error naming it.
+pub(crate) fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read config file {}: {e}. Pass an existing file with --config",
+            path.display()
+        ))
+    })
+}
+
+/// The directory a config file's relative paths are resolved against.
+pub(crate) fn file_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
 fn expand_home(p: &str) -> String {
