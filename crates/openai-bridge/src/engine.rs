@@ -266,6 +266,8 @@ impl Backend for Bridge {
             model: self.model.clone(),
             context_length: self.context_length,
             capabilities: capabilities(self.flavor, self.multimodal),
+            // The server applies the model's generation_config itself.
+            generation_defaults: Default::default(),
             details: self.details.clone(),
         }
     }

@@ -43,7 +43,8 @@ impl Backend for Echo {
             model: "reverse-words".into(),
             context_length: Some(4096),
             capabilities: capabilities(),
-            details: Default::default(),
+            // Fields added to the contract later take their defaults.
+            ..Default::default()
         }
     }
 
