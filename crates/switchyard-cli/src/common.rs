@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use switchyard::ModelRouter;
 use switchyard::config::Isolation;
 use switchyard::registry::resolve_plugin_dir;
 use switchyard::worker::WorkerLauncher;
-use switchyard::ModelRouter;
 
 use crate::ModelArgs;
 
