@@ -298,12 +298,41 @@ impl HfConfig {
                 format!("cannot read ({e}); a Hugging Face model folder needs a config.json"),
             )
         })?;
-        serde_json::from_str(&text).map_err(|e| {
+        let config: Self = serde_json::from_str(&text).map_err(|e| {
             Error::file(
                 path,
                 format!("is not a valid model config ({e}); re-export the model with transformers"),
             )
-        })
+        })?;
+        config.check_sizes(path)?;
+        Ok(config)
+    }
+
+    /// Declared sizes are checked before anything is allocated for them (the limits are far
+    /// above any released model), so a corrupt file is an error naming the key, not an abort.
+    fn check_sizes(&self, path: &Path) -> Result<()> {
+        const MAX_WIDTH: usize = 1 << 18;
+        for (key, v, max) in [
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+            ("num_key_value_heads", self.kv_heads(), MAX_WIDTH),
+            ("head_dim", self.head_dim(), MAX_WIDTH),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::file(
+                    path,
+                    format!("{key} = {v} is not a usable size (1 to {max}); the file is damaged"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The first entry of `architectures`, or one derived from `model_type`.
@@ -322,7 +351,7 @@ impl HfConfig {
     /// Per-head size.
     pub fn head_dim(&self) -> usize {
         self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads)
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// Number of classification labels.

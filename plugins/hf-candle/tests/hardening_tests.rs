@@ -108,3 +108,81 @@ fn config_mistakes_are_named_errors() {
         .to_string();
     assert!(e.contains("[model] path"), "{e}");
 }
+
+/// The default GGUF with some metadata values replaced.
+fn with_metadata(
+    path: &std::path::Path,
+    changes: &[(&str, candle_core::quantized::gguf_file::Value)],
+) -> tempfile::NamedTempFile {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(path).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut metadata = content.metadata.clone();
+    for (k, v) in changes {
+        metadata.insert((*k).to_owned(), v.clone());
+    }
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = content
+                .tensor(&mut f, name, &candle_core::Device::Cpu)
+                .unwrap();
+            (name.clone(), t)
+        })
+        .collect();
+    let out = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+    let md: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut out.reopen().unwrap(), &md, &ts).unwrap();
+    out
+}
+
+#[test]
+fn absurd_sizes_in_a_gguf_are_named_errors_not_aborts() {
+    use candle_core::quantized::gguf_file::Value;
+    let Some(path) = smollm2() else { return };
+    for (key, value, needle) in [
+        (
+            "llama.block_count",
+            Value::U32(1_000_000_000),
+            "layer count = 1000000000",
+        ),
+        ("llama.block_count", Value::U32(0), "layer count = 0"),
+        ("llama.attention.head_count", Value::U32(0), "with 0 heads"),
+        ("llama.rope.freq_base", Value::F32(0.0), "rotary frequency"),
+    ] {
+        let file = with_metadata(&path, &[(key, value)]);
+        let e = match engine_with(file.path(), json!({"threads": 2}), json!({})) {
+            Ok(_) => panic!("{key} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(needle), "{key}: {e}");
+    }
+}
+
+#[test]
+fn absurd_sizes_in_a_config_json_are_named_errors_not_aborts() {
+    let src = common::fixtures().join("hf/llama");
+    for (key, value) in [
+        ("num_hidden_layers", json!(1_000_000_000u64)),
+        ("num_attention_heads", json!(0)),
+        ("max_position_embeddings", json!(1u64 << 40)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&src).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let mut config = common::read_json(&src.join("config.json"));
+        config[key] = value.clone();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let e = match engine_with(dir.path(), json!({"threads": 1}), json!({})) {
+            Ok(_) => panic!("{key} = {value} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(&format!("{key} = {value}")), "{key}: {e}");
+    }
+}

@@ -1,6 +1,7 @@
 //! Building the model from a mapped GGUF file: hyper-parameters from the metadata, weights
 //! as views into the file (repacked for the multi-row kernels where the format allows).
 
+use super::dims;
 use super::transformer::{Activation, Hparams, Layer, Transformer};
 use crate::error::{Error, Result};
 use crate::kernels::WeightKind;
@@ -39,6 +40,18 @@ impl Transformer {
                 "GGUF `{arch}` with {n_heads} heads, {n_kv_heads} KV heads, rope over {rot_dims} of {head_dim} dims is not supported by the native model"
             )));
         }
+        dims::check(
+            &dims::Dims {
+                hidden,
+                n_layers,
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                context: context_length,
+            },
+            &format!("GGUF metadata of `{arch}`"),
+            |l| w.has(&format!("blk.{l}.attn_q.weight")),
+        )?;
         let gemma = arch == "gemma3";
         // Gemma 3: every `pattern`-th layer attends globally, the others over a sliding
         // window with their own rope base (llama.cpp's defaults: pattern 6, base 10 000).
@@ -82,7 +95,9 @@ impl Transformer {
         if window.is_some() {
             inv_freqs.push(freqs(local_base, 1.0));
         }
-        let mut layers = Vec::with_capacity(n_layers);
+        dims::check_rope(&inv_freqs.concat(), &format!("GGUF metadata of `{arch}`"))?;
+        // Grown as the layers load: the count comes from the file.
+        let mut layers = Vec::new();
         for l in 0..n_layers {
             let t = |n: &str| format!("blk.{l}.{n}");
             let local = window.is_some() && l % pattern < pattern - 1;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use super::dims;
 use super::transformer::{Activation, Hparams, Layer, Transformer};
 use crate::error::Result;
 use crate::kernels::WeightKind;
@@ -52,8 +53,22 @@ impl Transformer {
             cfg.num_key_value_heads,
             cfg.head_dim,
         );
+        dims::check(
+            &dims::Dims {
+                hidden: h,
+                n_layers: cfg.num_hidden_layers,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                context: cfg.max_position_embeddings,
+            },
+            "config.json",
+            |l| st.has(&format!("model.layers.{l}.self_attn.q_proj.weight")),
+        )?;
+        dims::check_rope(&cfg.inv_freq, "config.json")?;
         let qkv_bias = cfg.qkv_bias;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Grown as the layers load: the count comes from the file.
+        let mut layers = Vec::new();
         for l in 0..cfg.num_hidden_layers {
             let p = |n: &str| format!("model.layers.{l}.{n}");
             let bias = |n: &str| -> Result<Option<Vec<f32>>> {

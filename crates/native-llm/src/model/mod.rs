@@ -16,6 +16,7 @@
 //! - `matmul`: activation quantization and the matrix products of a step;
 //! - `forward`: the forward pass ([`Transformer::forward`]) and attention.
 
+mod dims;
 mod forward;
 mod load_gguf;
 mod load_hf;
