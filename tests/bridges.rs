@@ -200,6 +200,15 @@ fn vllm_reasoning_both_names_greedy_and_several_sequences() {
     assert_eq!(out[1].finish_reason, FinishReason::Length);
     assert_eq!(server.last_body("/v1/chat/completions")["n"], 2);
 
+    let model = attach(dir.path(), "vllm", &server, "reasoning = \"drop\"");
+    let mut request = ask("x");
+    request.generation.num_return_sequences = Some(2);
+    let out = model.chat(request).unwrap();
+    assert_eq!(out[0].text, "A");
+    assert_eq!(out[0].reasoning_content, None);
+
+    let one = r#"{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"A"},"finish_reason":"stop"}]}"#;
+    server.route("POST", "/v1/chat/completions", vec![json(200, one)]);
     let mut greedy = ask("x");
     greedy.generation.temperature = Some(0.0);
     model.chat(greedy).unwrap();
@@ -208,13 +217,6 @@ fn vllm_reasoning_both_names_greedy_and_several_sequences() {
         b["temperature"], 0.0,
         "greedy is sent as temperature 0: {b}"
     );
-
-    let model = attach(dir.path(), "vllm", &server, "reasoning = \"drop\"");
-    let mut request = ask("x");
-    request.generation.num_return_sequences = Some(2);
-    let out = model.chat(request).unwrap();
-    assert_eq!(out[0].text, "A");
-    assert_eq!(out[0].reasoning_content, None);
 }
 
 /// A server that returns structured `tool_calls` and `reasoning_content` (vLLM with a tool and a
@@ -578,6 +580,30 @@ fn ktransformers_legacy_quirks() {
     r.constraint = Some(switchyard::Constraint::JsonObject);
     assert_eq!(model.chat(r).unwrap_err().field(), Some("constraint"));
     assert_eq!(server.requests("/v1/chat/completions").len(), sent);
+}
+
+/// A broken upstream that names a choice far beyond `n` gets an error, not a 4 GiB allocation.
+#[test]
+fn a_wild_choice_index_from_upstream_is_an_error_not_an_allocation() {
+    let dir = plugin_dir();
+    let server = FakeServer::start();
+    let wild = r#"{"id":"c","object":"chat.completion","model":"m","choices":[{"index":4000000000,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]}"#;
+    let chunk =
+        r#"{"choices":[{"index":4000000000,"delta":{"content":"x"},"finish_reason":"stop"}]}"#;
+    server.models("m").route(
+        "POST",
+        "/v1/chat/completions",
+        vec![sse(&[chunk]), json(200, wild)],
+    );
+    let model = attach(dir.path(), "vllm", &server, "");
+    let e = model
+        .stream_chat(ask("x"))
+        .unwrap()
+        .find_map(Result::err)
+        .expect("the wild index is refused in the stream");
+    assert!(e.to_string().contains("choice index 4000000000"), "{e}");
+    let e = model.chat(ask("x")).expect_err("and in the whole reply");
+    assert!(e.to_string().contains("choice index 4000000000"), "{e}");
 }
 
 /// Logprobs, forced tool use and constraints reach vLLM and SGLang in their own dialects, and

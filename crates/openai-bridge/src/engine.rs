@@ -297,6 +297,7 @@ impl Backend for Bridge {
                 self.flavor.server,
                 self.reasoning,
                 request.generation.max_new_tokens,
+                request.generation.num_return_sequences.unwrap_or(1),
             ),
             cancel,
         );
@@ -309,7 +310,7 @@ impl Backend for Bridge {
         let raw = self
             .rt
             .block_on(self.client.post_json("/v1/chat/completions", &body))?;
-        Ok(self.responses(raw)?)
+        Ok(self.responses(raw, request.generation.num_return_sequences.unwrap_or(1))?)
     }
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {
@@ -333,7 +334,7 @@ impl Backend for Bridge {
 }
 
 impl Bridge {
-    fn responses(&self, raw: Value) -> Result<Vec<Response>> {
+    fn responses(&self, raw: Value, requested: u32) -> Result<Vec<Response>> {
         let server = self.flavor.server;
         if raw.get("error").is_some_and(|e| !e.is_null()) {
             let (message, code) =
@@ -353,6 +354,9 @@ impl Bridge {
         let usage = completion.usage.unwrap_or_default();
         let n = completion.choices.len().max(1) as u32;
         let mut choices = completion.choices;
+        if let Some(c) = choices.iter().find(|c| c.index >= requested.max(1)) {
+            return Err(crate::stream::wild_index(server, c.index, requested.max(1)));
+        }
         choices.sort_by_key(|c| c.index);
         choices
             .into_iter()

@@ -37,6 +37,18 @@ struct Seq {
     tool_calls: u32,
 }
 
+/// A choice index the request did not ask for (a broken or hostile server): refused before
+/// anything is sized by it.
+pub fn wild_index(server: &str, index: u32, choices: u32) -> BridgeError {
+    BridgeError::Decode {
+        server: server.to_owned(),
+        path: "/v1/chat/completions".into(),
+        cause: format!(
+            "the server sent choice index {index}, but the request asked for {choices} choice(s)"
+        ),
+    }
+}
+
 /// Assembles events from decoded chunks.
 pub struct Assembler {
     server: &'static str,
@@ -46,14 +58,22 @@ pub struct Assembler {
     /// The request's `max_new_tokens`: a server that sends more chunks than that (each holds
     /// at least one token) ignored the limit, and the sequence is cut there.
     max_chunks: Option<u32>,
+    /// The request's `n`: a chunk for a choice index at or beyond it is an error.
+    choices: u32,
 }
 
 impl Assembler {
-    /// A fresh assembler for a request with `max_new_tokens` = `max_chunks`.
-    pub fn new(server: &'static str, reasoning: ReasoningMode, max_chunks: Option<u32>) -> Self {
+    /// A fresh assembler for a request with `max_new_tokens` = `max_chunks` and `n` = `choices`.
+    pub fn new(
+        server: &'static str,
+        reasoning: ReasoningMode,
+        max_chunks: Option<u32>,
+        choices: u32,
+    ) -> Self {
         Self {
             server,
             reasoning,
+            choices: choices.max(1),
             seqs: BTreeMap::new(),
             usage: None,
             max_chunks,
@@ -97,6 +117,9 @@ impl Assembler {
         }
         let mut out = Vec::new();
         for choice in chunk.choices {
+            if choice.index >= self.choices {
+                return Err(wild_index(self.server, choice.index, self.choices));
+            }
             let seq = self.seqs.entry(choice.index).or_default();
             if seq.cut {
                 continue;
@@ -390,7 +413,7 @@ mod tests {
     use super::*;
 
     fn run(chunks: &[&str]) -> Vec<Event> {
-        let mut a = Assembler::new("t", ReasoningMode::Keep, None);
+        let mut a = Assembler::new("t", ReasoningMode::Keep, None, 1);
         let mut out = Vec::new();
         for c in chunks {
             out.extend(a.chunk(c).unwrap());
@@ -427,16 +450,16 @@ mod tests {
             ev.last().unwrap().finish.as_ref().unwrap().reason,
             FinishReason::Length
         );
-        let mut a = Assembler::new("t", ReasoningMode::Keep, None);
+        let mut a = Assembler::new("t", ReasoningMode::Keep, None, 1);
         let e = a
             .chunk(r#"{"error":{"message":"boom","code":500}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("boom"));
-        let e = Assembler::new("t", ReasoningMode::Keep, None)
+        let e = Assembler::new("t", ReasoningMode::Keep, None, 1)
             .chunk(r#"{"choices":"nope"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("not a chat completion chunk"), "{e}");
-        let mut a = Assembler::new("t", ReasoningMode::Keep, Some(2));
+        let mut a = Assembler::new("t", ReasoningMode::Keep, Some(2), 1);
         let mut text = String::new();
         for w in ["a", "b", "c", "d"] {
             let chunk = format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"{w}"}}}}]}}"#);
