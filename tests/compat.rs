@@ -164,6 +164,20 @@ fn sync_file(dst: &Path, text: &str) {
 }
 
 fn sync_dir(src: &Path, dst: &Path) {
+    // Files the source no longer has go (a module moved from `wire.rs` to `wire/mod.rs` must
+    // not leave both behind).
+    if let Ok(entries) = std::fs::read_dir(dst) {
+        for entry in entries.flatten() {
+            let stale = entry.path();
+            if !src.join(entry.file_name()).exists() {
+                let _ = if stale.is_dir() {
+                    std::fs::remove_dir_all(&stale)
+                } else {
+                    std::fs::remove_file(&stale)
+                };
+            }
+        }
+    }
     for entry in std::fs::read_dir(src).unwrap() {
         let path = entry.unwrap().path();
         let target = dst.join(path.file_name().unwrap());
