@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use crate::kv::{KvCache, PrefixCache};
+use crate::logprobs::{self, Logprobs};
 use crate::model::{SeqStep, Transformer};
 use crate::plan::{Finish, GenPlan};
 use crate::sampling::Sampler;
@@ -26,6 +27,8 @@ pub enum Msg {
         id: u32,
         /// Why the sequence ended with this token, if it did.
         finish: Option<Finish>,
+        /// Its log-probability and the top alternatives, when the plan asks for them.
+        logprobs: Option<Logprobs>,
     },
     /// The model failed; the request is over.
     Failed(String),
@@ -353,7 +356,10 @@ impl Worker {
 
 /// Samples the next token, tells the stream, queues it to run; `true` when the sequence ended.
 fn sample_and_send(s: &mut Seq, logits: &mut [f32]) -> bool {
+    // Log-probabilities come from the raw logits, before the sampler transforms them.
+    let raw = s.plan.logprobs.map(|_| logits.to_vec());
     let id = s.sampler.sample(logits, &s.seen, &s.counts);
+    let logprobs = raw.map(|raw| logprobs::of(&raw, id, s.plan.logprobs.unwrap_or(0)));
     s.seen.push(id);
     *s.counts.entry(id).or_default() += 1;
     s.generated += 1;
@@ -364,6 +370,7 @@ fn sample_and_send(s: &mut Seq, logits: &mut [f32]) -> bool {
             index: s.index,
             id,
             finish,
+            logprobs,
         })
         .is_ok();
     if finish.is_none() {

@@ -23,9 +23,10 @@
 //! 3. [`weights`]: weight matrices mapped from a GGUF file or converted from safetensors.
 //! 4. [`kv`]: per-sequence KV caches and the prefix cache.
 //! 5. [`model`]: the transformer — loaders, forward pass, matrix products.
-//! 6. [`sampling`]: penalties, temperature, top-k/top-p and the per-request RNG.
-//! 7. [`plan`]: a request's resolved generation settings ([`plan::GenPlan`]).
-//! 8. [`batcher`]: continuous batching — one thread runs steps over every live sequence.
+//! 6. [`logprobs`]: log-softmax of the raw logits, the chosen token's and the top k.
+//! 7. [`sampling`]: penalties, temperature, top-k/top-p and the per-request RNG.
+//! 8. [`plan`]: a request's resolved generation settings ([`plan::GenPlan`]).
+//! 9. [`batcher`]: continuous batching — one thread runs steps over every live sequence.
 //!
 //! Nothing here does I/O beyond mapping the model files, and nothing blocks but the
 //! batcher's own thread.
@@ -36,6 +37,7 @@ pub mod batcher;
 pub mod error;
 pub mod kernels;
 pub mod kv;
+pub mod logprobs;
 pub mod model;
 pub mod plan;
 pub mod sampling;

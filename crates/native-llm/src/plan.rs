@@ -32,6 +32,8 @@ pub struct GenPlan {
     pub skip_special: bool,
     /// Sequences to generate.
     pub n: usize,
+    /// Report each sampled token's log-probability and this many alternatives (`None`: off).
+    pub logprobs: Option<usize>,
 }
 
 impl GenPlan {

@@ -47,6 +47,8 @@ pub fn capabilities(flavor: &Flavor, multimodal: bool) -> Capabilities {
         logprobs: flavor.supports(Field::Logprobs),
         constraints: flavor.constraints != crate::flavor::ConstraintDialect::None,
         tool_choice: flavor.supports(Field::ToolChoice),
+        // Text completions are not bridged yet: the host refuses a raw `prompt` by name.
+        completions: false,
     }
 }
 
@@ -386,6 +388,7 @@ impl Bridge {
                     reasoning_content: reasoning,
                     tool_calls: calls,
                     logprobs: Some(logprobs(c.logprobs.as_ref())).filter(|l| !l.is_empty()),
+                    prompt_logprobs: None,
                 })
             })
             .collect()

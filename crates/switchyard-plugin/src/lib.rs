@@ -190,7 +190,7 @@ pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{
         Capabilities, ChatRequest, Constraint, EngineConfig, EngineInfo, Event, Finish,
-        FinishReason, FunctionCall, GenerationParams, MediaInput, Message, PluginMetadata,
+        FinishReason, FunctionCall, GenerationParams, MediaInput, Message, PluginMetadata, Prompt,
         Response, ResponseCollector, Role, ScoreInput, ScoreRequest, TokenLogprob, ToolCall,
         ToolCallDelta, ToolChoice, TopLogprob,
     },

@@ -23,14 +23,14 @@ use crate::responses::{ChoiceStream, choice_json, logprobs_json};
 
 type AppResult<T> = Result<T, ApiError>;
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> AppResult<T> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> AppResult<T> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
             format!("the request body is not valid JSON for this endpoint: {e}"),
@@ -41,7 +41,10 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> AppResult<T> {
 
 /// The body, or an error in OpenAI's shape (413 when it is over the limit) instead of axum's
 /// plain-text rejection.
-fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> AppResult<Bytes> {
+pub(crate) fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> AppResult<Bytes> {
     body.map_err(|r| {
         let status = r.status();
         let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
@@ -92,7 +95,7 @@ pub(crate) async fn model_for(
 }
 
 /// Counts a failed request (and a refused one) and passes the error on.
-fn failed(state: &AppState, e: impl Into<ApiError>) -> ApiError {
+pub(crate) fn failed(state: &AppState, e: impl Into<ApiError>) -> ApiError {
     let e = e.into();
     state.metrics.errors.fetch_add(1, Ordering::Relaxed);
     if e.status == StatusCode::TOO_MANY_REQUESTS {
@@ -303,7 +306,7 @@ pub(crate) async fn chat_completions(
 }
 
 /// Collects a stream into one response per sequence index.
-async fn collect_events(
+pub(crate) async fn collect_events(
     mut events: switchyard::EventStream,
     n: usize,
 ) -> switchyard::Result<Vec<switchyard::Response>> {

@@ -17,6 +17,7 @@
 //!   generation and frees the slot.
 #![deny(missing_docs)]
 
+mod completions;
 mod error;
 mod handlers;
 mod listener;
@@ -148,6 +149,7 @@ fn build(models: ModelRouter, options: ServerOptions, cut: watch::Receiver<bool>
         .route("/v1/models/{name}/unload", post(models::unload))
         .route("/v1/info", get(models::info))
         .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/score/evaluation", post(handlers::score))
         .route("/metrics", get(models::metrics))
         // The key is checked first (the outer layer), then the content type.

@@ -30,28 +30,19 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// `POST /v1/chat/completions` body.
+/// The sampling fields `/v1/chat/completions` and `/v1/completions` share, and their one
+/// mapping to generation settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-pub struct ChatCompletionRequest {
-    /// The model name (must be the served one).
-    pub model: String,
-    /// The conversation.
-    pub messages: Vec<Value>,
-    /// Tool definitions.
-    pub tools: Option<Vec<Value>>,
-    /// `"none"`, `"auto"`, `"required"` or a specific function.
-    pub tool_choice: Option<Value>,
+pub struct Sampling {
     /// Sampling temperature (0 = greedy).
     pub temperature: Option<f32>,
     /// Nucleus sampling.
     pub top_p: Option<f32>,
     /// Top-k sampling.
     pub top_k: Option<i64>,
-    /// Max generated tokens (legacy name).
-    pub max_tokens: Option<u32>,
     /// Max generated tokens.
-    pub max_completion_tokens: Option<u32>,
+    pub max_tokens: Option<u32>,
     /// Number of choices.
     pub n: Option<u32>,
     /// Stop strings.
@@ -68,6 +59,63 @@ pub struct ChatCompletionRequest {
     pub do_sample: Option<bool>,
     /// Drop special tokens from the text.
     pub skip_special_tokens: Option<bool>,
+}
+
+impl Sampling {
+    /// The generation settings these fields ask for; `max_new_tokens` overrides `max_tokens`
+    /// (chat's `max_completion_tokens`). Only names are mapped here; ranges are checked by the
+    /// host library, the same for every front end (`switchyard::generation`).
+    pub fn generation(self, max_new_tokens: Option<u32>) -> GenerationParams {
+        let top_k = match self.top_k {
+            None => None,
+            Some(k) if k <= 0 => Some(0),
+            Some(k) => Some(u32::try_from(k).unwrap_or(u32::MAX)),
+        };
+        let stop = match self.stop {
+            None => None,
+            Some(Stop::One(s)) => Some(vec![s]),
+            Some(Stop::Many(v)) => Some(v),
+        };
+        // OpenAI semantics: a positive temperature asks for sampling, whatever the backend's
+        // default (hf-candle, like transformers, is greedy unless `do_sample` is set).
+        let do_sample = self
+            .do_sample
+            .or_else(|| self.temperature.filter(|&t| t > 0.0).map(|_| true));
+        GenerationParams {
+            do_sample,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k,
+            max_new_tokens: max_new_tokens.or(self.max_tokens),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            repetition_penalty: self.repetition_penalty,
+            num_return_sequences: self.n,
+            seed: self.seed,
+            stop: stop.filter(|s| !s.is_empty()),
+            skip_special_tokens: self.skip_special_tokens,
+            ..Default::default()
+        }
+    }
+}
+
+/// `POST /v1/chat/completions` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ChatCompletionRequest {
+    /// The model name (must be the served one).
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Value>,
+    /// Tool definitions.
+    pub tools: Option<Vec<Value>>,
+    /// `"none"`, `"auto"`, `"required"` or a specific function.
+    pub tool_choice: Option<Value>,
+    /// Max generated tokens (the newer name of `max_tokens`).
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling settings, shared with `/v1/completions`.
+    #[serde(flatten)]
+    pub sampling: Sampling,
     /// Stream with server-sent events.
     pub stream: bool,
     /// Streaming options.
@@ -311,38 +359,7 @@ impl ChatCompletionRequest {
         )?;
         request.logprobs = self.logprobs.unwrap_or(false);
         request.top_logprobs = self.top_logprobs.unwrap_or(0);
-        // Only names are mapped here; ranges are checked by the host library, the same for every
-        // front end (`switchyard::generation`).
-        let top_k = match self.top_k {
-            None => None,
-            Some(k) if k <= 0 => Some(0),
-            Some(k) => Some(u32::try_from(k).unwrap_or(u32::MAX)),
-        };
-        let stop = match self.stop {
-            None => None,
-            Some(Stop::One(s)) => Some(vec![s]),
-            Some(Stop::Many(v)) => Some(v),
-        };
-        // OpenAI semantics: a positive temperature asks for sampling, whatever the backend's
-        // default (hf-candle, like transformers, is greedy unless `do_sample` is set).
-        let do_sample = self
-            .do_sample
-            .or_else(|| self.temperature.filter(|&t| t > 0.0).map(|_| true));
-        request.generation = GenerationParams {
-            do_sample,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k,
-            max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            repetition_penalty: self.repetition_penalty,
-            num_return_sequences: self.n,
-            seed: self.seed,
-            stop: stop.filter(|s| !s.is_empty()),
-            skip_special_tokens: self.skip_special_tokens,
-            ..Default::default()
-        };
+        request.generation = self.sampling.generation(self.max_completion_tokens);
         Ok(Prepared {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),

@@ -49,8 +49,8 @@ pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{
         Capabilities, ChatRequest, Constraint, EngineInfo, Event, Finish, FinishReason,
-        FunctionCall, GenerationParams, MediaInput, Message, ModelConfig, PluginMetadata, Response,
-        ResponseCollector, Role, ScoreInput, ScoreRequest, TokenLogprob, ToolCall, ToolCallDelta,
-        ToolChoice, TopLogprob,
+        FunctionCall, GenerationParams, MediaInput, Message, ModelConfig, PluginMetadata, Prompt,
+        Response, ResponseCollector, Role, ScoreInput, ScoreRequest, TokenLogprob, ToolCall,
+        ToolCallDelta, ToolChoice, TopLogprob,
     },
 };

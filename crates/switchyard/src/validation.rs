@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use switchyard_abi::wire::{
-    ChatRequest, Constraint, EngineInfo, GenerationParams, Role, ToolChoice,
+    ChatRequest, Constraint, EngineInfo, GenerationParams, Prompt, Role, ToolChoice,
 };
 
 use crate::error::{Error, Result};
@@ -45,20 +45,38 @@ pub fn prepare(
         return Err(unsupported(
             "messages",
             info,
-            "the request asks for a chat reply (this model computes scores: use /v1/score/evaluation)",
+            "the request asks for a chat reply (this is a reward model: it computes scores, use /v1/score/evaluation)",
         ));
     }
-    check_messages(&request)?;
+    match &request.prompt {
+        Some(prompt) => check_prompt(prompt, &request, info)?,
+        None => check_messages(&request)?,
+    }
     check_media(&request, info)?;
     check_tools(&request, info)?;
     check_logprobs(&request, info)?;
     check_constraint(&request, info)?;
     let defaults = generation::layer(defaults, &info.generation_defaults);
+    // `echo` with no new tokens scores the prompt alone (lm-eval's loglikelihood): the one
+    // place a zero token limit is meaningful.
+    let echo_only = request.echo && request.generation.max_new_tokens == Some(0);
+    if echo_only {
+        request.generation.max_new_tokens = Some(1);
+    }
     request.generation = generation::resolve(&defaults, &request.generation)?;
+    if echo_only {
+        request.generation.max_new_tokens = Some(0);
+    }
     Ok(request)
 }
 
 fn check_messages(request: &ChatRequest) -> Result<()> {
+    if request.echo {
+        return Err(invalid(
+            "echo",
+            "`echo` returns a text completion's prompt; a chat request has no raw prompt to echo",
+        ));
+    }
     if request.messages.is_empty() {
         return Err(invalid(
             "messages",
@@ -77,6 +95,40 @@ fn check_messages(request: &ChatRequest) -> Result<()> {
                 "message {} has role `system`; a system message may only come first (or use the `system` field)",
                 i + 1
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// A text completion: a raw prompt in place of the conversation.
+fn check_prompt(prompt: &Prompt, request: &ChatRequest, info: &EngineInfo) -> Result<()> {
+    if !info.capabilities.completions {
+        return Err(unsupported(
+            "prompt",
+            info,
+            "the request is a text completion (a raw `prompt`)",
+        ));
+    }
+    if !request.messages.is_empty() || request.system.is_some() {
+        return Err(invalid(
+            "prompt",
+            "a request has either `messages` (a chat) or a `prompt` (a text completion), not both",
+        ));
+    }
+    if request.tools.is_some() || request.tool_choice.is_some() {
+        return Err(invalid(
+            "tools",
+            "`tools` need a chat: a text completion has no template to offer them in",
+        ));
+    }
+    let empty = match prompt {
+        Prompt::Text(t) => t.is_empty(),
+        Prompt::Tokens(ids) => ids.is_empty(),
+    };
+    if empty {
+        return Err(invalid(
+            "prompt",
+            "the prompt is empty; send at least one character or token id",
         ));
     }
     Ok(())

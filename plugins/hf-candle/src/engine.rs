@@ -9,8 +9,9 @@ use candle_core::{Device, Tensor};
 use serde_json::{Map, Value};
 use switchyard_formats::{OutputFormat, ParsedEvents, ReasoningStart};
 use switchyard_plugin::{
-    Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo,
-    EventIter, GenerationParams, Message, Role, ScoreInput, ScoreRequest,
+    Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo, Event,
+    EventIter, Finish, FinishReason, GenerationParams, Message, Prompt, Role, ScoreInput,
+    ScoreRequest, TokenLogprob,
 };
 
 use crate::assets::{self, TemplateSource};
@@ -99,6 +100,8 @@ impl HfCandle {
             stream: !is_reward,
             scores: is_reward,
             tools: !is_reward,
+            logprobs: !is_reward,
+            completions: !is_reward,
             ..Default::default()
         };
         let mut details = loaded.details;
@@ -276,15 +279,40 @@ impl HfCandle {
 
     /// The prompt text and ids a chat request runs on.
     pub fn prompt(&self, request: &ChatRequest) -> Result<(String, Vec<u32>)> {
-        let text = self.render(
-            &request.messages,
-            request.system.as_deref(),
-            request.tools.as_deref(),
-            true,
-            &request.chat_template_kwargs,
-        )?;
-        // Bound the work by the context before tokenizing: a prompt of n bytes has at least
-        // n / (longest token) tokens, so a huge message is refused in microseconds.
+        let s = &self.shared;
+        match &request.prompt {
+            // A text completion: the prompt as is, tokenized as Transformers' `tokenizer(text)`
+            // does (with the tokenizer's own BOS), no template.
+            Some(Prompt::Text(text)) => {
+                self.bound(text)?;
+                Ok((text.clone(), s.tok.encode(text, true)?))
+            }
+            Some(Prompt::Tokens(ids)) => {
+                let vocab = s.tok.inner.get_vocab_size(true);
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::InvalidRequest(format!(
+                        "prompt token id {bad} is outside the vocabulary of {vocab} tokens"
+                    )));
+                }
+                Ok((s.tok.decode(ids, false)?, ids.clone()))
+            }
+            None => {
+                let text = self.render(
+                    &request.messages,
+                    request.system.as_deref(),
+                    request.tools.as_deref(),
+                    true,
+                    &request.chat_template_kwargs,
+                )?;
+                self.bound(&text)?;
+                Ok((text.clone(), s.tok.encode(&text, false)?))
+            }
+        }
+    }
+
+    /// Bounds the work by the context before tokenizing: a prompt of n bytes has at least
+    /// n / (longest token) tokens, so a huge message is refused in microseconds.
+    fn bound(&self, text: &str) -> Result<()> {
         let s = &self.shared;
         let min_tokens = text.len() / s.tok.longest_token_bytes();
         if min_tokens >= s.context_length {
@@ -294,8 +322,32 @@ impl HfCandle {
                 s.context_length
             )));
         }
-        let ids = s.tok.encode(&text, false)?;
-        Ok((text, ids))
+        Ok(())
+    }
+
+    /// The prompt's tokens for `echo`: each one's log-probability given those before it (when
+    /// `top` is set, with that many alternatives), from one forward pass over the prompt.
+    fn prompt_logprobs(&self, ids: &[u32], top: Option<usize>) -> Result<Vec<TokenLogprob>> {
+        let rows: Option<Vec<Vec<f32>>> = match top {
+            None => None,
+            Some(_) => Some(self.logits(ids)?.to_vec2()?),
+        };
+        Ok(ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let lp = match (&rows, i) {
+                    (Some(rows), 1..) => {
+                        native_llm::logprobs::of(&rows[i - 1], id, top.unwrap_or(0))
+                    }
+                    _ => native_llm::logprobs::Logprobs {
+                        logprob: 0.0,
+                        top: Vec::new(),
+                    },
+                };
+                crate::text::token_logprob(&self.shared.tok, id, lp)
+            })
+            .collect())
     }
 
     /// Logits (f32) at every position of `ids` (safetensors models only), `(len, vocab)`.
@@ -366,6 +418,7 @@ impl HfCandle {
             stop_ids,
             skip_special: g.skip_special_tokens.unwrap_or(true),
             n,
+            logprobs: request.logprobs.then_some(request.top_logprobs as usize),
         })
     }
 
@@ -447,6 +500,37 @@ impl Backend for HfCandle {
             ));
         }
         let plan = self.plan(&request, ids.len())?;
+        // `echo`: the prompt's tokens lead the stream; with no new tokens asked for (the
+        // loglikelihood case) they are all of it.
+        let echo = if request.echo {
+            let tokens = self.prompt_logprobs(
+                &ids,
+                request.logprobs.then_some(request.top_logprobs as usize),
+            )?;
+            let only = plan.max_new == 0;
+            let prompt_length = ids.len() as u32;
+            Some(
+                (0..plan.n as u32)
+                    .map(move |index| Event {
+                        index,
+                        prompt_logprobs: tokens.clone(),
+                        finish: only.then_some(Finish {
+                            reason: FinishReason::Length,
+                            prompt_length,
+                            response_length: 0,
+                        }),
+                        ..Default::default()
+                    })
+                    .map(Ok)
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            None
+        };
+        let lead = echo.unwrap_or_default().into_iter();
+        if request.echo && plan.max_new == 0 {
+            return Ok(Box::new(lead));
+        }
         tracing::debug!(
             prompt_tokens = ids.len(),
             max_new = plan.max_new,
@@ -478,10 +562,10 @@ impl Backend for HfCandle {
                 plan,
                 prompt_len,
             );
-            return Ok(Box::new(ParsedEvents::new(events, format)));
+            return Ok(Box::new(lead.chain(ParsedEvents::new(events, format))));
         }
         let events = GenStream::new(Arc::clone(&self.shared), ids, plan, cancel);
-        Ok(Box::new(ParsedEvents::new(events, format)))
+        Ok(Box::new(lead.chain(ParsedEvents::new(events, format))))
     }
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {

@@ -56,6 +56,7 @@ pub mod stop;
 pub mod stream;
 pub mod template;
 mod text;
+mod token_bytes;
 pub mod tokenizer;
 
 pub use engine::HfCandle;

@@ -91,16 +91,21 @@ impl NativeStream {
                     ));
                 }
             };
-            let (index, id, finish) = match msg {
+            let (index, id, finish, logprobs) = match msg {
                 Msg::Failed(e) => return Err(EngineError::backend(e)),
-                Msg::Token { index, id, finish } => (index, id, finish),
+                Msg::Token {
+                    index,
+                    id,
+                    finish,
+                    logprobs,
+                } => (index, id, finish, logprobs),
             };
             let Some(st) = self.seqs.get_mut(index).filter(|s| !s.done) else {
                 continue;
             };
-            let Some(event) = st
-                .text
-                .push(&self.tok, id, finish, self.plan.skip_special)?
+            let Some(event) =
+                st.text
+                    .push(&self.tok, id, finish, self.plan.skip_special, logprobs)?
             else {
                 continue;
             };

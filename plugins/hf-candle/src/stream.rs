@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use native_llm::logprobs;
 use native_llm::plan::GenPlan;
 use native_llm::sampling::Sampler;
 use switchyard_plugin::{CancelToken, EngineError, Event};
@@ -122,11 +123,14 @@ impl GenStream {
                 st.logits = inst.feed(&[t])?;
                 continue;
             }
+            // Log-probabilities come from the raw logits, before the sampler transforms them.
+            let raw = self.plan.logprobs.map(|_| st.logits.clone());
             let id = self.sampler.sample(&mut st.logits, &st.seen, &st.counts);
+            let logprobs = raw.map(|raw| logprobs::of(&raw, id, self.plan.logprobs.unwrap_or(0)));
             st.seen.push(id);
             *st.counts.entry(id).or_default() += 1;
             let ended = self.plan.finish_for(id, st.text.generated + 1);
-            let event = st.text.push(tok, id, ended, skip)?;
+            let event = st.text.push(tok, id, ended, skip, logprobs)?;
             if event.as_ref().is_some_and(|e| e.finish.is_some()) {
                 self.cur = None;
                 self.seq += 1;

@@ -2,8 +2,9 @@
 //! candle, `native_stream.rs` for the native engine): UTF-8-safe decoding, stop strings, and
 //! the events it becomes.
 
+use native_llm::logprobs::Logprobs;
 use native_llm::plan;
-use switchyard_plugin::{Event, Finish, FinishReason};
+use switchyard_plugin::{Event, Finish, FinishReason, TokenLogprob, TopLogprob};
 
 use crate::error::Result;
 use crate::stop::{Scan, StopBuffer};
@@ -16,6 +17,7 @@ pub(crate) struct SeqText {
     decoder: StreamDecoder,
     stops: StopBuffer,
     pending_ids: Vec<u32>,
+    pending_logprobs: Vec<TokenLogprob>,
     /// Tokens sampled so far.
     pub(crate) generated: usize,
 }
@@ -29,19 +31,23 @@ impl SeqText {
             decoder: StreamDecoder::default(),
             stops: StopBuffer::new(stops),
             pending_ids: Vec::new(),
+            pending_logprobs: Vec::new(),
             generated: 0,
         }
     }
 
     /// Takes the sampled `id`. `ended` says the sampler ended the sequence with it: `Stop` for
     /// an end id (not decoded), `Length` for the limit. Returns the event to hand out, if
-    /// there is text or the sequence ended (a stop string may end it here too).
+    /// there is text or the sequence ended (a stop string may end it here too). `logprobs`
+    /// (when the request asked) travel with the event that carries the token; an end id has
+    /// none, as it is not part of the text.
     pub(crate) fn push(
         &mut self,
         tok: &Tok,
         id: u32,
         ended: Option<plan::Finish>,
         skip_special: bool,
+        logprobs: Option<Logprobs>,
     ) -> Result<Option<Event>> {
         let ended = ended.map(|f| match f {
             plan::Finish::Stop => FinishReason::Stop,
@@ -50,6 +56,9 @@ impl SeqText {
         self.generated += 1;
         self.pending_ids.push(id);
         let end_id = ended == Some(FinishReason::Stop);
+        if let Some(lp) = logprobs.filter(|_| !end_id) {
+            self.pending_logprobs.push(token_logprob(tok, id, lp));
+        }
         let mut text = String::new();
         let mut reason = ended;
         let mut by_stop_string = false;
@@ -86,6 +95,7 @@ impl SeqText {
             index: self.index,
             delta: text,
             token_ids: std::mem::take(&mut self.pending_ids),
+            logprobs: std::mem::take(&mut self.pending_logprobs),
             finish: reason.map(|reason| Finish {
                 reason,
                 prompt_length: self.prompt_len,
@@ -93,5 +103,33 @@ impl SeqText {
             }),
             ..Default::default()
         }))
+    }
+}
+
+/// OpenAI's shape of a token's log-probability: text, id, exact bytes, alternatives.
+pub(crate) fn token_logprob(tok: &Tok, id: u32, lp: Logprobs) -> TokenLogprob {
+    let named = |id: u32| {
+        let bytes = tok.token_bytes(id).to_vec();
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    };
+    let (token, bytes) = named(id);
+    TokenLogprob {
+        token,
+        token_id: Some(id),
+        bytes,
+        logprob: lp.logprob,
+        top_logprobs: lp
+            .top
+            .into_iter()
+            .map(|(id, logprob)| {
+                let (token, bytes) = named(id);
+                TopLogprob {
+                    token,
+                    token_id: Some(id),
+                    bytes,
+                    logprob,
+                }
+            })
+            .collect(),
     }
 }

@@ -43,6 +43,7 @@ pub struct Tok {
 pub struct Derived {
     longest: std::sync::OnceLock<usize>,
     specials: std::sync::OnceLock<Vec<String>>,
+    bytes: std::sync::OnceLock<Vec<Vec<u8>>>,
 }
 
 /// Inserted after the first character of special-token text found in a message, so the
@@ -143,6 +144,15 @@ impl Tok {
     /// Decodes `ids`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(tk_err)
+    }
+
+    /// The bytes token `id` stands for (empty for an id outside the vocabulary).
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.derived
+            .bytes
+            .get_or_init(|| crate::token_bytes::table(&self.inner))
+            .get(id as usize)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The id of a token text, if it is one token.

@@ -212,6 +212,28 @@ pub struct ChatRequest {
     /// capability).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub constraint: Option<Constraint>,
+    /// A raw prompt instead of `messages` (a text completion, OpenAI's `/v1/completions`): no
+    /// chat template, no system prompt. Needs the `completions` capability; `messages` stays
+    /// empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Prompt>,
+    /// With `prompt`: send the prompt's tokens back in the first event's `prompt_logprobs`
+    /// (each token's log-probability given the ones before it when `logprobs` is set, with
+    /// `top_logprobs` alternatives; the first token, which has no context, gets 0 and no
+    /// alternatives).
+    #[serde(skip_serializing_if = "is_false")]
+    pub echo: bool,
+}
+
+/// A raw completion prompt: text, or token ids of the model's vocabulary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Text, tokenized by the backend as is (with the tokenizer's own BOS, as Transformers'
+    /// `tokenizer(text)` does).
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
 }
 
 fn is_false(b: &bool) -> bool {
@@ -322,6 +344,8 @@ pub struct Capabilities {
     pub constraints: bool,
     /// Forced tool use (`tool_choice` required or a named function).
     pub tool_choice: bool,
+    /// Raw-prompt text completions (`prompt`, `echo`).
+    pub completions: bool,
 }
 
 impl Capabilities {
@@ -338,6 +362,7 @@ impl Capabilities {
             (self.logprobs, "logprobs"),
             (self.constraints, "constraints"),
             (self.tool_choice, "tool_choice"),
+            (self.completions, "completions"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))

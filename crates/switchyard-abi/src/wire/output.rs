@@ -64,6 +64,10 @@ pub struct Response {
     /// Per-token log-probabilities, when the request asked for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The prompt's tokens, when a text completion asked for `echo` (see
+    /// [`super::ChatRequest::echo`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<Vec<TokenLogprob>>,
 }
 
 impl Response {
@@ -78,6 +82,7 @@ impl Response {
             reasoning_content: None,
             tool_calls: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 
@@ -120,6 +125,11 @@ impl Response {
             self.logprobs
                 .get_or_insert_with(Vec::new)
                 .extend(event.logprobs.iter().cloned());
+        }
+        if !event.prompt_logprobs.is_empty() {
+            self.prompt_logprobs
+                .get_or_insert_with(Vec::new)
+                .extend(event.prompt_logprobs.iter().cloned());
         }
         if let Some(f) = &event.finish {
             self.finish_reason = f.reason;
@@ -246,6 +256,8 @@ pub struct Event {
     pub tool_calls: Vec<ToolCallDelta>,
     /// Log-probabilities of the tokens behind this event, when asked for.
     pub logprobs: Vec<TokenLogprob>,
+    /// The prompt's tokens (a text completion with `echo`), on the sequence's first event.
+    pub prompt_logprobs: Vec<TokenLogprob>,
     /// Set on the last event of a sequence.
     pub finish: Option<Finish>,
 }
@@ -260,6 +272,8 @@ struct EventExtra {
     tool_calls: Vec<ToolCallDelta>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     logprobs: Vec<TokenLogprob>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prompt_logprobs: Vec<TokenLogprob>,
 }
 
 /// The end of one streamed sequence, in plain Rust form.
@@ -276,13 +290,18 @@ pub struct Finish {
 impl From<Event> for crate::StreamEvent {
     fn from(e: Event) -> Self {
         use abi_stable::std_types::{ROption, RString, RVec};
-        let extra = if e.reasoning.is_empty() && e.tool_calls.is_empty() && e.logprobs.is_empty() {
+        let extra = if e.reasoning.is_empty()
+            && e.tool_calls.is_empty()
+            && e.logprobs.is_empty()
+            && e.prompt_logprobs.is_empty()
+        {
             RString::new()
         } else {
             let extra = EventExtra {
                 reasoning: e.reasoning,
                 tool_calls: e.tool_calls,
                 logprobs: e.logprobs,
+                prompt_logprobs: e.prompt_logprobs,
             };
             RString::from(serde_json::to_string(&extra).unwrap_or_default())
         };
@@ -318,6 +337,7 @@ impl From<crate::StreamEvent> for Event {
             reasoning: extra.reasoning,
             tool_calls: extra.tool_calls,
             logprobs: extra.logprobs,
+            prompt_logprobs: extra.prompt_logprobs,
             finish: e.finish.into_option().map(|f| Finish {
                 reason: FinishReason::parse(f.reason.as_str()),
                 prompt_length: u32::try_from(f.prompt_length).unwrap_or(u32::MAX),
@@ -349,6 +369,13 @@ mod tests {
                 token_id: Some(1),
                 bytes: b"It".to_vec(),
                 logprob: -0.5,
+                top_logprobs: vec![],
+            }],
+            prompt_logprobs: vec![TokenLogprob {
+                token: "Q".into(),
+                token_id: Some(7),
+                bytes: b"Q".to_vec(),
+                logprob: 0.0,
                 top_logprobs: vec![],
             }],
             finish: None,
