@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
+use crate::filter::TokenFilter;
 use crate::kv::{KvCache, PrefixCache};
 use crate::logprobs::{self, Logprobs};
 use crate::model::{SeqStep, Transformer};
@@ -44,6 +45,8 @@ pub struct Job {
     pub out: Sender<Msg>,
     /// Per-sequence stop flags, set by the stream (stop string, cancel, drop).
     pub stop: Arc<[AtomicBool]>,
+    /// Which tokens may come next (structured outputs); forked for each extra sequence.
+    pub filter: Option<Box<dyn TokenFilter>>,
 }
 
 /// Tuning knobs.
@@ -144,6 +147,7 @@ struct Seq {
     stop: Arc<[AtomicBool]>,
     /// Copies to make after the prompt (`num_return_sequences - 1`).
     forks: usize,
+    filter: Option<Box<dyn TokenFilter>>,
 }
 
 impl Seq {
@@ -239,6 +243,7 @@ impl Worker {
             out: job.out,
             stop: job.stop,
             forks: n - 1,
+            filter: job.filter,
         });
     }
 
@@ -331,6 +336,7 @@ impl Worker {
                         out: s.out.clone(),
                         stop: Arc::clone(&s.stop),
                         forks: 0,
+                        filter: s.filter.as_ref().map(|f| f.fork()),
                     },
                     lg.clone(),
                 ));
@@ -358,7 +364,19 @@ impl Worker {
 fn sample_and_send(s: &mut Seq, logits: &mut [f32]) -> bool {
     // Log-probabilities come from the raw logits, before the sampler transforms them.
     let raw = s.plan.logprobs.map(|_| logits.to_vec());
+    if let Some(f) = s.filter.as_mut()
+        && let Err(e) = f.mask(logits)
+    {
+        let _ = s.out.send(Msg::Failed(e));
+        return true;
+    }
     let id = s.sampler.sample(logits, &s.seen, &s.counts);
+    if let Some(f) = s.filter.as_mut()
+        && let Err(e) = f.accept(id)
+    {
+        let _ = s.out.send(Msg::Failed(e));
+        return true;
+    }
     let logprobs = raw.map(|raw| logprobs::of(&raw, id, s.plan.logprobs.unwrap_or(0)));
     s.seen.push(id);
     *s.counts.entry(id).or_default() += 1;

@@ -25,8 +25,9 @@
 //! 5. [`model`]: the transformer — loaders, forward pass, matrix products.
 //! 6. [`logprobs`]: log-softmax of the raw logits, the chosen token's and the top k.
 //! 7. [`sampling`]: penalties, temperature, top-k/top-p and the per-request RNG.
-//! 8. [`plan`]: a request's resolved generation settings ([`plan::GenPlan`]).
-//! 9. [`batcher`]: continuous batching — one thread runs steps over every live sequence.
+//! 8. [`filter`]: the caller's per-sequence rule on which tokens may come next.
+//! 9. [`plan`]: a request's resolved generation settings ([`plan::GenPlan`]).
+//! 10. [`batcher`]: continuous batching — one thread runs steps over every live sequence.
 //!
 //! Nothing here does I/O beyond mapping the model files, and nothing blocks but the
 //! batcher's own thread.
@@ -35,6 +36,7 @@
 
 pub mod batcher;
 pub mod error;
+pub mod filter;
 pub mod kernels;
 pub mod kv;
 pub mod logprobs;

@@ -151,6 +151,7 @@ impl<I> ParsedEvents<I> {
             && event.token_ids.is_empty()
             && event.tool_calls.is_empty()
             && event.logprobs.is_empty()
+            && event.prompt_logprobs.is_empty()
             && event.finish.is_none();
         if !empty {
             self.ready.push_back(event);

@@ -12,13 +12,16 @@
 //! - [`tool_calls`]: Qwen/Hermes, Mistral and Llama-3 JSON calls; while streaming, text is passed
 //!   on until something that may be a call starts, and held from there.
 //! - [`events`]: both, per sequence, over a stream of events; calls get fresh `call_…` ids.
+//! - [`forced`]: a forced tool call, generated as constrained JSON, turned into a typed call.
 #![deny(missing_docs)]
 
 pub mod events;
+pub mod forced;
 pub mod reasoning;
 pub mod tool_calls;
 
 pub use events::{OutputFormat, OutputParser, ParsedEvents, ReasoningStart};
+pub use forced::ForcedCall;
 pub use reasoning::{ReasoningSplitter, split_reasoning};
 pub use tool_calls::{ToolCallHolder, parse_tool_calls};
 

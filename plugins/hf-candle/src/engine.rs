@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use serde_json::{Map, Value};
-use switchyard_formats::{OutputFormat, ParsedEvents, ReasoningStart};
+use switchyard_formats::{ForcedCall, OutputFormat, ParsedEvents, ReasoningStart};
 use switchyard_plugin::{
     Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo, Event,
     EventIter, Finish, FinishReason, GenerationParams, Message, Prompt, Role, ScoreInput,
@@ -17,6 +17,7 @@ use switchyard_plugin::{
 use crate::assets::{self, TemplateSource};
 use crate::candle::Instance;
 use crate::config::Options;
+use crate::constraint;
 use crate::error::{Error, Result};
 use crate::load::{self, Runner};
 use crate::native_stream::NativeStream;
@@ -102,6 +103,9 @@ impl HfCandle {
             tools: !is_reward,
             logprobs: !is_reward,
             completions: !is_reward,
+            // Structured outputs run as a token filter in the native batcher.
+            constraints: !is_reward && matches!(loaded.net, Runner::Native(_)),
+            tool_choice: !is_reward && matches!(loaded.net, Runner::Native(_)),
             ..Default::default()
         };
         let mut details = loaded.details;
@@ -193,6 +197,7 @@ impl HfCandle {
                 head: loaded.head,
                 pad_id: loaded.pad_id,
                 threads,
+                constraint_vocab: Default::default(),
             }),
         })
     }
@@ -537,6 +542,22 @@ impl Backend for HfCandle {
             n = plan.n,
             "generation starts"
         );
+        let constrained = match constraint::spec(&request)? {
+            Some((spec, forced_call)) if self.shared.native.is_some() => Some((
+                constraint::filter(&self.shared.constraint_vocab, &self.shared.tok, &spec)?,
+                forced_call,
+            )),
+            Some(_) => {
+                return Err(EngineError::unsupported(
+                    "structured outputs (`response_format`, forced `tool_choice`) run on the native engine; this model runs on candle",
+                ));
+            }
+            None => None,
+        };
+        let (filter, forced_call) = match constrained {
+            Some((f, forced)) => (Some(f), forced),
+            None => (None, false),
+        };
         if let Some(batcher) = &self.shared.native {
             let (tx, rx) = std::sync::mpsc::channel();
             let stop: Arc<[AtomicBool]> =
@@ -548,6 +569,7 @@ impl Backend for HfCandle {
                 plan: plan.clone(),
                 out: tx,
                 stop: Arc::clone(&stop),
+                filter,
             };
             if !batcher.submit(job) {
                 return Err(EngineError::backend(
@@ -562,6 +584,9 @@ impl Backend for HfCandle {
                 plan,
                 prompt_len,
             );
+            if forced_call {
+                return Ok(Box::new(lead.chain(ForcedCall::new(events))));
+            }
             return Ok(Box::new(lead.chain(ParsedEvents::new(events, format))));
         }
         let events = GenStream::new(Arc::clone(&self.shared), ids, plan, cancel);

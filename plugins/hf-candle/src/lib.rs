@@ -46,6 +46,7 @@
 pub mod assets;
 pub mod candle;
 pub mod config;
+mod constraint;
 pub mod engine;
 pub mod error;
 pub mod gguf;

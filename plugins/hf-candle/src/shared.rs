@@ -34,6 +34,8 @@ pub struct Shared {
     pub(crate) head: Option<ScoreHead>,
     pub(crate) pad_id: Option<u32>,
     pub(crate) threads: Arc<rayon::ThreadPool>,
+    /// llguidance's view of the vocabulary, built on the first constrained request.
+    pub(crate) constraint_vocab: crate::constraint::ConstraintVocab,
 }
 
 impl Shared {

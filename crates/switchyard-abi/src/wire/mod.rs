@@ -274,7 +274,7 @@ pub enum Constraint {
         /// The pattern.
         pattern: String,
     },
-    /// Text from this grammar (Lark syntax, as llguidance reads it; or GBNF).
+    /// Text from this grammar, in Lark syntax as llguidance reads it (GBNF is refused).
     Grammar {
         /// The grammar text.
         grammar: String,
