@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use expectrl::process::unix::WaitStatus;
 use expectrl::{ControlCode, Expect, Session};
-use serde_json::Value;
+use serde_json::{Value, json};
 use switchyard_tests::{plugin_library, switchyard_bin, write_file};
 
 fn echo_dir(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -594,5 +594,106 @@ fn chat_on_the_default_model_answers_like_llama_cpp() {
         reply.trim_end(),
         expected.trim_end(),
         "llama.cpp said {expected:?}"
+    );
+}
+
+/// `batch` rows carry the contract's request fields on the default model: a JSON-schema
+/// constraint (the output validates), logprobs, a forced tool call, and a raw-prompt text
+/// completion with `echo`.
+#[test]
+fn batch_rows_take_constraints_logprobs_tool_choice_and_raw_prompts() {
+    let model = std::env::var("SWITCHYARD_MODEL").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    assert!(
+        Path::new(&model).exists(),
+        "{model} is missing; run scripts/fetch-model.sh"
+    );
+    plugin_library("hf-candle");
+    let dir = tempfile::tempdir().unwrap();
+    let schema = json!({"type": "object", "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "count": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["color", "count"], "additionalProperties": false});
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+         "required": ["city"], "additionalProperties": false}}});
+    let rows = [
+        json!({"messages": [{"role": "user", "content": "Pick a color."}], "max_tokens": 40,
+               "constraint": {"type": "json_schema", "schema": schema}}),
+        json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+               "logprobs": true, "top_logprobs": 2}),
+        json!({"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 40,
+               "tools": [tool], "tool_choice": {"type": "required"}}),
+        json!({"prompt": "The capital of France is", "echo": true, "logprobs": true,
+               "max_tokens": 2}),
+    ];
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    let input = write_file(dir.path(), "in.jsonl", &text);
+    let output = dir.path().join("out.jsonl");
+    let config = switchyard_tests::workspace_root().join("configs/smollm2.toml");
+    let out = Command::new(switchyard_bin())
+        .args(["batch", "--config"])
+        .arg(&config)
+        .args([
+            "--set",
+            &format!("model.path={model}"),
+            "--set",
+            "generation.temperature=0",
+        ])
+        .args(["--fail-fast", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 4);
+    let picked: Value = serde_json::from_str(records[0]["text"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", records[0]));
+    assert!(
+        ["red", "green", "blue"].contains(&picked["color"].as_str().unwrap()),
+        "{picked}"
+    );
+    assert!(
+        (1..=9).contains(&picked["count"].as_i64().unwrap()),
+        "{picked}"
+    );
+    let lp = records[1]["logprobs"].as_array().unwrap();
+    assert_eq!(
+        lp.len(),
+        records[1]["response_length"].as_u64().unwrap() as usize
+    );
+    assert_eq!(lp[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert_eq!(records[2]["finish_reason"], "tool_calls", "{}", records[2]);
+    assert_eq!(
+        records[2]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let args: Value = serde_json::from_str(
+        records[2]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(args["city"].is_string(), "{args}");
+    let echo = records[3]["prompt_logprobs"].as_array().unwrap();
+    let echoed: String = echo.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(echoed, "The capital of France is");
+    assert_eq!(
+        records[3]["prompt_length"].as_u64().unwrap() as usize,
+        echo.len()
     );
 }

@@ -3,8 +3,13 @@
 //! Input line: `{"messages": [...], "system"?: str, "tools"?: [...], "model"?: str,
 //! <any generation setting>}` (`model` picks a `[[models]]` entry; default: the first)
 //! (`n` and `max_tokens` are accepted as aliases of `num_return_sequences` and `max_new_tokens`).
+//! The contract's request fields may be set too, in its own JSON form: `logprobs`,
+//! `top_logprobs`, `tool_choice` (`{"type": "required"}` or `{"type": "function", "name"}`),
+//! `constraint` (`{"type": "json_schema", "schema": {...}}`, `json_object`, `regex`, `choice`,
+//! `grammar`), and for a text completion `prompt` (text or token ids, instead of `messages`)
+//! with `echo`.
 //! Output line: `{"line", "text", "prompt_length", "response_length", "finish_reason",
-//! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?}`, a list of those when
+//! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?, "prompt_logprobs"?}`, a list of those when
 //! `n > 1`, or `{"line", "error": {"kind", "message"}}` for a line that failed (bad JSON, not
 //! UTF-8, a refused request) — the rest still run. `--resume` cuts a torn last record (a run
 //! killed mid-write) and skips the input lines whose `line` numbers already have a record;
@@ -56,6 +61,12 @@ const REQUEST_KEYS: &[&str] = &[
     "chat_template_kwargs",
     "id",
     "model",
+    "logprobs",
+    "top_logprobs",
+    "tool_choice",
+    "constraint",
+    "prompt",
+    "echo",
 ];
 
 /// One input line: the request, the model it names (with `[[models]]`), and warnings about
@@ -75,11 +86,33 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
     let Value::Object(mut obj) = value else {
         return Err("expected a JSON object with a `messages` list".to_owned());
     };
-    let messages = obj
-        .remove("messages")
-        .ok_or_else(|| "missing `messages` (a list of {role, content})".to_owned())?;
-    let messages = serde_json::from_value(messages)
-        .map_err(|e| format!("bad `messages`: {e} (roles: system, user, assistant, tool)"))?;
+    // The contract's own request fields, in its JSON form (one definition: the wire types).
+    let mut fields = Map::new();
+    for key in [
+        "logprobs",
+        "top_logprobs",
+        "tool_choice",
+        "constraint",
+        "prompt",
+        "echo",
+    ] {
+        if let Some(v) = obj.remove(key).filter(|v| !v.is_null()) {
+            fields.insert(key.to_owned(), v);
+        }
+    }
+    let mut request: ChatRequest = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| format!("bad request field: {e}"))?;
+    let messages = match obj.remove("messages") {
+        Some(m) => serde_json::from_value(m)
+            .map_err(|e| format!("bad `messages`: {e} (roles: system, user, assistant, tool)"))?,
+        None if request.prompt.is_some() => Vec::new(),
+        None => {
+            return Err(
+                "missing `messages` (a list of {role, content}) or `prompt` (a text completion)"
+                    .to_owned(),
+            );
+        }
+    };
     let system = match obj.remove("system") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -130,15 +163,13 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
     });
     let generation: GenerationParams = serde_json::from_value(Value::Object(obj))
         .map_err(|e| format!("bad generation setting: {e}"))?;
+    request.messages = messages;
+    request.system = system;
+    request.tools = tools;
+    request.generation = generation;
+    request.chat_template_kwargs = chat_template_kwargs;
     Ok(Line {
-        request: ChatRequest {
-            messages,
-            system,
-            tools,
-            generation,
-            chat_template_kwargs,
-            ..Default::default()
-        },
+        request,
         model,
         warnings,
     })
@@ -164,6 +195,9 @@ fn record(line: usize, responses: &[Response]) -> Value {
         }
         if let Some(lp) = &r.logprobs {
             v["logprobs"] = json!(lp);
+        }
+        if let Some(lp) = &r.prompt_logprobs {
+            v["prompt_logprobs"] = json!(lp);
         }
         v
     };
