@@ -394,3 +394,48 @@ describe('server with several models', () => {
     await ctx.context.close();
   });
 });
+
+describe(`structured output and logprobs (${MAIN_BACKEND})`, { skip: !REAL && 'the echo backend has no constraints or logprobs' }, () => {
+  let ctx;
+  before(async () => {
+    ctx = await openPage(MAIN_URL);
+    await ctx.page.fill('#max-tokens', '40');
+    await ctx.page.fill('#temperature', '0');
+  });
+  after(async () => {
+    assert.deepEqual(ctx.errors, [], 'no script errors on the page');
+    await ctx.context.close();
+  });
+
+  test('JSON mode asks for a JSON object and the reply is one', async () => {
+    const { page, requests } = ctx;
+    await page.check('#json-mode');
+    await send(page, 'Describe a cat.');
+    assert.deepEqual(requests.at(-1).body.response_format, { type: 'json_object' });
+    const text = (await lastAssistant(page).locator('.content').textContent()).trim();
+    const meta = await lastAssistant(page).locator('.meta').textContent();
+    assert.ok(text.startsWith('{'), `JSON reply: ${text}`);
+    if (!/finish: length/.test(meta)) assert.equal(typeof JSON.parse(text), 'object', text);
+    await page.uncheck('#json-mode');
+  });
+
+  test('token logprobs: one chip per token, hover shows the logprob and alternatives', async () => {
+    const { page, requests } = ctx;
+    await page.check('#show-logprobs');
+    await page.fill('#max-tokens', '12');
+    await send(page, 'Name a colour.');
+    const body = requests.at(-1).body;
+    assert.equal(body.logprobs, true);
+    assert.equal(body.top_logprobs, 5);
+    const reply = lastAssistant(page);
+    const chips = reply.locator('.tokens .token');
+    const n = await chips.count();
+    assert.ok(n > 0, 'token chips shown');
+    const joined = (await chips.allTextContents()).join('');
+    const content = await page.evaluate(() => window.switchyardChat.state.messages.at(-1).content);
+    assert.equal(joined, content, 'the chips spell the reply');
+    await chips.first().hover();
+    const title = await chips.first().getAttribute('title');
+    assert.match(title, /logprob -?\d+\.\d{3} \(\d+\.\d%\)\nalternatives: /, title);
+  });
+});

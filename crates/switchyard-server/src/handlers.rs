@@ -141,6 +141,14 @@ pub(crate) async fn page_js() -> Response {
     web_file("text/javascript; charset=utf-8", include_str!("web/app.js"))
 }
 
+/// `GET /web/markdown.js`: the DOM builder and Markdown renderer app.js uses.
+pub(crate) async fn page_markdown_js() -> Response {
+    web_file(
+        "text/javascript; charset=utf-8",
+        include_str!("web/markdown.js"),
+    )
+}
+
 /// `GET /web/style.css`.
 pub(crate) async fn page_css() -> Response {
     web_file("text/css; charset=utf-8", include_str!("web/style.css"))

@@ -161,6 +161,7 @@ fn build(models: ModelRouter, options: ServerOptions, cut: watch::Receiver<bool>
         .route("/openapi.json", get(handlers::openapi))
         .route("/", get(handlers::page))
         .route("/web/app.js", get(handlers::page_js))
+        .route("/web/markdown.js", get(handlers::page_markdown_js))
         .route("/web/style.css", get(handlers::page_css))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
