@@ -36,14 +36,18 @@
 //!   worker process vs in-process, and the time to first token of a model loaded on demand vs
 //!   already loaded, with the host's RSS around the load and unload (`lifecycle.rs`).
 //!
-//! `--tables` picks the table groups to run: `gguf` (every table above but the last three),
-//! `safetensors`, `cuda` and `lifecycle`; the first two by default.
+//! - constrained (`--tables constrained`): decode rate free vs under structured-output
+//!   constraints (llguidance token masks), alternating in one child (`constrained.rs`).
+//!
+//! `--tables` picks the table groups to run: `gguf` (every table above but the last four),
+//! `safetensors`, `cuda`, `lifecycle` and `constrained`; the first two by default.
 //!
 //! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
 //! Not run in CI (CI only builds it).
 //! Tables reach the backend through `ChatModel`, as users do; `hf-candle` is linked statically
 //! only for the plugin-boundary table's static side, `native-llm` only to name the kernels.
 
+mod constrained;
 mod cuda;
 mod lifecycle;
 
@@ -77,7 +81,7 @@ struct Args {
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
-[--tables gguf,safetensors,cuda,lifecycle] [--device cpu|cuda]";
+[--tables gguf,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -116,13 +120,12 @@ fn parse_args() -> anyhow::Result<Args> {
             "--device" => a.device = value()?,
             "--tables" => {
                 a.tables = value()?.split(',').map(str::to_owned).collect();
-                if let Some(t) = a
-                    .tables
-                    .iter()
-                    .find(|t| !["gguf", "safetensors", "cuda", "lifecycle"].contains(&t.as_str()))
-                {
+                if let Some(t) = a.tables.iter().find(|t| {
+                    !["gguf", "safetensors", "cuda", "lifecycle", "constrained"]
+                        .contains(&t.as_str())
+                }) {
                     bail!(
-                        "unknown table group `{t}` in --tables (known: gguf, safetensors, cuda, lifecycle)"
+                        "unknown table group `{t}` in --tables (known: gguf, safetensors, cuda, lifecycle, constrained)"
                     );
                 }
             }
@@ -389,6 +392,7 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
             }
             json!({"static": median(st), "plugin": median(pl), "ratio": median(ratios)})
         }
+        "constrained" => constrained::child(a)?,
         other => match lifecycle::child(a, other)? {
             Some(v) => v,
             None => bail!("unknown child mode {other}"),
@@ -587,6 +591,9 @@ fn main() -> anyhow::Result<()> {
     }
     if a.tables.iter().any(|t| t == "cuda") {
         cuda::tables(&a)?;
+    }
+    if a.tables.iter().any(|t| t == "constrained") {
+        constrained::table(&a)?;
     }
     if a.tables.iter().any(|t| t == "lifecycle") {
         lifecycle::tables(&a)?;
