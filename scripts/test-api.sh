@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # HTTP API tests: the official `openai` Python client against real `switchyard api` processes
-# (tests/api). Installs a venv with openai + pytest + httpx + psutil under the cache, builds the
+# (tests/api). Installs a venv with openai + pytest + httpx + psutil (and the client libraries
+# instructor and langchain-openai) under the cache, builds the
 # server and the plugins the tests use (a no-op when they are up to date), then runs pytest.
 #
 #   scripts/test-api.sh                  # whole suite
@@ -16,12 +17,13 @@ export SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}"
 VENV="$SWITCHYARD_CACHE/venv-api"
 PY="${PYTHON:-python3}"
 
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import openai, pytest, httpx, psutil" 2>/dev/null; then
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import openai, pytest, httpx, psutil, instructor, langchain_openai" 2>/dev/null; then
     echo "[test-api] creating $VENV" >&2
     mkdir -p "$SWITCHYARD_CACHE"
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet "openai>=1.40,<3" "pytest>=8" "httpx>=0.27" "psutil>=5.9"
+    "$VENV/bin/python" -m pip install --quiet "openai>=1.40,<3" "pytest>=8" "httpx>=0.27" "psutil>=5.9" \
+        "instructor>=1.4" "langchain-openai>=0.2"
 fi
 
 if [[ "${SWITCHYARD_API_NO_BUILD:-0}" != 1 ]]; then
