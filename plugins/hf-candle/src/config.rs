@@ -313,6 +313,7 @@ impl HfConfig {
     fn check_sizes(&self, path: &Path) -> Result<()> {
         const MAX_WIDTH: usize = 1 << 18;
         for (key, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 22),
             ("hidden_size", self.hidden_size, MAX_WIDTH),
             ("intermediate_size", self.intermediate_size, 1 << 20),
             ("num_hidden_layers", self.num_hidden_layers, 1 << 12),

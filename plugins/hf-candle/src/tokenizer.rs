@@ -186,6 +186,12 @@ pub fn from_gguf(md: &HashMap<String, Value>, source: &Path) -> Result<Tok> {
         .unwrap_or("(none)")
         .to_owned();
     let tokens = strings("tokenizer.ggml.tokens")?;
+    if tokens.is_empty() {
+        return Err(Error::file(
+            source,
+            "tokenizer.ggml.tokens is empty: the file has no vocabulary (a damaged or truncated conversion)",
+        ));
+    }
     let types: Vec<i32> = md
         .get("tokenizer.ggml.token_type")
         .and_then(|v| v.to_vec().ok())

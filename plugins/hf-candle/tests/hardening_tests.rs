@@ -153,6 +153,7 @@ fn absurd_sizes_in_a_gguf_are_named_errors_not_aborts() {
         ("llama.block_count", Value::U32(0), "layer count = 0"),
         ("llama.attention.head_count", Value::U32(0), "with 0 heads"),
         ("llama.rope.freq_base", Value::F32(0.0), "rotary frequency"),
+        ("tokenizer.ggml.tokens", Value::Array(Vec::new()), "tokenizer.ggml.tokens is empty"),
     ] {
         let file = with_metadata(&path, &[(key, value)]);
         let e = match engine_with(file.path(), json!({"threads": 2}), json!({})) {
@@ -169,6 +170,7 @@ fn absurd_sizes_in_a_config_json_are_named_errors_not_aborts() {
     for (key, value) in [
         ("num_hidden_layers", json!(1_000_000_000u64)),
         ("num_attention_heads", json!(0)),
+        ("vocab_size", json!(0)),
         ("max_position_embeddings", json!(1u64 << 40)),
     ] {
         let dir = tempfile::tempdir().unwrap();
