@@ -153,7 +153,11 @@ fn absurd_sizes_in_a_gguf_are_named_errors_not_aborts() {
         ("llama.block_count", Value::U32(0), "layer count = 0"),
         ("llama.attention.head_count", Value::U32(0), "with 0 heads"),
         ("llama.rope.freq_base", Value::F32(0.0), "rotary frequency"),
-        ("tokenizer.ggml.tokens", Value::Array(Vec::new()), "tokenizer.ggml.tokens is empty"),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(Vec::new()),
+            "tokenizer.ggml.tokens is empty",
+        ),
     ] {
         let file = with_metadata(&path, &[(key, value)]);
         let e = match engine_with(file.path(), json!({"threads": 2}), json!({})) {
