@@ -108,3 +108,26 @@ def test_bad_completion_requests_name_the_field(hf_server, echo_server):
                                 json={"model": echo_server.model, "prompt": "hi"})
     err = assert_error(r, 400, param="prompt")
     assert "completions" in err["message"] or "prompt" in err["message"]
+
+
+def test_tokenize_and_detokenize(hf_server, echo_server):
+    http = hf_server.http()
+    # Transformers' ids for this text (tests/fixtures/smollm2_hf/logprobs.json).
+    r = http.post("/tokenize", json={"model": hf_server.model, "prompt": PROMPT}).json()
+    assert r["tokens"] == [504, 3575, 282, 4649, 314], r
+    assert r["count"] == 5 and r["max_model_len"] > 1000
+    assert "".join(r["token_strs"]) == PROMPT
+    back = http.post("/detokenize", json={"model": hf_server.model, "tokens": r["tokens"]}).json()
+    assert back["prompt"] == PROMPT
+    # A conversation is rendered with the chat template, as the chat endpoint renders it.
+    msgs = [{"role": "user", "content": "Name three colors."}]
+    t = http.post("/tokenize", json={"model": hf_server.model, "messages": msgs}).json()
+    chat = hf_server.client().chat.completions.create(model=hf_server.model, messages=msgs,
+                                                      max_tokens=1)
+    assert t["count"] == chat.usage.prompt_tokens
+    assert t["tokens"][0] == 1, "<|im_start|>"
+    assert_error(http.post("/tokenize", json={"model": hf_server.model}), 400, param="prompt")
+    assert_error(http.post("/detokenize", json={"model": hf_server.model, "tokens": [10**8]}), 400)
+    # A backend that cannot tokenize says so by name.
+    r = echo_server.http().post("/tokenize", json={"model": echo_server.model, "prompt": "x"})
+    assert_error(r, 400, param="prompt")

@@ -26,6 +26,7 @@ mod metrics;
 mod models;
 mod protocol;
 mod responses;
+mod tokenize;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -150,6 +151,8 @@ fn build(models: ModelRouter, options: ServerOptions, cut: watch::Receiver<bool>
         .route("/v1/info", get(models::info))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/score/evaluation", post(handlers::score))
         .route("/metrics", get(models::metrics))
         // The key is checked first (the outer layer), then the content type.

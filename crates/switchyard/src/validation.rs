@@ -50,7 +50,7 @@ pub fn prepare(
     }
     match &request.prompt {
         Some(prompt) => check_prompt(prompt, &request, info)?,
-        None => check_messages(&request)?,
+        None => check_messages(&request, info)?,
     }
     check_media(&request, info)?;
     check_tools(&request, info)?;
@@ -70,11 +70,12 @@ pub fn prepare(
     Ok(request)
 }
 
-fn check_messages(request: &ChatRequest) -> Result<()> {
-    if request.echo {
-        return Err(invalid(
+fn check_messages(request: &ChatRequest, info: &EngineInfo) -> Result<()> {
+    if request.echo && !info.capabilities.completions {
+        return Err(unsupported(
             "echo",
-            "`echo` returns a text completion's prompt; a chat request has no raw prompt to echo",
+            info,
+            "the request asks for its prompt's tokens back (`echo`)",
         ));
     }
     if request.messages.is_empty() {

@@ -217,7 +217,8 @@ pub struct ChatRequest {
     /// empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Prompt>,
-    /// With `prompt`: send the prompt's tokens back in the first event's `prompt_logprobs`
+    /// Send the prompt's tokens (the raw `prompt`'s, or the conversation rendered with the
+    /// template) back in the first event's `prompt_logprobs` (needs the `completions` capability)
     /// (each token's log-probability given the ones before it when `logprobs` is set, with
     /// `top_logprobs` alternatives; the first token, which has no context, gets 0 and no
     /// alternatives).
