@@ -5,6 +5,8 @@
 //! GGUF and a reload gives the same greedy reply; the broken entry reports its error while the
 //! others serve; the process's RSS returns near its baseline after the folder is unloaded.
 
+// Shared with tests/bridges.rs; this test uses the peer's start and paths only.
+#[allow(dead_code)]
 #[path = "bridges/peer.rs"]
 mod peer;
 
