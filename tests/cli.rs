@@ -475,11 +475,21 @@ fn help_is_complete_and_errors_are_one_line() {
         assert!(score.contains(flag), "{score}");
     }
 
+    // One line each, also with RUST_BACKTRACE=1: an error is a message, never a trace.
+    write_file(
+        dir.path(),
+        "zero.toml",
+        "sample_backend = \"echo\"\nmax_concurrent = 0\n",
+    );
     for args in [
         &["chat", "--config", "missing.toml"][..],
         &["chat", "--config", "x.toml", "--bogus"][..],
+        &["chat", "--config", "zero.toml"][..],
     ] {
-        let out = switchyard(dir.path(), args).output().unwrap();
+        let out = switchyard(dir.path(), args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
