@@ -119,8 +119,8 @@ pub const ABI_VERSION: u32 = 1;
 /// History: `0.1.0` the first contract; `0.1.1` typed tool calls, reasoning and logprobs on
 /// events and responses (in `extra` across the FFI), and the `logprobs`, `top_logprobs`,
 /// `tool_choice` and `constraint` request fields with their capabilities — all JSON additions;
-/// `0.1.2` raw-prompt text completions (`prompt`, `echo`, the `completions` capability) and
-/// `prompt_logprobs` on events and responses.
+/// `0.1.2` raw-prompt text completions (`prompt`, `echo`, the `completions` capability),
+/// `prompt_logprobs` on events and responses, and `[model] adapter_name_or_path`.
 pub const CONTRACT_VERSION: &str = "0.1.2";
 
 /// Re-exported so plugins and the host use the exact same `abi_stable` version.

@@ -11,6 +11,7 @@
 //! path = "~/.cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! # chat_template = "..."  /  chat_template_file = "template.jinja"
 //! # default_system = "You are a helpful assistant."
+//! # adapter_name_or_path = "lora/"   # or a list: LoRA adapters merged in order
 //!
 //! [generation]                      # defaults; requests override them
 //! temperature = 0.7
@@ -131,6 +132,15 @@ impl Config {
     /// Expands `~` and resolves relative paths against the config file's directory.
     fn resolve_paths(&mut self) {
         if let Some(p) = self.model.path.as_mut() {
+            *p = expand_home(p);
+            if let Some(dir) = &self.config_dir {
+                let candidate = dir.join(&*p);
+                if Path::new(p.as_str()).is_relative() && candidate.exists() {
+                    *p = candidate.display().to_string();
+                }
+            }
+        }
+        for p in &mut self.model.adapter_name_or_path {
             *p = expand_home(p);
             if let Some(dir) = &self.config_dir {
                 let candidate = dir.join(&*p);
@@ -376,6 +386,31 @@ mod tests {
         assert_eq!(c.generation.temperature, Some(0.5));
         assert_eq!(c.generation.stop, Some(vec!["x".to_owned()]));
         assert_eq!(c.engine_config().options["threads"], 2);
+    }
+
+    #[test]
+    fn adapters_are_one_path_or_a_list() {
+        let one = Config::parse(
+            "sample_backend = \"echo\"\n[model]\npath = \"m\"\nadapter_name_or_path = \"a\"\n",
+            "test.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(one.model.adapter_name_or_path, ["a"]);
+        let many = Config::parse(
+            "sample_backend = \"echo\"\n[model]\npath = \"m\"\nadapter_name_or_path = [\"a\", \"b\"]\n",
+            "test.toml",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(many.model.adapter_name_or_path, ["a", "b"]);
+        let none = Config::parse(
+            "sample_backend = \"echo\"\n[model]\npath = \"m\"\n",
+            "test.toml",
+            &[],
+        )
+        .unwrap();
+        assert!(none.model.adapter_name_or_path.is_empty());
     }
 
     #[test]

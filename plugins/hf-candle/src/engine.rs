@@ -81,7 +81,8 @@ impl HfCandle {
                 "candle's quantized kernels size their pool from CANDLE_NUM_THREADS / the physical cores; set CANDLE_NUM_THREADS to match"
             );
         }
-        let loaded = threads.install(|| load::load_model(&path, &opts, &device))?;
+        let adapters = load::adapter_paths(config);
+        let loaded = threads.install(|| load::load_model(&path, &opts, &device, &adapters))?;
         let template_file = config.model.chat_template_file.as_deref().map(|f| {
             let p = PathBuf::from(f);
             match (&config.config_dir, p.is_relative()) {

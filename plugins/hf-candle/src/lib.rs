@@ -51,6 +51,7 @@ pub mod engine;
 pub mod error;
 pub mod gguf;
 mod load;
+mod lora;
 pub mod native_stream;
 mod shared;
 pub mod stop;

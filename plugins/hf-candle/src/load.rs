@@ -38,15 +38,30 @@ pub(crate) fn resolve_path(config: &EngineConfig) -> Result<PathBuf> {
             default_model_path().display()
         )));
     };
+    Ok(resolve(config, raw))
+}
+
+/// `raw` with `~/` expanded and, when relative, taken from the config file's folder.
+fn resolve(config: &EngineConfig, raw: &str) -> PathBuf {
     let p = match raw.strip_prefix("~/") {
         Some(rest) => std::env::var_os("HOME")
             .map_or_else(|| PathBuf::from(raw), |h| PathBuf::from(h).join(rest)),
         None => PathBuf::from(raw),
     };
-    Ok(match (&config.config_dir, p.is_relative()) {
+    match (&config.config_dir, p.is_relative()) {
         (Some(dir), true) => Path::new(dir).join(p),
         _ => p,
-    })
+    }
+}
+
+/// The adapter folders `config` names, resolved as the model path is.
+pub(crate) fn adapter_paths(config: &EngineConfig) -> Vec<PathBuf> {
+    config
+        .model
+        .adapter_name_or_path
+        .iter()
+        .map(|raw| resolve(config, raw))
+        .collect()
 }
 
 fn is_gguf(path: &Path) -> bool {
@@ -84,10 +99,22 @@ pub(crate) struct Loaded {
 
 /// Loads the model at `path` (a Hugging Face folder or a GGUF file) as `opts` say. Call
 /// inside the compute thread pool.
-pub(crate) fn load_model(path: &Path, opts: &Options, device: &Device) -> Result<Loaded> {
+/// `adapters` are LoRA folders merged into the weights, in order.
+pub(crate) fn load_model(
+    path: &Path,
+    opts: &Options,
+    device: &Device,
+    adapters: &[PathBuf],
+) -> Result<Loaded> {
     if path.is_dir() {
-        load_folder(path, opts.dtype, device, opts.native)
+        load_folder(path, opts.dtype, device, opts.native, adapters)
     } else if is_gguf(path) {
+        if let Some(a) = adapters.first() {
+            return Err(Error::Unsupported(format!(
+                "adapter {}: LoRA adapters are merged into Hugging Face (safetensors) base models; for a GGUF base, merge the adapter before converting, or load the safetensors base",
+                a.display()
+            )));
+        }
         load_gguf(path, device, opts.native)
     } else {
         Err(Error::file(
@@ -260,7 +287,13 @@ fn native_decoder(config: &HfConfig, family: Family) -> Result<DecoderConfig> {
     })
 }
 
-fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) -> Result<Loaded> {
+fn load_folder(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    allow_native: bool,
+    adapters: &[PathBuf],
+) -> Result<Loaded> {
     if !dir.join("config.json").is_file() {
         return Err(Error::file(
             dir,
@@ -292,9 +325,17 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device, allow_native: bool) ->
                 _ => WeightKind::F32,
             };
             let files = hf::weight_files(dir)?;
-            let model = Transformer::load_hf(&native_decoder(&config, family)?, &files, kind)?;
+            let updates = crate::lora::read(adapters)?;
+            let model =
+                Transformer::load_hf(&native_decoder(&config, family)?, &files, kind, &updates)?;
             let ctx = model.hp.context_length;
             (Runner::Native(model), None, ctx)
+        }
+        _ if !adapters.is_empty() => {
+            return Err(Error::Unsupported(format!(
+                "LoRA adapters are merged by the native engine, which runs generating Llama/Mistral/Qwen2/Qwen3 folders on the CPU; {} ({arch}) runs on candle",
+                dir.display()
+            )));
         }
         _ => {
             let m = hf::load(dir, dtype, device)?;

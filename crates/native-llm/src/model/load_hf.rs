@@ -8,7 +8,7 @@ use super::dims;
 use super::transformer::{Activation, Hparams, Layer, Transformer};
 use crate::error::Result;
 use crate::kernels::WeightKind;
-use crate::weights::SafeTensors;
+use crate::weights::{LowRankUpdates, SafeTensors};
 
 /// What the safetensors loader needs of a Hugging Face decoder's `config.json`, resolved by
 /// the caller (which knows the model families).
@@ -44,8 +44,14 @@ pub struct DecoderConfig {
 impl Transformer {
     /// Builds the model from a Hugging Face folder's safetensors `files` (`*ForCausalLM` of
     /// the Llama, Mistral, Qwen2 and Qwen3 families) described by `cfg`, weights stored as
-    /// `kind` (F32/BF16/F16).
-    pub fn load_hf(cfg: &DecoderConfig, files: &[PathBuf], kind: WeightKind) -> Result<Self> {
+    /// `kind` (F32/BF16/F16), with low-rank `updates` (LoRA adapters) merged into the named
+    /// matrices as they load; an update naming a matrix the model does not have is an error.
+    pub fn load_hf(
+        cfg: &DecoderConfig,
+        files: &[PathBuf],
+        kind: WeightKind,
+        updates: &LowRankUpdates,
+    ) -> Result<Self> {
         let st = SafeTensors::open(files)?;
         let (h, nh, nkv, hd) = (
             cfg.hidden_size,
@@ -66,6 +72,11 @@ impl Transformer {
             |l| st.has(&format!("model.layers.{l}.self_attn.q_proj.weight")),
         )?;
         dims::check_rope(&cfg.inv_freq, "config.json")?;
+        if let Some(name) = updates.keys().find(|n| !st.has(n)) {
+            return Err(crate::Error::Unsupported(format!(
+                "the adapter updates `{name}`, which the base model does not have; the adapter was trained for another model"
+            )));
+        }
         let qkv_bias = cfg.qkv_bias;
         // Grown as the layers load: the count comes from the file.
         let mut layers = Vec::new();
@@ -81,10 +92,10 @@ impl Transformer {
             let qk_norm = cfg.qk_norm;
             layers.push(Layer {
                 attn_norm: st.vector(&p("input_layernorm.weight"))?,
-                wq: st.matrix(&p("self_attn.q_proj.weight"), kind)?,
-                wk: st.matrix(&p("self_attn.k_proj.weight"), kind)?,
-                wv: st.matrix(&p("self_attn.v_proj.weight"), kind)?,
-                wo: st.matrix(&p("self_attn.o_proj.weight"), kind)?,
+                wq: st.matrix(&p("self_attn.q_proj.weight"), kind, updates)?,
+                wk: st.matrix(&p("self_attn.k_proj.weight"), kind, updates)?,
+                wv: st.matrix(&p("self_attn.v_proj.weight"), kind, updates)?,
+                wo: st.matrix(&p("self_attn.o_proj.weight"), kind, updates)?,
                 bq: bias("self_attn.q_proj.bias")?,
                 bk: bias("self_attn.k_proj.bias")?,
                 bv: bias("self_attn.v_proj.bias")?,
@@ -100,20 +111,20 @@ impl Transformer {
                 },
                 post_attn_norm: None,
                 ffn_norm: st.vector(&p("post_attention_layernorm.weight"))?,
-                w_gate: st.matrix(&p("mlp.gate_proj.weight"), kind)?,
-                w_up: st.matrix(&p("mlp.up_proj.weight"), kind)?,
-                w_down: st.matrix(&p("mlp.down_proj.weight"), kind)?,
+                w_gate: st.matrix(&p("mlp.gate_proj.weight"), kind, updates)?,
+                w_up: st.matrix(&p("mlp.up_proj.weight"), kind, updates)?,
+                w_down: st.matrix(&p("mlp.down_proj.weight"), kind, updates)?,
                 post_ffn_norm: None,
                 window: None,
                 rope: 0,
             });
         }
-        let embed = st.matrix("model.embed_tokens.weight", kind)?;
+        let embed = st.matrix("model.embed_tokens.weight", kind, updates)?;
         let tied = cfg.tie_word_embeddings || !st.has("lm_head.weight");
         let output = if tied {
             embed.clone()
         } else {
-            st.matrix("lm_head.weight", kind)?
+            st.matrix("lm_head.weight", kind, updates)?
         };
         let hp = Hparams {
             arch: cfg.architecture.clone(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 use rayon::prelude::*;
 
+use super::low_rank::LowRankUpdates;
 use super::matrix::{Matrix, anon_filled, release};
 use crate::error::{Error, Result};
 use crate::kernels::{self, WeightKind};
@@ -111,8 +112,14 @@ impl SafeTensors {
 
     /// A 2-D tensor `[rows, cols]` stored as `kind` (F32/BF16/F16), in anonymous memory
     /// (transparent huge pages where granted), interleaved for the 4-row kernels when its
-    /// shape allows ([`kernels::interleave`]); the file's pages of it are released.
-    pub(crate) fn matrix(&self, name: &str, kind: WeightKind) -> Result<Matrix> {
+    /// shape allows ([`kernels::interleave`]); the file's pages of it are released. `updates`
+    /// (LoRA) are merged first, in f32, in order.
+    pub(crate) fn matrix(
+        &self,
+        name: &str,
+        kind: WeightKind,
+        updates: &LowRankUpdates,
+    ) -> Result<Matrix> {
         let (file, t) = self.find(name)?;
         let [rows, cols] = t.shape[..] else {
             return Err(Error::Unsupported(format!(
@@ -127,36 +134,62 @@ impl SafeTensors {
             )));
         }
         let src = &file.map[t.start..t.end];
-        let group = kind.group_rows(cols).filter(|&n| rows.is_multiple_of(n));
-        let data = anon_filled(kind.row_bytes(cols) * rows, |out| match group {
-            // Group by group: transcoded rows (unless the file holds `kind` already), then
-            // interleaved into place.
-            Some(n) => {
-                let w_in = float_width(t.dtype).unwrap_or(4);
-                out.par_chunks_mut(kind.row_bytes(cols) * n)
-                    .zip(src.par_chunks(cols * w_in * n))
-                    .for_each_init(Vec::new, |buf, (o, s)| {
-                        let rows = if same_format(t.dtype, kind) {
-                            s
-                        } else {
-                            buf.resize(o.len(), 0);
-                            transcode_values(s, t.dtype, kind, buf);
-                            &buf[..]
-                        };
-                        kernels::interleave_into(kind, rows, cols, o);
-                    })
+        let m = match updates.get(name).filter(|u| !u.is_empty()) {
+            None => build(src, t.dtype, rows, cols, kind),
+            Some(updates) => {
+                let width = float_width(t.dtype).unwrap_or(4);
+                let mut w: Vec<f32> = src
+                    .chunks_exact(width)
+                    .map(|v| decode(v, t.dtype))
+                    .collect();
+                for u in updates {
+                    u.add_to(&mut w, rows, cols, name)?;
+                }
+                let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+                build(&bytes, safetensors::Dtype::F32, rows, cols, kind)
             }
-            None => transcode(src, t.dtype, kind, out),
-        });
+        };
         release(&file.map, t.start, t.end - t.start);
-        Ok(Matrix {
-            kind,
-            rows,
-            cols,
-            data: Arc::new(data),
-            row_bytes: kind.row_bytes(cols),
-            interleaved: group.is_some(),
-        })
+        Ok(m)
+    }
+}
+
+/// A `[rows, cols]` matrix of `kind` from `src` values stored as `dtype`.
+fn build(
+    src: &[u8],
+    dtype: safetensors::Dtype,
+    rows: usize,
+    cols: usize,
+    kind: WeightKind,
+) -> Matrix {
+    let group = kind.group_rows(cols).filter(|&n| rows.is_multiple_of(n));
+    let data = anon_filled(kind.row_bytes(cols) * rows, |out| match group {
+        // Group by group: transcoded rows (unless the source holds `kind` already), then
+        // interleaved into place.
+        Some(n) => {
+            let w_in = float_width(dtype).unwrap_or(4);
+            out.par_chunks_mut(kind.row_bytes(cols) * n)
+                .zip(src.par_chunks(cols * w_in * n))
+                .for_each_init(Vec::new, |buf, (o, s)| {
+                    let rows = if same_format(dtype, kind) {
+                        s
+                    } else {
+                        buf.resize(o.len(), 0);
+                        transcode_values(s, dtype, kind, buf);
+                        &buf[..]
+                    };
+                    kernels::interleave_into(kind, rows, cols, o);
+                })
+        }
+        None => transcode(src, dtype, kind, out),
+    });
+    Matrix {
+        kind,
+        rows,
+        cols,
+        data: Arc::new(data),
+        row_bytes: kind.row_bytes(cols),
+        interleaved: group.is_some(),
     }
 }
 

@@ -397,6 +397,27 @@ pub struct ModelConfig {
     pub chat_template_file: Option<String>,
     /// Default system prompt when a request has none.
     pub default_system: Option<String>,
+    /// LoRA adapter folders (PEFT's `adapter_config.json` + `adapter_model.safetensors`)
+    /// applied to every request, in order, as LLaMA-Factory's `adapter_name_or_path` (a string
+    /// or a list in the config).
+    #[serde(deserialize_with = "one_or_many")]
+    pub adapter_name_or_path: Vec<String>,
+}
+
+/// A string or a list of strings (LLaMA-Factory writes either).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        None(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::None(()) => Vec::new(),
+    })
 }
 
 /// What `create` receives: the selected backend, shared settings and the backend's own table.
