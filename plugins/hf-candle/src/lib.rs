@@ -16,6 +16,12 @@
 //! * **Pull streaming.** Generation runs inside the event iterator: each pull runs model steps
 //!   (candle) or reads the batcher's tokens (native) until text is ready, checking the cancel
 //!   flag, so dropping the stream stops work.
+//! * **Structured outputs, logprobs, adapters on the native engine.** A request's constraint
+//!   or forced tool choice becomes an llguidance token mask the batcher applies before each
+//!   sampling step (`constraint`, on `switchyard-constrain`); logprobs are the raw logits'
+//!   log-softmax with each token's exact bytes (`token_bytes`); LoRA adapters are merged into
+//!   a safetensors base while it loads (`lora`). Raw-prompt completions with `echo` score the
+//!   prompt in one pass over all positions.
 //! * **Templates like transformers.** Chat templates render with `minijinja` configured as
 //!   transformers configures Jinja2 (see [`template`]), so prompts match `apply_chat_template`
 //!   byte for byte.
@@ -32,14 +38,17 @@
 //!   tokens): a request's event iterator.
 //! * `shared`: the state the engine shares with its streams (candle's instance pool).
 //! * `text`: a sequence's text side, the same for both loops (decoding, stop strings,
-//!   events).
+//!   events, logprobs).
+//! * `constraint`: structured outputs as the batcher's token filter.
 //! * `load`: which engine runs a model, and what comes with it (tokenizer, template,
-//!   generation defaults, end ids). The only module that knows both paths.
+//!   generation defaults, end ids). The only module that knows both paths. `lora` reads
+//!   PEFT adapters for it.
 //! * [`candle`]: the candle path — our safetensors decoder, folders, candle's quantized GGUF
 //!   models. It uses nothing of the native engine but the file mapping (through [`gguf`]).
 //! * [`gguf`]: a GGUF file's header (candle's reader), metadata lookups, and the tensor
 //!   directory handed to the native engine.
-//! * Leaves: [`tokenizer`], [`template`], [`stop`], [`assets`], [`config`], [`error`].
+//! * Leaves: [`tokenizer`] (with `token_bytes`), [`template`], [`stop`], [`assets`],
+//!   [`config`], [`error`].
 
 #![warn(missing_docs)]
 
