@@ -77,6 +77,12 @@ impl Bridge {
     }
 
     fn try_create(flavor: &'static Flavor, config: EngineConfig) -> Result<Self> {
+        if let Some(a) = config.model.adapter_name_or_path.first() {
+            return Err(BridgeError::Config(format!(
+                "[model] adapter_name_or_path ({a}): LoRA adapters are not passed to the {} server by this bridge yet; start the server with its own LoRA flags and name the adapter as the model, merge the adapter, or use hf-candle",
+                flavor.server
+            )));
+        }
         let options = Options::parse(flavor, &config.options)?;
         let rt = Runtime::new()?;
         let timeouts = Timeouts {
