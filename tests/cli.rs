@@ -536,11 +536,9 @@ fn the_host_app_example_streams_a_reply_from_a_dropped_in_plugin() {
     );
 }
 
-/// The README's main job: `switchyard chat` on the default model with the embedded hf-candle
-/// backend. The greedy answer must be the one llama.cpp gives for the same file (recorded in
-/// tests/fixtures/llama_cpp; this prompt's margins are clear at every step, EOS included).
-#[test]
-fn chat_on_the_default_model_answers_like_llama_cpp() {
+/// The default model (`SWITCHYARD_MODEL`, else where scripts/fetch-model.sh puts it), with the
+/// hf-candle plugin built.
+fn default_model() -> String {
     let model = std::env::var("SWITCHYARD_MODEL").unwrap_or_else(|_| {
         format!(
             "{}/.cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -552,6 +550,15 @@ fn chat_on_the_default_model_answers_like_llama_cpp() {
         "{model} is missing; run scripts/fetch-model.sh"
     );
     plugin_library("hf-candle");
+    model
+}
+
+/// The README's main job: `switchyard chat` on the default model with the embedded hf-candle
+/// backend. The greedy answer must be the one llama.cpp gives for the same file (recorded in
+/// tests/fixtures/llama_cpp; this prompt's margins are clear at every step, EOS included).
+#[test]
+fn chat_on_the_default_model_answers_like_llama_cpp() {
+    let model = default_model();
     let fixture: Value = serde_json::from_str(
         &std::fs::read_to_string(
             switchyard_tests::workspace_root()
@@ -612,17 +619,7 @@ fn chat_on_the_default_model_answers_like_llama_cpp() {
 /// completion with `echo`.
 #[test]
 fn batch_rows_take_constraints_logprobs_tool_choice_and_raw_prompts() {
-    let model = std::env::var("SWITCHYARD_MODEL").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/switchyard/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            std::env::var("HOME").unwrap()
-        )
-    });
-    assert!(
-        Path::new(&model).exists(),
-        "{model} is missing; run scripts/fetch-model.sh"
-    );
-    plugin_library("hf-candle");
+    let model = default_model();
     let dir = tempfile::tempdir().unwrap();
     let schema = json!({"type": "object", "properties": {
         "color": {"enum": ["red", "green", "blue"]},

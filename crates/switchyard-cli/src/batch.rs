@@ -53,7 +53,17 @@ pub struct BatchArgs {
     fail_fast: bool,
 }
 
-/// Keys of an input line that are not generation settings.
+/// The contract's request fields a line may set in their wire JSON form.
+const CONTRACT_KEYS: &[&str] = &[
+    "logprobs",
+    "top_logprobs",
+    "tool_choice",
+    "constraint",
+    "prompt",
+    "echo",
+];
+
+/// Keys of an input line that are not generation settings (besides [`CONTRACT_KEYS`]).
 const REQUEST_KEYS: &[&str] = &[
     "messages",
     "system",
@@ -61,12 +71,6 @@ const REQUEST_KEYS: &[&str] = &[
     "chat_template_kwargs",
     "id",
     "model",
-    "logprobs",
-    "top_logprobs",
-    "tool_choice",
-    "constraint",
-    "prompt",
-    "echo",
 ];
 
 /// One input line: the request, the model it names (with `[[models]]`), and warnings about
@@ -88,14 +92,7 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
     };
     // The contract's own request fields, in its JSON form (one definition: the wire types).
     let mut fields = Map::new();
-    for key in [
-        "logprobs",
-        "top_logprobs",
-        "tool_choice",
-        "constraint",
-        "prompt",
-        "echo",
-    ] {
+    for &key in CONTRACT_KEYS {
         if let Some(v) = obj.remove(key).filter(|v| !v.is_null()) {
             fields.insert(key.to_owned(), v);
         }
@@ -155,8 +152,9 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
         let ok = known.contains(k);
         if !ok {
             warnings.push(format!(
-                "unknown field `{k}` ignored (known: {}, and generation settings)",
-                REQUEST_KEYS.join(", ")
+                "unknown field `{k}` ignored (known: {}, {}, and generation settings)",
+                REQUEST_KEYS.join(", "),
+                CONTRACT_KEYS.join(", ")
             ));
         }
         ok
