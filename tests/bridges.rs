@@ -361,6 +361,7 @@ fn vllm_scores_via_classify_and_pooling() {
         .get_scores(&ScoreRequest {
             inputs: vec![ScoreInput::Text("a".into()), ScoreInput::Text("b".into())],
             max_length: Some(512),
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(scores, vec![0.565_970_8, 0.264_487_78]);
@@ -375,6 +376,7 @@ fn vllm_scores_via_classify_and_pooling() {
         .get_scores(&ScoreRequest {
             inputs: vec![ScoreInput::Conversation(conv)],
             max_length: None,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(scores, vec![0.75]);
@@ -418,6 +420,7 @@ fn sglang_separate_finish_chunk_matched_stop_and_usage_on_request() {
         .get_scores(&ScoreRequest {
             inputs: vec![ScoreInput::Text("x".into()), ScoreInput::Text("y".into())],
             max_length: None,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(scores, vec![-3.41, 9.27]);
@@ -429,6 +432,7 @@ fn sglang_separate_finish_chunk_matched_stop_and_usage_on_request() {
         .get_scores(&ScoreRequest {
             inputs: vec![ScoreInput::Conversation(vec![Message::user("q")])],
             max_length: None,
+            ..Default::default()
         })
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UNSUPPORTED, "{err}");

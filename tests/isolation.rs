@@ -77,6 +77,7 @@ fn a_worker_answers_streams_cancels_and_keeps_errors_typed() {
         .get_scores(&switchyard::ScoreRequest {
             inputs: vec![switchyard::ScoreInput::Text("x".into())],
             max_length: None,
+            ..Default::default()
         })
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::UNSUPPORTED, "{e}");

@@ -41,6 +41,8 @@ preload = true
 keep_alive = "-1"
 [models.model]
 path = "three.bin"
+[models.model.lora_modules]
+sql = "two.bin"
 [models.backends.echo]
 prefix = "A:"
 
@@ -99,6 +101,34 @@ fn requests_route_by_name_and_alias_concurrently() {
         e.contains("gamma") && e.contains("alpha") && e.contains("beta"),
         "{e}"
     );
+}
+
+#[test]
+fn a_named_adapter_is_a_model_name_served_by_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = router(dir.path(), "", MODELS);
+    assert_eq!(reply(&r.get("sql").unwrap(), "p q"), "sql: q p");
+    assert_eq!(reply(&r.get("alpha").unwrap(), "p q"), "A: q p", "base");
+    assert_eq!(r.canonical("sql").unwrap(), "sql");
+    let listed = r.status();
+    let sql = listed.iter().find(|s| s.name == "sql").unwrap();
+    assert_eq!(sql.parent.as_deref(), Some("alpha"));
+    assert!(sql.root.as_deref().unwrap().ends_with("two.bin"));
+    assert_eq!(sql.status, Status::Loaded, "its parent's status");
+    // A request may also name the adapter itself; one its model lacks is refused by name.
+    let mut ask_sql = ask("p q");
+    ask_sql.adapter = Some("sql".into());
+    let alpha = r.get("alpha").unwrap();
+    assert_eq!(alpha.chat(ask_sql).unwrap().remove(0).text, "sql: q p");
+    let mut ask_other = ask("p q");
+    ask_other.adapter = Some("poetry".into());
+    let e = alpha.chat(ask_other).unwrap_err().to_string();
+    assert!(e.contains("poetry") && e.contains("`sql`"), "{e}");
+    // An adapter name that is already a model name is a config error.
+    let clash = MODELS.replace("sql = \"two.bin\"", "beta = \"two.bin\"");
+    let path = write_file(dir.path(), "clash.toml", &clash);
+    let e = Catalog::load(&path, &[]).unwrap_err().to_string();
+    assert!(e.contains("`beta`") && e.contains("lora_modules"), "{e}");
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub fn capabilities(flavor: &Flavor, multimodal: bool) -> Capabilities {
         tool_choice: flavor.supports(Field::ToolChoice),
         // Text completions are not bridged yet: the host refuses a raw `prompt` by name.
         completions: false,
+        // Embeddings are not bridged yet: the host refuses them by name.
+        embeddings: false,
     }
 }
 
@@ -80,6 +82,18 @@ impl Bridge {
         if let Some(a) = config.model.adapter_name_or_path.first() {
             return Err(BridgeError::Config(format!(
                 "[model] adapter_name_or_path ({a}): LoRA adapters are not passed to the {} server by this bridge yet; start the server with its own LoRA flags and name the adapter as the model, merge the adapter, or use hf-candle",
+                flavor.server
+            )));
+        }
+        if let Some(name) = config.model.lora_modules.keys().next() {
+            return Err(BridgeError::Config(format!(
+                "[model.lora_modules] {name}: named LoRA adapters are not passed to the {} server by this bridge yet; start the server with its own LoRA flags and name the adapter as the model, or use hf-candle",
+                flavor.server
+            )));
+        }
+        if let Some(t) = &config.model.template {
+            return Err(BridgeError::Config(format!(
+                "[model] template = {t:?}: the {} server renders prompts with the model's own chat template; drop `template`, or give the server a Jinja template with `chat_template_file`",
                 flavor.server
             )));
         }

@@ -21,7 +21,7 @@ fn texts(request: &ScoreRequest) -> Option<Vec<&str>> {
         .iter()
         .map(|i| match i {
             ScoreInput::Text(t) => Some(t.as_str()),
-            ScoreInput::Conversation(_) => None,
+            ScoreInput::Conversation(_) | ScoreInput::Tokens(_) => None,
         })
         .collect()
 }
@@ -75,6 +75,9 @@ pub fn plan(
                                 .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
                                 .collect();
                             json!({"model": model, "messages": messages, "task": "classify"})
+                        }
+                        ScoreInput::Tokens(ids) => {
+                            json!({"model": model, "input": ids, "task": "classify"})
                         }
                     };
                     ("/pooling", with_truncate(body))

@@ -46,8 +46,8 @@
 //! | number | where | today | checked by |
 //! |---|---|---|---|
 //! | [`ABI_VERSION`] | `abi_version` in the root module | `1` | the host, exactly, after loading |
-//! | [`CONTRACT_VERSION`] | the root module's `VERSION_STRINGS` | `"0.1.2"` | `abi_stable`, before any plugin code runs |
-//! | this crate's version | `Cargo.toml`, not the workspace's | `0.1.2` | `abi_stable`'s layout check: every type's layout records the package and version that defined it |
+//! | [`CONTRACT_VERSION`] | the root module's `VERSION_STRINGS` | `"0.1.3"` | `abi_stable`, before any plugin code runs |
+//! | this crate's version | `Cargo.toml`, not the workspace's | `0.1.3` | `abi_stable`'s layout check: every type's layout records the package and version that defined it |
 //!
 //! Both the contract and the crate version are `0.<ABI_VERSION>.<n>` (a unit test keeps the three
 //! in step). The rules that make this work are `abi_stable` 0.11's, for versions below 1.0:
@@ -120,8 +120,11 @@ pub const ABI_VERSION: u32 = 1;
 /// events and responses (in `extra` across the FFI), and the `logprobs`, `top_logprobs`,
 /// `tool_choice` and `constraint` request fields with their capabilities — all JSON additions;
 /// `0.1.2` raw-prompt text completions (`prompt`, `echo`, the `completions` capability),
-/// `prompt_logprobs` on events and responses, and `[model] adapter_name_or_path`.
-pub const CONTRACT_VERSION: &str = "0.1.2";
+/// `prompt_logprobs` on events and responses, and `[model] adapter_name_or_path`; `0.1.3`
+/// named adapters (`[model] lora_modules`, `ChatRequest::adapter`), `[model] template`
+/// (a LLaMA-Factory template name), and embeddings (`ScoreRequest::embed`, token-id score
+/// inputs, the `embeddings` capability).
+pub const CONTRACT_VERSION: &str = "0.1.3";
 
 /// Re-exported so plugins and the host use the exact same `abi_stable` version.
 pub use abi_stable;

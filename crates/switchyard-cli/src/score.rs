@@ -86,6 +86,7 @@ pub fn run(args: ScoreArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
             model.get_scores(&ScoreRequest {
                 inputs,
                 max_length: args.max_length,
+                ..Default::default()
             })
         };
         let mut next_score = 0;

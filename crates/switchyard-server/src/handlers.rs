@@ -235,7 +235,11 @@ pub(crate) async fn score(
         .and_then(Value::as_u64)
         .map(|n| n as u32);
     let scores = model
-        .aget_scores(ScoreRequest { inputs, max_length })
+        .aget_scores(ScoreRequest {
+            inputs,
+            max_length,
+            ..Default::default()
+        })
         .await
         .map_err(|e| failed(&state, e))?;
     state.metrics.observe_latency(started.elapsed());

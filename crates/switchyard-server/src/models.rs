@@ -43,6 +43,11 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
             if let Some(e) = error {
                 v["error"] = json!(e);
             }
+            // vLLM's shape for LoRA adapters: `parent` names the base model, `root` the folder.
+            v["parent"] = json!(m.parent);
+            if let Some(root) = m.root {
+                v["root"] = json!(root);
+            }
             v
         })
         .collect();

@@ -211,7 +211,9 @@ impl Catalog {
             };
             for n in std::iter::once(&name).chain(&aliases) {
                 if names.contains(n) {
-                    return Err(bad(format!("the model name `{n}` is used twice")));
+                    return Err(bad(format!(
+                        "the model name `{n}` is used twice (model names, aliases and the adapter names of [model.lora_modules] are one name space)"
+                    )));
                 }
                 names.push(n.clone());
             }
@@ -256,6 +258,14 @@ impl Catalog {
             };
             if config.sample_backend.is_empty() {
                 return Err(bad(format!("`{name}` has no `sample_backend`")));
+            }
+            for adapter in config.model.lora_modules.keys() {
+                if names.contains(adapter) {
+                    return Err(bad(format!(
+                        "the adapter name `{adapter}` of `{name}` is already a model or adapter name; names in [model.lora_modules] are what clients send as `model`, so rename one"
+                    )));
+                }
+                names.push(adapter.clone());
             }
             if config.plugin_dir.is_none()
                 && let Some(toml::Value::String(pd)) = &plugin_dir

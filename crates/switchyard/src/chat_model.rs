@@ -62,6 +62,8 @@ struct Slot {
 #[derive(Clone)]
 pub struct ChatModel {
     inner: Arc<Inner>,
+    /// The named adapter stamped on requests that name none ([`ChatModel::with_adapter`]).
+    adapter: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ChatModel {
@@ -146,7 +148,22 @@ impl ChatModel {
                 max_queue,
                 admitted: AtomicUsize::new(0),
             }),
+            adapter: None,
         })
+    }
+
+    /// This model with a named adapter of its `[model.lora_modules]` applied to every request
+    /// that names none (`None`: the base model). Shares the engine and the admission limit.
+    pub fn with_adapter(self, adapter: Option<String>) -> Self {
+        Self {
+            adapter: adapter.map(Arc::from),
+            ..self
+        }
+    }
+
+    /// The named adapter this handle applies, if any.
+    pub fn adapter(&self) -> Option<&str> {
+        self.adapter.as_deref()
     }
 
     /// What the engine reports about itself.
@@ -193,9 +210,13 @@ impl ChatModel {
 
     /// Validates the request and resolves its generation settings against the config (see
     /// [`crate::validation`]); returns the JSON the plugin receives.
-    fn prepare(&self, request: ChatRequest) -> Result<String> {
-        let request =
-            validation::prepare(request, &self.inner.config.generation, &self.inner.info)?;
+    fn prepare(&self, mut request: ChatRequest) -> Result<String> {
+        if request.adapter.is_none() {
+            request.adapter = self.adapter.as_deref().map(str::to_owned);
+        }
+        let config = &self.inner.config;
+        validation::check_adapter(&request, &config.model.lora_modules)?;
+        let request = validation::prepare(request, &config.generation, &self.inner.info)?;
         serde_json::to_string(&request)
             .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))
     }
@@ -268,9 +289,7 @@ impl ChatModel {
     }
 
     fn run_scores(&self, request: &ScoreRequest) -> Result<Vec<f32>> {
-        if request.inputs.is_empty() {
-            return Err(Error::InvalidRequest("no inputs to score".to_owned()));
-        }
+        validation::check_scores(request, &self.inner.info)?;
         let json = serde_json::to_string(request)
             .map_err(|e| Error::InvalidRequest(format!("cannot encode request: {e}")))?;
         Ok(self

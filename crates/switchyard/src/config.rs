@@ -12,6 +12,10 @@
 //! # chat_template = "..."  /  chat_template_file = "template.jinja"
 //! # default_system = "You are a helpful assistant."
 //! # adapter_name_or_path = "lora/"   # or a list: LoRA adapters merged in order
+//! # template = "qwen3_nothink"       # a LLaMA-Factory template name instead of the model's own
+//!
+//! # [model.lora_modules]            # named adapters a request picks with its `model` field
+//! # sql = "adapters/sql"
 //!
 //! [generation]                      # defaults; requests override them
 //! temperature = 0.7
@@ -140,7 +144,8 @@ impl Config {
                 }
             }
         }
-        for p in &mut self.model.adapter_name_or_path {
+        let adapters = self.model.adapter_name_or_path.iter_mut();
+        for p in adapters.chain(self.model.lora_modules.values_mut()) {
             *p = expand_home(p);
             if let Some(dir) = &self.config_dir {
                 let candidate = dir.join(&*p);

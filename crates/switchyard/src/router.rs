@@ -83,6 +83,10 @@ pub struct ModelStatus {
     pub status: Status,
     /// What it counts against `max_loaded_mb`.
     pub size_mb: u64,
+    /// For a named LoRA adapter (`[model.lora_modules]`): the model it runs on.
+    pub parent: Option<String>,
+    /// For a named adapter: its folder.
+    pub root: Option<String>,
 }
 
 /// Several models behind one name space (see the module docs). Cheap to clone.
@@ -170,57 +174,80 @@ impl ModelRouter {
             .collect()
     }
 
+    /// Every name a client may send: models, then each model's named adapters.
+    fn known(&self) -> Vec<String> {
+        let mut known = self.names();
+        for s in &self.inner.slots {
+            known.extend(s.spec.config.model.lora_modules.keys().cloned());
+        }
+        known
+    }
+
     /// The slot `name` refers to (a name or an alias; empty: the first model).
     fn find(&self, name: &str) -> Result<usize> {
+        self.resolve(name).map(|(i, _)| i)
+    }
+
+    /// The slot `name` refers to and, when it names one of that model's
+    /// `[model.lora_modules]` adapters, the adapter.
+    fn resolve(&self, name: &str) -> Result<(usize, Option<String>)> {
         if name.is_empty() {
-            return Ok(0);
+            return Ok((0, None));
         }
-        self.inner
-            .slots
+        let slots = &self.inner.slots;
+        if let Some(i) = (0..slots.len())
+            .find(|&i| self.name_of(i) == name || slots[i].spec.aliases.iter().any(|a| a == name))
+        {
+            return Ok((i, None));
+        }
+        slots
             .iter()
-            .enumerate()
-            .position(|(i, s)| self.name_of(i) == name || s.spec.aliases.iter().any(|a| a == name))
+            .position(|s| s.spec.config.model.lora_modules.contains_key(name))
+            .map(|i| (i, Some(name.to_owned())))
             .ok_or_else(|| Error::UnknownModel {
                 asked: name.to_owned(),
-                known: self.names(),
+                known: self.known(),
             })
     }
 
-    /// The name of the model `name` refers to (a name, an alias, or empty for the first).
+    /// The name of the model `name` refers to (a name, an alias, or empty for the first); an
+    /// adapter's name is its own.
     pub fn canonical(&self, name: &str) -> Result<String> {
-        self.find(name).map(|i| self.name_of(i))
+        self.resolve(name)
+            .map(|(i, adapter)| adapter.unwrap_or_else(|| self.name_of(i)))
     }
 
     /// The model called `name` (empty: the first), loaded if needed; waits while another
-    /// request loads it. Blocking: use [`ModelRouter::aget`] from async code.
+    /// request loads it. A named adapter gives its model bound to the adapter
+    /// ([`ChatModel::with_adapter`]). Blocking: use [`ModelRouter::aget`] from async code.
     pub fn get(&self, name: &str) -> Result<ChatModel> {
-        let i = self.find(name)?;
-        self.load_slot(i)
+        self.get_with_keep_alive(name, None)
     }
 
     /// Like [`ModelRouter::get`], with a per-request `keep_alive` for this model.
     pub fn get_with_keep_alive(&self, name: &str, keep: Option<KeepAlive>) -> Result<ChatModel> {
-        let i = self.find(name)?;
+        let (i, adapter) = self.resolve(name)?;
         if let Some(k) = keep {
             *lock(&self.inner.slots[i].keep_alive) = k;
         }
-        self.load_slot(i)
+        Ok(self.load_slot(i)?.with_adapter(adapter))
     }
 
     /// Async [`ModelRouter::get_with_keep_alive`] (loading runs on the blocking pool).
     pub async fn aget(&self, name: &str, keep: Option<KeepAlive>) -> Result<ChatModel> {
-        let i = self.find(name)?;
+        let (i, adapter) = self.resolve(name)?;
         if let Some(k) = keep {
             *lock(&self.inner.slots[i].keep_alive) = k;
         }
         if let State::Loaded { model, last_used } = &mut *lock(&self.inner.slots[i].state) {
             *last_used = Instant::now();
-            return Ok(model.clone());
+            return Ok(model.clone().with_adapter(adapter));
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.load_slot(i))
+        let model = tokio::task::spawn_blocking(move || this.load_slot(i))
             .await
-            .map_err(|e| Error::Config(format!("loading the model failed on the host: {e}")))?
+            .map_err(|e| Error::Config(format!("loading the model failed on the host: {e}")))??;
+        Ok(model.with_adapter(adapter))
     }
 
     fn load_slot(&self, i: usize) -> Result<ChatModel> {
@@ -389,13 +416,11 @@ impl ModelRouter {
         })
     }
 
-    /// Every model and where it is.
+    /// Every model and where it is, each followed by its named adapters (with `parent`).
     pub fn status(&self) -> Vec<ModelStatus> {
-        self.inner
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ModelStatus {
+        let mut all = Vec::new();
+        for (i, s) in self.inner.slots.iter().enumerate() {
+            let model = ModelStatus {
                 name: self.name_of(i),
                 aliases: s.spec.aliases.clone(),
                 backend: s.spec.config.sample_backend.clone(),
@@ -406,8 +431,23 @@ impl ModelRouter {
                     State::Loaded { .. } => Status::Loaded,
                     State::Failed(e) => Status::Failed(e.clone()),
                 },
-            })
-            .collect()
+                parent: None,
+                root: None,
+            };
+            let adapters: Vec<ModelStatus> = (s.spec.config.model.lora_modules.iter())
+                .map(|(name, dir)| ModelStatus {
+                    name: name.clone(),
+                    aliases: Vec::new(),
+                    size_mb: 0,
+                    parent: Some(model.name.clone()),
+                    root: Some(dir.clone()),
+                    ..model.clone()
+                })
+                .collect();
+            all.push(model);
+            all.extend(adapters);
+        }
+        all
     }
 
     /// The models loaded right now, with their names.

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use switchyard_abi::wire::{
-    ChatRequest, Constraint, EngineInfo, GenerationParams, Prompt, Role, ToolChoice,
+    ChatRequest, Constraint, EngineInfo, GenerationParams, Prompt, Role, ScoreRequest, ToolChoice,
 };
 
 use crate::error::{Error, Result};
@@ -30,6 +30,48 @@ fn invalid(name: &str, message: impl Into<String>) -> Error {
     Error::InvalidSetting {
         name: name.to_owned(),
         message: message.into(),
+    }
+}
+
+/// A score (or embedding) request: some inputs, and the capability it needs.
+pub fn check_scores(request: &ScoreRequest, info: &EngineInfo) -> Result<()> {
+    if request.inputs.is_empty() {
+        return Err(Error::InvalidRequest("no inputs to score".to_owned()));
+    }
+    if request.embed && !info.capabilities.embeddings {
+        return Err(unsupported(
+            "input",
+            info,
+            "the request asks for embeddings",
+        ));
+    }
+    Ok(())
+}
+
+/// A request's named adapter must be one of the model's `[model.lora_modules]`.
+pub fn check_adapter(
+    request: &ChatRequest,
+    adapters: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    match &request.adapter {
+        Some(name) if !adapters.contains_key(name) => Err(invalid(
+            "adapter",
+            if adapters.is_empty() {
+                format!(
+                    "the request asks for the LoRA adapter `{name}`, but this model has no named adapters; add it under [model.lora_modules] ({name} = \"DIR\") or drop the field"
+                )
+            } else {
+                format!(
+                    "the request asks for the LoRA adapter `{name}`; this model has {} (set in [model.lora_modules])",
+                    adapters
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -78,7 +78,13 @@ impl Backend for Echo {
                     .rev()
                     .map(str::to_owned)
                     .collect();
-                w.insert(0, self.prefix.clone());
+                // A request for a named adapter (`[model.lora_modules]`) is answered in its
+                // name, so that routing to adapters can be seen.
+                let prefix = match &request.adapter {
+                    Some(adapter) => format!("{adapter}:"),
+                    None => self.prefix.clone(),
+                };
+                w.insert(0, prefix);
                 w.retain(|w| !w.is_empty());
                 w.iter()
                     .enumerate()

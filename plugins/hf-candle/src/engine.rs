@@ -81,6 +81,16 @@ impl HfCandle {
                 "candle's quantized kernels size their pool from CANDLE_NUM_THREADS / the physical cores; set CANDLE_NUM_THREADS to match"
             );
         }
+        if let Some(name) = config.model.lora_modules.keys().next() {
+            return Err(Error::Unsupported(format!(
+                "[model.lora_modules] {name}: named adapters per request are not served by hf-candle yet; merge it with `adapter_name_or_path`, or serve it as its own [[models]] entry"
+            )));
+        }
+        if let Some(t) = &config.model.template {
+            return Err(Error::Unsupported(format!(
+                "[model] template = {t:?}: LLaMA-Factory's named templates are not rendered by hf-candle yet; drop `template` to use the model's own chat template, or give a Jinja one with `chat_template_file`"
+            )));
+        }
         let adapters = load::adapter_paths(config);
         let loaded = threads.install(|| load::load_model(&path, &opts, &device, &adapters))?;
         let template_file = config.model.chat_template_file.as_deref().map(|f| {
@@ -460,6 +470,7 @@ impl HfCandle {
                 let text = self.render(msgs, None, None, false, &Map::new())?;
                 s.tok.encode(&text, false)?
             }
+            ScoreInput::Tokens(ids) => ids.clone(),
         };
         if let Some(m) = max_length {
             ids.truncate(m as usize);

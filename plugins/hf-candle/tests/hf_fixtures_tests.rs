@@ -124,6 +124,7 @@ fn check_scores(name: &str) {
             .get_scores(ScoreRequest {
                 inputs: vec![ScoreInput::Text(s["text"].as_str().unwrap().into())],
                 max_length: None,
+                ..Default::default()
             })
             .unwrap();
         close(got[0], &s["score"], s["text"].as_str().unwrap());
@@ -140,6 +141,7 @@ fn check_scores(name: &str) {
                 .map(|s| ScoreInput::Text(s["text"].as_str().unwrap().into()))
                 .collect(),
             max_length: None,
+            ..Default::default()
         })
         .unwrap();
     for (got, want) in batch.iter().zip(exp["batch"]["scores"].as_array().unwrap()) {
@@ -152,6 +154,7 @@ fn check_scores(name: &str) {
                 &conv["messages"],
             ))],
             max_length: None,
+            ..Default::default()
         })
         .unwrap();
     close(got[0], &conv["score"], "conversation");
@@ -180,6 +183,7 @@ fn chat_model_refuses_scores() {
         .get_scores(ScoreRequest {
             inputs: vec![ScoreInput::Text("hi".into())],
             max_length: None,
+            ..Default::default()
         })
         .unwrap_err();
     assert_eq!(err.kind, switchyard_plugin::ErrorKind::UNSUPPORTED, "{err}");

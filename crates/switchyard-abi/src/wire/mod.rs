@@ -3,6 +3,8 @@
 //! Both sides decode leniently: unknown fields are ignored and missing ones take their defaults,
 //! so a host and a plugin built at different times keep working together.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -224,6 +226,11 @@ pub struct ChatRequest {
     /// alternatives).
     #[serde(skip_serializing_if = "is_false")]
     pub echo: bool,
+    /// A named LoRA adapter of the model's `[model.lora_modules]` to apply to this request
+    /// (on top of the always-on `adapter_name_or_path` ones); `None` means the base model. The
+    /// host checks the name against the config before the plugin sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
 }
 
 /// A raw completion prompt: text, or token ids of the model's vocabulary.
@@ -308,6 +315,8 @@ pub enum ScoreInput {
     Text(String),
     /// A conversation, rendered with the chat template (no generation prompt).
     Conversation(Vec<Message>),
+    /// Token ids of the model's vocabulary, used as they are.
+    Tokens(Vec<u32>),
 }
 
 /// A reward-model scoring request.
@@ -319,6 +328,12 @@ pub struct ScoreRequest {
     /// Truncate inputs to this many tokens (an error when unset and the context is exceeded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<u32>,
+    /// Return each input's embedding instead of a reward score (needs the `embeddings`
+    /// capability): the plugin answers with every input's vector, one after another, all of
+    /// the same length (the dimension is the answer's length divided by the number of inputs).
+    /// Carried by `get_scores` so that embeddings need no new FFI entry point.
+    #[serde(skip_serializing_if = "is_false")]
+    pub embed: bool,
 }
 
 /// What a backend can do, declared up front.
@@ -347,6 +362,8 @@ pub struct Capabilities {
     pub tool_choice: bool,
     /// Raw-prompt text completions (`prompt`, `echo`).
     pub completions: bool,
+    /// Sentence embeddings (`ScoreRequest::embed`).
+    pub embeddings: bool,
 }
 
 impl Capabilities {
@@ -364,6 +381,7 @@ impl Capabilities {
             (self.constraints, "constraints"),
             (self.tool_choice, "tool_choice"),
             (self.completions, "completions"),
+            (self.embeddings, "embeddings"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -402,6 +420,15 @@ pub struct ModelConfig {
     /// or a list in the config).
     #[serde(deserialize_with = "one_or_many")]
     pub adapter_name_or_path: Vec<String>,
+    /// Named LoRA adapters (`NAME = "DIR"`) a request may pick by name (`ChatRequest::adapter`,
+    /// the API's `model` field); applied at run time, not merged, so requests for different
+    /// adapters share the base weights.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lora_modules: BTreeMap<String, String>,
+    /// A LLaMA-Factory template name (`template: qwen3_nothink` in its YAML) used instead of
+    /// the model's own Jinja chat template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// A string or a list of strings (LLaMA-Factory writes either).
