@@ -19,7 +19,7 @@ use futures::Stream;
 use switchyard_abi::{
     EngineBox, EngineError, EngineFfi_TO, ErrorKind, TokenStreamBox,
     abi_stable::sabi_trait::TD_Opaque,
-    wire::{ChatRequest, EngineInfo, Event, Response, ScoreRequest},
+    wire::{ChatRequest, EngineInfo, Event, Response, ScoreInput, ScoreRequest},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -427,10 +427,46 @@ impl ChatModel {
         .await
     }
 
+    /// Sentence embeddings, one vector per input (needs the `embeddings` capability): a
+    /// [`ScoreRequest`] with `embed` set, whose flat answer is split into equal parts.
+    pub fn embed(&self, inputs: Vec<ScoreInput>) -> Result<Vec<Vec<f32>>> {
+        let n = inputs.len();
+        let flat = self.get_scores(&ScoreRequest {
+            inputs,
+            max_length: None,
+            embed: true,
+        })?;
+        split_embeddings(flat, n)
+    }
+
+    /// Async [`ChatModel::embed`].
+    pub async fn aembed(&self, inputs: Vec<ScoreInput>) -> Result<Vec<Vec<f32>>> {
+        let n = inputs.len();
+        let flat = self
+            .aget_scores(ScoreRequest {
+                inputs,
+                max_length: None,
+                embed: true,
+            })
+            .await?;
+        split_embeddings(flat, n)
+    }
+
     /// Async [`ChatModel::batch`].
     pub async fn abatch(&self, requests: Vec<ChatRequest>) -> Vec<Result<Vec<Response>>> {
         futures::future::join_all(requests.into_iter().map(|r| self.achat(r))).await
     }
+}
+
+/// A plugin's concatenated vectors, one per input; the length must divide evenly.
+fn split_embeddings(flat: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>> {
+    if n == 0 || flat.is_empty() || flat.len() % n != 0 {
+        return Err(Error::Engine(EngineError::backend(format!(
+            "the plugin answered {} values for {n} inputs to embed; the contract asks for one vector of the same length per input",
+            flat.len()
+        ))));
+    }
+    Ok(flat.chunks(flat.len() / n).map(<[f32]>::to_vec).collect())
 }
 
 async fn spawn_blocking<T: Send + 'static>(
