@@ -61,6 +61,7 @@ const CONTRACT_KEYS: &[&str] = &[
     "constraint",
     "prompt",
     "echo",
+    "adapter",
 ];
 
 /// Keys of an input line that are not generation settings (besides [`CONTRACT_KEYS`]).

@@ -36,8 +36,9 @@ Commands:
   exit               quit (also Ctrl-D)
   /system TEXT       set the system prompt (empty TEXT removes it); clears the history
   /set KEY=VALUE     change a generation setting, e.g. /set temperature=0.2, /set stop=###
+                     (/set model=NAME switches the model or LoRA adapter, as /model does)
   /save FILE         write the conversation to FILE as JSON
-  /model [NAME]      list the models (with [[models]] in the config) or switch to NAME
+  /model [NAME]      list the models and named adapters, or switch to NAME
   /help              this text
 Ctrl-C stops the reply being generated.";
 
@@ -89,6 +90,8 @@ impl Session {
         }
         if let Some(rest) = trimmed.strip_prefix("/set ") {
             match rest.split_once('=') {
+                // `model` picks a model or a named adapter, as `/model NAME` does.
+                Some((k, v)) if k.trim() == "model" => self.switch_model(v.trim(), out)?,
                 Some((k, v)) => {
                     match switchyard::generation::set_param(&mut self.generation, k.trim(), v) {
                         Ok(()) => writeln!(out, "{} = {}", k.trim(), v.trim())?,
@@ -107,13 +110,7 @@ impl Session {
                     writeln!(out, "{mark} {} ({}, {:?})", m.name, m.backend, m.status)?;
                 }
             } else {
-                match self.models.canonical(name) {
-                    Ok(n) => {
-                        writeln!(out, "Model: {n}.")?;
-                        self.current = n;
-                    }
-                    Err(e) => writeln!(out, "error: {e}")?,
-                }
+                self.switch_model(name, out)?;
             }
             return Ok(Step::Continue);
         }
@@ -135,6 +132,18 @@ impl Session {
         }
         self.reply(line.to_owned(), out, tty)?;
         Ok(Step::Continue)
+    }
+
+    /// Replies come from `name` (a model, an alias or a named LoRA adapter) from now on.
+    fn switch_model(&mut self, name: &str, out: &mut dyn Write) -> std::io::Result<()> {
+        match self.models.canonical(name) {
+            Ok(n) => {
+                writeln!(out, "Model: {n}.")?;
+                self.current = n;
+            }
+            Err(e) => writeln!(out, "error: {e}")?,
+        }
+        Ok(())
     }
 
     fn save(&self, path: &Path) -> anyhow::Result<()> {

@@ -33,15 +33,16 @@ pub fn load_router(
     plugin_dir: Option<&Path>,
     isolate: bool,
 ) -> anyhow::Result<(ModelRouter, switchyard::Catalog, Duration)> {
+    let (file, overrides) = args.resolve()?;
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner();
     spinner.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
     );
-    spinner.set_message(format!("loading {}", args.config.display()));
+    spinner.set_message(format!("loading {}", file.display()));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let result = (|| -> switchyard::Result<(ModelRouter, switchyard::Catalog)> {
-        let mut catalog = switchyard::Catalog::load(&args.config, &args.overrides)?;
+        let mut catalog = switchyard::Catalog::load(&file, &overrides)?;
         if isolate {
             for e in &mut catalog.entries {
                 e.config.isolation.get_or_insert(Isolation::Process);
@@ -55,7 +56,7 @@ pub fn load_router(
         }
         Ok((router, catalog))
     })()
-    .with_context(|| format!("cannot start the models of {}", args.config.display()));
+    .with_context(|| format!("cannot start the models of {}", file.display()));
     spinner.finish_and_clear();
     let (router, catalog) = result?;
     Ok((router, catalog, started.elapsed()))

@@ -1,4 +1,4 @@
-//! The `switchyard` command: list plugins, chat in the terminal, run batches and scores.
+//! The `switchyard` command: list plugins, chat in the terminal, run batches, scores and embeddings.
 //!
 //! The binary is thin: it parses flags into one command struct, sets up logging, and hands over
 //! to one module per command. Everything reaches backends through `switchyard::ChatModel`.
@@ -7,6 +7,7 @@ mod api;
 mod batch;
 mod chat;
 mod common;
+mod embed;
 mod inspect;
 mod plugins;
 mod score;
@@ -35,13 +36,48 @@ struct Cli {
 /// The config file and its overrides, shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 struct ModelArgs {
-    /// The TOML config file (`sample_backend`, `[model]`, `[generation]`, `[backends.*]`).
+    /// The config file: Switchyard's TOML (`sample_backend`, `[model]`, `[generation]`,
+    /// `[backends.*]`), or a LLaMA-Factory inference YAML (`model_name_or_path`,
+    /// `adapter_name_or_path`, `template`, `infer_backend`, ...).
     #[arg(short, long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+
+    /// The config file as the first argument, as `llamafactory-cli chat FILE.yaml` takes it
+    /// (when there is no --config), then `key=value` overrides: LLaMA-Factory keys for a
+    /// YAML file (`template=qwen3 temperature=0.5`), config paths otherwise.
+    #[arg(value_name = "FILE | KEY=VALUE")]
+    args: Vec<String>,
 
     /// Override a config value, e.g. `--set generation.temperature=0` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+impl ModelArgs {
+    /// The config file and every override (the trailing `key=value` ones, then `--set`).
+    fn resolve(&self) -> anyhow::Result<(PathBuf, Vec<String>)> {
+        let mut rest = self.args.iter();
+        let file = match &self.config {
+            Some(file) => file.clone(),
+            None => match rest.next() {
+                Some(first) if !first.contains('=') => PathBuf::from(first),
+                _ => anyhow::bail!(
+                    "no config file: give one with --config FILE or as the first argument (switchyard chat model.yaml)"
+                ),
+            },
+        };
+        let mut overrides = Vec::new();
+        for arg in rest {
+            if !arg.contains('=') {
+                anyhow::bail!(
+                    "unexpected argument `{arg}`: after the config file come key=value overrides (e.g. temperature=0.5)"
+                );
+            }
+            overrides.push(arg.clone());
+        }
+        overrides.extend(self.overrides.iter().cloned());
+        Ok((file, overrides))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,6 +90,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Compute reward-model scores for a JSONL file of texts or conversations.
     Score(score::ScoreArgs),
+    /// Sentence embeddings of texts (--text) or a JSONL file, one JSON vector per line.
+    Embed(embed::EmbedArgs),
     /// Serve the OpenAI-compatible HTTP API (and the web chat page at /).
     Api(api::ApiArgs),
     /// Serve the API and open the web chat page.
@@ -92,6 +130,7 @@ fn main() {
         Command::Chat(args) => chat::run(args, cli.plugin_dir.as_deref()),
         Command::Batch(args) => batch::run(args, cli.plugin_dir.as_deref()),
         Command::Score(args) => score::run(args, cli.plugin_dir.as_deref()),
+        Command::Embed(args) => embed::run(args, cli.plugin_dir.as_deref()),
         Command::Api(args) => api::run(args, cli.plugin_dir.as_deref(), false),
         Command::Webchat(args) => api::run(args, cli.plugin_dir.as_deref(), true),
         Command::InspectPlugin { path } => inspect::run_child(&path),

@@ -124,6 +124,10 @@ const ENTRY_DEFAULTS: &[&str] = &["max_concurrent", "max_queue", "isolation"];
 impl Catalog {
     /// Reads a config file: `[[models]]` entries, or a single-model config.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        if crate::llamafactory::is_llamafactory_file(path) {
+            // A LLaMA-Factory config describes one model.
+            return Ok(Self::single(Config::load(path, overrides)?));
+        }
         let text = read_file(path)?;
         Self::parse(
             &text,
@@ -131,6 +135,22 @@ impl Catalog {
             overrides,
             Some(file_dir(path)),
         )
+    }
+
+    /// A catalog of one model, loaded at start and never unloaded.
+    fn single(config: Config) -> Self {
+        Catalog {
+            entries: vec![EntrySpec {
+                name: None,
+                aliases: Vec::new(),
+                config,
+                preload: true,
+                keep_alive: Some(KeepAlive::Forever),
+            }],
+            max_loaded_mb: None,
+            keep_alive: KeepAlive::Forever,
+            single: true,
+        }
     }
 
     /// Parses config text; relative paths resolve against `dir`.
@@ -148,18 +168,7 @@ impl Catalog {
         let Some(models) = table.remove("models") else {
             let mut config = Config::from_table(table, origin, text)?;
             config.set_dir(dir);
-            return Ok(Catalog {
-                entries: vec![EntrySpec {
-                    name: None,
-                    aliases: Vec::new(),
-                    config,
-                    preload: true,
-                    keep_alive: Some(KeepAlive::Forever),
-                }],
-                max_loaded_mb: None,
-                keep_alive: KeepAlive::Forever,
-                single: true,
-            });
+            return Ok(Self::single(config));
         };
         let bad = |msg: String| Error::Config(format!("invalid config: {origin}: {msg}"));
         if let Some(k) = table

@@ -215,6 +215,11 @@ impl ChatModel {
             request.adapter = self.adapter.as_deref().map(str::to_owned);
         }
         let config = &self.inner.config;
+        for (key, value) in &config.chat_template_kwargs {
+            (request.chat_template_kwargs)
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
         validation::check_adapter(&request, &config.model.lora_modules)?;
         let request = validation::prepare(request, &config.generation, &self.inner.info)?;
         serde_json::to_string(&request)

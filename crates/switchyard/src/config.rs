@@ -69,6 +69,9 @@ pub struct Config {
     pub model: ModelConfig,
     /// Generation defaults.
     pub generation: GenerationParams,
+    /// Chat-template variables every request gets unless it sets them itself (e.g.
+    /// `enable_thinking = false`, what a LLaMA-Factory config's `enable_thinking` becomes).
+    pub chat_template_kwargs: serde_json::Map<String, serde_json::Value>,
     /// Per-backend tables, passed to the plugin as is.
     pub backends: BTreeMap<String, toml::Value>,
     /// The directory of the file this config came from (not a TOML key).
@@ -84,14 +87,23 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "isolation",
     "model",
     "generation",
+    "chat_template_kwargs",
     "backends",
 ];
 
 impl Config {
     /// Reads and validates a config file, applying `--set key=value` overrides.
+    /// A `.yaml`, `.yml` or `.json` file is a LLaMA-Factory inference config
+    /// ([`crate::llamafactory`]), whose overrides may also be LLaMA-Factory keys.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = read_file(path)?;
-        let mut config = Self::parse(&text, &path.display().to_string(), overrides)?;
+        let origin = path.display().to_string();
+        let mut config = if crate::llamafactory::is_llamafactory_file(path) {
+            let table = crate::llamafactory::to_table(&text, &origin, overrides)?;
+            Self::from_table(table, &origin, &text)?
+        } else {
+            Self::parse(&text, &origin, overrides)?
+        };
         config.set_dir(Some(file_dir(path)));
         Ok(config)
     }

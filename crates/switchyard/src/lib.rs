@@ -34,6 +34,7 @@ mod chat_model;
 pub mod config;
 mod error;
 pub mod generation;
+pub mod llamafactory;
 pub mod registry;
 pub mod router;
 pub mod validation;

@@ -423,11 +423,9 @@ pub struct ModelConfig {
     /// Named LoRA adapters (`NAME = "DIR"`) a request may pick by name (`ChatRequest::adapter`,
     /// the API's `model` field); applied at run time, not merged, so requests for different
     /// adapters share the base weights.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub lora_modules: BTreeMap<String, String>,
     /// A LLaMA-Factory template name (`template: qwen3_nothink` in its YAML) used instead of
     /// the model's own Jinja chat template.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
 }
 
