@@ -47,6 +47,8 @@ pub struct Job {
     pub stop: Arc<[AtomicBool]>,
     /// Which tokens may come next (structured outputs); forked for each extra sequence.
     pub filter: Option<Box<dyn TokenFilter>>,
+    /// The attached LoRA adapter to run with (`Transformer::attach_adapter`), if any.
+    pub adapter: Option<usize>,
 }
 
 /// Tuning knobs.
@@ -148,6 +150,7 @@ struct Seq {
     /// Copies to make after the prompt (`num_return_sequences - 1`).
     forks: usize,
     filter: Option<Box<dyn TokenFilter>>,
+    adapter: Option<usize>,
 }
 
 impl Seq {
@@ -214,7 +217,7 @@ impl Worker {
     }
 
     fn admit(&mut self, job: Job) {
-        let kv = self.prefix.take(&job.prompt);
+        let kv = self.prefix.take_for(job.adapter, &job.prompt);
         let reused = kv.as_ref().map_or(0, KvCache::len);
         let kv = kv.unwrap_or_else(|| self.model.new_cache());
         self.stats
@@ -244,12 +247,13 @@ impl Worker {
             stop: job.stop,
             forks: n - 1,
             filter: job.filter,
+            adapter: job.adapter,
         });
     }
 
     fn park(&mut self, s: Seq) {
         if s.index == 0 {
-            self.prefix.put(s.fed, s.kv);
+            self.prefix.put_for(s.adapter, s.fed, s.kv);
         }
     }
 
@@ -288,6 +292,7 @@ impl Worker {
                     steps.push(SeqStep {
                         kv: &mut s.kv,
                         tokens: &s.pending[..n],
+                        adapter: s.adapter,
                     });
                     idx.push(i);
                 }
@@ -337,6 +342,7 @@ impl Worker {
                         stop: Arc::clone(&s.stop),
                         forks: 0,
                         filter: s.filter.as_ref().map(|f| f.fork()),
+                        adapter: s.adapter,
                     },
                     lg.clone(),
                 ));

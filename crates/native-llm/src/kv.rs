@@ -136,7 +136,9 @@ impl KvCache {
 /// bounded in bytes.
 #[derive(Debug)]
 pub struct PrefixCache {
-    entries: VecDeque<(Vec<u32>, KvCache)>,
+    /// `(adapter, tokens, cache)`: a cache computed with one LoRA adapter is reused only by
+    /// requests for the same adapter (its keys and values differ from the base model's).
+    entries: VecDeque<(Option<usize>, Vec<u32>, KvCache)>,
     bytes: usize,
     budget: usize,
     /// Shortest shared prefix worth reusing.
@@ -160,24 +162,29 @@ impl PrefixCache {
     }
 
     /// Parks a finished sequence's cache (`tokens` are exactly the positions it holds).
-    pub fn put(&mut self, tokens: Vec<u32>, mut kv: KvCache) {
+    pub fn put(&mut self, tokens: Vec<u32>, kv: KvCache) {
+        self.put_for(None, tokens, kv);
+    }
+
+    /// [`PrefixCache::put`] for a sequence that ran with LoRA adapter `adapter`.
+    pub fn put_for(&mut self, adapter: Option<usize>, tokens: Vec<u32>, mut kv: KvCache) {
         debug_assert_eq!(tokens.len(), kv.len());
         if self.budget == 0 || kv.len() < self.min_tokens || kv.bytes() > self.budget {
             return;
         }
         kv.shrink();
         // An entry that is a prefix of the new one is redundant.
-        self.entries.retain(|(t, c)| {
-            let redundant = t.len() <= tokens.len() && tokens[..t.len()] == t[..];
+        self.entries.retain(|(a, t, c)| {
+            let redundant = *a == adapter && t.len() <= tokens.len() && tokens[..t.len()] == t[..];
             if redundant {
                 self.bytes -= c.bytes();
             }
             !redundant
         });
         self.bytes += kv.bytes();
-        self.entries.push_back((tokens, kv));
+        self.entries.push_back((adapter, tokens, kv));
         while self.bytes > self.budget {
-            let Some((_, old)) = self.entries.pop_front() else {
+            let Some((_, _, old)) = self.entries.pop_front() else {
                 break;
             };
             self.bytes -= old.bytes();
@@ -189,12 +196,19 @@ impl PrefixCache {
     /// The entry stays cached when it holds more than the shared part (another request may
     /// branch from it), in which case the caller gets a copy.
     pub fn take(&mut self, prompt: &[u32]) -> Option<KvCache> {
+        self.take_for(None, prompt)
+    }
+
+    /// [`PrefixCache::take`] for a request that runs with LoRA adapter `adapter`: only caches
+    /// computed with the same adapter qualify.
+    pub fn take_for(&mut self, adapter: Option<usize>, prompt: &[u32]) -> Option<KvCache> {
         let limit = prompt.len().saturating_sub(1);
         let (best, shared) = self
             .entries
             .iter()
             .enumerate()
-            .map(|(i, (t, _))| {
+            .filter(|(_, (a, _, _))| *a == adapter)
+            .map(|(i, (_, t, _))| {
                 let n = t.iter().zip(prompt).take_while(|(a, b)| a == b).count();
                 (i, n.min(limit))
             })
@@ -202,15 +216,15 @@ impl PrefixCache {
         if shared < self.min_tokens {
             return None;
         }
-        let whole = self.entries[best].0.len() == shared;
+        let whole = self.entries[best].1.len() == shared;
         let mut kv = if whole {
-            let (_, kv) = self.entries.remove(best).expect("index from enumerate");
+            let (_, _, kv) = self.entries.remove(best).expect("index from enumerate");
             self.bytes -= kv.bytes();
             kv
         } else {
             // Move it to the back (most recently used) and copy the shared part.
             let entry = self.entries.remove(best).expect("index from enumerate");
-            let copy = entry.1.prefix(shared);
+            let copy = entry.2.prefix(shared);
             self.entries.push_back(entry);
             copy
         };

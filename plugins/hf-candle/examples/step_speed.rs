@@ -49,6 +49,7 @@ fn run(model: &Transformer, steps: usize, context: usize) {
                 model.forward(&mut [SeqStep {
                     kv,
                     tokens: &prompt,
+                    adapter: None,
                 }]);
             }
             let token = [42u32];
@@ -56,7 +57,11 @@ fn run(model: &Transformer, steps: usize, context: usize) {
             for _ in 0..steps {
                 let mut seqs: Vec<SeqStep<'_>> = caches
                     .iter_mut()
-                    .map(|kv| SeqStep { kv, tokens: &token })
+                    .map(|kv| SeqStep {
+                        kv,
+                        tokens: &token,
+                        adapter: None,
+                    })
                     .collect();
                 std::hint::black_box(model.forward(&mut seqs));
             }

@@ -81,11 +81,6 @@ impl HfCandle {
                 "candle's quantized kernels size their pool from CANDLE_NUM_THREADS / the physical cores; set CANDLE_NUM_THREADS to match"
             );
         }
-        if let Some(name) = config.model.lora_modules.keys().next() {
-            return Err(Error::Unsupported(format!(
-                "[model.lora_modules] {name}: named adapters per request are not served by hf-candle yet; merge it with `adapter_name_or_path`, or serve it as its own [[models]] entry"
-            )));
-        }
         if let Some(t) = &config.model.template {
             return Err(Error::Unsupported(format!(
                 "[model] template = {t:?}: LLaMA-Factory's named templates are not rendered by hf-candle yet; drop `template` to use the model's own chat template, or give a Jinja one with `chat_template_file`"
@@ -121,8 +116,16 @@ impl HfCandle {
         };
         let mut details = loaded.details;
         let mut loaded_net = loaded.net;
+        let named = load::named_adapter_paths(config);
         match &mut loaded_net {
             Runner::Native(model) => {
+                // Float folders merged the always-on adapters at load; a GGUF base applies
+                // them at run time, as it does the named ones.
+                let merged = path.is_dir();
+                let names = crate::lora::attach(model, &named, &adapters, merged)?;
+                if !names.is_empty() {
+                    details.insert("lora_modules".into(), names.into());
+                }
                 if let Some(kind) = opts.kv_cache {
                     model.set_kv_kind(kind)?;
                 }
@@ -134,7 +137,13 @@ impl HfCandle {
             Runner::Candle(_) if opts.kv_cache.is_some() => tracing::warn!(
                 "[backends.hf-candle] kv_cache_dtype applies to the native engine only; this model runs on candle, whose cache follows the model's dtype"
             ),
-            Runner::Candle(_) => {}
+            Runner::Candle(_) => {
+                if let Some(name) = named.keys().next() {
+                    return Err(Error::Unsupported(format!(
+                        "[model.lora_modules] {name}: named adapters run on the native engine, and this model runs on candle; merge the adapter with `adapter_name_or_path` or serve it as its own [[models]] entry"
+                    )));
+                }
+            }
         }
         details.insert(
             "device".into(),
@@ -341,12 +350,34 @@ impl HfCandle {
         Ok(())
     }
 
+    /// The attached adapter a request names (`[model.lora_modules]`), by index.
+    fn adapter_index(&self, request: &ChatRequest) -> Result<Option<usize>> {
+        let Some(name) = &request.adapter else {
+            return Ok(None);
+        };
+        self.shared
+            .native_model
+            .as_ref()
+            .and_then(|m| m.adapter_index(name))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "the LoRA adapter `{name}` is not loaded; name one of [model.lora_modules]"
+                ))
+            })
+    }
+
     /// The prompt's tokens for `echo`: each one's log-probability given those before it (when
     /// `top` is set, with that many alternatives), from one forward pass over the prompt.
-    fn prompt_logprobs(&self, ids: &[u32], top: Option<usize>) -> Result<Vec<TokenLogprob>> {
+    fn prompt_logprobs(
+        &self,
+        ids: &[u32],
+        top: Option<usize>,
+        adapter: Option<usize>,
+    ) -> Result<Vec<TokenLogprob>> {
         let rows: Option<Vec<Vec<f32>>> = match top {
             None => None,
-            Some(_) => Some(self.logits(ids)?.to_vec2()?),
+            Some(_) => Some(self.logits_with(ids, adapter)?.to_vec2()?),
         };
         Ok(ids
             .iter()
@@ -368,6 +399,11 @@ impl HfCandle {
 
     /// Logits (f32) at every position of `ids` (safetensors models only), `(len, vocab)`.
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        self.logits_with(ids, None)
+    }
+
+    /// [`HfCandle::logits`] with a named adapter (an index from `adapter_index`) applied.
+    fn logits_with(&self, ids: &[u32], adapter: Option<usize>) -> Result<Tensor> {
         let s = &self.shared;
         if let Some(m) = &s.native_model {
             if ids.is_empty() || ids.len() > s.context_length {
@@ -377,7 +413,7 @@ impl HfCandle {
                     s.context_length
                 )));
             }
-            let rows = s.threads.install(|| m.all_logits(ids));
+            let rows = s.threads.install(|| m.all_logits(ids, adapter));
             let vocab = rows.first().map_or(0, Vec::len);
             let flat: Vec<f32> = rows.into_iter().flatten().collect();
             return Ok(Tensor::from_vec(flat, (ids.len(), vocab), &Device::Cpu)?);
@@ -517,12 +553,14 @@ impl Backend for HfCandle {
             ));
         }
         let plan = self.plan(&request, ids.len())?;
+        let adapter = self.adapter_index(&request)?;
         // `echo`: the prompt's tokens lead the stream; with no new tokens asked for (the
         // loglikelihood case) they are all of it.
         let echo = if request.echo {
             let tokens = self.prompt_logprobs(
                 &ids,
                 request.logprobs.then_some(request.top_logprobs as usize),
+                adapter,
             )?;
             let only = plan.max_new == 0;
             let prompt_length = ids.len() as u32;
@@ -582,6 +620,7 @@ impl Backend for HfCandle {
                 out: tx,
                 stop: Arc::clone(&stop),
                 filter,
+                adapter,
             };
             if !batcher.submit(job) {
                 return Err(EngineError::backend(
@@ -607,6 +646,12 @@ impl Backend for HfCandle {
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {
         let s = &self.shared;
+        if request.embed {
+            return Err(EngineError::unsupported(format!(
+                "{} is not a sentence-embedding model; load a sentence-transformers (BERT) folder for embeddings",
+                s.info.model
+            )));
+        }
         let Some(head) = s.head.as_ref() else {
             return Err(EngineError::unsupported(format!(
                 "{} is a generating model without a reward head; load a *ForSequenceClassification model or one with value_head.safetensors for scores",

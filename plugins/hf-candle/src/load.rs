@@ -54,6 +54,15 @@ fn resolve(config: &EngineConfig, raw: &str) -> PathBuf {
     }
 }
 
+/// The named adapters of `[model.lora_modules]`, their folders resolved as the model path is.
+pub(crate) fn named_adapter_paths(
+    config: &EngineConfig,
+) -> std::collections::BTreeMap<String, PathBuf> {
+    (config.model.lora_modules.iter())
+        .map(|(name, raw)| (name.clone(), resolve(config, raw)))
+        .collect()
+}
+
 /// The adapter folders `config` names, resolved as the model path is.
 pub(crate) fn adapter_paths(config: &EngineConfig) -> Vec<PathBuf> {
     config
@@ -99,7 +108,8 @@ pub(crate) struct Loaded {
 
 /// Loads the model at `path` (a Hugging Face folder or a GGUF file) as `opts` say. Call
 /// inside the compute thread pool.
-/// `adapters` are LoRA folders merged into the weights, in order.
+/// `adapters` are LoRA folders merged into the weights, in order (a GGUF base leaves them to
+/// the caller, which attaches them for run-time use: see `lora::attach`).
 pub(crate) fn load_model(
     path: &Path,
     opts: &Options,
@@ -109,13 +119,15 @@ pub(crate) fn load_model(
     if path.is_dir() {
         load_folder(path, opts.dtype, device, opts.native, adapters)
     } else if is_gguf(path) {
-        if let Some(a) = adapters.first() {
+        // A quantized base cannot merge adapters: the engine applies them at run time.
+        let loaded = load_gguf(path, device, opts.native)?;
+        if let (Some(a), Runner::Candle(_)) = (adapters.first(), &loaded.net) {
             return Err(Error::Unsupported(format!(
-                "adapter {}: LoRA adapters are merged into Hugging Face (safetensors) base models; for a GGUF base, merge the adapter before converting, or load the safetensors base",
+                "adapter {}: LoRA adapters on a GGUF base run on the native engine, which does not run this architecture; merge the adapter before converting",
                 a.display()
             )));
         }
-        load_gguf(path, device, opts.native)
+        Ok(loaded)
     } else {
         Err(Error::file(
             path,

@@ -8,9 +8,11 @@
 //! alphas (`rank_pattern`, `alpha_pattern`), `layers_to_transform`, `fan_in_fan_out` (GPT-2's
 //! transposed layers), trained biases.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use native_llm::model::{AdapterLayout, Transformer};
 use native_llm::weights::{LowRank, LowRankUpdates};
 use serde_json::Value;
 
@@ -28,6 +30,33 @@ const TARGETS: &[&str] = &[
 ];
 
 /// The updates of `dirs`, in order (a weight updated by several adapters gets them all).
+/// Attaches adapters to a native model for run-time use: each `[model.lora_modules]` entry
+/// by its name, and — when the base could not merge them at load (`merged` is false: a
+/// quantized GGUF base) — the always-on `adapter_name_or_path` ones as one adapter applied to
+/// every token. Returns the named adapters' names.
+pub(crate) fn attach(
+    model: &mut Transformer,
+    named: &BTreeMap<String, PathBuf>,
+    always_on: &[PathBuf],
+    merged: bool,
+) -> Result<Vec<String>> {
+    if !merged && !always_on.is_empty() {
+        let updates = read(always_on)?;
+        let i = model.attach_adapter(
+            "(adapter_name_or_path)",
+            &updates,
+            AdapterLayout::HuggingFace,
+        )?;
+        model.set_always_on(i);
+    }
+    for (name, dir) in named {
+        let updates = read(std::slice::from_ref(dir))?;
+        model.attach_adapter(name, &updates, AdapterLayout::HuggingFace)?;
+        tracing::info!(adapter = %name, dir = %dir.display(), "named LoRA adapter attached");
+    }
+    Ok(named.keys().cloned().collect())
+}
+
 pub(crate) fn read(dirs: &[PathBuf]) -> Result<LowRankUpdates> {
     let mut out = LowRankUpdates::new();
     for dir in dirs {

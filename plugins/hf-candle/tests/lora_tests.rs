@@ -110,17 +110,13 @@ fn unsupported_adapters_are_named_errors() {
         assert!(e.contains(needle), "{key}: {e}");
     }
     // An adapter trained for another model (SmolLM2 is 576 wide, the adapter's base 64), a
-    // missing folder, a GGUF base, a model candle runs (a reward model).
+    // missing folder, a model candle runs (a reward model). (GGUF bases apply adapters at run
+    // time: lora_runtime_tests.)
     let smollm2 = common::cached_model("SWITCHYARD_SMOLLM2_HF", "SmolLM2-135M-Instruct-hf");
     let cases = [
         (smollm2, qv.clone(), "another base model"),
         (dir("llama-seqcls"), qv.clone(), "runs on candle"),
         (dir("llama"), dir("llama-lora/none"), "adapter_config.json"),
-        (
-            common::fixtures().join("gguf/tiny-llama-f32.gguf"),
-            qv.clone(),
-            "GGUF",
-        ),
     ];
     for (base, adapter, needle) in cases {
         let e = match common::engine_with(

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::adapters::Proj;
 use super::matmul::{QuantBufs, matmul, prepare};
 use super::ops::{add_bias, add_rows, each_row, rms_norm, rms_norm_in_place, rope_tables};
 use super::transformer::{Activation, SeqStep, Transformer};
@@ -17,13 +18,15 @@ impl Transformer {
         self.forward_inner(seqs, false)
     }
 
-    /// Logits at every position of `tokens`, from an empty cache (`[len][vocab]`).
-    pub fn all_logits(&self, tokens: &[u32]) -> Vec<Vec<f32>> {
+    /// Logits at every position of `tokens`, from an empty cache (`[len][vocab]`), with an
+    /// attached `adapter` or none.
+    pub fn all_logits(&self, tokens: &[u32], adapter: Option<usize>) -> Vec<Vec<f32>> {
         let mut kv = self.new_cache();
         self.forward_inner(
             &mut [SeqStep {
                 kv: &mut kv,
                 tokens,
+                adapter,
             }],
             true,
         )
@@ -39,6 +42,12 @@ impl Transformer {
             where_.extend((0..step.tokens.len()).map(|i| (s, start + i)));
         }
         let t = where_.len();
+        // Each token's adapter; `None` when the step needs no low-rank work at all.
+        let per_token: Vec<Option<usize>> = seqs
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.adapter, s.tokens.len()))
+            .collect();
+        let lora = self.any_adapter(&per_token).then_some(&per_token[..]);
         let mut x = vec![0f32; t * h];
         let ids = seqs.iter().flat_map(|s| s.tokens.iter().copied());
         for (row, id) in x.chunks_mut(h).zip(ids) {
@@ -73,6 +82,11 @@ impl Transformer {
                 matmul(&l.wk, &input, t, &mut k);
                 matmul(&l.wv, &input, t, &mut v);
             }
+            if let Some(pt) = lora {
+                self.apply_adapters(li, Proj::Q, pt, &xn, &mut q);
+                self.apply_adapters(li, Proj::K, pt, &xn, &mut k);
+                self.apply_adapters(li, Proj::V, pt, &xn, &mut v);
+            }
             add_bias(&mut q, l.bq.as_deref());
             add_bias(&mut k, l.bk.as_deref());
             add_bias(&mut v, l.bv.as_deref());
@@ -99,6 +113,9 @@ impl Transformer {
             }
             let input = prepare(&[&l.wo], &attn, q_dim, &mut qbuf);
             matmul(&l.wo, &input, t, &mut tmp);
+            if let Some(pt) = lora {
+                self.apply_adapters(li, Proj::O, pt, &attn, &mut tmp);
+            }
             if let Some(w) = &l.post_attn_norm {
                 rms_norm_in_place(&mut tmp, w, hp.eps);
             }
@@ -109,12 +126,19 @@ impl Transformer {
                 matmul(&l.w_gate, &input, t, &mut gate);
                 matmul(&l.w_up, &input, t, &mut up);
             }
+            if let Some(pt) = lora {
+                self.apply_adapters(li, Proj::Gate, pt, &xn, &mut gate);
+                self.apply_adapters(li, Proj::Up, pt, &xn, &mut up);
+            }
             let gelu = hp.activation == Activation::GeluTanh;
             gate.par_chunks_mut(4096)
                 .zip(up.par_chunks(4096))
                 .for_each(|(g, u)| kernels::gated_activation(gelu, g, u));
             let input = prepare(&[&l.w_down], &gate, ffn, &mut qbuf);
             matmul(&l.w_down, &input, t, &mut tmp);
+            if let Some(pt) = lora {
+                self.apply_adapters(li, Proj::Down, pt, &gate, &mut tmp);
+            }
             if let Some(w) = &l.post_ffn_norm {
                 rms_norm_in_place(&mut tmp, w, hp.eps);
             }

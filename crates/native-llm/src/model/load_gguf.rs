@@ -160,6 +160,8 @@ impl Transformer {
             output,
             inv_freqs,
             kv_kind,
+            adapters: Vec::new(),
+            always_on: None,
         };
         m.check_shapes()?;
         Ok(m)

@@ -150,6 +150,8 @@ impl Transformer {
             layers,
             output,
             kv_kind: Self::default_kv_kind(kind),
+            adapters: Vec::new(),
+            always_on: None,
         };
         m.check_shapes()?;
         Ok(m)

@@ -14,8 +14,10 @@
 //!   [`DecoderConfig`]);
 //! - `ops`: row-wise arithmetic (norms, residual adds, rotary tables);
 //! - `matmul`: activation quantization and the matrix products of a step;
+//! - `adapters`: LoRA adapters applied at run time, per sequence ([`Transformer::attach_adapter`]);
 //! - `forward`: the forward pass ([`Transformer::forward`]) and attention.
 
+mod adapters;
 mod dims;
 mod forward;
 mod load_gguf;
@@ -24,6 +26,7 @@ mod matmul;
 mod ops;
 mod transformer;
 
+pub use adapters::{AdapterLayout, Proj};
 pub use load_gguf::NATIVE_ARCHITECTURES;
 pub use load_hf::DecoderConfig;
 pub use transformer::{Activation, Hparams, SeqStep, Transformer};

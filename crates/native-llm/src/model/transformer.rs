@@ -87,6 +87,10 @@ pub struct Transformer {
     pub(super) inv_freqs: Vec<Vec<f64>>,
     /// Number format of the KV cache (see [`Transformer::default_kv_kind`]).
     pub(super) kv_kind: WeightKind,
+    /// LoRA adapters attached for run-time use (see `adapters.rs`).
+    pub(super) adapters: Vec<super::adapters::RuntimeAdapter>,
+    /// The adapter applied to every token, if any.
+    pub(super) always_on: Option<usize>,
 }
 
 /// One sequence's part of a forward step.
@@ -95,6 +99,8 @@ pub struct SeqStep<'a> {
     pub kv: &'a mut KvCache,
     /// Tokens to run, at positions `kv.len()..`.
     pub tokens: &'a [u32],
+    /// The attached adapter (`Transformer::attach_adapter`) this sequence runs with.
+    pub adapter: Option<usize>,
 }
 
 impl Transformer {
