@@ -11,8 +11,9 @@ use switchyard_plugin::{
 
 use crate::client::{Client, Runtime, Timeouts};
 use crate::error::{BridgeError, Result};
-use crate::flavor::{Field, Flavor};
+use crate::flavor::{Field, Flavor, LoraDialect};
 use crate::launch::ServerProcess;
+use crate::lora::Adapters;
 use crate::options::{Options, ReasoningMode, launch_argv};
 use crate::protocol::{Completion, chat_body, finish_reason, logprobs, tool_calls};
 use crate::scores;
@@ -29,6 +30,8 @@ pub struct Bridge {
     multimodal: bool,
     use_pooling: bool,
     details: Map<String, Value>,
+    /// The LoRA adapters the server serves, and the always-on one's name.
+    adapters: Adapters,
     /// Launch mode: the server; stopped when the bridge is dropped.
     server: Option<Mutex<ServerProcess>>,
 }
@@ -79,18 +82,7 @@ impl Bridge {
     }
 
     fn try_create(flavor: &'static Flavor, config: EngineConfig) -> Result<Self> {
-        if let Some(a) = config.model.adapter_name_or_path.first() {
-            return Err(BridgeError::Config(format!(
-                "[model] adapter_name_or_path ({a}): LoRA adapters are not passed to the {} server by this bridge yet; start the server with its own LoRA flags and name the adapter as the model, merge the adapter, or use hf-candle",
-                flavor.server
-            )));
-        }
-        if let Some(name) = config.model.lora_modules.keys().next() {
-            return Err(BridgeError::Config(format!(
-                "[model.lora_modules] {name}: named LoRA adapters are not passed to the {} server by this bridge yet; start the server with its own LoRA flags and name the adapter as the model, or use hf-candle",
-                flavor.server
-            )));
-        }
+        let mut adapters = Adapters::plan(flavor, &config)?;
         if let Some(t) = &config.model.template {
             return Err(BridgeError::Config(format!(
                 "[model] template = {t:?}: the {} server renders prompts with the model's own chat template; drop `template`, or give the server a Jinja template with `chat_template_file`",
@@ -128,7 +120,7 @@ impl Bridge {
                 Some(p) => p,
                 None => free_port(&host)?,
             };
-            let argv = launch_argv(flavor, &options, &config, &host, port)?;
+            let argv = launch_argv(flavor, &options, &config, &adapters, &host, port)?;
             let mut process = ServerProcess::spawn(
                 flavor.server,
                 &argv,
@@ -161,10 +153,24 @@ impl Bridge {
         };
         details.insert("url".into(), client.root().into());
         let listed = rt.block_on(client.get_json("/v1/models"))?;
+        adapters.verify_listed(flavor, client.root(), &listed)?;
+        if !adapters.is_empty() {
+            let names: Vec<&str> = adapters.served.iter().map(|(n, _)| n.as_str()).collect();
+            details.insert("lora_adapters".into(), json!(names));
+            if let Some(a) = &adapters.always_on {
+                details.insert("always_on_adapter".into(), a.clone().into());
+            }
+        }
         let ids: Vec<&str> = listed
             .get("data")
             .and_then(Value::as_array)
-            .map(|d| d.iter().filter_map(|m| m.get("id")?.as_str()).collect())
+            .map(|d| {
+                // vLLM lists the adapters after the base, each with its `parent`.
+                d.iter()
+                    .filter(|m| m.get("parent").is_none_or(Value::is_null))
+                    .filter_map(|m| m.get("id")?.as_str())
+                    .collect()
+            })
             .unwrap_or_default();
         let model = match options.model.clone().or(options.served_model_name.clone()) {
             Some(m) => {
@@ -209,6 +215,7 @@ impl Bridge {
             multimodal: options.multimodal.unwrap_or(true),
             use_pooling: options.score_endpoint.as_deref() == Some("pooling"),
             details,
+            adapters,
             server,
         })
     }
@@ -303,10 +310,11 @@ impl Backend for Bridge {
 
     fn stream_chat(
         &self,
-        request: ChatRequest,
+        mut request: ChatRequest,
         cancel: CancelToken,
     ) -> Result<EventIter, EngineError> {
         self.check_server()?;
+        self.pick_adapter(&mut request);
         let body = chat_body(self.flavor, &self.model, &request, true)?;
         let resp = self
             .rt
@@ -326,8 +334,9 @@ impl Backend for Bridge {
         Ok(Box::new(events))
     }
 
-    fn chat(&self, request: ChatRequest) -> Result<Vec<Response>, EngineError> {
+    fn chat(&self, mut request: ChatRequest) -> Result<Vec<Response>, EngineError> {
         self.check_server()?;
+        self.pick_adapter(&mut request);
         let body = chat_body(self.flavor, &self.model, &request, false)?;
         let raw = self
             .rt
@@ -337,7 +346,7 @@ impl Backend for Bridge {
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {
         self.check_server()?;
-        let call = scores::plan(self.flavor, &self.model, &request, self.use_pooling)?;
+        let call = scores::plan(self.flavor, self.score_model()?, &request, self.use_pooling)?;
         let mut out = Vec::new();
         for (path, body) in call {
             let raw = self.rt.block_on(self.client.post_json(path, &body))?;
@@ -356,6 +365,28 @@ impl Backend for Bridge {
 }
 
 impl Bridge {
+    /// Puts the adapter the server must apply into the request: the one it picked (a
+    /// `[model.lora_modules]` name, checked by the host), else the always-on one.
+    fn pick_adapter(&self, request: &mut ChatRequest) {
+        request.adapter = self
+            .adapters
+            .wire_name(request.adapter.as_deref())
+            .map(str::to_owned);
+    }
+
+    /// The model scores are asked of: with an always-on adapter, vLLM's adapter name; SGLang's
+    /// `/classify` takes no adapter, so scores are refused there rather than computed without it.
+    fn score_model(&self) -> Result<&str> {
+        match (&self.adapters.always_on, self.flavor.lora) {
+            (None, _) => Ok(&self.model),
+            (Some(name), LoraDialect::Vllm) => Ok(name),
+            (Some(_), _) => Err(BridgeError::Unsupported(format!(
+                "[model] adapter_name_or_path: the {} server's /classify takes no LoRA adapter, so scores would come from the base model; merge the adapter into the model to score with it",
+                self.flavor.server
+            ))),
+        }
+    }
+
     fn responses(&self, raw: Value, requested: u32) -> Result<Vec<Response>> {
         let server = self.flavor.server;
         if raw.get("error").is_some_and(|e| !e.is_null()) {

@@ -1,5 +1,5 @@
 //! What differs between the servers, as data: which request fields each accepts, how to launch
-//! it, how to probe it, where its reward scores come from.
+//! it, how to probe it, where its reward scores come from, how it takes LoRA adapters.
 //!
 //! The plugins pick one of the constants here ([`VLLM`], [`SGLANG`], [`KT_SGLANG`],
 //! [`KT_LEGACY`]); everything else is shared code.
@@ -43,6 +43,20 @@ pub enum ConstraintDialect {
     /// grammar (the old `guided_*` fields are ignored there without an error).
     Vllm,
     /// SGLang: `response_format` for JSON, `regex` and `ebnf` fields; a choice becomes a regex.
+    Sglang,
+}
+
+/// How a server takes LoRA adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraDialect {
+    /// None: `[model] adapter_name_or_path` and `[model.lora_modules]` are refused by name.
+    None,
+    /// vLLM: launched with `--enable-lora --lora-modules NAME=DIR ... --max-lora-rank R`; a
+    /// request names the adapter as its `model`; `/v1/models` lists each adapter with its
+    /// `parent`.
+    Vllm,
+    /// SGLang: launched with `--enable-lora --lora-paths NAME=DIR ...`; a request names the
+    /// adapter in its `lora_path` field and keeps the base model as `model`.
     Sglang,
 }
 
@@ -101,6 +115,8 @@ pub struct Flavor {
     pub launch: LaunchSpec,
     /// Structured outputs.
     pub constraints: ConstraintDialect,
+    /// LoRA adapters.
+    pub lora: LoraDialect,
 }
 
 impl Flavor {
@@ -135,6 +151,8 @@ const SGLANG_OPTIONS: &[(&str, &str)] = &[
     ("reasoning_parser", "--reasoning-parser"),
     ("tool_call_parser", "--tool-call-parser"),
     ("is_embedding", "--is-embedding"),
+    ("max_loras_per_batch", "--max-loras-per-batch"),
+    ("lora_backend", "--lora-backend"),
 ];
 
 const SGLANG_LAUNCH: LaunchSpec = LaunchSpec {
@@ -177,11 +195,14 @@ pub const VLLM: Flavor = Flavor {
             ("reasoning_parser", "--reasoning-parser"),
             ("runner", "--runner"),
             ("convert", "--convert"),
+            ("max_loras", "--max-loras"),
+            ("max_cpu_loras", "--max-cpu-loras"),
         ],
         prefix_flags: None,
         install_hint: "install vLLM (`pip install vllm`)",
     },
     constraints: ConstraintDialect::Vllm,
+    lora: LoraDialect::Vllm,
 };
 
 /// SGLang's server (`python -m sglang.launch_server`).
@@ -193,6 +214,7 @@ pub const SGLANG: Flavor = Flavor {
     scores: ScoreApi::Sglang,
     launch: SGLANG_LAUNCH,
     constraints: ConstraintDialect::Sglang,
+    lora: LoraDialect::Sglang,
 };
 
 /// Today's KTransformers: SGLang with the kt-kernel CPU MoE kernel and `--kt-*` flags.
@@ -208,6 +230,10 @@ pub const KT_SGLANG: Flavor = Flavor {
         ..SGLANG_LAUNCH
     },
     constraints: ConstraintDialect::Sglang,
+    // KTransformers documents LoRA serving with SGLang's flags (its Kimi-K2.5 SFT guide:
+    // `--enable-lora --lora-paths lora1=DIR --lora-backend triton`, the adapter converted with
+    // kt-kernel's `scripts/convert_lora.py` first).
+    lora: LoraDialect::Sglang,
 };
 
 /// The legacy KTransformers server (≤ v0.3): string content only, no `/health`, no `top_k`,
@@ -242,4 +268,6 @@ pub const KT_LEGACY: Flavor = Flavor {
         install_hint: "install the legacy KTransformers server (`pip install ktransformers`)",
     },
     constraints: ConstraintDialect::None,
+    // The legacy server has no LoRA serving.
+    lora: LoraDialect::None,
 };

@@ -21,6 +21,10 @@
 //! `invalid_request`, 429 → `overloaded`, 5xx → `backend`). Only connection failures — where
 //! nothing reached the server — are retried; a generation is never sent twice.
 //!
+//! **LoRA adapters as the servers serve them** ([`lora`]): named adapters and LLaMA-Factory's one
+//! always-on adapter become the server's LoRA launch flags, and each request names its adapter
+//! the server's way (vLLM's `model`, SGLang's `lora_path`); an attached server must list them.
+//!
 //! **Attach or launch.** With `base_url` the bridge attaches to a running server; without it,
 //! it starts one ([`launch`]) in its own process group, logs its output, waits for the readiness
 //! probe and stops the group when the engine is dropped, with a watchdog for a host that dies.
@@ -31,6 +35,7 @@ mod engine;
 pub mod error;
 pub mod flavor;
 pub mod launch;
+pub mod lora;
 pub mod options;
 pub mod protocol;
 pub mod scores;

@@ -10,6 +10,7 @@
 //! # launch mode (no base_url): Switchyard starts `vllm serve <model.path>` itself
 //! tensor_parallel_size = 2        # server flags by name (see the flavor's option list)
 //! args = ["--max-num-seqs", "64"] # anything else, verbatim
+//! max_lora_rank = 64              # with LoRA adapters (default: from their adapter_config.json)
 //! # command = ["/opt/llama-server", "-m", "{model}", "--host", "{host}", "--port", "{port}"]
 //! ready_timeout_s = 900
 //! ```
@@ -23,6 +24,7 @@ use switchyard_plugin::EngineConfig;
 
 use crate::error::{BridgeError, Result};
 use crate::flavor::Flavor;
+use crate::lora::Adapters;
 
 /// What happens to a server's reasoning text (`reasoning` / `reasoning_content`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -76,6 +78,10 @@ pub struct Options {
     pub score_endpoint: Option<String>,
     /// KTransformers: `"sglang"` (default) or `"legacy"`.
     pub server: Option<String>,
+    /// Launch mode with LoRA adapters: the server's `--max-lora-rank` (LLaMA-Factory's
+    /// `vllm_max_lora_rank`). vLLM default: the adapters' largest rank rounded up to one it
+    /// accepts; SGLang infers it itself.
+    pub max_lora_rank: Option<u32>,
     /// Server flags by name (checked against the flavor's list).
     #[serde(flatten)]
     pub flags: Map<String, Value>,
@@ -104,7 +110,7 @@ impl Options {
                 .is_some_and(|(p, _)| key.starts_with(p));
             if !known.contains(&key.as_str()) && !prefixed {
                 return Err(BridgeError::Config(format!(
-                    "unknown key `{key}` in [backends.{}]; known keys: base_url, api_key, model, command, args, env, host, port, served_model_name, ready_timeout_s, stop_timeout_s, request_timeout_s, connect_timeout_s, connect_retries, reasoning, multimodal, score_endpoint{}, and the server flags {}{}",
+                    "unknown key `{key}` in [backends.{}]; known keys: base_url, api_key, model, command, args, env, host, port, served_model_name, ready_timeout_s, stop_timeout_s, request_timeout_s, connect_timeout_s, connect_retries, reasoning, multimodal, score_endpoint, max_lora_rank{}, and the server flags {}{}",
                     flavor.backend,
                     if flavor.backend == "ktransformers" {
                         ", server"
@@ -180,12 +186,14 @@ impl Options {
     }
 }
 
-/// Builds the launch command line: the flavor's program with model, host, port, key and
-/// flags, or the configured `command` with its placeholders filled; then `args`.
+/// Builds the launch command line: the flavor's program with model, host, port, key, flags and
+/// the LoRA adapters' flags, or the configured `command` with its placeholders filled; then
+/// `args`.
 pub fn launch_argv(
     flavor: &Flavor,
     options: &Options,
     config: &EngineConfig,
+    adapters: &Adapters,
     host: &str,
     port: u16,
 ) -> Result<Vec<String>> {
@@ -241,6 +249,7 @@ pub fn launch_argv(
             other => argv.extend([flag, other.to_string()]),
         }
     }
+    argv.extend(adapters.launch_flags(flavor, options)?);
     argv.extend(options.args.iter().map(|a| fill(a)));
     Ok(argv)
 }
@@ -257,6 +266,10 @@ mod tests {
         c
     }
 
+    fn none() -> Adapters {
+        Adapters::default()
+    }
+
     #[test]
     fn vllm_argv_has_model_positional_and_named_flags() {
         let o = Options::parse(
@@ -264,7 +277,15 @@ mod tests {
             &json!({"tensor_parallel_size": 2, "trust_remote_code": true, "dtype": "bfloat16", "api_key": "k", "args": ["--max-num-seqs", "8"]}),
         )
         .unwrap();
-        let argv = launch_argv(&VLLM, &o, &config("Qwen/Qwen3-8B"), "127.0.0.1", 8000).unwrap();
+        let argv = launch_argv(
+            &VLLM,
+            &o,
+            &config("Qwen/Qwen3-8B"),
+            &none(),
+            "127.0.0.1",
+            8000,
+        )
+        .unwrap();
         assert_eq!(
             argv.join(" "),
             "vllm serve Qwen/Qwen3-8B --host 127.0.0.1 --port 8000 --api-key k --tensor-parallel-size 2 --trust-remote-code --dtype bfloat16 --max-num-seqs 8"
@@ -278,7 +299,7 @@ mod tests {
             &json!({"kt_method": "AMXINT8", "kt_num_gpu_experts": 32, "tensor_parallel_size": 1}),
         )
         .unwrap();
-        let argv = launch_argv(&KT_SGLANG, &o, &config("/m/q"), "0.0.0.0", 30000).unwrap();
+        let argv = launch_argv(&KT_SGLANG, &o, &config("/m/q"), &none(), "0.0.0.0", 30000).unwrap();
         assert_eq!(
             argv.join(" "),
             "python3 -m sglang.launch_server --model-path /m/q --host 0.0.0.0 --port 30000 --kt-method AMXINT8 --kt-num-gpu-experts 32 --tp-size 1"
@@ -288,7 +309,15 @@ mod tests {
             &json!({"gguf_path": "/g", "served_model_name": "DeepSeek-V3"}),
         )
         .unwrap();
-        let argv = launch_argv(&KT_LEGACY, &o, &config("/m/cfg"), "127.0.0.1", 10002).unwrap();
+        let argv = launch_argv(
+            &KT_LEGACY,
+            &o,
+            &config("/m/cfg"),
+            &none(),
+            "127.0.0.1",
+            10002,
+        )
+        .unwrap();
         assert_eq!(
             argv.join(" "),
             "ktransformers --model_path /m/cfg --host 127.0.0.1 --port 10002 --model_name DeepSeek-V3 --gguf_path /g"
@@ -302,7 +331,7 @@ mod tests {
             &json!({"command": ["llama-server", "-m", "{model}", "--port", "{port}"]}),
         )
         .unwrap();
-        let argv = launch_argv(&VLLM, &o, &config("/m.gguf"), "127.0.0.1", 1234).unwrap();
+        let argv = launch_argv(&VLLM, &o, &config("/m.gguf"), &none(), "127.0.0.1", 1234).unwrap();
         assert_eq!(argv.join(" "), "llama-server -m /m.gguf --port 1234");
         let e = Options::parse(&VLLM, &json!({"tensor_paralel_size": 2}))
             .unwrap_err()

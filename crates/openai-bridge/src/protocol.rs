@@ -9,7 +9,7 @@ use switchyard_plugin::{
 };
 
 use crate::error::{BridgeError, Result};
-use crate::flavor::{ConstraintDialect, Field, Flavor};
+use crate::flavor::{ConstraintDialect, Field, Flavor, LoraDialect};
 
 /// A chat completion or a stream chunk (`message` in the first, `delta` in the second).
 #[derive(Debug, Default, Deserialize)]
@@ -233,7 +233,25 @@ pub fn chat_body(
 ) -> Result<Value> {
     let g = &request.generation;
     let mut body = Map::new();
-    body.insert("model".into(), model.into());
+    // The adapter (a served adapter's name): vLLM takes it as the model, SGLang in `lora_path`.
+    match (flavor.lora, request.adapter.as_deref()) {
+        (_, None) => {
+            body.insert("model".into(), model.into());
+        }
+        (LoraDialect::Vllm, Some(adapter)) => {
+            body.insert("model".into(), adapter.into());
+        }
+        (LoraDialect::Sglang, Some(adapter)) => {
+            body.insert("model".into(), model.into());
+            body.insert("lora_path".into(), adapter.into());
+        }
+        (LoraDialect::None, Some(adapter)) => {
+            return Err(BridgeError::Unsupported(format!(
+                "the {} has no LoRA serving, so the adapter `{adapter}` cannot be applied",
+                flavor.server
+            )));
+        }
+    }
     body.insert("messages".into(), messages(flavor, request)?.into());
     if let Some(n) = g.max_new_tokens {
         body.insert("max_tokens".into(), n.into());
@@ -461,7 +479,7 @@ pub fn logprobs(value: Option<&Value>) -> Vec<TokenLogprob> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flavor::{KT_LEGACY, VLLM};
+    use crate::flavor::{KT_LEGACY, KT_SGLANG, SGLANG, VLLM};
     use switchyard_plugin::GenerationParams;
 
     fn request() -> ChatRequest {
@@ -517,5 +535,31 @@ mod tests {
         assert_eq!(typed[0].function.arguments, "{\"a\": 1}");
         assert_eq!(typed[1].function.name, "g");
         assert_eq!(typed[1].function.arguments, "{\"b\":2}");
+    }
+
+    #[test]
+    fn an_adapter_goes_as_vllms_model_and_sglangs_lora_path() {
+        // vLLM's docs: `"model": "sql-lora"` (the --lora-modules name); SGLang's OpenAI example:
+        // `model` the base, `extra_body={"lora_path": "sql"}`.
+        let mut r = request();
+        r.adapter = Some("sql".into());
+        let b = chat_body(&VLLM, "base", &r, false).unwrap();
+        assert_eq!(b["model"], "sql");
+        assert!(b.get("lora_path").is_none(), "{b}");
+        for flavor in [&SGLANG, &KT_SGLANG] {
+            let b = chat_body(flavor, "base", &r, true).unwrap();
+            assert_eq!(
+                (&b["model"], &b["lora_path"]),
+                (&json!("base"), &json!("sql"))
+            );
+        }
+        let e = chat_body(&KT_LEGACY, "base", &r, false).unwrap_err();
+        assert!(e.to_string().contains("`sql`"), "{e}");
+        r.adapter = None;
+        for flavor in [&VLLM, &SGLANG, &KT_LEGACY] {
+            let b = chat_body(flavor, "base", &r, false).unwrap();
+            assert_eq!(b["model"], "base");
+            assert!(b.get("lora_path").is_none(), "{b}");
+        }
     }
 }
