@@ -22,6 +22,10 @@
 //!   log-softmax with each token's exact bytes (`token_bytes`); LoRA adapters are merged into
 //!   a safetensors base while it loads (`lora`). Raw-prompt completions with `echo` score the
 //!   prompt in one pass over all positions.
+//! * **Sentence embeddings.** A sentence-transformers folder of a BERT encoder (`modules.json`,
+//!   `1_Pooling/`, optional `Normalize`) loads as an [`embed::Embedder`] on candle-transformers'
+//!   BERT: `get_scores` with `embed: true` returns its pooled vectors, equal to
+//!   sentence-transformers' within 1e-4 (cosine). It has no chat capability.
 //! * **Templates like transformers.** Chat templates render with `minijinja` configured as
 //!   transformers configures Jinja2 (see [`template`]), so prompts match `apply_chat_template`
 //!   byte for byte.
@@ -39,6 +43,8 @@
 //! * `shared`: the state the engine shares with its streams (candle's instance pool).
 //! * `text`: a sequence's text side, the same for both loops (decoding, stop strings,
 //!   events, logprobs).
+//! * [`embed`]: the sentence-embedding engine (its own [`Backend`](switchyard_plugin::Backend));
+//!   [`create`] picks it for sentence-encoder folders. Uses only leaves and candle's BERT.
 //! * `constraint`: structured outputs as the batcher's token filter.
 //! * `load`: which engine runs a model, and what comes with it (tokenizer, template,
 //!   generation defaults, end ids). The only module that knows both paths. `lora` reads
@@ -56,6 +62,7 @@ pub mod assets;
 pub mod candle;
 pub mod config;
 mod constraint;
+pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod gguf;
@@ -70,10 +77,14 @@ mod text;
 mod token_bytes;
 pub mod tokenizer;
 
+pub use embed::Embedder;
 pub use engine::HfCandle;
 pub use error::{Error, Result};
 
-use switchyard_plugin::{Capabilities, EngineConfig, EngineError, PluginMetadata};
+use switchyard_plugin::{
+    Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo,
+    EventIter, PluginMetadata, Response, ScoreRequest,
+};
 
 /// What the plugin declares before a model is loaded.
 pub fn metadata() -> PluginMetadata {
@@ -87,15 +98,63 @@ pub fn metadata() -> PluginMetadata {
             stream: true,
             scores: true,
             tools: true,
+            embeddings: true,
             ..Default::default()
         },
     }
 }
 
-/// Creates the engine from the host's configuration.
-pub fn create(config: EngineConfig) -> Result<HfCandle, EngineError> {
+/// The loaded engine: a generating (or reward) model, or a sentence-embedding model.
+pub enum Engine {
+    /// A chat model or a reward model ([`HfCandle`]).
+    Generate(HfCandle),
+    /// A sentence-embedding model ([`Embedder`]).
+    Embed(Embedder),
+}
+
+impl Backend for Engine {
+    fn info(&self) -> EngineInfo {
+        match self {
+            Engine::Generate(e) => e.info(),
+            Engine::Embed(e) => e.info(),
+        }
+    }
+
+    fn stream_chat(
+        &self,
+        request: ChatRequest,
+        cancel: CancelToken,
+    ) -> Result<EventIter, EngineError> {
+        match self {
+            Engine::Generate(e) => e.stream_chat(request, cancel),
+            Engine::Embed(e) => e.stream_chat(request, cancel),
+        }
+    }
+
+    fn chat(&self, request: ChatRequest) -> Result<Vec<Response>, EngineError> {
+        match self {
+            Engine::Generate(e) => e.chat(request),
+            Engine::Embed(e) => e.chat(request),
+        }
+    }
+
+    fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {
+        match self {
+            Engine::Generate(e) => e.get_scores(request),
+            Engine::Embed(e) => e.get_scores(request),
+        }
+    }
+}
+
+/// Creates the engine from the host's configuration: an [`Embedder`] for a sentence-encoder
+/// folder (`modules.json`, or a BERT `config.json`), an [`HfCandle`] otherwise.
+pub fn create(config: EngineConfig) -> Result<Engine, EngineError> {
     switchyard_plugin::init_logging();
-    Ok(HfCandle::load(&config)?)
+    let path = load::resolve_path(&config)?;
+    if embed::folder::is_sentence_encoder(&path) {
+        return Ok(Engine::Embed(Embedder::from_config(&config, &path)?));
+    }
+    Ok(Engine::Generate(HfCandle::load(&config)?))
 }
 
 switchyard_plugin::export_backend! {
