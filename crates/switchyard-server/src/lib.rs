@@ -2,7 +2,8 @@
 //!
 //! Routes: `GET /v1/models` (every model, loaded or not), `POST /v1/models/{name}/load` and
 //! `/unload` (admin), `POST /v1/chat/completions` (JSON or SSE, routed by `model`), `POST
-//! /v1/score/evaluation` (LLaMA-Factory's reward endpoint), `GET /v1/info`, `GET /health`,
+//! /v1/score/evaluation` (LLaMA-Factory's reward endpoint), `POST /v1/embeddings` (OpenAI's,
+//! for models with the `embeddings` capability), `GET /v1/info`, `GET /health`,
 //! `GET /metrics` (Prometheus), `GET /openapi.json`, and the web chat page at `/` (with its
 //! assets under `/web/`).
 //!
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod completions;
+mod embeddings;
 mod error;
 mod handlers;
 mod listener;
@@ -154,6 +156,7 @@ fn build(models: ModelRouter, options: ServerOptions, cut: watch::Receiver<bool>
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/score/evaluation", post(handlers::score))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/metrics", get(models::metrics))
         // The key is checked first (the outer layer), then the content type.
         .route_layer(middleware::from_fn(require_json))
