@@ -20,6 +20,10 @@ step "the SmolLM2 Hugging Face folder made from the GGUF (for the safetensors-pa
 SWITCHYARD_SMOLLM2_HF="$(scripts/make-smollm2-hf.sh | tail -n 1)"
 export SWITCHYARD_SMOLLM2_HF
 
+step "all-MiniLM-L6-v2 (a sentence-transformers folder for the embedding tests)"
+SWITCHYARD_MINILM="$(scripts/fetch-minilm.sh | tail -n 1)"
+export SWITCHYARD_MINILM
+
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
