@@ -465,7 +465,7 @@ impl ChatModel {
 
 /// A plugin's concatenated vectors, one per input; the length must divide evenly.
 fn split_embeddings(flat: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>> {
-    if n == 0 || flat.is_empty() || flat.len() % n != 0 {
+    if n == 0 || flat.is_empty() || !flat.len().is_multiple_of(n) {
         return Err(Error::Engine(EngineError::backend(format!(
             "the plugin answered {} values for {n} inputs to embed; the contract asks for one vector of the same length per input",
             flat.len()
