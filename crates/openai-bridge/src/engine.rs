@@ -52,8 +52,7 @@ pub fn capabilities(flavor: &Flavor, multimodal: bool) -> Capabilities {
         tool_choice: flavor.supports(Field::ToolChoice),
         // Text completions are not bridged yet: the host refuses a raw `prompt` by name.
         completions: false,
-        // Embeddings are not bridged yet: the host refuses them by name.
-        embeddings: false,
+        embeddings: crate::embeddings::supported(flavor),
     }
 }
 
@@ -346,6 +345,9 @@ impl Backend for Bridge {
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {
         self.check_server()?;
+        if request.embed {
+            return self.embed(&request);
+        }
         let call = scores::plan(self.flavor, self.score_model()?, &request, self.use_pooling)?;
         let mut out = Vec::new();
         for (path, body) in call {
@@ -365,6 +367,29 @@ impl Backend for Bridge {
 }
 
 impl Bridge {
+    /// `get_scores` with `embed`: every input's vector from `/v1/embeddings`, concatenated.
+    fn embed(&self, request: &ScoreRequest) -> Result<Vec<f32>, EngineError> {
+        let mut out = Vec::new();
+        for body in crate::embeddings::plan(self.flavor, self.score_model()?, request)? {
+            let raw = (self.rt).block_on(self.client.post_json(crate::embeddings::PATH, &body))?;
+            out.extend(crate::embeddings::read(self.flavor.server, &raw)?);
+        }
+        let dim = out.first().map_or(0, Vec::len);
+        if out.len() != request.inputs.len() || out.iter().any(|v| v.len() != dim) {
+            return Err(BridgeError::Decode {
+                server: self.flavor.server.to_owned(),
+                path: crate::embeddings::PATH.into(),
+                cause: format!(
+                    "{} vectors of unequal or zero length for {} inputs",
+                    out.len(),
+                    request.inputs.len()
+                ),
+            }
+            .into());
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
     /// Puts the adapter the server must apply into the request: the one it picked (a
     /// `[model.lora_modules]` name, checked by the host), else the always-on one.
     fn pick_adapter(&self, request: &mut ChatRequest) {

@@ -25,6 +25,9 @@
 //! always-on adapter become the server's LoRA launch flags, and each request names its adapter
 //! the server's way (vLLM's `model`, SGLang's `lora_path`); an attached server must list them.
 //!
+//! **Embeddings** ([`embeddings`]) pass through to the server's `/v1/embeddings` where the
+//! flavor has it (vLLM, SGLang).
+//!
 //! **Attach or launch.** With `base_url` the bridge attaches to a running server; without it,
 //! it starts one ([`launch`]) in its own process group, logs its output, waits for the readiness
 //! probe and stops the group when the engine is dropped, with a watchdog for a host that dies.
@@ -32,6 +35,7 @@
 
 pub mod client;
 mod engine;
+pub mod embeddings;
 pub mod error;
 pub mod flavor;
 pub mod launch;
