@@ -23,6 +23,7 @@ use crate::load::{self, Runner};
 use crate::native_stream::NativeStream;
 use crate::shared::Shared;
 use crate::stream::GenStream;
+use crate::template::named::NamedTemplate;
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::Tok;
 use native_llm::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
@@ -81,13 +82,17 @@ impl HfCandle {
                 "candle's quantized kernels size their pool from CANDLE_NUM_THREADS / the physical cores; set CANDLE_NUM_THREADS to match"
             );
         }
-        if let Some(t) = &config.model.template {
-            return Err(Error::Unsupported(format!(
-                "[model] template = {t:?}: LLaMA-Factory's named templates are not rendered by hf-candle yet; drop `template` to use the model's own chat template, or give a Jinja one with `chat_template_file`"
-            )));
-        }
         let adapters = load::adapter_paths(config);
         let loaded = threads.install(|| load::load_model(&path, &opts, &device, &adapters))?;
+        // `[model] template = "NAME"`: LLaMA-Factory's template of that name renders prompts.
+        let named_template = match config.model.template.as_deref() {
+            Some(name) => Some(NamedTemplate::new(
+                name,
+                &loaded.tok,
+                opts.escape_special_tokens,
+            )?),
+            None => None,
+        };
         let template_file = config.model.chat_template_file.as_deref().map(|f| {
             let p = PathBuf::from(f);
             match (&config.config_dir, p.is_relative()) {
@@ -160,6 +165,12 @@ impl HfCandle {
             }
             .into(),
         );
+        if let Some(n) = &named_template {
+            details.insert(
+                "chat_template".into(),
+                format!("llamafactory template {}", n.name()).into(),
+            );
+        }
         details.insert("path".into(), path.display().to_string().into());
         // A short name clients can type: the file stem of a GGUF, the folder name otherwise.
         let name = if path.is_file() {
@@ -210,6 +221,7 @@ impl HfCandle {
                 native_model,
                 tok: Arc::new(loaded.tok),
                 template,
+                named: named_template,
                 escape_specials: opts.escape_special_tokens,
                 default_system: config.model.default_system.clone(),
                 gen_defaults: loaded.gen_defaults,
@@ -289,7 +301,11 @@ impl HfCandle {
     /// it (starting inside it when the prompt already opened it), tool calls when tools are
     /// offered.
     fn output_format(&self, request: &ChatRequest, prompt: &str) -> OutputFormat {
-        let reasoning = if !self.shared.template.thinks() {
+        let thinks = match &self.shared.named {
+            Some(n) => n.thinks(),
+            None => self.shared.template.thinks(),
+        };
+        let reasoning = if !thinks {
             ReasoningStart::None
         } else if prompt.trim_end().ends_with("<think>") {
             ReasoningStart::Opened
@@ -321,29 +337,62 @@ impl HfCandle {
                 }
                 Ok((s.tok.decode(ids, false)?, ids.clone()))
             }
-            None => {
-                let text = self.render(
-                    &request.messages,
-                    request.system.as_deref(),
-                    request.tools.as_deref(),
-                    true,
-                    &request.chat_template_kwargs,
-                )?;
-                self.bound(&text)?;
-                Ok((text.clone(), s.tok.encode(&text, false)?))
-            }
+            None => self.conversation_ids(
+                &request.messages,
+                request.system.as_deref(),
+                request.tools.as_deref(),
+                true,
+                &request.chat_template_kwargs,
+            ),
         }
+    }
+
+    /// A conversation's text and ids: the named template's pieces tokenized one by one, or
+    /// the chat template's text tokenized whole.
+    fn conversation_ids(
+        &self,
+        messages: &[Message],
+        system: Option<&str>,
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Value>,
+    ) -> Result<(String, Vec<u32>)> {
+        let s = &self.shared;
+        let Some(named) = &s.named else {
+            let text = self.render(messages, system, tools, add_generation_prompt, kwargs)?;
+            self.bound(&text)?;
+            return Ok((text.clone(), s.tok.encode(&text, false)?));
+        };
+        self.bound_bytes(messages.iter().map(|m| m.content.len()).sum())?;
+        let has_system = messages.first().is_some_and(|m| m.role == Role::System);
+        let system = system.or(if has_system {
+            None
+        } else {
+            s.default_system.as_deref()
+        });
+        named.encode(
+            &s.tok,
+            messages,
+            system,
+            tools,
+            add_generation_prompt,
+            kwargs,
+        )
     }
 
     /// Bounds the work by the context before tokenizing: a prompt of n bytes has at least
     /// n / (longest token) tokens, so a huge message is refused in microseconds.
     fn bound(&self, text: &str) -> Result<()> {
+        self.bound_bytes(text.len())
+    }
+
+    /// [`Self::bound`] for a prompt of `bytes` bytes.
+    fn bound_bytes(&self, bytes: usize) -> Result<()> {
         let s = &self.shared;
-        let min_tokens = text.len() / s.tok.longest_token_bytes();
+        let min_tokens = bytes / s.tok.longest_token_bytes();
         if min_tokens >= s.context_length {
             return Err(Error::InvalidRequest(format!(
-                "the prompt is {} bytes, so at least {min_tokens} tokens, but the context window is {} tokens; shorten the conversation",
-                text.len(),
+                "the prompt is {bytes} bytes, so at least {min_tokens} tokens, but the context window is {} tokens; shorten the conversation",
                 s.context_length
             )));
         }
@@ -460,7 +509,13 @@ impl HfCandle {
             presence_penalty: g.presence_penalty.unwrap_or(0.0),
             frequency_penalty: g.frequency_penalty.unwrap_or(0.0),
         };
-        let mut stop_ids: HashSet<u32> = s.tok.eos_ids.iter().copied().collect();
+        // A named template stops where LLaMA-Factory does: its EOS and stop words (with
+        // `replace_eos` the model's own EOS is no longer one).
+        let mut stop_ids: HashSet<u32> = match &s.named {
+            Some(n) if n.replaces_eos() => HashSet::new(),
+            _ => s.tok.eos_ids.iter().copied().collect(),
+        };
+        stop_ids.extend(s.named.iter().flat_map(|n| n.stop_ids()));
         stop_ids.extend(g.stop_token_ids.iter().flatten().copied());
         Ok(GenPlan {
             sampling,
@@ -503,8 +558,8 @@ impl HfCandle {
         let mut ids = match input {
             ScoreInput::Text(t) => s.tok.encode(t, true)?,
             ScoreInput::Conversation(msgs) => {
-                let text = self.render(msgs, None, None, false, &Map::new())?;
-                s.tok.encode(&text, false)?
+                self.conversation_ids(msgs, None, None, false, &Map::new())?
+                    .1
             }
             ScoreInput::Tokens(ids) => ids.clone(),
         };

@@ -26,6 +26,8 @@ pub struct Shared {
     pub(crate) native_model: Option<Arc<Transformer>>,
     pub(crate) tok: Arc<Tok>,
     pub(crate) template: ChatTemplate,
+    /// `[model] template = "NAME"`: LLaMA-Factory's named template, used instead of `template`.
+    pub(crate) named: Option<crate::template::named::NamedTemplate>,
     /// Break special-token text in messages (`escape_special_tokens`).
     pub(crate) escape_specials: bool,
     pub(crate) default_system: Option<String>,

@@ -2,6 +2,8 @@
 //! like transformers' `apply_chat_template` (trim/lstrip blocks, Python string methods,
 //! `raise_exception`, `strftime_now`, and a `tojson` that writes what Python's `json.dumps` writes).
 
+pub mod named;
+
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, ErrorKind};
 use serde_json::{Map, Value as Json};
