@@ -23,7 +23,7 @@ use crate::load::{self, Runner};
 use crate::native_stream::NativeStream;
 use crate::shared::Shared;
 use crate::stream::GenStream;
-use crate::template::named::NamedTemplate;
+use crate::template::named::{HeldCalls, NamedTemplate};
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::Tok;
 use native_llm::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
@@ -314,7 +314,29 @@ impl HfCandle {
         };
         OutputFormat {
             reasoning,
-            tools: request.tools.as_ref().is_some_and(|t| !t.is_empty()),
+            tools: request.tools.as_ref().is_some_and(|t| !t.is_empty())
+                && self.held_calls(request).is_none(),
+        }
+    }
+
+    /// The named template's tool format, where calls are read here rather than by
+    /// `switchyard-formats` (see [`HeldCalls`]) and tools are offered.
+    fn held_calls(&self, request: &ChatRequest) -> Option<switchyard_templates::ToolFormat> {
+        let format = self.shared.named.as_ref()?.tool_format();
+        let offered = request.tools.as_ref().is_some_and(|t| !t.is_empty());
+        (offered && HeldCalls::<()>::needed(format)).then_some(format)
+    }
+
+    /// `events` after `lead`, with calls of the named template's tool format read out.
+    fn with_calls(
+        &self,
+        lead: impl Iterator<Item = Result<Event, EngineError>> + Send + 'static,
+        events: impl Iterator<Item = Result<Event, EngineError>> + Send + 'static,
+        request: &ChatRequest,
+    ) -> EventIter {
+        match self.held_calls(request) {
+            Some(format) => Box::new(lead.chain(HeldCalls::new(events, format))),
+            None => Box::new(lead.chain(events)),
         }
     }
 
@@ -693,10 +715,10 @@ impl Backend for HfCandle {
             if forced_call {
                 return Ok(Box::new(lead.chain(ForcedCall::new(events))));
             }
-            return Ok(Box::new(lead.chain(ParsedEvents::new(events, format))));
+            return Ok(self.with_calls(lead, ParsedEvents::new(events, format), &request));
         }
         let events = GenStream::new(Arc::clone(&self.shared), ids, plan, cancel);
-        Ok(Box::new(lead.chain(ParsedEvents::new(events, format))))
+        Ok(self.with_calls(lead, ParsedEvents::new(events, format), &request))
     }
 
     fn get_scores(&self, request: ScoreRequest) -> Result<Vec<f32>, EngineError> {

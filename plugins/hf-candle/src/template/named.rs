@@ -228,3 +228,131 @@ fn turns(
     }
     Ok((out, system))
 }
+
+/// Tool calls in a tool format `switchyard-formats` does not read (`default`'s `Action:` lines,
+/// `glm4`'s `name\n{json}`): while tools are offered, each sequence's answer text is held and,
+/// at its finish, read with LLaMA-Factory's extractor for that format — calls come back typed
+/// (finish reason `tool_calls`), anything else is sent as the answer.
+pub struct HeldCalls<I> {
+    inner: I,
+    format: ToolFormat,
+    held: std::collections::BTreeMap<u32, String>,
+}
+
+impl<I> HeldCalls<I> {
+    /// Reads `format` calls out of `inner`'s answers.
+    pub fn new(inner: I, format: ToolFormat) -> Self {
+        Self {
+            inner,
+            format,
+            held: Default::default(),
+        }
+    }
+
+    /// Whether `format` needs this (the others are read by `switchyard-formats`).
+    pub fn needed(format: ToolFormat) -> bool {
+        matches!(format, ToolFormat::Default | ToolFormat::Glm4)
+    }
+}
+
+impl<I, E> Iterator for HeldCalls<I>
+where
+    I: Iterator<Item = std::result::Result<switchyard_plugin::Event, E>>,
+{
+    type Item = std::result::Result<switchyard_plugin::Event, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut event = match self.inner.next()? {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e)),
+        };
+        let text = self.held.entry(event.index).or_default();
+        text.push_str(&std::mem::take(&mut event.delta));
+        if let Some(finish) = event.finish.as_mut() {
+            let text = self.held.remove(&event.index).unwrap_or_default();
+            match self.format.extract(&text) {
+                Some(calls) => {
+                    if finish.reason == switchyard_plugin::FinishReason::Stop {
+                        finish.reason = switchyard_plugin::FinishReason::ToolCalls;
+                    }
+                    let first = event.tool_calls.len() as u32;
+                    event
+                        .tool_calls
+                        .extend(calls.into_iter().enumerate().map(|(i, c)| {
+                            switchyard_plugin::ToolCallDelta {
+                                index: first + i as u32,
+                                id: Some(switchyard_formats::events::new_call_id()),
+                                name: Some(c.name),
+                                arguments: c.arguments,
+                            }
+                        }));
+                }
+                None => event.delta = text,
+            }
+        }
+        Some(Ok(event))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_plugin::{Event, Finish, FinishReason};
+
+    fn run(format: ToolFormat, deltas: &[&str]) -> (String, Vec<(String, String)>, FinishReason) {
+        let n = deltas.len();
+        let events = deltas.iter().enumerate().map(|(i, d)| {
+            Ok::<_, ()>(Event {
+                delta: (*d).into(),
+                finish: (i + 1 == n).then_some(Finish {
+                    reason: FinishReason::Stop,
+                    prompt_length: 1,
+                    response_length: n as u32,
+                }),
+                ..Default::default()
+            })
+        });
+        let (mut text, mut calls, mut reason) = (String::new(), Vec::new(), FinishReason::Length);
+        for e in HeldCalls::new(events, format) {
+            let e = e.unwrap();
+            text.push_str(&e.delta);
+            calls.extend(
+                e.tool_calls
+                    .into_iter()
+                    .map(|c| (c.name.unwrap(), c.arguments)),
+            );
+            if let Some(f) = e.finish {
+                reason = f.reason;
+            }
+        }
+        (text, calls, reason)
+    }
+
+    #[test]
+    fn default_and_glm4_calls_come_back_typed() {
+        let (text, calls, reason) = run(
+            ToolFormat::Default,
+            &[
+                "Action: get_",
+                "weather\nAction Input: {\"city\":",
+                " \"Paris\"}",
+            ],
+        );
+        assert_eq!(text, "");
+        assert_eq!(
+            calls,
+            [("get_weather".into(), r#"{"city": "Paris"}"#.into())]
+        );
+        assert_eq!(reason, FinishReason::ToolCalls);
+        let (_, calls, _) = run(ToolFormat::Glm4, &["get_weather\n", "{\"city\": \"Oslo\"}"]);
+        assert_eq!(
+            calls,
+            [("get_weather".into(), r#"{"city": "Oslo"}"#.into())]
+        );
+        let (text, calls, reason) = run(ToolFormat::Default, &["Just ", "an answer."]);
+        assert_eq!(
+            (text.as_str(), calls.len(), reason),
+            ("Just an answer.", 0, FinishReason::Stop)
+        );
+    }
+}
