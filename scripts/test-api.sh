@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # HTTP API tests: the official `openai` Python client against real `switchyard api` processes
 # (tests/api). Installs a venv with openai + pytest + httpx + psutil (and the client libraries
-# instructor and langchain-openai) under the cache, builds the
+# instructor, langchain-openai and lm-eval) under the cache, builds the
 # server and the plugins the tests use (a no-op when they are up to date), then runs pytest.
 #
 #   scripts/test-api.sh                  # whole suite
@@ -17,13 +17,17 @@ export SWITCHYARD_CACHE="${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}"
 VENV="$SWITCHYARD_CACHE/venv-api"
 PY="${PYTHON:-python3}"
 
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import openai, pytest, httpx, psutil, instructor, langchain_openai" 2>/dev/null; then
+# lm-eval (tests/api/test_lm_eval.py) comes with its `api` extra and transformers for the model
+# folder's tokenizer; no torch (lm-eval's `hf` extra is only for the recorded reference).
+LM_EVAL=0.4.13
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import openai, pytest, httpx, psutil, instructor, langchain_openai
+from importlib.metadata import version; assert version('lm_eval') == '$LM_EVAL' and version('transformers')" 2>/dev/null; then
     echo "[test-api] creating $VENV" >&2
     mkdir -p "$SWITCHYARD_CACHE"
     "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet "openai>=1.40,<3" "pytest>=8" "httpx>=0.27" "psutil>=5.9" \
-        "instructor>=1.4" "langchain-openai>=0.2"
+        "instructor>=1.4" "langchain-openai>=0.2" "lm-eval[api]==$LM_EVAL" "transformers==5.24.0"
 fi
 
 if [[ "${SWITCHYARD_API_NO_BUILD:-0}" != 1 ]]; then
