@@ -17,6 +17,7 @@ Both check on /metrics that the server answered every request lm-eval made, and 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -62,8 +63,6 @@ def f32_server(tmp_path_factory, hf_plugin):
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    import json
-
     return json.loads(REFERENCE.read_text())
 
 
