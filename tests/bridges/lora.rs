@@ -4,7 +4,17 @@
 
 use super::fake::{FakeServer, json, sse};
 use super::{VLLM_CHAT, VLLM_STREAM, ask, load, plugin_dir};
-use switchyard::ErrorKind;
+use switchyard::{ErrorKind, ScoreInput, ScoreRequest};
+
+/// vLLM's `/classify` answer for one text (as in `vllm_scores_via_classify_and_pooling`).
+const VLLM_CLASSIFY: &str = r#"{"id":"classify-7c87","object":"list","created":1745383065,"model":"sql-lora","data":[{"index":0,"label":"Default","probs":[0.565970778465271],"num_classes":1}],"usage":{"prompt_tokens":20,"total_tokens":20,"completion_tokens":0,"prompt_tokens_details":null}}"#;
+
+fn score_one() -> ScoreRequest {
+    ScoreRequest {
+        inputs: vec![ScoreInput::Text("a".into())],
+        ..Default::default()
+    }
+}
 
 /// `/v1/models` of `vllm serve Qwen/Qwen2.5-7B-Instruct --served-model-name my-model
 /// --enable-lora --lora-modules sql-lora=/srv/loras/sql`, as vLLM answers it (the adapter card
@@ -111,6 +121,37 @@ fn the_always_on_adapter_goes_with_every_vllm_request() {
         server.last_body("/v1/chat/completions")["model"],
         "sql-lora"
     );
+    // Scores too: the adapter applies to every request.
+    server.route("POST", "/classify", vec![json(200, VLLM_CLASSIFY)]);
+    model.get_scores(&score_one()).unwrap();
+    assert_eq!(server.last_body("/classify")["model"], "sql-lora");
+}
+
+#[test]
+fn sglang_sends_the_always_on_adapter_as_lora0_and_refuses_scores_without_it() {
+    let dir = plugin_dir();
+    let server = FakeServer::start();
+    server
+        .models("my-model")
+        .route("POST", "/v1/chat/completions", vec![json(200, VLLM_CHAT)]);
+    let model = load(
+        dir.path(),
+        "sglang",
+        "[model]\nadapter_name_or_path = \"/srv/loras/sql\"",
+        &format!("base_url = \"{}/v1\"", server.url),
+    )
+    .unwrap();
+    model.chat(ask("Say hi")).unwrap();
+    let body = server.last_body("/v1/chat/completions");
+    // LLaMA-Factory's SGLang engine: `--lora-paths lora0=DIR`, every request on `lora0`.
+    assert_eq!(
+        (&body["model"], &body["lora_path"]),
+        (&"my-model".into(), &"lora0".into())
+    );
+    let err = model.get_scores(&score_one()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UNSUPPORTED, "{err}");
+    assert!(err.to_string().contains("adapter_name_or_path"), "{err}");
+    assert!(server.requests("/classify").is_empty());
 }
 
 #[test]
