@@ -704,3 +704,71 @@ fn batch_rows_take_constraints_logprobs_tool_choice_and_raw_prompts() {
         echo.len()
     );
 }
+
+/// `switchyard embed` on all-MiniLM-L6-v2 (scripts/fetch-minilm.sh): one vector per input in
+/// order (--text first, then the file's lines), equal to sentence-transformers' (the fixture
+/// of plugins/hf-candle/tests/embeddings_tests.rs), and a bad line as an error record.
+#[test]
+fn embed_writes_one_vector_per_input_like_sentence_transformers() {
+    let folder = std::env::var("SWITCHYARD_MINILM").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/switchyard/models/all-MiniLM-L6-v2",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    assert!(
+        Path::new(&folder).join("modules.json").exists(),
+        "{folder} is missing; run scripts/fetch-minilm.sh"
+    );
+    plugin_library("hf-candle");
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            switchyard_tests::workspace_root().join("tests/fixtures/minilm/embeddings.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let cases = fixture["cases"].as_array().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "embed.toml",
+        &format!("sample_backend = \"hf-candle\"\n\n[model]\npath = {folder:?}\n"),
+    );
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        &format!(
+            "{}\n{}\n{{\"messages\": 1}}\n",
+            json!({"text": cases[2]["text"]}),
+            json!({"ids": cases[4]["ids"]}),
+        ),
+    );
+    let out = Command::new(switchyard_bin())
+        .arg("embed")
+        .arg("--config")
+        .arg(&config)
+        .args(["--text", cases[1]["text"].as_str().unwrap(), "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "one bad line: {stderr}");
+    let rows: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for (row, case) in rows.iter().zip([&cases[1], &cases[2], &cases[4]]) {
+        let got: Vec<f64> = serde_json::from_value(row.clone()).unwrap();
+        let want: Vec<f64> = serde_json::from_value(case["embedding"].clone()).unwrap();
+        assert_eq!(got.len(), want.len());
+        let dot: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cos = dot / (norm(&got) * norm(&want));
+        assert!(cos >= 1.0 - 1e-4, "cosine {cos} for {}", case["text"]);
+    }
+    assert_eq!(rows[3]["line"], 3, "{}", rows[3]);
+    assert!(rows[3]["error"]["message"].is_string());
+}

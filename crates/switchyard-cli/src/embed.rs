@@ -2,7 +2,8 @@
 //!
 //! Input line: a JSON string, `{"text": "..."}`, or a list of token ids / `{"ids": [...]}`.
 //! Output (stdout, or `--output FILE`): one line per input, in order — the vector as a JSON list
-//! of numbers, or `{"line", "error"}` for a line that could not be read or embedded.
+//! of numbers, or `{"line", "error"}` for a file line that could not be read or embedded
+//! (`{"text", "error"}` for the n-th `--text`, counted from 1).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,16 +63,21 @@ fn parse_line(text: &str) -> Result<ScoreInput, String> {
 
 /// Runs the embedding.
 pub fn run(args: EmbedArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
-    let mut lines: Vec<Result<ScoreInput, String>> = args
+    // Each input with where it came from: ("text", n) for --text, ("line", n) for the file.
+    let mut lines: Vec<(&str, usize, Result<ScoreInput, String>)> = args
         .texts
         .iter()
-        .cloned()
-        .map(|t| Ok(ScoreInput::Text(t)))
+        .enumerate()
+        .map(|(i, t)| ("text", i + 1, Ok(ScoreInput::Text(t.clone()))))
         .collect();
     if let Some(path) = &args.input {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read input {}", path.display()))?;
-        lines.extend(text.lines().map(parse_line));
+        lines.extend(
+            text.lines()
+                .enumerate()
+                .map(|(i, l)| ("line", i + 1, parse_line(l))),
+        );
     }
     if lines.is_empty() {
         anyhow::bail!(
@@ -89,20 +95,22 @@ pub fn run(args: EmbedArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
     };
     let size = args.batch_size.max(1);
     let mut failed = 0;
-    for (chunk_no, chunk) in lines.chunks(size).enumerate() {
-        let inputs: Vec<ScoreInput> = chunk.iter().filter_map(|p| p.clone().ok()).collect();
+    for chunk in lines.chunks(size) {
+        let inputs: Vec<ScoreInput> = chunk
+            .iter()
+            .filter_map(|(_, _, p)| p.clone().ok())
+            .collect();
         let vectors = if inputs.is_empty() {
             Ok(Vec::new())
         } else {
             model.embed(inputs)
         };
         let mut next = 0;
-        for (i, p) in chunk.iter().enumerate() {
-            let line = chunk_no * size + i + 1;
+        for (source, n, p) in chunk {
             let value = match (p, &vectors) {
                 (Err(e), _) => {
                     failed += 1;
-                    json!({"line": line, "error": {"kind": "invalid_request", "message": e}})
+                    json!({*source: n, "error": {"kind": "invalid_request", "message": e}})
                 }
                 (Ok(_), Ok(v)) => {
                     next += 1;
@@ -110,7 +118,7 @@ pub fn run(args: EmbedArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
                 }
                 (Ok(_), Err(e)) => {
                     failed += 1;
-                    json!({"line": line, "error": {"kind": e.kind().name(), "message": e.to_string()}})
+                    json!({*source: n, "error": {"kind": e.kind().name(), "message": e.to_string()}})
                 }
             };
             writeln!(out, "{value}")?;
