@@ -121,13 +121,13 @@ impl HfCandle {
         };
         let mut details = loaded.details;
         let mut loaded_net = loaded.net;
-        let named = load::named_adapter_paths(config);
+        let lora_modules = load::named_adapter_paths(config);
         match &mut loaded_net {
             Runner::Native(model) => {
                 // Float folders merged the always-on adapters at load; a GGUF base applies
                 // them at run time, as it does the named ones.
                 let merged = path.is_dir();
-                let names = crate::lora::attach(model, &named, &adapters, merged)?;
+                let names = crate::lora::attach(model, &lora_modules, &adapters, merged)?;
                 if !names.is_empty() {
                     details.insert("lora_modules".into(), names.into());
                 }
@@ -143,7 +143,7 @@ impl HfCandle {
                 "[backends.hf-candle] kv_cache_dtype applies to the native engine only; this model runs on candle, whose cache follows the model's dtype"
             ),
             Runner::Candle(_) => {
-                if let Some(name) = named.keys().next() {
+                if let Some(name) = lora_modules.keys().next() {
                     return Err(Error::Unsupported(format!(
                         "[model.lora_modules] {name}: named adapters run on the native engine, and this model runs on candle; merge the adapter with `adapter_name_or_path` or serve it as its own [[models]] entry"
                     )));
