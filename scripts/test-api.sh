@@ -40,6 +40,12 @@ if [[ -z "${SWITCHYARD_MODEL:-}" && -x scripts/fetch-model.sh ]]; then
     export SWITCHYARD_MODEL
 fi
 
+# The f32 SmolLM2 Hugging Face folder (tests/api/test_lm_eval.py); a no-op when it is there.
+if [[ -z "${SWITCHYARD_SMOLLM2_HF:-}" && -x scripts/make-smollm2-hf.sh ]]; then
+    SWITCHYARD_SMOLLM2_HF="$(scripts/make-smollm2-hf.sh | tail -n 1)"
+    export SWITCHYARD_SMOLLM2_HF
+fi
+
 export SWITCHYARD_API_STRICT="${SWITCHYARD_API_STRICT:-1}"
 echo "[test-api] pytest tests/api" >&2
 # Test paths given on the command line replace the default (the whole of tests/api).
