@@ -1177,3 +1177,32 @@ fn switchyard_api_as_upstream_gives_each_bridge_the_direct_greedy_text() {
     }
     drop(upstream);
 }
+
+/// Embeddings pass through to vLLM's `/v1/embeddings` (an answer in vLLM's shape, `data` out of
+/// order) and come back through the host's `ChatModel::embed`, one vector per input.
+#[test]
+fn vllm_embeddings_pass_through_and_come_back_in_input_order() {
+    let dir = plugin_dir();
+    let server = FakeServer::start();
+    server.models("e5").route(
+        "POST",
+        "/v1/embeddings",
+        vec![json(
+            200,
+            r#"{"id":"embd-1","object":"list","created":1,"model":"e5","data":[{"index":1,"object":"embedding","embedding":[0.5,-0.25,1.0]},{"index":0,"object":"embedding","embedding":[1.0,0.0,-1.0]}],"usage":{"prompt_tokens":6,"total_tokens":6}}"#,
+        )],
+    );
+    let model = attach(dir.path(), "vllm", &server, "");
+    assert!(model.info().capabilities.embeddings);
+    let vectors = model
+        .embed(vec![
+            ScoreInput::Text("a".into()),
+            ScoreInput::Text("b".into()),
+        ])
+        .unwrap();
+    assert_eq!(vectors, vec![vec![1.0, 0.0, -1.0], vec![0.5, -0.25, 1.0]]);
+    assert_eq!(
+        server.last_body("/v1/embeddings"),
+        j!({"model":"e5","input":["a","b"],"encoding_format":"float"})
+    );
+}
