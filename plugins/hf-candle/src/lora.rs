@@ -103,7 +103,18 @@ fn read_one(dir: &Path) -> Result<Vec<(String, LowRank)>> {
             return bad(k, what);
         }
     }
-    for k in ["modules_to_save", "layers_to_transform", "layers_pattern"] {
+    // `layers_to_transform` only says which layers have updates; the file holds exactly
+    // those. `layers_pattern` names the layer list, which is `layers` in these models.
+    if let Some(p) = key(&config, "layers_pattern")
+        && p != "layers"
+        && p.as_array().is_none_or(|a| a.iter().any(|x| x != "layers"))
+    {
+        return bad(
+            "layers_pattern",
+            &format!("{p}: these models keep their layers in `layers`; not supported"),
+        );
+    }
+    for k in ["modules_to_save"] {
         if key(&config, k).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
             return bad(
                 k,
