@@ -34,6 +34,9 @@ pub struct GenPlan {
     pub n: usize,
     /// Report each sampled token's log-probability and this many alternatives (`None`: off).
     pub logprobs: Option<usize>,
+    /// Report the end id's log-probability too when a sequence stops on it (text completions
+    /// list it, as OpenAI's and vLLM's do; chat replies leave it out).
+    pub end_logprob: bool,
 }
 
 impl GenPlan {

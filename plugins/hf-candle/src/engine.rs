@@ -548,6 +548,7 @@ impl HfCandle {
             skip_special: g.skip_special_tokens.unwrap_or(true),
             n,
             logprobs: request.logprobs.then_some(request.top_logprobs as usize),
+            end_logprob: request.prompt.is_some(),
         })
     }
 

@@ -41,7 +41,7 @@ impl NativeStream {
     ) -> Self {
         let seqs = (0..plan.n.max(1))
             .map(|i| Seq {
-                text: SeqText::new(i, prompt_len, &plan.stops),
+                text: SeqText::new(i, prompt_len, &plan.stops, plan.end_logprob),
                 done: false,
             })
             .collect();

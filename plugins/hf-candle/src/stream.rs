@@ -97,7 +97,12 @@ impl GenStream {
             to_feed: None,
             seen: self.prompt.clone(),
             counts: HashMap::new(),
-            text: SeqText::new(self.seq, self.prompt.len(), &self.plan.stops),
+            text: SeqText::new(
+                self.seq,
+                self.prompt.len(),
+                &self.plan.stops,
+                self.plan.end_logprob,
+            ),
         });
         Ok(())
     }

@@ -18,13 +18,21 @@ pub(crate) struct SeqText {
     stops: StopBuffer,
     pending_ids: Vec<u32>,
     pending_logprobs: Vec<TokenLogprob>,
+    /// List the end id's log-probability when the sequence stops on it.
+    end_logprob: bool,
     /// Tokens sampled so far.
     pub(crate) generated: usize,
 }
 
 impl SeqText {
     /// Sequence `index` of a request whose prompt has `prompt_len` tokens.
-    pub(crate) fn new(index: usize, prompt_len: usize, stops: &[String]) -> Self {
+    /// `end_logprob`: list the end id's log-probability (text completions do).
+    pub(crate) fn new(
+        index: usize,
+        prompt_len: usize,
+        stops: &[String],
+        end_logprob: bool,
+    ) -> Self {
         Self {
             index: index as u32,
             prompt_len: prompt_len as u32,
@@ -32,6 +40,7 @@ impl SeqText {
             stops: StopBuffer::new(stops),
             pending_ids: Vec::new(),
             pending_logprobs: Vec::new(),
+            end_logprob,
             generated: 0,
         }
     }
@@ -56,7 +65,7 @@ impl SeqText {
         self.generated += 1;
         self.pending_ids.push(id);
         let end_id = ended == Some(FinishReason::Stop);
-        if let Some(lp) = logprobs.filter(|_| !end_id) {
+        if let Some(lp) = logprobs.filter(|_| !end_id || self.end_logprob) {
             self.pending_logprobs.push(token_logprob(tok, id, lp));
         }
         let mut text = String::new();
