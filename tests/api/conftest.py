@@ -136,11 +136,13 @@ def start_server(
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     ready_timeout: float = 60.0,
+    config_name: str = "config.toml",
 ) -> Server:
-    """Writes `config`, starts `switchyard api` on a free port and waits for `/health`."""
+    """Writes `config` (to `config_name`: a `.yaml` name makes it a LLaMA-Factory config),
+    starts `switchyard api` on a free port and waits for `/health`."""
     require(BIN, "the switchyard binary")
     tmp.mkdir(parents=True, exist_ok=True)
-    cfg = tmp / "config.toml"
+    cfg = tmp / config_name
     cfg.write_text(config)
     extra_env = env or {}
     env = {k: v for k, v in os.environ.items() if k not in SERVER_ENV_DROP}
