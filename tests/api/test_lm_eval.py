@@ -118,24 +118,13 @@ def test_loglikelihood_task_equals_the_hf_model(f32_server, reference, monkeypat
                 worst = max(worst, abs(ll - ref_ll))
     print(f"max |loglikelihood - hf| = {worst:.2e} over {n_choices - len(mismatched)} choices")
 
-    explained = [m for m in mismatched if ends_on_eos(f32_server, m[2])]
-    assert mismatched == explained, (
+    # Choices the model would end right after (`<|im_end|>` next) count too: the completion
+    # lists the end token's logprob, and lm-eval drops that last entry as the generated one.
+    assert not mismatched, (
         f"loglikelihoods differ from lm-eval's hf model by more than {LL_TOL} "
         "(doc, choice, (context, continuation), switchyard, is_greedy, hf, is_greedy):\n"
         + "\n".join(map(repr, mismatched))
     )
-    if explained:
-        pytest.xfail(
-            "hf-candle leaves the end-of-sequence token out of a completion's logprobs, and "
-            "lm-eval's `local-completions` drops the last echoed entry as the generated one "
-            "(`token_logprobs[ctxlen:-1]` after `max_tokens: 1`): where the model's next token "
-            "after the continuation is <|im_end|>, the continuation's last token goes missing. "
-            f"{len(explained)} of {n_choices} choices: "
-            + "; ".join(f"doc {m[0]} choice {m[1]} {m[2][1]!r}: {m[3]:.6f} vs hf {m[5]:.6f}"
-                        for m in explained)
-            + f". Everything else matches (max diff {worst:.2e}); task acc "
-            f"{metrics['acc,none']} vs hf {ref['acc']}."
-        )
     for d in ref["docs"]:
         s = samples[d["doc_id"]]
         assert (s["acc"], s["acc_norm"]) == (d["acc"], d["acc_norm"]), (d, s["resps"])
@@ -143,17 +132,16 @@ def test_loglikelihood_task_equals_the_hf_model(f32_server, reference, monkeypat
     assert metrics["acc_norm,none"] == ref["acc_norm"]
 
 
-def ends_on_eos(server, arguments) -> bool:
-    """Whether greedy decoding stops right after `context + continuation` with nothing echoed
-    for the stop token: lm-eval's request (`echo`, `max_tokens: 1`, `logprobs: 1`) sent again,
-    its `finish_reason` is "stop" and the echo has exactly the prompt's tokens."""
-    context, continuation = arguments
-    r = server.http().post("/v1/completions", json={
-        "model": server.model, "prompt": context + continuation, "max_tokens": 1, "echo": True,
-        "logprobs": 1, "temperature": 0}).json()
+def test_a_completion_that_stops_on_the_end_token_lists_it(f32_server):
+    """What lm-eval's loglikelihood requests rely on: with `echo`, `max_tokens: 1` and
+    `logprobs`, the one generated entry is there even when it is the end token."""
+    r = f32_server.http().post("/v1/completions", json={
+        "model": f32_server.model, "prompt": "Question: Which planet do we live on?\nAnswer: Earth",
+        "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}).json()
     c = r["choices"][0]
-    return c["finish_reason"] == "stop" and \
-        len(c["logprobs"]["tokens"]) == r["usage"]["prompt_tokens"]
+    assert c["finish_reason"] == "stop", r
+    assert len(c["logprobs"]["tokens"]) == r["usage"]["prompt_tokens"] + 1, r
+    assert c["logprobs"]["tokens"][-1] == "<|im_end|>" and c["logprobs"]["token_logprobs"][-1] < 0
 
 
 def test_generate_until_task_through_chat_completions(f32_server, reference, monkeypatch):
