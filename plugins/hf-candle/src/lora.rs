@@ -40,21 +40,120 @@ pub(crate) fn attach(
     always_on: &[PathBuf],
     merged: bool,
 ) -> Result<Vec<String>> {
-    if !merged && !always_on.is_empty() {
-        let updates = read(always_on)?;
-        let i = model.attach_adapter(
-            "(adapter_name_or_path)",
-            &updates,
-            AdapterLayout::HuggingFace,
-        )?;
-        model.set_always_on(i);
+    // On a float folder the always-on adapters were merged; a GGUF base applies them here.
+    let base_is_gguf = !merged;
+    if base_is_gguf {
+        for path in always_on {
+            let (updates, layout) = read_any(path, base_is_gguf)?;
+            let i = model.attach_adapter(&path.display().to_string(), &updates, layout)?;
+            model.set_always_on(i);
+        }
     }
-    for (name, dir) in named {
-        let updates = read(std::slice::from_ref(dir))?;
-        model.attach_adapter(name, &updates, AdapterLayout::HuggingFace)?;
-        tracing::info!(adapter = %name, dir = %dir.display(), "named LoRA adapter attached");
+    for (name, path) in named {
+        let (updates, layout) = read_any(path, base_is_gguf)?;
+        model.attach_adapter(name, &updates, layout)?;
+        tracing::info!(adapter = %name, path = %path.display(), "named LoRA adapter attached");
     }
     Ok(named.keys().cloned().collect())
+}
+
+/// One adapter for run-time use: a PEFT folder, or a llama.cpp GGUF LoRA file (GGUF bases only).
+fn read_any(path: &Path, base_is_gguf: bool) -> Result<(LowRankUpdates, AdapterLayout)> {
+    if !path.is_file() {
+        return Ok((read(&[path.to_path_buf()])?, AdapterLayout::HuggingFace));
+    }
+    if !base_is_gguf {
+        return Err(Error::file(
+            path,
+            "is a file: on a Hugging Face base an adapter is a PEFT folder (adapter_config.json + adapter_model.safetensors); GGUF LoRA files go with GGUF bases",
+        ));
+    }
+    let mut updates = LowRankUpdates::new();
+    for (name, update) in read_gguf(path)? {
+        updates.entry(name).or_default().push(update);
+    }
+    Ok((updates, AdapterLayout::Gguf))
+}
+
+/// A llama.cpp LoRA file (what its `convert_lora_to_gguf.py` writes): `general.type =
+/// "adapter"`, `adapter.type = "lora"`, `adapter.lora.alpha`, and `<weight>.lora_a` /
+/// `<weight>.lora_b` pairs; each pair scales by `alpha / rank` (1 when alpha is 0), as
+/// llama.cpp applies it at scale 1.
+fn read_gguf(path: &Path) -> Result<Vec<(String, LowRank)>> {
+    let header = crate::gguf::read_header(path)?;
+    let md = &header.content.metadata;
+    let text = |k: &str| crate::gguf::md_str(md, k).map(str::to_owned);
+    if text("general.type").as_deref() != Some("adapter")
+        || text("adapter.type").as_deref() != Some("lora")
+    {
+        return Err(Error::file(
+            path,
+            "is not a LoRA adapter GGUF (general.type = \"adapter\", adapter.type = \"lora\"); give a PEFT folder or a file from llama.cpp's convert_lora_to_gguf.py",
+        ));
+    }
+    let alpha = md
+        .get("adapter.lora.alpha")
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(0.0);
+    let mut cursor = std::io::Cursor::new(&header.map[..]);
+    let mut tensor = |name: &str| -> Result<candle_core::Tensor> {
+        let q = header
+            .content
+            .tensor(&mut cursor, name, &Device::Cpu)
+            .map_err(|e| Error::file(path, format!("cannot read `{name}` ({e})")))?;
+        Ok(q.dequantize(&Device::Cpu)?)
+    };
+    let mut out = Vec::new();
+    let mut names: Vec<&String> = header.content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(base) = name.strip_suffix(".lora_a") else {
+            if !name.ends_with(".lora_b") {
+                return Err(Error::file(
+                    path,
+                    format!("holds `{name}`, which is not a LoRA A or B matrix; not supported"),
+                ));
+            }
+            continue;
+        };
+        let b_name = format!("{base}.lora_b");
+        if !header.content.tensor_infos.contains_key(&b_name) {
+            return Err(Error::file(
+                path,
+                format!("has `{name}` but not `{b_name}`"),
+            ));
+        }
+        let (a, b) = (tensor(name)?, tensor(&b_name)?);
+        let (rank, _) = a.dims2()?;
+        let (_, b_rank) = b.dims2()?;
+        if rank == 0 || b_rank != rank {
+            return Err(Error::file(
+                path,
+                format!("`{base}`: lora_a has rank {rank} and lora_b {b_rank}"),
+            ));
+        }
+        let flat = |t: &candle_core::Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+        };
+        out.push((
+            base.to_owned(),
+            LowRank {
+                a: flat(&a)?,
+                b: flat(&b)?,
+                rank,
+                scale: if alpha == 0.0 {
+                    1.0
+                } else {
+                    alpha / rank as f32
+                },
+            },
+        ));
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "holds no LoRA matrices"));
+    }
+    tracing::info!(adapter = %path.display(), alpha, matrices = out.len(), "GGUF LoRA adapter read");
+    Ok(out)
 }
 
 pub(crate) fn read(dirs: &[PathBuf]) -> Result<LowRankUpdates> {

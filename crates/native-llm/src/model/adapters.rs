@@ -11,7 +11,7 @@
 //! no adapter in it does no extra work.
 //!
 //! An adapter is attached once, when the model loads; sequences name it by index
-//! ([`crate::model::SeqStep::adapter`]). The model may also hold one *always-on* adapter
+//! ([`crate::model::SeqStep::adapter`]). The model may also hold *always-on* adapters
 //! (LLaMA-Factory's `adapter_name_or_path` on a quantized base), applied to every token.
 
 use std::collections::HashMap;
@@ -175,10 +175,10 @@ impl Transformer {
         Ok(self.adapters.len() - 1)
     }
 
-    /// Makes an attached adapter apply to every token (an always-on adapter that could not be
-    /// merged, e.g. on a quantized base).
+    /// Makes an attached adapter apply to every token, after those already made always-on
+    /// (always-on adapters that could not be merged, e.g. on a quantized base).
     pub fn set_always_on(&mut self, adapter: usize) {
-        self.always_on = Some(adapter);
+        self.always_on.push(adapter);
     }
 
     /// The index of the attached adapter called `name`.
@@ -188,7 +188,7 @@ impl Transformer {
 
     /// Whether a step over tokens whose adapters are `per_token` needs any low-rank work.
     pub(super) fn any_adapter(&self, per_token: &[Option<usize>]) -> bool {
-        self.always_on.is_some() || per_token.iter().any(Option::is_some)
+        !self.always_on.is_empty() || per_token.iter().any(Option::is_some)
     }
 
     /// Adds each token's adapter term to `out` (`[t][rows]`), given the matrix input `x`
@@ -226,7 +226,7 @@ impl Transformer {
             .zip(x.par_chunks(cols))
             .zip(per_token.par_iter())
             .for_each(|((yr, xr), named)| {
-                if let Some(a) = self.always_on {
+                for &a in &self.always_on {
                     term(a, xr, yr);
                 }
                 if let Some(a) = *named {

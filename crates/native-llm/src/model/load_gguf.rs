@@ -161,7 +161,7 @@ impl Transformer {
             inv_freqs,
             kv_kind,
             adapters: Vec::new(),
-            always_on: None,
+            always_on: Vec::new(),
         };
         m.check_shapes()?;
         Ok(m)

@@ -151,7 +151,7 @@ impl Transformer {
             output,
             kv_kind: Self::default_kv_kind(kind),
             adapters: Vec::new(),
-            always_on: None,
+            always_on: Vec::new(),
         };
         m.check_shapes()?;
         Ok(m)

@@ -89,8 +89,8 @@ pub struct Transformer {
     pub(super) kv_kind: WeightKind,
     /// LoRA adapters attached for run-time use (see `adapters.rs`).
     pub(super) adapters: Vec<super::adapters::RuntimeAdapter>,
-    /// The adapter applied to every token, if any.
-    pub(super) always_on: Option<usize>,
+    /// The adapters applied to every token, in order.
+    pub(super) always_on: Vec<usize>,
 }
 
 /// One sequence's part of a forward step.

@@ -1,0 +1,81 @@
+//! LoRA adapters on the default GGUF base (SmolLM2-135M-Instruct Q4_1) against llama.cpp's
+//! `llama-server --lora` (tests/fixtures/adapters/smollm2_gguf_lora_ids.json, recorded by
+//! scripts/fixtures/record_smollm2_gguf_lora_ids.py): the adapters in llama.cpp's own GGUF LoRA
+//! form (its convert_lora_to_gguf.py), and the same adapters as PEFT folders, whose query/key
+//! updates hf-candle reorders for the GGUF's row layout itself.
+//!
+//! Quantized mat-muls round differently here and in llama.cpp, so ids are compared over each
+//! case's `reliable_prefix`: the leading steps where llama.cpp's top-2 logit gap is at least 0.5.
+
+mod common;
+
+use serde_json::{Value, json};
+use switchyard_plugin::{Backend, ChatRequest, GenerationParams};
+
+const ADAPTERS: [&str; 3] = ["pirate", "butler", "random-rslora"];
+
+fn fixture() -> Value {
+    common::read_json(&common::fixtures().join("adapters/smollm2_gguf_lora_ids.json"))
+}
+
+fn adapter(name: &str, gguf: bool) -> String {
+    let dir = common::fixtures().join("adapters").join(name);
+    if gguf { dir.join("adapter.gguf") } else { dir }
+        .display()
+        .to_string()
+}
+
+/// Every adapter picked by name on one engine gives llama.cpp's ids over the reliable prefixes.
+fn check(gguf_files: bool) {
+    let Some(model) = common::smollm2() else {
+        return;
+    };
+    let exp = fixture();
+    let modules: serde_json::Map<String, Value> = ADAPTERS
+        .iter()
+        .map(|n| (n.to_string(), json!(adapter(n, gguf_files))))
+        .collect();
+    let eng = common::engine_with(
+        &model,
+        json!({"threads": 2, "kv_cache_dtype": "f32"}),
+        json!({"lora_modules": modules}),
+    )
+    .unwrap();
+    let cases = exp["cases"].as_array().unwrap();
+    for name in ADAPTERS {
+        let mut compared = 0;
+        for (i, case) in cases.iter().enumerate() {
+            let rec = &exp["variants"][name]["cases"][i];
+            let n = rec["reliable_prefix"].as_u64().unwrap() as usize;
+            let want: Vec<u32> = serde_json::from_value(rec["greedy_ids"].clone()).unwrap();
+            let req = ChatRequest {
+                messages: common::messages(&case["messages"]),
+                generation: GenerationParams {
+                    do_sample: Some(false),
+                    max_new_tokens: Some(24),
+                    ..Default::default()
+                },
+                adapter: Some(name.to_owned()),
+                ..Default::default()
+            };
+            let got = eng.chat(req).unwrap().remove(0).token_ids.unwrap();
+            assert_eq!(
+                &got[..n.min(got.len())],
+                &want[..n],
+                "{name} case {i} (gguf file: {gguf_files}): the first {n} ids"
+            );
+            compared += n;
+        }
+        assert!(compared >= 5, "{name}: only {compared} reliable steps");
+    }
+}
+
+#[test]
+fn gguf_lora_files_match_llama_cpp() {
+    check(true);
+}
+
+#[test]
+fn peft_folders_on_the_gguf_base_match_llama_cpp() {
+    check(false);
+}
