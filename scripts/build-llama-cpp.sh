@@ -3,11 +3,15 @@
 # implementation / speed baseline / OpenAI-compatible peer server for Switchyard.
 #
 # Idempotent: everything is cached under ${SWITCHYARD_CACHE:-$HOME/.cache/switchyard}/llama.cpp/
-# and the build is skipped when the binaries already exist. Prints the bin dir on stdout.
+# and the build is skipped when the binaries already exist and were built with the same CPU
+# flags (recorded in $BUILD/switchyard-cpu-flags; a change of flags rebuilds in place, so the
+# bin dir stays the same path). Prints the bin dir on stdout.
 #
-# CPU flags: never -DGGML_NATIVE=ON (it SIGILLs on this VM). The x86 features are named
-# explicitly; AVX-512 is enabled only if /proc/cpuinfo reports avx512f (override with
-# SWITCHYARD_LLAMA_AVX512=ON|OFF).
+# CPU flags: never -DGGML_NATIVE=ON (it SIGILLs on these VMs). Every x86 feature llama.cpp can
+# use is named explicitly, ON exactly when /proc/cpuinfo reports it: SSE4.2, AVX, AVX2, FMA,
+# F16C, BMI2, AVX-VNNI, AVX-512 (F+CD+VL+DQ+BW), AVX-512 VBMI/VNNI/BF16 and AMX (tile, int8,
+# bf16), so the peer is the one a user would build on this CPU. SWITCHYARD_LLAMA_AVX512=ON|OFF
+# overrides the AVX-512 family as a whole.
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="${SWITCHYARD_LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -26,15 +30,52 @@ JOBS="${SWITCHYARD_BUILD_JOBS:-2}"
 
 log() { echo "[build-llama-cpp] $*" >&2; }
 
+# CPU feature flags (computed first: they decide whether the cached build is still valid).
+flags="$(grep -m1 '^flags' /proc/cpuinfo || true)"
+has() {
+  local f
+  for f in "$@"; do
+    [[ " $flags " == *" $f "* ]] || { echo OFF; return; }
+  done
+  echo ON
+}
+avx512() {
+  if [[ -n "${SWITCHYARD_LLAMA_AVX512:-}" ]]; then
+    [[ "$SWITCHYARD_LLAMA_AVX512" == ON ]] && has "$@" || echo OFF
+  else
+    has "$@"
+  fi
+}
+AVX512_BASE=(avx512f avx512cd avx512vl avx512dq avx512bw)
+CPU_FLAGS=(
+  -DGGML_NATIVE=OFF
+  -DGGML_SSE42="$(has sse4_2)"
+  -DGGML_AVX="$(has avx)"
+  -DGGML_AVX2="$(has avx2)"
+  -DGGML_FMA="$(has fma)"
+  -DGGML_F16C="$(has f16c)"
+  -DGGML_BMI2="$(has bmi2)"
+  -DGGML_AVX_VNNI="$(has avx_vnni)"
+  -DGGML_AVX512="$(avx512 "${AVX512_BASE[@]}")"
+  -DGGML_AVX512_VBMI="$(avx512 "${AVX512_BASE[@]}" avx512vbmi)"
+  -DGGML_AVX512_VNNI="$(avx512 "${AVX512_BASE[@]}" avx512_vnni)"
+  -DGGML_AVX512_BF16="$(avx512 "${AVX512_BASE[@]}" avx512_bf16)"
+  -DGGML_AMX_TILE="$(has amx_tile)"
+  -DGGML_AMX_INT8="$(has amx_tile amx_int8)"
+  -DGGML_AMX_BF16="$(has amx_tile amx_bf16)"
+)
+STAMP="$BUILD/switchyard-cpu-flags"
+
 all_built() {
   local t
   for t in "${TARGETS[@]}"; do
     [[ -x "$BIN/$t" ]] || return 1
   done
+  [[ -f "$STAMP" && "$(cat "$STAMP")" == "${CPU_FLAGS[*]}" ]]
 }
 
 if all_built; then
-  log "binaries already present in $BIN"
+  log "binaries already present in $BIN (CPU flags: ${CPU_FLAGS[*]})"
   echo "$BIN"
   exit 0
 fi
@@ -66,27 +107,8 @@ if [[ ! -x "$VENV/bin/cmake" || ! -x "$VENV/bin/ninja" ]]; then
 fi
 export PATH="$VENV/bin:$PATH"
 
-# 3. CPU feature flags.
-flags="$(grep -m1 '^flags' /proc/cpuinfo || true)"
-has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
-AVX512="${SWITCHYARD_LLAMA_AVX512:-$(has avx512f)}"
-CPU_FLAGS=(
-  -DGGML_NATIVE=OFF
-  -DGGML_SSE42="$(has sse4_2)"
-  -DGGML_AVX="$(has avx)"
-  -DGGML_AVX2="$(has avx2)"
-  -DGGML_FMA="$(has fma)"
-  -DGGML_F16C="$(has f16c)"
-  -DGGML_BMI2="$(has bmi2)"
-  -DGGML_AVX_VNNI=OFF
-  -DGGML_AVX512="$AVX512"
-  -DGGML_AVX512_VBMI=OFF
-  -DGGML_AVX512_VNNI=OFF
-  -DGGML_AVX512_BF16=OFF
-)
+# 3. Configure + build.
 log "CPU flags: ${CPU_FLAGS[*]}"
-
-# 4. Configure + build.
 cmake -S "$SRC" -B "$BUILD" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release \
   -DBUILD_SHARED_LIBS=OFF \
@@ -99,6 +121,7 @@ cmake -S "$SRC" -B "$BUILD" -G Ninja \
   "${CPU_FLAGS[@]}" >&2
 cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" >&2
 
+echo "${CPU_FLAGS[*]}" > "$STAMP"
 all_built || { log "build finished but binaries are missing in $BIN"; exit 1; }
 log "built: ${TARGETS[*]}"
 echo "$BIN"
