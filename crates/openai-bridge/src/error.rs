@@ -69,6 +69,9 @@ pub enum BridgeError {
     /// The request asks for something this server cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// The messages' media placeholders do not fit the request's media.
+    #[error(transparent)]
+    Placeholders(#[from] switchyard_plugin::placeholders::PlaceholderError),
     /// The caller cancelled.
     #[error("the request was cancelled")]
     Cancelled,
@@ -95,6 +98,7 @@ impl BridgeError {
             BridgeError::Launch(_) => ErrorKind::UNAVAILABLE,
             BridgeError::Config(_) => ErrorKind::CONFIG,
             BridgeError::Unsupported(_) => ErrorKind::UNSUPPORTED,
+            BridgeError::Placeholders(_) => ErrorKind::INVALID_REQUEST,
             BridgeError::Cancelled => ErrorKind::CANCELLED,
         }
     }

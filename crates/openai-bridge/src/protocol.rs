@@ -8,6 +8,10 @@ use switchyard_plugin::{
     ToolCall, ToolCallDelta, ToolChoice, TopLogprob,
 };
 
+use switchyard_plugin::placeholders::{
+    MediaKind, Placeholders, Segment, count, media_counts, place, segments,
+};
+
 use crate::error::{BridgeError, Result};
 use crate::flavor::{ConstraintDialect, Field, Flavor, LoraDialect};
 
@@ -152,22 +156,41 @@ fn data_url(media: &MediaInput, default_mime: &str) -> String {
     }
 }
 
-/// The content parts for the request's media, in OpenAI's shape with `data:` URLs.
-fn media_parts(request: &ChatRequest) -> Vec<Value> {
-    let part = |kind: &str, mime: &str, m: &MediaInput| json!({"type": kind, kind: {"url": data_url(m, mime)}});
-    let images = request
-        .images
-        .iter()
-        .map(|m| part("image_url", "image/png", m));
-    let videos = request
-        .videos
-        .iter()
-        .map(|m| part("video_url", "video/mp4", m));
-    let audios = request
-        .audios
-        .iter()
-        .map(|m| part("audio_url", "audio/wav", m));
-    images.chain(videos).chain(audios).collect()
+/// One medium as an OpenAI content part with a `data:` (or the given) URL: `image_url`,
+/// `video_url` (vLLM and SGLang) or `audio_url` (vLLM and SGLang).
+fn media_part(kind: MediaKind, m: &MediaInput) -> Value {
+    let (part, mime) = match kind {
+        MediaKind::Image => ("image_url", "image/png"),
+        MediaKind::Video => ("video_url", "video/mp4"),
+        MediaKind::Audio => ("audio_url", "audio/wav"),
+    };
+    json!({"type": part, part: {"url": data_url(m, mime)}})
+}
+
+/// A message's text as content parts, each placeholder replaced by the next medium of its kind
+/// (`next` counts how many of each kind earlier messages took).
+fn content_parts(
+    text: &str,
+    request: &ChatRequest,
+    tags: &Placeholders,
+    next: &mut [usize; 3],
+) -> Vec<Value> {
+    segments(text, tags)
+        .into_iter()
+        .filter_map(|s| match s {
+            Segment::Text(t) => Some(json!({"type": "text", "text": t})),
+            Segment::Media(kind) => {
+                let (list, i) = match kind {
+                    MediaKind::Image => (&request.images, 0),
+                    MediaKind::Video => (&request.videos, 1),
+                    MediaKind::Audio => (&request.audios, 2),
+                };
+                let m = list.get(next[i])?;
+                next[i] += 1;
+                Some(media_part(kind, m))
+            }
+        })
+        .collect()
 }
 
 fn message_json(m: &Message, tools: bool) -> Value {
@@ -188,39 +211,44 @@ fn message_json(m: &Message, tools: bool) -> Value {
     Value::Object(o)
 }
 
-/// The `messages` array: the request's `system` first (replacing a leading system message),
-/// media attached to the last user message as content parts.
+/// The `messages` array: the request's `system` first (replacing a leading system message).
+/// Media go where the messages' `<image>`/`<video>`/`<audio>` placeholders are, as content
+/// parts in that order; with no placeholders, in front of the first user message
+/// (LLaMA-Factory's rules, [`switchyard_plugin::placeholders`]).
 pub fn messages(flavor: &Flavor, request: &ChatRequest) -> Result<Vec<Value>> {
-    let mut msgs: Vec<&Message> = request.messages.iter().collect();
-    let system = request.system.as_ref().map(|s| Message::system(s.clone()));
-    if let Some(s) = &system {
+    let mut msgs: Vec<Message> = request.messages.clone();
+    if let Some(s) = &request.system {
         if msgs.first().is_some_and(|m| m.role == Role::System) {
             msgs.remove(0);
         }
-        msgs.insert(0, s);
+        msgs.insert(0, Message::system(s.clone()));
     }
     let tools = flavor.supports(Field::Tools);
-    let mut out: Vec<Value> = msgs.iter().map(|m| message_json(m, tools)).collect();
-    let parts = media_parts(request);
-    if !parts.is_empty() {
-        if !flavor.supports(Field::Media) {
-            return Err(BridgeError::Unsupported(format!(
-                "the {} server takes text only; drop the images/videos/audio",
-                flavor.server
-            )));
-        }
-        let last_user = msgs
-            .iter()
-            .rposition(|m| m.role == Role::User)
-            .ok_or_else(|| {
-                BridgeError::Unsupported("media needs a user message to attach to".into())
-            })?;
-        let text = out[last_user]["content"].take();
-        let mut content = vec![json!({"type": "text", "text": text})];
-        content.extend(parts);
-        out[last_user]["content"] = Value::Array(content);
+    let counts = media_counts(request);
+    if counts == [0; 3] {
+        return Ok(msgs.iter().map(|m| message_json(m, tools)).collect());
     }
-    Ok(out)
+    if !flavor.supports(Field::Media) {
+        return Err(BridgeError::Unsupported(format!(
+            "the {} server takes text only; drop the images/videos/audio",
+            flavor.server
+        )));
+    }
+    // The host has placed them already; placing again changes nothing then, and keeps the
+    // bridge right when called on its own.
+    let tags = Placeholders::from_env();
+    place(&mut msgs, counts, &tags)?;
+    let mut next = [0; 3];
+    Ok(msgs
+        .iter()
+        .map(|m| {
+            let mut v = message_json(m, tools);
+            if m.role != Role::System && count(std::slice::from_ref(m), &tags) != [0; 3] {
+                v["content"] = Value::Array(content_parts(&m.content, request, &tags, &mut next));
+            }
+            v
+        })
+        .collect())
 }
 
 /// The chat completions request body for `flavor`. Settings the server does not accept are left
@@ -518,10 +546,71 @@ mod tests {
         });
         assert!(chat_body(&KT_LEGACY, "m", &r, false).is_err());
         let b = chat_body(&VLLM, "m", &r, false).unwrap();
+        // No placeholder: the image goes in front of the first user message (LLaMA-Factory).
         assert_eq!(
-            b["messages"][1]["content"][1]["image_url"]["url"],
+            b["messages"][1]["content"][0]["image_url"]["url"],
             "data:image/png;base64,AA"
         );
+        assert_eq!(b["messages"][1]["content"][1]["text"], "Say hi");
+    }
+
+    #[test]
+    fn placeholders_become_content_parts_at_their_positions() {
+        // The part shapes are those of OpenAI's chat API (`image_url`) and vLLM's and SGLang's
+        // multimodal docs (`video_url`, `audio_url`).
+        let mut r = request();
+        r.messages = vec![
+            Message::user("First <image> then <video>."),
+            Message::assistant("ok"),
+            Message::user("<audio>And <image>"),
+        ];
+        r.images = vec![
+            MediaInput::Url {
+                url: "data:image/png;base64,AA".into(),
+            },
+            MediaInput::Bytes {
+                data_base64: "BB".into(),
+                mime_type: Some("image/jpeg".into()),
+            },
+        ];
+        r.videos = vec![MediaInput::Url {
+            url: "http://x/v.mp4".into(),
+        }];
+        r.audios = vec![MediaInput::Bytes {
+            data_base64: "CC".into(),
+            mime_type: None,
+        }];
+        for flavor in [&VLLM, &SGLANG, &KT_SGLANG] {
+            let b = chat_body(flavor, "m", &r, false).unwrap();
+            let m = &b["messages"];
+            assert_eq!(m[0]["content"], "You are helpful.");
+            assert_eq!(
+                m[1]["content"],
+                json!([
+                    {"type": "text", "text": "First "},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+                    {"type": "text", "text": " then "},
+                    {"type": "video_url", "video_url": {"url": "http://x/v.mp4"}},
+                    {"type": "text", "text": "."},
+                ])
+            );
+            assert_eq!(m[2]["content"], "ok");
+            assert_eq!(
+                m[3]["content"],
+                json!([
+                    {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,CC"}},
+                    {"type": "text", "text": "And "},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,BB"}},
+                ])
+            );
+        }
+        // One image too many for the placeholders: refused, naming the count.
+        r.images.push(MediaInput::Url {
+            url: "data:image/png;base64,DD".into(),
+        });
+        let e = chat_body(&VLLM, "m", &r, false).unwrap_err();
+        assert!(e.to_string().contains("number of images (3)"), "{e}");
+        assert_eq!(e.kind(), switchyard_plugin::ErrorKind::INVALID_REQUEST);
     }
 
     #[test]

@@ -94,6 +94,7 @@
 #![allow(non_local_definitions)]
 
 mod ffi;
+pub mod placeholders;
 pub mod wire;
 
 pub use ffi::{

@@ -186,6 +186,7 @@ mod adapter;
 mod cancel;
 
 pub use cancel::CancelToken;
+pub use switchyard_abi::placeholders;
 pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{

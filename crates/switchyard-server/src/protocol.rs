@@ -163,6 +163,9 @@ fn text_of_parts(
     index: usize,
     media: &mut Vec<(&'static str, MediaInput)>,
 ) -> Result<String, ApiError> {
+    // Each medium leaves its placeholder where it was (LLaMA-Factory's API does the same), so
+    // every backend places it there.
+    let tags = switchyard::placeholders::Placeholders::from_env();
     let mut text = String::new();
     let param = format!("messages[{index}].content");
     for part in parts {
@@ -177,11 +180,12 @@ fn text_of_parts(
                     .ok_or_else(|| {
                         ApiError::invalid(format!("`{kind}` part without a url"), Some(&param))
                     })?;
-                let which = match kind {
-                    "image_url" => "images",
-                    "video_url" => "videos",
-                    _ => "audios",
+                let (which, tag) = match kind {
+                    "image_url" => ("images", &tags.image),
+                    "video_url" => ("videos", &tags.video),
+                    _ => ("audios", &tags.audio),
                 };
+                text.push_str(tag);
                 media.push((
                     which,
                     MediaInput::Url {
@@ -201,6 +205,7 @@ fn text_of_parts(
                     .get("input_audio")
                     .and_then(|a| a.get("format"))
                     .and_then(Value::as_str);
+                text.push_str(&tags.audio);
                 media.push((
                     "audios",
                     MediaInput::Bytes {
@@ -516,7 +521,8 @@ mod tests {
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}),
         )
         .unwrap();
-        assert_eq!(p.request.messages[0].content, "look");
+        // LLaMA-Factory's api/chat.py: `text_content += IMAGE_PLACEHOLDER` at the part's place.
+        assert_eq!(p.request.messages[0].content, "look<image>");
         assert_eq!(p.request.images.len(), 1);
         let big = format!("data:image/png;base64,{}", "A".repeat(64));
         let e = req(

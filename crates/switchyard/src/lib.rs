@@ -46,6 +46,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use registry::{LoadedPlugin, PluginProblem, Registry};
 pub use router::{ModelRouter, ModelStatus};
+pub use switchyard_abi::placeholders;
 pub use switchyard_abi::{
     ABI_VERSION, EngineError, ErrorKind,
     wire::{

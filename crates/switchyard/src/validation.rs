@@ -6,6 +6,7 @@
 //! an error that names it, never silently dropped.
 
 use serde_json::Value;
+use switchyard_abi::placeholders;
 use switchyard_abi::wire::{
     ChatRequest, Constraint, EngineInfo, GenerationParams, Prompt, Role, ScoreRequest, ToolChoice,
 };
@@ -95,6 +96,9 @@ pub fn prepare(
         None => check_messages(&request, info)?,
     }
     check_media(&request, info)?;
+    // Where the media go: LLaMA-Factory's placeholders, the same for every backend.
+    placeholders::place_request(&mut request, &placeholders::Placeholders::from_env())
+        .map_err(|e| invalid("messages", e.to_string()))?;
     check_tools(&request, info)?;
     check_logprobs(&request, info)?;
     check_constraint(&request, info)?;
