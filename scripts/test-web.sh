@@ -8,7 +8,8 @@
 #           binary, else the echo backend (configs/echo.toml); the test says which it used.
 #   echo  - the echo example backend, slowed down, for Stop, Markdown/injection and <think> checks.
 #   key   - the echo backend behind --api-key, for the API-key prompt.
-#   models - two echo entries in a [[models]] file, for the model picker.
+#   models - two echo entries in a [[models]] file (the first with a named adapter), for the
+#            model picker.
 # Installs Debian's `chromium` when /usr/bin/chromium is missing and the test's npm packages
 # (playwright-core only; no browser download). Screenshot: ${ARTIFACTS_DIR:-artifacts}/webchat.png.
 set -euo pipefail
@@ -118,6 +119,8 @@ cat >"$WORK/models.toml" <<'EOF'
 name = "alpha"
 sample_backend = "echo"
 preload = true
+[models.model.lora_modules]
+sql = "adapters/sql"
 [models.backends.echo]
 prefix = "A:"
 

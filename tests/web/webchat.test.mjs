@@ -375,13 +375,15 @@ describe('server with an API key', () => {
 });
 
 describe('server with several models', () => {
-  test('the picker lists the models and the reply comes from the one picked', async () => {
+  test('the picker lists the models and adapters, and the reply comes from the one picked', async () => {
     const ctx = await openPage(MODELS_URL);
     const { page, requests } = ctx;
     const select = page.locator('#model-select');
     await select.waitFor({ state: 'visible' });
     const options = await select.locator('option').evaluateAll((os) => os.map((o) => o.value));
-    assert.deepEqual(options, ['alpha', 'beta']);
+    assert.deepEqual(options, ['alpha', 'sql', 'beta']);
+    // A named LoRA adapter says what it runs on.
+    assert.equal(await select.locator('option[value="sql"]').textContent(), 'sql (LoRA on alpha)');
     await send(page, 'one two');
     assert.equal((await lastAssistant(page).locator('.content').textContent()).trim(), 'A: two one');
     assert.equal(requests.at(-1).body.model, 'alpha');
@@ -390,6 +392,11 @@ describe('server with several models', () => {
     await send(page, 'three four');
     assert.equal((await lastAssistant(page).locator('.content').textContent()).trim(), 'B: four three');
     assert.equal(requests.at(-1).body.model, 'beta');
+    await select.selectOption('sql');
+    await page.waitForFunction(() => window.switchyardChat.state.info.model === 'sql');
+    await send(page, 'five six');
+    assert.equal((await lastAssistant(page).locator('.content').textContent()).trim(), 'sql: six five');
+    assert.equal(requests.at(-1).body.model, 'sql');
     assert.deepEqual(ctx.errors, []);
     await ctx.context.close();
   });

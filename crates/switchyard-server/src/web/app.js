@@ -369,7 +369,10 @@
     if (!res.ok) throw await errorFrom(res);
     state.models = (await res.json()).data || [];
     const select = $('model-select');
-    const label = (m) => m.status === 'loaded' ? m.id : `${m.id} (${m.status})`;
+    const label = (m) => {
+      if (m.parent) return `${m.id} (LoRA on ${m.parent})`;
+      return m.status === 'loaded' ? m.id : `${m.id} (${m.status})`;
+    };
     select.replaceChildren(...state.models.map((m) => h('option', { value: m.id, textContent: label(m) })));
     const many = state.models.length > 1;
     select.hidden = !many;
