@@ -76,6 +76,7 @@ pub mod template;
 mod text;
 mod token_bytes;
 pub mod tokenizer;
+pub mod vision;
 
 pub use embed::Embedder;
 pub use engine::HfCandle;

@@ -1,0 +1,322 @@
+//! Images in: a request's media bytes decoded to RGB (the `image` crate: JPEG, PNG, WebP, GIF's
+//! first frame), then Qwen2-VL's image processor (`Qwen2VLImageProcessor`, PIL backend) restated:
+//! `smart_resize` to multiples of `patch_size * merge_size` within `min_pixels..=max_pixels`,
+//! Pillow's bicubic resize, rescale, normalise, and the patch layout the vision tower reads.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use serde_json::Value;
+use switchyard_plugin::MediaInput;
+
+use super::resize::{Filter, resize_rgb8};
+use crate::error::{Error, Result};
+
+/// Largest encoded image accepted (bytes), before decoding.
+pub const MAX_IMAGE_BYTES: usize = 32 << 20;
+/// Largest decoded image accepted (pixels): bounds memory at 3 bytes a pixel (~200 MB).
+pub const MAX_DECODED_PIXELS: u64 = 64 << 20;
+
+/// A decoded image: interleaved RGB8, row-major.
+#[derive(Clone, Debug)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `width * height * 3` bytes.
+    pub data: Vec<u8>,
+}
+
+/// The bytes of a request's image: `data:` URLs and raw base64; other URLs are refused by name.
+pub fn media_bytes(media: &MediaInput, index: usize) -> Result<Vec<u8>> {
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| Error::InvalidRequest(format!("image {index}: bad base64 ({e})")))
+    };
+    match media {
+        MediaInput::Bytes { data_base64, .. } => b64(data_base64),
+        MediaInput::Url { url } => {
+            let Some(rest) = url.strip_prefix("data:") else {
+                let scheme = url.split(':').next().unwrap_or("");
+                return Err(Error::InvalidRequest(format!(
+                    "image {index}: hf-candle takes images as `data:` URLs or base64 bytes, not `{scheme}:` URLs; \
+                     send the file's bytes (e.g. data:image/png;base64,...)"
+                )));
+            };
+            let Some((meta, payload)) = rest.split_once(',') else {
+                return Err(Error::InvalidRequest(format!(
+                    "image {index}: malformed data URL (no comma after the media type)"
+                )));
+            };
+            if !meta.ends_with(";base64") {
+                return Err(Error::InvalidRequest(format!(
+                    "image {index}: data URL `data:{meta},...` is not base64-encoded; use data:<type>;base64,<data>"
+                )));
+            }
+            b64(payload)
+        }
+    }
+}
+
+/// Decodes an encoded image (JPEG, PNG, WebP, GIF's first frame) to RGB8. Transparency is
+/// composited onto white, as transformers' `convert_to_rgb` does (Pillow's `alpha_composite`).
+pub fn decode_image(bytes: &[u8], index: usize) -> Result<RgbImage> {
+    let bad = |why: String| Error::InvalidRequest(format!("image {index}: {why}"));
+    if bytes.len() > MAX_IMAGE_BYTES {
+        return Err(bad(format!(
+            "{} bytes, more than the limit of {MAX_IMAGE_BYTES}",
+            bytes.len()
+        )));
+    }
+    let format = image::guess_format(bytes)
+        .map_err(|_| bad("not a recognised image (expected JPEG, PNG, WebP or GIF)".to_string()))?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_PIXELS * 4);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| bad(format!("cannot decode the {format:?} data: {e}")))?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        return Err(bad("the image is empty (0 pixels)".into()));
+    }
+    let data = if img.color().has_alpha() {
+        let rgba = img.to_rgba8();
+        rgba.pixels()
+            .flat_map(|p| {
+                let [r, g, b, a] = p.0;
+                [r, g, b].map(|c| composite_on_white(c, a))
+            })
+            .collect()
+    } else {
+        img.to_rgb8().into_raw()
+    };
+    Ok(RgbImage {
+        width,
+        height,
+        data,
+    })
+}
+
+/// Pillow's `AlphaComposite.c` for a source channel over an opaque white background.
+fn composite_on_white(c: u8, a: u8) -> u8 {
+    if a == 0 {
+        return 255;
+    }
+    const BITS: u32 = 7;
+    let (c, a) = (u32::from(c), u32::from(a));
+    let outa255 = a * 255 + 255 * (255 - a);
+    let coef1 = a * 255 * 255 * (1 << BITS) / outa255;
+    let coef2 = 255 * (1 << BITS) - coef1;
+    let t = c * coef1 + 255 * coef2 + (0x80 << BITS);
+    ((((t >> 8) + t) >> 8) >> BITS) as u8
+}
+
+/// A Qwen2-VL `preprocessor_config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Qwen2VlProcessor {
+    /// Least pixels after resizing (`size.shortest_edge` or `min_pixels`).
+    pub min_pixels: u64,
+    /// Most pixels after resizing (`size.longest_edge` or `max_pixels`).
+    pub max_pixels: u64,
+    /// Vision patch side (14).
+    pub patch_size: usize,
+    /// Frames per temporal patch (2; an image is repeated to fill it).
+    pub temporal_patch_size: usize,
+    /// Patches merged per side into one language token (2).
+    pub merge_size: usize,
+    /// Resampling filter (`resample`, Pillow's numbering).
+    pub filter: Filter,
+    /// `do_resize`.
+    pub do_resize: bool,
+    /// `do_rescale` with `rescale_factor`.
+    pub rescale: Option<f64>,
+    /// `do_normalize` with `image_mean` / `image_std`.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+/// One preprocessed image: `pixel_values` rows of `3 * temporal * patch * patch` floats.
+#[derive(Clone, Debug)]
+pub struct Patches {
+    /// Row-major `(grid_t * grid_h * grid_w, patch_dim)`.
+    pub pixel_values: Vec<f32>,
+    /// `[grid_t, grid_h, grid_w]` in patches.
+    pub grid_thw: [usize; 3],
+}
+
+impl Patches {
+    /// Language tokens this image becomes (`grid_t * grid_h * grid_w / merge^2`).
+    pub fn num_tokens(&self, merge: usize) -> usize {
+        self.grid_thw.iter().product::<usize>() / (merge * merge)
+    }
+}
+
+impl Qwen2VlProcessor {
+    /// Reads `preprocessor_config.json` from a model folder.
+    pub fn from_folder(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::file(
+                &path,
+                format!("cannot read it ({e}); a vision-language folder needs its image processor config"),
+            )
+        })?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
+        Self::from_json(&v).map_err(|m| Error::file(&path, m))
+    }
+
+    /// Parses the JSON of a `preprocessor_config.json` (transformers' defaults for missing keys).
+    // The defaults are transformers' OPENAI_CLIP_MEAN / _STD, written as transformers writes them.
+    #[allow(clippy::excessive_precision)]
+    pub fn from_json(v: &Value) -> std::result::Result<Self, String> {
+        let num = |k: &str| v.get(k).and_then(Value::as_u64);
+        let size = v.get("size");
+        let size_key = |k: &str| size.and_then(|s| s.get(k)).and_then(Value::as_u64);
+        let flag = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(true);
+        let triple = |k: &str, default: [f32; 3]| -> std::result::Result<[f32; 3], String> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Array(a)) if a.len() == 3 => {
+                    let mut out = [0f32; 3];
+                    for (o, x) in out.iter_mut().zip(a) {
+                        *o = x.as_f64().ok_or(format!("`{k}` must hold numbers"))? as f32;
+                    }
+                    Ok(out)
+                }
+                Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
+                Some(_) => Err(format!("`{k}` must be 3 numbers (one per RGB channel)")),
+            }
+        };
+        let resample = num("resample").unwrap_or(3);
+        let filter = Filter::from_pil(resample).ok_or(format!(
+            "`resample` = {resample} is not supported; use 3 (bicubic) or 2 (bilinear)"
+        ))?;
+        let p = Qwen2VlProcessor {
+            min_pixels: num("min_pixels")
+                .or(size_key("shortest_edge"))
+                .unwrap_or(56 * 56),
+            max_pixels: num("max_pixels")
+                .or(size_key("longest_edge"))
+                .unwrap_or(28 * 28 * 1280),
+            patch_size: num("patch_size").unwrap_or(14) as usize,
+            temporal_patch_size: num("temporal_patch_size").unwrap_or(2) as usize,
+            merge_size: num("merge_size").unwrap_or(2) as usize,
+            filter,
+            do_resize: flag("do_resize"),
+            rescale: flag("do_rescale").then(|| {
+                v.get("rescale_factor")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(1.0 / 255.0)
+            }),
+            normalize: if flag("do_normalize") {
+                Some((
+                    triple("image_mean", [0.481_454_66, 0.457_827_5, 0.408_210_73])?,
+                    triple("image_std", [0.268_629_54, 0.261_302_58, 0.275_777_11])?,
+                ))
+            } else {
+                None
+            },
+        };
+        if p.patch_size == 0 || p.merge_size == 0 || p.temporal_patch_size == 0 {
+            return Err("`patch_size`, `merge_size` and `temporal_patch_size` must be > 0".into());
+        }
+        if p.min_pixels > p.max_pixels {
+            return Err(format!(
+                "min pixels {} > max pixels {}: `size.shortest_edge` must not exceed `size.longest_edge`",
+                p.min_pixels, p.max_pixels
+            ));
+        }
+        Ok(p)
+    }
+
+    /// transformers' `smart_resize`: the target `(height, width)`.
+    pub fn smart_resize(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let factor = (self.patch_size * self.merge_size) as f64;
+        let (h, w) = (height as f64, width as f64);
+        if h.max(w) / h.min(w) > 200.0 {
+            return Err(Error::InvalidRequest(format!(
+                "image of {width}x{height} pixels: the aspect ratio must be below 200"
+            )));
+        }
+        // Python's round() rounds half to even.
+        let round = |x: f64| x.round_ties_even();
+        let (min_p, max_p) = (self.min_pixels as f64, self.max_pixels as f64);
+        let mut h_bar = round(h / factor) * factor;
+        let mut w_bar = round(w / factor) * factor;
+        if h_bar * w_bar > max_p {
+            let beta = (h * w / max_p).sqrt();
+            h_bar = factor.max((h / beta / factor).floor() * factor);
+            w_bar = factor.max((w / beta / factor).floor() * factor);
+        } else if h_bar * w_bar < min_p {
+            let beta = (min_p / (h * w)).sqrt();
+            h_bar = (h * beta / factor).ceil() * factor;
+            w_bar = (w * beta / factor).ceil() * factor;
+        }
+        Ok((h_bar as usize, w_bar as usize))
+    }
+
+    /// The processor's output for one image.
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Patches> {
+        let (h, w) = if self.do_resize {
+            self.smart_resize(img.height, img.width)?
+        } else {
+            (img.height, img.width)
+        };
+        let factor = self.patch_size * self.merge_size;
+        if h % factor != 0 || w % factor != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "image of {}x{} pixels is not a multiple of {factor} per side and do_resize is off",
+                img.width, img.height
+            )));
+        }
+        let rgb = if (h, w) == (img.height, img.width) {
+            img.data.clone()
+        } else {
+            resize_rgb8(&img.data, img.width, img.height, w, h, self.filter)
+        };
+        // Channel-first floats: rescale in f64 then f32 (transformers' `rescale`), normalise in f32.
+        let mut chw = vec![0f32; 3 * h * w];
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                let mut x = match self.rescale {
+                    Some(s) => (f64::from(px[c]) * s) as f32,
+                    None => f32::from(px[c]),
+                };
+                if let Some((mean, std)) = &self.normalize {
+                    x = (x - mean[c]) / std[c];
+                }
+                chw[c * h * w + i] = x;
+            }
+        }
+        let (p, m, t) = (self.patch_size, self.merge_size, self.temporal_patch_size);
+        let (gh, gw) = (h / p, w / p);
+        let patch_dim = 3 * t * p * p;
+        let mut out = Vec::with_capacity(gh * gw * patch_dim);
+        // Rows in (gh/m, gw/m, m, m) order; each row (C, T, p, p) with the frame repeated T times.
+        for bh in 0..gh / m {
+            for bw in 0..gw / m {
+                for mh in 0..m {
+                    for mw in 0..m {
+                        let (y0, x0) = ((bh * m + mh) * p, (bw * m + mw) * p);
+                        for c in 0..3 {
+                            for _ in 0..t {
+                                for py in 0..p {
+                                    let row = c * h * w + (y0 + py) * w + x0;
+                                    out.extend_from_slice(&chw[row..row + p]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Patches {
+            pixel_values: out,
+            grid_thw: [1, gh, gw],
+        })
+    }
+}
