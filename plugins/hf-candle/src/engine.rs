@@ -26,6 +26,7 @@ use crate::stream::GenStream;
 use crate::template::named::{HeldCalls, NamedTemplate};
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::Tok;
+use crate::vision::request::{IMAGE_PLACEHOLDER, place_images};
 use native_llm::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
 use native_llm::plan::GenPlan;
 use native_llm::sampling::SamplingParams;
@@ -117,6 +118,7 @@ impl HfCandle {
             // Structured outputs run as a token filter in the native batcher.
             constraints: !is_reward && matches!(loaded.net, Runner::Native(_)),
             tool_choice: !is_reward && matches!(loaded.net, Runner::Native(_)),
+            images: loaded.vision.is_some(),
             ..Default::default()
         };
         let mut details = loaded.details;
@@ -230,6 +232,7 @@ impl HfCandle {
                 pad_id: loaded.pad_id,
                 threads,
                 constraint_vocab: Default::default(),
+                vision: loaded.vision,
             }),
         })
     }
@@ -259,6 +262,27 @@ impl HfCandle {
         add_generation_prompt: bool,
         kwargs: &Map<String, Value>,
     ) -> Result<String> {
+        self.render_with(
+            messages,
+            system,
+            tools,
+            add_generation_prompt,
+            kwargs,
+            false,
+        )
+    }
+
+    /// [`HfCandle::render`]; with `images`, each `<image>` placeholder (after escaping) becomes
+    /// the model's image segment.
+    fn render_with(
+        &self,
+        messages: &[Message],
+        system: Option<&str>,
+        tools: Option<&[Value]>,
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Value>,
+        images: bool,
+    ) -> Result<String> {
         let s = &self.shared;
         let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);
         let has_system = messages.first().is_some_and(|m| m.role == Role::System);
@@ -285,6 +309,9 @@ impl HfCandle {
         for m in rest {
             let mut m = m.clone();
             m.content = text(&m.content);
+            if let Some(v) = s.vision.as_ref().filter(|_| images) {
+                m.content = m.content.replace(IMAGE_PLACEHOLDER, &v.segment);
+            }
             msgs.push(serde_json::to_value(m).map_err(|e| Error::InvalidRequest(e.to_string()))?);
         }
         s.template.render(&RenderInput {
@@ -359,13 +386,21 @@ impl HfCandle {
                 }
                 Ok((s.tok.decode(ids, false)?, ids.clone()))
             }
-            None => self.conversation_ids(
-                &request.messages,
-                request.system.as_deref(),
-                request.tools.as_deref(),
-                true,
-                &request.chat_template_kwargs,
-            ),
+            None => {
+                let mut messages = request.messages.clone();
+                let images = !request.images.is_empty();
+                if images {
+                    place_images(&mut messages, request.images.len())?;
+                }
+                self.conversation_ids(
+                    &messages,
+                    request.system.as_deref(),
+                    request.tools.as_deref(),
+                    true,
+                    &request.chat_template_kwargs,
+                    images,
+                )
+            }
         }
     }
 
@@ -378,13 +413,26 @@ impl HfCandle {
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
         kwargs: &Map<String, Value>,
+        images: bool,
     ) -> Result<(String, Vec<u32>)> {
         let s = &self.shared;
         let Some(named) = &s.named else {
-            let text = self.render(messages, system, tools, add_generation_prompt, kwargs)?;
+            let text = self.render_with(
+                messages,
+                system,
+                tools,
+                add_generation_prompt,
+                kwargs,
+                images,
+            )?;
             self.bound(&text)?;
             return Ok((text.clone(), s.tok.encode(&text, false)?));
         };
+        if images {
+            return Err(Error::Unsupported(
+                "images with `[model] template` (LLaMA-Factory's named templates) are not supported yet; leave it unset to use the model's chat template".into(),
+            ));
+        }
         self.bound_bytes(messages.iter().map(|m| m.content.len()).sum())?;
         let has_system = messages.first().is_some_and(|m| m.role == Role::System);
         let system = system.or(if has_system {
@@ -561,8 +609,13 @@ impl HfCandle {
                 self.shared.info.model
             )));
         }
+        // A vision-language model takes images (a raw prompt has no slots: `expand` refuses).
+        let images = match self.shared.vision {
+            Some(_) => 0,
+            None => request.images.len(),
+        };
         for (name, n) in [
-            ("images", request.images.len()),
+            ("images", images),
             ("videos", request.videos.len()),
             ("audios", request.audios.len()),
         ] {
@@ -581,7 +634,7 @@ impl HfCandle {
         let mut ids = match input {
             ScoreInput::Text(t) => s.tok.encode(t, true)?,
             ScoreInput::Conversation(msgs) => {
-                self.conversation_ids(msgs, None, None, false, &Map::new())?
+                self.conversation_ids(msgs, None, None, false, &Map::new(), false)?
                     .1
             }
             ScoreInput::Tokens(ids) => ids.clone(),
@@ -617,6 +670,14 @@ impl Backend for HfCandle {
     ) -> Result<EventIter, EngineError> {
         self.check_chat(&request)?;
         let (text, ids) = self.prompt(&request)?;
+        // Image prompts run on candle without prefix reuse: every request prefills its images.
+        let (ids, images) = match &self.shared.vision {
+            Some(v) if !request.images.is_empty() => {
+                let images = v.images(&request.images)?;
+                (v.expand(&ids, &images)?, images)
+            }
+            _ => (ids, Vec::new()),
+        };
         let format = self.output_format(&request, &text);
         let ctx = self.shared.context_length;
         if ids.len() >= ctx {
@@ -718,7 +779,7 @@ impl Backend for HfCandle {
             }
             return Ok(self.with_calls(lead, ParsedEvents::new(events, format), &request));
         }
-        let events = GenStream::new(Arc::clone(&self.shared), ids, plan, cancel);
+        let events = GenStream::with_images(Arc::clone(&self.shared), ids, images, plan, cancel);
         Ok(self.with_calls(lead, ParsedEvents::new(events, format), &request))
     }
 

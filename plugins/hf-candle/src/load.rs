@@ -22,6 +22,8 @@ use crate::config::{HfConfig, Options, ids_of};
 use crate::error::{Error, Result};
 use crate::gguf;
 use crate::tokenizer::{self, Tok};
+use crate::vision::qwen2vl::Qwen2Vl;
+use crate::vision::request::VisionSpec;
 
 /// Where the default model lives (fetched by `scripts/fetch-model.sh`).
 pub fn default_model_path() -> PathBuf {
@@ -104,6 +106,8 @@ pub(crate) struct Loaded {
     pub(crate) head: Option<ScoreHead>,
     pub(crate) pad_id: Option<u32>,
     pub(crate) details: Map<String, Json>,
+    /// A vision-language model's image input (`None` for text models).
+    pub(crate) vision: Option<VisionSpec>,
 }
 
 /// Loads the model at `path` (a Hugging Face folder or a GGUF file) as `opts` say. Call
@@ -277,6 +281,7 @@ fn load_gguf(path: &Path, device: &Device, allow_native: bool) -> Result<Loaded>
         head: None,
         pad_id,
         details,
+        vision: None,
     })
 }
 
@@ -316,6 +321,26 @@ fn load_folder(
     let tc = TokenizerConfig::load(dir)?;
     let gen_defaults = GenerationDefaults::load(dir)?;
     let template = assets::folder_template(dir, &tc)?;
+    if let Some(arch) = crate::vision::folder_arch(dir) {
+        let tok = Tok {
+            inner,
+            bos_token: tc.bos_token.clone(),
+            eos_token: tc.eos_token.clone(),
+            eos_ids: Vec::new(),
+            derived: Default::default(),
+        };
+        return load_vision(
+            dir,
+            &arch,
+            dtype,
+            device,
+            adapters,
+            tok,
+            &tc,
+            gen_defaults,
+            template,
+        );
+    }
     let config = HfConfig::load(&dir.join("config.json"))?;
     let arch = config.architecture();
     let family = Family::from_arch(&arch);
@@ -395,5 +420,83 @@ fn load_folder(
         head,
         pad_id,
         details,
+        vision: None,
+    })
+}
+
+/// A vision-language folder: Qwen2-VL on candle (f32), its image processor, its end ids.
+#[allow(clippy::too_many_arguments)]
+fn load_vision(
+    dir: &Path,
+    arch: &str,
+    dtype: DType,
+    device: &Device,
+    adapters: &[PathBuf],
+    mut tok: Tok,
+    tc: &TokenizerConfig,
+    gen_defaults: GenerationDefaults,
+    template: Option<String>,
+) -> Result<Loaded> {
+    if !crate::vision::VLM_ARCHS.contains(&arch) {
+        return Err(Error::UnsupportedArch {
+            arch: arch.into(),
+            supported: format!(
+                "{} (vision-language); Qwen2.5-VL, Gemma 3, LLaVA and Idefics3/SmolVLM are not implemented yet",
+                crate::vision::VLM_ARCHS.join(", ")
+            ),
+        });
+    }
+    if let Some(a) = adapters.first() {
+        return Err(Error::Unsupported(format!(
+            "adapter {}: LoRA adapters are not merged into vision-language models yet; merge it with PEFT (merge_and_unload) and serve the merged folder",
+            a.display()
+        )));
+    }
+    if dtype != DType::F32 {
+        tracing::warn!("vision-language models run in f32 on candle; the dtype option is ignored");
+    }
+    let processor = crate::vision::image::Qwen2VlProcessor::from_folder(dir)?;
+    let model = Qwen2Vl::load(dir, device)?;
+    let cfg = model.config().clone();
+    let expect = tok.inner.token_to_id("<|image_pad|>");
+    if expect != Some(cfg.image_token_id) {
+        return Err(Error::file(
+            dir.join("config.json"),
+            format!(
+                "image_token_id {} is not the tokenizer's <|image_pad|> ({expect:?}); the tokenizer and config do not belong together",
+                cfg.image_token_id
+            ),
+        ));
+    }
+    let mut eos_ids: Vec<u32> = gen_defaults.eos_ids.clone();
+    if let Some(id) = tc
+        .eos_token
+        .as_deref()
+        .and_then(|t| tok.inner.token_to_id(t))
+        && !eos_ids.contains(&id)
+    {
+        eos_ids.push(id);
+    }
+    tok.eos_ids = eos_ids;
+    let pad_id = tc
+        .pad_token
+        .as_deref()
+        .and_then(|t| tok.inner.token_to_id(t));
+    let mut details = Map::new();
+    details.insert("format".into(), "safetensors".into());
+    details.insert("architecture".into(), arch.into());
+    details.insert("dtype".into(), "f32".into());
+    details.insert("engine".into(), "candle".into());
+    details.insert("inputs".into(), "text, images".into());
+    Ok(Loaded {
+        context_length: model.max_positions(),
+        net: Runner::Candle(Net::Vision(Box::new(model))),
+        tok,
+        model_template: template,
+        gen_defaults,
+        head: None,
+        pad_id,
+        details,
+        vision: Some(VisionSpec::qwen2vl(processor, cfg.image_token_id)),
     })
 }

@@ -38,6 +38,8 @@ pub struct Shared {
     pub(crate) threads: Arc<rayon::ThreadPool>,
     /// llguidance's view of the vocabulary, built on the first constrained request.
     pub(crate) constraint_vocab: crate::constraint::ConstraintVocab,
+    /// A vision-language model's image input.
+    pub(crate) vision: Option<crate::vision::request::VisionSpec>,
 }
 
 impl Shared {

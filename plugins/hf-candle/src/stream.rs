@@ -17,6 +17,7 @@ use crate::candle::Instance;
 use crate::error::Result;
 use crate::shared::Shared;
 use crate::text::SeqText;
+use crate::vision::image::Patches;
 
 struct SeqState {
     logits: Vec<f32>,
@@ -31,6 +32,8 @@ pub struct GenStream {
     shared: Arc<Shared>,
     cancel: CancelToken,
     prompt: Vec<u32>,
+    /// The prompt's images (vision-language models); fed with the prompt.
+    images: Vec<Patches>,
     plan: GenPlan,
     sampler: Sampler,
     inst: Option<Instance>,
@@ -43,11 +46,23 @@ pub struct GenStream {
 impl GenStream {
     /// A stream for `prompt` (already checked against the context window).
     pub fn new(shared: Arc<Shared>, prompt: Vec<u32>, plan: GenPlan, cancel: CancelToken) -> Self {
+        Self::with_images(shared, prompt, Vec::new(), plan, cancel)
+    }
+
+    /// A stream whose prompt's image tokens take `images` (a vision-language model).
+    pub fn with_images(
+        shared: Arc<Shared>,
+        prompt: Vec<u32>,
+        images: Vec<Patches>,
+        plan: GenPlan,
+        cancel: CancelToken,
+    ) -> Self {
         let sampler = Sampler::new(plan.sampling.clone(), plan.seed);
         Self {
             shared,
             cancel,
             prompt,
+            images,
             plan,
             sampler,
             inst: None,
@@ -68,8 +83,7 @@ impl GenStream {
     fn start_sequence(&mut self) -> Result<()> {
         let logits = if self.seq == 0 {
             let mut inst = self.shared.checkout()?;
-            inst.reset();
-            let logits = inst.feed(&self.prompt)?;
+            let logits = inst.feed_prompt(&self.prompt, &self.images)?;
             if self.plan.n > 1 {
                 self.snapshot = Some((inst.try_clone()?, logits.clone()));
             }
@@ -84,8 +98,7 @@ impl GenStream {
             let logits = if inst.position() == self.prompt.len() {
                 logits.clone()
             } else {
-                inst.reset();
-                inst.feed(&self.prompt)?
+                inst.feed_prompt(&self.prompt, &self.images)?
             };
             if let Some(old) = self.inst.replace(inst) {
                 self.shared.checkin(old);

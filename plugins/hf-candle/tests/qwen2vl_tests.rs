@@ -1,16 +1,17 @@
 //! Qwen2-VL against Transformers (tests/fixtures/hf/qwen2-vl, scripts/fixtures/gen_tiny_qwen2vl.py):
 //! the image processor's pixel values, the model's last-position logits and greedy ids for one
-//! image, two images and a multi-turn chat.
+//! image, two images and a multi-turn chat, directly and through the engine's chat API.
 
 mod common;
 
 use std::path::PathBuf;
 
+use base64::Engine as _;
 use candle_core::Device;
 use hf_candle::vision::image::{Patches, Qwen2VlProcessor, decode_image, media_bytes};
 use hf_candle::vision::qwen2vl::Qwen2Vl;
 use serde_json::Value;
-use switchyard_plugin::MediaInput;
+use switchyard_plugin::{Backend, ChatRequest, MediaInput, Message, Role};
 
 fn dir() -> PathBuf {
     common::fixtures().join("hf/qwen2-vl")
@@ -123,4 +124,116 @@ fn bad_images_are_named_errors() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("bad base64"), "{err}");
+}
+
+/// The fixture's messages as wire messages: content lists become text with `<image>`
+/// placeholders where the images were (LLaMA-Factory's convention).
+fn wire_messages(case: &Value) -> Vec<Message> {
+    case["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let content: String = m["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|part| match part["type"].as_str().unwrap() {
+                    "image" => "<image>".to_owned(),
+                    _ => part["text"].as_str().unwrap().to_owned(),
+                })
+                .collect();
+            let role = match m["role"].as_str().unwrap() {
+                "user" => Role::User,
+                _ => Role::Assistant,
+            };
+            Message::new(role, content)
+        })
+        .collect()
+}
+
+fn data_url(name: &str) -> MediaInput {
+    let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
+    MediaInput::Url {
+        url: format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    }
+}
+
+#[test]
+fn chat_with_images_equals_transformers_generate() {
+    let engine = common::engine(&dir());
+    assert!(
+        engine.info().capabilities.images,
+        "a VLM folder declares images"
+    );
+    let exp = expected();
+    for (case, e) in exp["cases"].as_object().unwrap() {
+        let want = u32s(&e["greedy_ids"]);
+        let request = ChatRequest {
+            messages: wire_messages(e),
+            images: e["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| data_url(n.as_str().unwrap()))
+                .collect(),
+            generation: common::greedy(want.len() as u32),
+            ..Default::default()
+        };
+        let r = &engine.chat(request).unwrap()[0];
+        assert_eq!(
+            r.prompt_length as usize,
+            e["prompt_ids"].as_array().unwrap().len(),
+            "{case}: prompt length (template + image tokens)"
+        );
+        let text = engine.tokenizer().decode(&want, true).unwrap();
+        assert_eq!(r.text, text, "{case}: reply");
+    }
+}
+
+#[test]
+fn images_without_placeholders_go_before_the_first_user_message() {
+    let engine = common::engine(&dir());
+    let e = &expected()["cases"]["two_images"];
+    let want = u32s(&e["greedy_ids"]);
+    let request = ChatRequest {
+        messages: vec![Message::new(Role::User, "Compare the two.")],
+        images: vec![data_url("wide"), data_url("tall")],
+        generation: common::greedy(want.len() as u32),
+        ..Default::default()
+    };
+    let r = &engine.chat(request).unwrap()[0];
+    assert_eq!(r.text, engine.tokenizer().decode(&want, true).unwrap());
+    // Placeholders that do not match the images are refused by name.
+    let request = ChatRequest {
+        messages: vec![Message::new(Role::User, "<image> only one slot")],
+        images: vec![data_url("wide"), data_url("tall")],
+        generation: common::greedy(2),
+        ..Default::default()
+    };
+    let err = engine.chat(request).unwrap_err().to_string();
+    assert!(
+        err.contains("1 `<image>` placeholders for 2 images"),
+        "{err}"
+    );
+    // A bad image is a 400 naming it.
+    let request = ChatRequest {
+        messages: vec![Message::new(Role::User, "what?")],
+        images: vec![MediaInput::Url {
+            url: "data:image/png;base64,aGVsbG8=".into(),
+        }],
+        generation: common::greedy(2),
+        ..Default::default()
+    };
+    let err = engine.chat(request).unwrap_err();
+    assert!(err.to_string().contains("image 0"), "{err}");
+}
+
+#[test]
+fn text_models_do_not_declare_images() {
+    let text = common::engine(&common::fixtures().join("hf/qwen2"));
+    assert!(!text.info().capabilities.images);
 }

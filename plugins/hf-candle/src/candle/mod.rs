@@ -12,6 +12,8 @@ pub mod hf;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::vision::image::Patches;
+use crate::vision::qwen2vl::Qwen2Vl;
 use dense::DenseModel;
 use gguf::QuantModel;
 
@@ -22,6 +24,8 @@ pub enum Net {
     Dense(DenseModel),
     /// A quantized GGUF model.
     Quant(QuantModel),
+    /// A vision-language model (Qwen2-VL): its prompt may carry images.
+    Vision(Box<Qwen2Vl>),
 }
 
 /// A reward head on top of the final hidden state.
@@ -56,6 +60,7 @@ impl Instance {
     pub fn try_clone(&self) -> Result<Self> {
         let (net, kept) = match &self.net {
             Net::Dense(m) => (Net::Dense(m.clone()), true),
+            Net::Vision(m) => (Net::Vision(m.clone()), true),
             Net::Quant(m) => {
                 let (q, kept) = m.try_clone(&self.device)?;
                 (Net::Quant(q), kept)
@@ -74,6 +79,7 @@ impl Instance {
         match &mut self.net {
             Net::Dense(m) => m.reset(),
             Net::Quant(m) => m.reset(),
+            Net::Vision(m) => m.reset(),
         }
     }
 
@@ -92,8 +98,26 @@ impl Instance {
         let out = match &mut self.net {
             Net::Dense(m) => m.forward_last(ids)?,
             Net::Quant(m) => m.forward_last(ids, self.pos, &self.device)?,
+            Net::Vision(m) => m.extend(ids)?,
         };
         self.pos += ids.len();
+        Ok(out)
+    }
+
+    /// Runs a whole prompt from an empty cache: its image tokens take `images`' embeddings
+    /// (vision-language models only; other models need `images` empty).
+    pub fn feed_prompt(&mut self, ids: &[u32], images: &[Patches]) -> Result<Vec<f32>> {
+        if images.is_empty() {
+            self.reset();
+            return self.feed(ids);
+        }
+        let Net::Vision(m) = &mut self.net else {
+            return Err(Error::Unsupported(
+                "this model takes no images (it is not a vision-language model)".into(),
+            ));
+        };
+        let out = m.prefill(ids, images)?;
+        self.pos = ids.len();
         Ok(out)
     }
 
@@ -108,8 +132,8 @@ impl Instance {
                 m.reset();
                 Ok(l)
             }
-            Net::Quant(_) => Err(Error::Unsupported(
-                "per-position logits are only available for safetensors models".into(),
+            Net::Quant(_) | Net::Vision(_) => Err(Error::Unsupported(
+                "per-position logits are only available for safetensors text models".into(),
             )),
         }
     }

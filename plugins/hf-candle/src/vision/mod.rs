@@ -11,6 +11,7 @@
 
 pub mod image;
 pub mod qwen2vl;
+pub mod request;
 pub mod resize;
 
 use std::path::Path;

@@ -178,6 +178,7 @@ fn inv_freq(base: f64, dim: usize) -> Vec<f32> {
         .collect()
 }
 
+#[derive(Clone, Debug)]
 struct VisionBlock {
     norm1: LayerNorm,
     qkv: Linear,
@@ -187,6 +188,7 @@ struct VisionBlock {
     fc2: Linear,
 }
 
+#[derive(Clone, Debug)]
 struct Vision {
     patch_w: Tensor,
     blocks: Vec<VisionBlock>,
@@ -318,6 +320,7 @@ impl Vision {
     }
 }
 
+#[derive(Clone, Debug)]
 struct TextLayer {
     input_norm: RmsNorm,
     q: Linear,
@@ -330,7 +333,8 @@ struct TextLayer {
     down: Linear,
 }
 
-/// A loaded Qwen2-VL with its KV cache.
+/// A loaded Qwen2-VL with its KV cache (cloning shares the weights and copies the cache).
+#[derive(Clone, Debug)]
 pub struct Qwen2Vl {
     cfg: Qwen2VlConfig,
     vision: Vision,
@@ -527,12 +531,27 @@ impl Qwen2Vl {
 
     /// Feeds one generated token and returns the next logits.
     pub fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.extend(&[id])
+    }
+
+    /// Feeds text tokens after what was fed (positions continue from the last one; a first
+    /// call is a text-only prompt) and returns the last logits.
+    pub fn extend(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if self.cache[0].is_none() {
+            return self.prefill(ids, &[]);
+        }
         let x = self
             .embed
-            .index_select(&Tensor::from_slice(&[id], 1, &self.device)?, 0)?;
-        let p = self.next_pos as u32;
-        self.next_pos += 1;
-        self.run(x, &[[p; 3]])
+            .index_select(&Tensor::from_slice(ids, ids.len(), &self.device)?, 0)?;
+        let start = self.next_pos as u32;
+        let pos: Vec<[u32; 3]> = (0..ids.len() as u32).map(|i| [start + i; 3]).collect();
+        self.next_pos += ids.len();
+        self.run(x, &pos)
+    }
+
+    /// The largest position the model takes (`max_position_embeddings`).
+    pub fn max_positions(&self) -> usize {
+        self.cfg.max_positions
     }
 
     fn run(&mut self, x: Tensor, pos: &[[u32; 3]]) -> Result<Vec<f32>> {
