@@ -13,8 +13,10 @@
 //!
 //! Instruction sets are chosen at run time (`is_x86_feature_detected!`), never at compile time:
 //! the binary runs on any x86-64 (or other) CPU, and uses AVX2 + FMA + F16C where the CPU has
-//! them. `SWITCHYARD_KERNELS=portable` forces the portable code (used by the tests to check
-//! that both paths agree).
+//! them, and AVX-512 VNNI for the quantized decode kernels where it has AVX-512 F/BW/VL/VNNI.
+//! `SWITCHYARD_KERNELS=portable` forces the portable code (used by the tests to check that
+//! the paths agree); `SWITCHYARD_KERNELS=avx2` keeps an AVX-512 CPU on the AVX2 kernels (for
+//! A/B measurements).
 //!
 //! # Layering
 //!
@@ -26,14 +28,18 @@
 //! - [`kquants`]: the K-quant formats' portable reference and `Q5_0` transcoding;
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
-//! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels.
+//! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
+//! - `avx512/` (x86-64 only): AVX-512 VNNI kernels for the quantized dot products of decode
+//!   (`Q4_0`, `Q4_1`, `Q8_0` groups, `Q4_K` and `Q6_K` rows), used beside the AVX2 ones.
 //!
-//! The functions below pick one of the last two per call from [`isa()`], chosen once per
-//! process.
+//! The functions below pick one of the last three per call from [`isa()`], chosen once per
+//! process; with [`Isa::Avx512`] everything the AVX-512 module lacks runs on AVX2.
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod format;
 pub mod kquants;
 mod layout;
@@ -56,6 +62,9 @@ use std::sync::OnceLock;
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
+    /// x86-64 with AVX-512 F/BW/VL and AVX-512 VNNI (and AVX2, FMA, F16C): the quantized
+    /// decode kernels in AVX-512, the rest in AVX2.
+    Avx512,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
     /// Plain Rust (what the compiler makes of it for the build target).
@@ -66,6 +75,7 @@ impl Isa {
     /// A short name for logs and benchmark tables.
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Avx512 => "avx512vnni+avx2+fma+f16c",
             Isa::Avx2 => "avx2+fma+f16c",
             Isa::Portable => "portable",
         }
@@ -80,6 +90,16 @@ pub fn isa() -> Isa {
             return Isa::Portable;
         }
         #[cfg(target_arch = "x86_64")]
+        if std::env::var("SWITCHYARD_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"))
+            && avx2::available()
+        {
+            return Isa::Avx2;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            return Isa::Avx512;
+        }
+        #[cfg(target_arch = "x86_64")]
         if avx2::available() {
             return Isa::Avx2;
         }
@@ -91,7 +111,7 @@ pub fn isa() -> Isa {
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::quantize_row(x, out),
+        Isa::Avx2 | Isa::Avx512 => avx2::quantize_row(x, out),
         _ => portable::quantize_row(x, out),
     }
 }
@@ -101,7 +121,7 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     debug_assert!(row.len() >= kind.row_bytes(act.len() * QK));
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_q(kind, row, act),
+        Isa::Avx2 | Isa::Avx512 => avx2::dot_q(kind, row, act),
         _ => portable::dot_q(kind, row, act),
     }
 }
@@ -131,6 +151,8 @@ pub fn dot_x8_multi(
     );
     match isa() {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::dot_x8_multi(kind, group, acts, out, stream),
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => avx2::dot_x8_multi(kind, group, acts, out, stream),
         _ => {
             for (o, a) in out.iter_mut().zip(acts) {
@@ -144,7 +166,7 @@ pub fn dot_x8_multi(
 pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::exp_shifted_sum(x, max),
+        Isa::Avx2 | Isa::Avx512 => avx2::exp_shifted_sum(x, max),
         _ => portable::exp_shifted_sum(x, max),
     }
 }
@@ -154,7 +176,7 @@ pub fn exp_shifted_sum(x: &mut [f32], max: f32) -> f32 {
 pub fn gated_activation(gelu: bool, gate: &mut [f32], up: &[f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::gated_activation(gelu, gate, up),
+        Isa::Avx2 | Isa::Avx512 => avx2::gated_activation(gelu, gate, up),
         _ => gate
             .iter_mut()
             .zip(up)
@@ -167,7 +189,7 @@ pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
     debug_assert!(row.len() >= kind.row_bytes(act.len()));
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_f(kind, row, act),
+        Isa::Avx2 | Isa::Avx512 => avx2::dot_f(kind, row, act),
         _ => portable::dot_f(kind, row, act),
     }
 }
@@ -192,7 +214,7 @@ pub fn dot_f_block(
     debug_assert!(!grouped || rows.len().is_multiple_of(rb * F_GROUP));
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
+        Isa::Avx2 | Isa::Avx512 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
         _ => {
             // Row by row; a grouped matrix is rebuilt into rows one group at a time.
             let per = if grouped { F_GROUP } else { 1 };
@@ -221,7 +243,7 @@ pub fn dot_f_block(
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_f32(a, b),
+        Isa::Avx2 | Isa::Avx512 => avx2::dot_f32(a, b),
         _ => portable::dot_f32(a, b),
     }
 }
@@ -232,7 +254,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::attend_many(tile, scratch, out),
+        Isa::Avx2 | Isa::Avx512 => avx2::attend_many(tile, scratch, out),
         _ => tile.run_each(
             |h, sc, o| h.run(portable::dot_f32, portable::axpy, sc, o),
             scratch,
@@ -245,7 +267,7 @@ pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::axpy(y, a, x),
+        Isa::Avx2 | Isa::Avx512 => avx2::axpy(y, a, x),
         _ => portable::axpy(y, a, x),
     }
 }
@@ -265,7 +287,7 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
 pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::quantize_row_k(x, out),
+        Isa::Avx2 | Isa::Avx512 => avx2::quantize_row_k(x, out),
         _ => kquants::quantize_row_k_body(x, out),
     }
 }
@@ -282,7 +304,11 @@ pub fn dot_k_multi(
 ) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::dot_k_multi(kind, row, acts, out, stream),
+        Isa::Avx512 if kind != WeightKind::Q5_K => {
+            avx512::dot_k_multi(kind, row, acts, out, stream)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => avx2::dot_k_multi(kind, row, acts, out, stream),
         _ => kquants::dot_k_multi_body(kind, row, acts, out),
     }
 }

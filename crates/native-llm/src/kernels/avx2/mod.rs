@@ -15,7 +15,7 @@ mod attention;
 mod float;
 mod kquants;
 mod quant;
-mod simd;
+pub(super) mod simd;
 
 pub use activation::{exp_shifted_sum, gated_activation};
 pub use attention::attend_many;

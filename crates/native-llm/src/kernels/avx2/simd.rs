@@ -16,14 +16,14 @@ pub fn available() -> bool {
 /// The 32 bytes of `b`, loaded.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn load_32(b: &[u8; 32]) -> __m256i {
+pub(in crate::kernels) fn load_32(b: &[u8; 32]) -> __m256i {
     // SAFETY: reads exactly the 32 bytes of `b`; `loadu` has no alignment requirement.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn load_16(b: &[u8; 16]) -> __m128i {
+pub(in crate::kernels) fn load_16(b: &[u8; 16]) -> __m128i {
     // SAFETY: reads exactly the 16 bytes of `b`; `loadu` has no alignment requirement.
     unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
 }
@@ -60,7 +60,7 @@ pub(super) fn hsum(v: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn store_8(v: __m256) -> [f32; 8] {
+pub(in crate::kernels) fn store_8(v: __m256) -> [f32; 8] {
     let mut out = [0f32; 8];
     // SAFETY: writes exactly the 8 floats of `out`; `storeu` has no alignment requirement.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
@@ -123,7 +123,7 @@ const PREFETCH: usize = 16384;
 /// hints only cost there.
 #[inline]
 #[target_feature(enable = "avx2")]
-pub(super) fn prefetch_span(data: &[u8], at: usize, len: usize) {
+pub(in crate::kernels) fn prefetch_span(data: &[u8], at: usize, len: usize) {
     for off in (0..len).step_by(64).chain([len.saturating_sub(1)]) {
         prefetch_line(data, at + off);
     }

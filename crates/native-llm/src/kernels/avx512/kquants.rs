@@ -1,0 +1,213 @@
+//! `Q4_K` and `Q6_K` rows (layouts in [`kernels::kquants`](crate::kernels::kquants)) against
+//! up to 4 [`BlockQ8K`] activation vectors with AVX-512 VNNI; `Q5_K` stays on AVX2.
+//!
+//! Each super-block is unpacked once for all tokens into 4 registers of 64 quants (unsigned
+//! bytes); per token and register one `vpmaddubsw` with the activation bytes (pairs at most
+//! 2 × 63 × 127 < 2^15: exact) and one `vpdpwssd` by the sub-block scales (16-bit lanes)
+//! into 32-bit lanes. The integer sum per super-block is the AVX2 kernel's exactly, and the
+//! floats are formed from it the same way (`d · d_y · Σ` then `- dmin · d_y · Σ mins`, added
+//! to the running total super-block by super-block), so every result equals the AVX2 and
+//! portable kernels' bit for bit.
+
+use std::arch::x86_64::*;
+
+use super::available;
+use super::quant::load_64;
+use crate::kernels::avx2::simd::prefetch_span;
+use crate::kernels::format::{BlockQ8K, QK_K, WeightKind, f16_at};
+use crate::kernels::kquants::scales_mins;
+
+/// `out[t] = row · acts[t]` for a `Q4_K` or `Q6_K` row (`out.len() >= acts.len()`, 1 to 4
+/// vectors).
+pub fn dot_k_multi(
+    kind: WeightKind,
+    row: &[u8],
+    acts: &[&[BlockQ8K]],
+    out: &mut [f32],
+    stream: bool,
+) {
+    debug_assert!(available());
+    fn run<const N: usize>(
+        kind: WeightKind,
+        row: &[u8],
+        acts: [&[BlockQ8K]; N],
+        stream: bool,
+    ) -> [f32; N] {
+        // SAFETY: reached only when `kernels::isa()` is `Isa::Avx512`, chosen after
+        // `available()` confirmed AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+        unsafe {
+            match kind {
+                WeightKind::Q4_K => q4k::<N>(row, acts, stream),
+                WeightKind::Q6_K => q6k::<N>(row, acts, stream),
+                _ => unreachable!("{kind:?} has no AVX-512 kernel"),
+            }
+        }
+    }
+    let n = acts.len();
+    let res: &[f32] = match *acts {
+        [a] => &run(kind, row, [a], stream),
+        [a, b] => &run(kind, row, [a, b], stream),
+        [a, b, c] => &run(kind, row, [a, b, c], stream),
+        [a, b, c, d] => &run(kind, row, [a, b, c, d], stream),
+        _ => unreachable!("1 to 4 activation vectors"),
+    };
+    out[..n].copy_from_slice(res);
+}
+
+/// Activation bytes `64 r..64 r + 64`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn load_y(a: &BlockQ8K, r: usize) -> __m512i {
+    let y: &[i8; 64] = a.qs[64 * r..64 * r + 64].try_into().expect("64 quants");
+    // SAFETY: reads exactly the 64 bytes of `y`; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(y.as_ptr().cast()) }
+}
+
+/// The 16 sums of 16 activations, as 16-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_bsums(a: &BlockQ8K) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of the 16 `i16` sums; no alignment requirement.
+    unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) }
+}
+
+/// Sum of the 8 32-bit lanes (exact: the callers' sums stay far below 2^31).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `lo` in the low 256 bits, `hi` in the high.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn join(lo: __m256i, hi: __m256i) -> __m512i {
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// `Q4_K` row · `N` activation vectors. Register `j` holds sub-blocks `2j` (the low nibbles
+/// of bytes `32j..32j + 32`) and `2j + 1` (their high nibbles), under activation bytes
+/// `64j..64j + 64`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32; N] {
+    let nib = _mm512_set1_epi8(0x0F);
+    let mut out = [0f32; N];
+    for (i, b) in row.chunks_exact(144).enumerate() {
+        if stream {
+            prefetch_span(row, i * 144, 144);
+        }
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, m) = scales_mins(&b[4..16]);
+        let qs = &b[16..144];
+        let q: [__m512i; 4] = std::array::from_fn(|j| {
+            let w: &[u8; 32] = qs[32 * j..32 * j + 32].try_into().expect("32 bytes");
+            // SAFETY: reads exactly the 32 bytes of `w`; `loadu` has no alignment requirement.
+            let w = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+            _mm512_and_si512(join(w, _mm256_srli_epi16::<4>(w)), nib)
+        });
+        let scale: [__m512i; 4] = std::array::from_fn(|j| {
+            join(
+                _mm256_set1_epi16(sc[2 * j] as i16),
+                _mm256_set1_epi16(sc[2 * j + 1] as i16),
+            )
+        });
+        // Each 16-value group's minimum (two groups per sub-block), as 16-bit lanes.
+        let mins = _mm256_setr_epi16(
+            m[0] as i16,
+            m[0] as i16,
+            m[1] as i16,
+            m[1] as i16,
+            m[2] as i16,
+            m[2] as i16,
+            m[3] as i16,
+            m[3] as i16,
+            m[4] as i16,
+            m[4] as i16,
+            m[5] as i16,
+            m[5] as i16,
+            m[6] as i16,
+            m[6] as i16,
+            m[7] as i16,
+            m[7] as i16,
+        );
+        for t in 0..N {
+            let a = &acts[t][i];
+            let mut acc = _mm512_setzero_si512();
+            for j in 0..4 {
+                let p = _mm512_maddubs_epi16(q[j], load_y(a, j));
+                acc = _mm512_dpwssd_epi32(acc, p, scale[j]);
+            }
+            let isum = _mm512_reduce_add_epi32(acc);
+            let msum = hsum_i32(_mm256_madd_epi16(load_bsums(a), mins));
+            let mut total = d * a.d * isum as f32;
+            total -= dmin * a.d * msum as f32;
+            out[t] += total;
+        }
+    }
+    out
+}
+
+/// `Q6_K` row · `N` activation vectors. The quants plus 32 (0..64, unsigned); register
+/// `2n + k` holds values `128n + 64k..` (bytes `64n..64n + 64` of `ql`, low nibbles for
+/// `k = 0`, high for `k = 1`, with two bits each of `qh[32n..32n + 32]` on top), 16-value
+/// sub-blocks `4(2n + k)..`, one per 128-bit lane.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32; N] {
+    let nib = _mm512_set1_epi8(0x0F);
+    let two = _mm512_set1_epi8(0x30);
+    // The `qh` bits for the four 32-value quarters of a 128-value half: shifted left by 4 and
+    // 2 (low nibbles: values 0..32 and 32..64), right by 0 and 2 (high nibbles: 64..128).
+    let up = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2);
+    let down = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+    // The scale index for each 16-bit lane of register `r`: lane group `l` (a 128-bit lane)
+    // takes scale `4r + l`.
+    let pick: [__m512i; 4] = std::array::from_fn(|r| {
+        let r = 4 * r as i32;
+        let lane = |l: i32| _mm_set1_epi16((r + l) as i16);
+        join(
+            _mm256_set_m128i(lane(1), lane(0)),
+            _mm256_set_m128i(lane(3), lane(2)),
+        )
+    });
+    let mut out = [0f32; N];
+    for (i, b) in row.chunks_exact(210).enumerate() {
+        if stream {
+            prefetch_span(row, i * 210, 210);
+        }
+        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+        let d = f16_at(b, 208);
+        let mut q = [_mm512_setzero_si512(); 4];
+        for n in 0..2 {
+            let h: &[u8; 32] = qh[32 * n..32 * n + 32].try_into().expect("32 bytes");
+            // SAFETY: reads exactly the 32 bytes of `h`; `loadu` has no alignment requirement.
+            let h = unsafe { _mm256_loadu_si256(h.as_ptr().cast()) };
+            let hh = join(h, h);
+            let l = load_64(&ql[64 * n..64 * n + 64]);
+            let h_lo = _mm512_and_si512(_mm512_sllv_epi64(hh, up), two);
+            let h_hi = _mm512_and_si512(_mm512_srlv_epi64(hh, down), two);
+            q[2 * n] = _mm512_or_si512(_mm512_and_si512(l, nib), h_lo);
+            q[2 * n + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), nib), h_hi);
+        }
+        // SAFETY: reads exactly the 16 bytes of `sc`; `loadu` has no alignment requirement.
+        let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+        let s512 = _mm512_castsi256_si512(scales16);
+        let scale: [__m512i; 4] = std::array::from_fn(|r| _mm512_permutexvar_epi16(pick[r], s512));
+        for t in 0..N {
+            let a = &acts[t][i];
+            let mut acc = _mm512_setzero_si512();
+            for r in 0..4 {
+                let p = _mm512_maddubs_epi16(q[r], load_y(a, r));
+                acc = _mm512_dpwssd_epi32(acc, p, scale[r]);
+            }
+            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(a), scales16));
+            let isum = _mm512_reduce_add_epi32(acc) - hsum_i32(offset);
+            out[t] += d * a.d * isum as f32;
+        }
+    }
+    out
+}
+
+const _: () = assert!(QK_K == 256);

@@ -1,0 +1,124 @@
+//! The AVX-512 kernels against the portable ones (and the AVX2 ones, which they must equal
+//! bit for bit) on random blocks: random quant bytes, random modest f16 scales, random
+//! activations quantized by the portable code, 1 to 4 tokens at a time. Skipped (passing)
+//! on CPUs without AVX-512 VNNI.
+
+use super::available;
+use crate::kernels::format::{BlockQ8, BlockQ8K, GROUP, QK, QK_K, WeightKind};
+use crate::kernels::kquants::{dot_k_multi_body, quantize_row_k_body};
+use crate::kernels::{avx2, interleave, portable};
+
+fn lcg(seed: &mut u64) -> u64 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *seed >> 33
+}
+
+fn uniform(seed: &mut u64) -> f32 {
+    lcg(seed) as f32 / (1u64 << 31) as f32 - 0.5
+}
+
+/// An f16 in ±[2^-9, 2^-5): finite and modest, so the float sums stay well-conditioned.
+fn small_f16(seed: &mut u64) -> [u8; 2] {
+    let v = (1.0 + uniform(seed)) * 2f32.powi(-(5 + (lcg(seed) % 4) as i32));
+    let v = if lcg(seed).is_multiple_of(2) { v } else { -v };
+    half::f16::from_f32(v).to_le_bytes()
+}
+
+#[test]
+fn avx512_group_kernels_equal_avx2_bit_for_bit_and_portable_closely() {
+    if !available() {
+        return;
+    }
+    let mut seed = 17;
+    let cols = 7 * QK;
+    for kind in [WeightKind::Q4_0, WeightKind::Q4_1, WeightKind::Q8_0] {
+        let bb = kind.block_bytes();
+        let mut rows = vec![0u8; GROUP * kind.row_bytes(cols)];
+        for b in rows.chunks_exact_mut(bb) {
+            b.iter_mut().for_each(|v| *v = lcg(&mut seed) as u8);
+            b[..2].copy_from_slice(&small_f16(&mut seed));
+            if kind == WeightKind::Q4_1 {
+                b[2..4].copy_from_slice(&small_f16(&mut seed));
+            }
+            if kind == WeightKind::Q8_0 {
+                // Q8_0 quants are in -127..=127 (llama.cpp never writes -128).
+                b[2..]
+                    .iter_mut()
+                    .filter(|v| **v == 0x80)
+                    .for_each(|v| *v = 0x81);
+            }
+        }
+        let group = interleave(kind, &rows, cols);
+        let acts: Vec<Vec<BlockQ8>> = (0..4)
+            .map(|_| {
+                let x: Vec<f32> = (0..cols).map(|_| uniform(&mut seed)).collect();
+                let mut q = vec![BlockQ8::default(); cols / QK];
+                portable::quantize_row(&x, &mut q);
+                q
+            })
+            .collect();
+        for n in 1..=4 {
+            let a: Vec<&[BlockQ8]> = acts[..n].iter().map(Vec::as_slice).collect();
+            let (mut fast, mut avx2) = ([[0f32; GROUP]; 4], [[0f32; GROUP]; 4]);
+            super::dot_x8_multi(kind, &group, &a, &mut fast, n % 2 == 0);
+            avx2::dot_x8_multi(kind, &group, &a, &mut avx2, n % 2 == 0);
+            assert_eq!(fast[..n], avx2[..n], "{kind:?} with {n} vectors vs AVX2");
+            for t in 0..n {
+                let slow = portable::dot_x8(kind, &group, a[t]);
+                for r in 0..GROUP {
+                    assert!(
+                        (fast[t][r] - slow[r]).abs() <= 1e-4 * (1.0 + slow[r].abs()),
+                        "{kind:?} token {t} of {n}, row {r}: {} vs portable {}",
+                        fast[t][r],
+                        slow[r]
+                    );
+                }
+                assert!(slow.iter().all(|v| v.is_finite() && *v != 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn avx512_k_quant_kernels_equal_the_portable_body_bit_for_bit() {
+    if !available() {
+        return;
+    }
+    let mut seed = 5;
+    let blocks = 3;
+    for (kind, bb, scales) in [
+        (WeightKind::Q4_K, 144, &[0usize, 2][..]),
+        (WeightKind::Q6_K, 210, &[208][..]),
+    ] {
+        let mut row: Vec<u8> = (0..blocks * bb).map(|_| lcg(&mut seed) as u8).collect();
+        for b in row.chunks_exact_mut(bb) {
+            for &i in scales {
+                b[i..i + 2].copy_from_slice(&small_f16(&mut seed));
+            }
+        }
+        let acts: Vec<Vec<BlockQ8K>> = (0..4)
+            .map(|_| {
+                let x: Vec<f32> = (0..blocks * QK_K).map(|_| uniform(&mut seed)).collect();
+                let mut q = vec![BlockQ8K::default(); blocks];
+                quantize_row_k_body(&x, &mut q);
+                q
+            })
+            .collect();
+        for n in 1..=4 {
+            let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
+            let (mut fast, mut plain, mut avx2) = ([0f32; 4], [0f32; 4], [0f32; 4]);
+            super::dot_k_multi(kind, &row, &a, &mut fast, n % 2 == 1);
+            dot_k_multi_body(kind, &row, &a, &mut plain);
+            avx2::dot_k_multi(kind, &row, &a, &mut avx2, true);
+            assert_eq!(
+                fast[..n],
+                plain[..n],
+                "{kind:?} with {n} vectors vs portable"
+            );
+            assert_eq!(fast[..n], avx2[..n], "{kind:?} with {n} vectors vs AVX2");
+            assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));
+        }
+    }
+}
