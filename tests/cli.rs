@@ -11,6 +11,9 @@ use expectrl::{ControlCode, Expect, Session};
 use serde_json::{Value, json};
 use switchyard_tests::{plugin_library, switchyard_bin, write_file};
 
+#[path = "cli/media.rs"]
+mod media;
+
 fn echo_dir(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let lib = plugin_library("custom-backend");

@@ -7,7 +7,9 @@
 //! `top_logprobs`, `tool_choice` (`{"type": "required"}` or `{"type": "function", "name"}`),
 //! `constraint` (`{"type": "json_schema", "schema": {...}}`, `json_object`, `regex`, `choice`,
 //! `grammar`), and for a text completion `prompt` (text or token ids, instead of `messages`)
-//! with `echo`.
+//! with `echo`. `images` and `videos` (and `audios`) are lists of file paths (relative ones
+//! taken from the input file's folder) or `data:` URLs; `<image>`/`<video>` in the messages mark
+//! where each goes, or with none they go in front of the first user message.
 //! Output line: `{"line", "text", "prompt_length", "response_length", "finish_reason",
 //! "token_ids"?, "reasoning_content"?, "tool_calls"?, "logprobs"?, "prompt_logprobs"?}`, a list of those when
 //! `n > 1`, or `{"line", "error": {"kind", "message"}}` for a line that failed (bad JSON, not
@@ -25,10 +27,12 @@ use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
-use switchyard::{ChatRequest, Error, GenerationParams, Response};
+use switchyard::placeholders::MediaKind;
+use switchyard::{ChatRequest, Error, GenerationParams, MediaInput, Response};
 
 use crate::ModelArgs;
 use crate::common::load_router;
+use crate::media;
 
 /// Arguments of `switchyard batch`.
 #[derive(Args, Debug)]
@@ -72,6 +76,9 @@ const REQUEST_KEYS: &[&str] = &[
     "chat_template_kwargs",
     "id",
     "model",
+    "images",
+    "videos",
+    "audios",
 ];
 
 /// One input line: the request, the model it names (with `[[models]]`), and warnings about
@@ -85,8 +92,33 @@ pub struct Line {
     pub warnings: Vec<String>,
 }
 
-/// Parses one input line into a request; unknown keys are reported as warnings.
-pub fn parse_line(text: &str) -> Result<Line, String> {
+/// The media list under `key` (paths from `base`, or URLs).
+fn media_list(
+    obj: &mut Map<String, Value>,
+    kind: MediaKind,
+    base: &Path,
+) -> Result<Vec<MediaInput>, String> {
+    let key = kind.field();
+    match obj.remove(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => {
+                    media::load(s, base, kind).map_err(|e| format!("bad `{key}` entry: {e}"))
+                }
+                other => Err(format!(
+                    "`{key}` entries must be file paths or data: URLs, got {other}"
+                )),
+            })
+            .collect(),
+        Some(other) => Err(format!("`{key}` must be a list, got {other}")),
+    }
+}
+
+/// Parses one input line into a request (media paths taken from `base`); unknown keys are
+/// reported as warnings.
+pub fn parse_line(text: &str, base: &Path) -> Result<Line, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("malformed JSON: {e}"))?;
     let Value::Object(mut obj) = value else {
         return Err("expected a JSON object with a `messages` list".to_owned());
@@ -131,6 +163,10 @@ pub fn parse_line(text: &str) -> Result<Line, String> {
         }
     };
     obj.remove("id");
+    request.images = media_list(&mut obj, MediaKind::Image, base)?;
+    request.videos = media_list(&mut obj, MediaKind::Video, base)?;
+    request.audios = media_list(&mut obj, MediaKind::Audio, base)?;
+    media::check_count(request.images.len() + request.videos.len() + request.audios.len())?;
     let model = match obj.remove("model") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -311,9 +347,16 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
         .map(|e| e.config.max_concurrent())
         .sum();
     let (mut failed, mut tokens) = (0usize, 0u64);
+    // Media paths in a line are taken from the input file's folder.
+    let base = args
+        .input
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let code = runtime.block_on(async {
         let mut results = futures::stream::iter(todo.into_iter().map(|(line, text)| {
             let models = models.clone();
+            let base = base.clone();
             async move {
                 let text = match text {
                     Ok(t) => t,
@@ -325,7 +368,7 @@ pub fn run(args: BatchArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
                         Err(("invalid_request".to_owned(), "empty line".to_owned())),
                     );
                 }
-                let parsed = match parse_line(&text) {
+                let parsed = match parse_line(&text, &base) {
                     Ok(r) => r,
                     Err(e) => return (line, Err(("invalid_request".to_owned(), e))),
                 };

@@ -11,13 +11,15 @@ use std::sync::Mutex;
 use anyhow::Context;
 use clap::Args;
 use rustyline::error::ReadlineError;
+use switchyard::placeholders::{self, MediaKind, Placeholders};
 use switchyard::{
-    Canceller, ChatRequest, Error, ErrorKind, GenerationParams, Message, ModelRouter, Response,
-    ResponseCollector,
+    Canceller, ChatRequest, Error, ErrorKind, GenerationParams, MediaInput, Message, ModelRouter,
+    Response, ResponseCollector,
 };
 
 use crate::ModelArgs;
 use crate::common::load_router;
+use crate::media;
 
 /// Arguments of `switchyard chat`.
 #[derive(Args, Debug)]
@@ -39,6 +41,8 @@ Commands:
                      (/set model=NAME switches the model or LoRA adapter, as /model does)
   /save FILE         write the conversation to FILE as JSON
   /model [NAME]      list the models and named adapters, or switch to NAME
+  /image PATH        attach an image (a file or a data: URL) to the next message
+  /video PATH        attach a video to the next message
   /help              this text
 Ctrl-C stops the reply being generated.";
 
@@ -52,6 +56,17 @@ struct Session {
     system: Option<String>,
     history: Vec<Message>,
     generation: GenerationParams,
+    /// The conversation's media so far (their placeholders are in `history`).
+    media: Media,
+    /// Media attached with `/image` and `/video` for the next message, in order.
+    pending: Vec<(MediaKind, MediaInput)>,
+}
+
+/// Images and videos of a conversation, in order.
+#[derive(Default, Clone)]
+struct Media {
+    images: Vec<MediaInput>,
+    videos: Vec<MediaInput>,
 }
 
 enum Step {
@@ -67,7 +82,7 @@ impl Session {
             "" => return Ok(Step::Continue),
             "exit" => return Ok(Step::Exit),
             "clear" => {
-                self.history.clear();
+                self.forget();
                 writeln!(out, "History has been removed.")?;
                 return Ok(Step::Continue);
             }
@@ -80,7 +95,7 @@ impl Session {
         if let Some(rest) = trimmed.strip_prefix("/system") {
             let text = rest.trim();
             self.system = (!text.is_empty()).then(|| text.to_owned());
-            self.history.clear();
+            self.forget();
             writeln!(
                 out,
                 "System prompt {}; history cleared.",
@@ -126,6 +141,14 @@ impl Session {
             }
             return Ok(Step::Continue);
         }
+        for (command, kind) in [("/image", MediaKind::Image), ("/video", MediaKind::Video)] {
+            if let Some(rest) = trimmed.strip_prefix(command)
+                && (rest.is_empty() || rest.starts_with(' '))
+            {
+                self.attach(rest.trim(), kind, out)?;
+                return Ok(Step::Continue);
+            }
+        }
         if trimmed.starts_with('/') {
             writeln!(out, "unknown command `{trimmed}`; /help lists the commands")?;
             return Ok(Step::Continue);
@@ -146,6 +169,70 @@ impl Session {
         Ok(())
     }
 
+    /// Forgets the conversation, its media and any attached to the next message.
+    fn forget(&mut self) {
+        self.history.clear();
+        self.media = Media::default();
+        self.pending.clear();
+    }
+
+    /// `/image PATH` or `/video PATH`: checks that the model takes it, reads it, and keeps it
+    /// for the next message.
+    fn attach(&mut self, spec: &str, kind: MediaKind, out: &mut dyn Write) -> anyhow::Result<()> {
+        let what = if kind == MediaKind::Image {
+            "image"
+        } else {
+            "video"
+        };
+        if spec.is_empty() {
+            writeln!(out, "usage: /{what} PATH (a file, or a data: URL)")?;
+            return Ok(());
+        }
+        let info = match self.models.get(&self.current) {
+            Ok(m) => m.info().clone(),
+            Err(e) => {
+                writeln!(out, "error: {e}")?;
+                return Ok(());
+            }
+        };
+        let takes = match kind {
+            MediaKind::Image => info.capabilities.images,
+            _ => info.capabilities.videos,
+        };
+        if !takes {
+            writeln!(
+                out,
+                "error: backend `{}` with model `{}` does not take {}s; use a model whose capabilities list `{}` (/model lists them)",
+                info.backend,
+                info.model,
+                what,
+                kind.field()
+            )?;
+            return Ok(());
+        }
+        let total = self.media.images.len() + self.media.videos.len() + self.pending.len();
+        if let Err(e) = media::check_count(total + 1) {
+            writeln!(
+                out,
+                "error: {e} (counting the conversation's earlier ones; `clear` forgets them)"
+            )?;
+            return Ok(());
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        match media::load(spec, &cwd, kind) {
+            Ok(m) => {
+                self.pending.push((kind, m));
+                writeln!(
+                    out,
+                    "Attached {what} {spec} ({} for the next message).",
+                    self.pending.len()
+                )?;
+            }
+            Err(e) => writeln!(out, "error: {e}")?,
+        }
+        Ok(())
+    }
+
     fn save(&self, path: &Path) -> anyhow::Result<()> {
         let doc = serde_json::json!({ "system": self.system, "messages": self.history });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
@@ -153,11 +240,29 @@ impl Session {
     }
 
     fn reply(&mut self, text: String, out: &mut dyn Write, tty: bool) -> anyhow::Result<()> {
-        self.history.push(Message::user(text));
+        // Attached media go in front of this message's text, in the order attached, unless
+        // the text places them itself with `<image>`/`<video>`.
+        let tags = Placeholders::from_env();
+        let mut media = self.media.clone();
+        let mut prefix = String::new();
+        let placed = placeholders::count(&[Message::user(text.as_str())], &tags);
+        for (kind, m) in self.pending.iter().cloned() {
+            let (list, i) = match kind {
+                MediaKind::Image => (&mut media.images, 0),
+                _ => (&mut media.videos, 1),
+            };
+            list.push(m);
+            if placed[i] == 0 {
+                prefix.push_str(tags.of(kind));
+            }
+        }
+        self.history.push(Message::user(prefix + &text));
         let request = ChatRequest {
             messages: self.history.clone(),
             system: self.system.clone(),
             generation: self.generation.clone(),
+            images: media.images.clone(),
+            videos: media.videos.clone(),
             ..Default::default()
         };
         let stream = match self
@@ -172,6 +277,7 @@ impl Session {
                 return Ok(());
             }
         };
+        self.pending.clear();
         *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream.canceller());
         let echo_off = EchoOff::new(tty);
         if tty {
@@ -235,6 +341,7 @@ impl Session {
         if tty {
             writeln!(out)?;
         }
+        self.media = media;
         let mut message = Message::assistant(reply.text);
         message.tool_calls = reply.tool_calls;
         message.reasoning_content = reply.reasoning_content;
@@ -326,6 +433,8 @@ pub fn run(args: ChatArgs, plugin_dir: Option<&Path>) -> anyhow::Result<i32> {
         system: args.system,
         history: Vec::new(),
         generation: GenerationParams::default(),
+        media: Media::default(),
+        pending: Vec::new(),
     };
     let mut stdout = std::io::stdout();
     if !tty {

@@ -9,6 +9,7 @@ mod chat;
 mod common;
 mod embed;
 mod inspect;
+mod media;
 mod plugins;
 mod score;
 

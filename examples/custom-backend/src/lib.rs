@@ -4,7 +4,9 @@
 //! which makes it a handy template and a deterministic backend for tests. Build it with
 //! `cargo build --release -p custom-backend`, copy `libcustom_backend.so` into a plugin directory
 //! and set `sample_backend = "echo"`. Options (`[backends.echo]`): `delay_ms` between words,
-//! `prefix` put before the reply.
+//! `prefix` put before the reply, `media = true` to take images and videos (the reply then
+//! starts with their counts, e.g. `[2 images, 0 videos]`, and the echoed text shows where the
+//! host placed their `<image>`/`<video>` placeholders, as `(image)`/`(video)`).
 //!
 //! Special inputs, for exercising hosts: a message `!panic` panics inside `chat`/`stream_chat`,
 //! `!abort` aborts the process (as a crash no `catch_unwind` catches would),
@@ -16,6 +18,7 @@
 use std::time::Duration;
 
 use switchyard_formats::{OutputFormat, ParsedEvents, ReasoningStart};
+use switchyard_plugin::placeholders::{MediaKind, Placeholders, Segment, segments};
 use switchyard_plugin::{
     Backend, CancelToken, Capabilities, ChatRequest, EngineConfig, EngineError, EngineInfo, Event,
     EventIter, Finish, FinishReason, PluginMetadata, Role, export_backend,
@@ -25,6 +28,7 @@ use switchyard_plugin::{
 struct Echo {
     delay: Duration,
     prefix: String,
+    media: bool,
 }
 
 fn capabilities() -> Capabilities {
@@ -42,7 +46,11 @@ impl Backend for Echo {
             backend: "echo".into(),
             model: "reverse-words".into(),
             context_length: Some(4096),
-            capabilities: capabilities(),
+            capabilities: Capabilities {
+                images: self.media,
+                videos: self.media,
+                ..capabilities()
+            },
             // Fields added to the contract later take their defaults.
             ..Default::default()
         }
@@ -72,12 +80,22 @@ impl Backend for Echo {
             // Verbatim: split after each space so the pieces concatenate to the exact text.
             Some(text) => text.split_inclusive(' ').map(str::to_owned).collect(),
             None => {
-                let mut w: Vec<String> = last
-                    .content
-                    .split_whitespace()
-                    .rev()
-                    .map(str::to_owned)
-                    .collect();
+                // With media, each placeholder shows as `(image)`/`(video)`: where the host put
+                // it, without putting a placeholder into the reply (and so the history).
+                let text = if request.images.is_empty() && request.videos.is_empty() {
+                    last.content.clone()
+                } else {
+                    segments(&last.content, &Placeholders::from_env())
+                        .into_iter()
+                        .map(|s| match s {
+                            Segment::Text(t) => t.to_owned(),
+                            Segment::Media(MediaKind::Image) => "(image)".to_owned(),
+                            Segment::Media(MediaKind::Video) => "(video)".to_owned(),
+                            Segment::Media(MediaKind::Audio) => "(audio)".to_owned(),
+                        })
+                        .collect()
+                };
+                let mut w: Vec<String> = text.split_whitespace().rev().map(str::to_owned).collect();
                 // A request for a named adapter (`[model.lora_modules]`) is answered in its
                 // name, so that routing to adapters can be seen.
                 let prefix = match &request.adapter {
@@ -85,6 +103,14 @@ impl Backend for Echo {
                     None => self.prefix.clone(),
                 };
                 w.insert(0, prefix);
+                if !(request.images.is_empty() && request.videos.is_empty()) {
+                    let counts = format!(
+                        "[{} images, {} videos]",
+                        request.images.len(),
+                        request.videos.len()
+                    );
+                    w.insert(1, counts);
+                }
                 w.retain(|w| !w.is_empty());
                 w.iter()
                     .enumerate()
@@ -166,9 +192,18 @@ fn create(config: EngineConfig) -> Result<Echo, EngineError> {
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_owned();
+    let media = match config.options.get("media") {
+        None => false,
+        Some(v) => v.as_bool().ok_or_else(|| {
+            EngineError::config(format!(
+                "[backends.echo] media must be true or false, got {v}"
+            ))
+        })?,
+    };
     Ok(Echo {
         delay: Duration::from_millis(delay_ms),
         prefix,
+        media,
     })
 }
 
