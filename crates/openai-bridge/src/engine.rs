@@ -50,8 +50,7 @@ pub fn capabilities(flavor: &Flavor, multimodal: bool) -> Capabilities {
         logprobs: flavor.supports(Field::Logprobs),
         constraints: flavor.constraints != crate::flavor::ConstraintDialect::None,
         tool_choice: flavor.supports(Field::ToolChoice),
-        // Text completions are not bridged yet: the host refuses a raw `prompt` by name.
-        completions: false,
+        completions: crate::completions::supported(flavor),
         embeddings: crate::embeddings::supported(flavor),
     }
 }
@@ -314,6 +313,9 @@ impl Backend for Bridge {
     ) -> Result<EventIter, EngineError> {
         self.check_server()?;
         self.pick_adapter(&mut request);
+        if request.prompt.is_some() {
+            return self.stream_completion(&request, cancel);
+        }
         let body = chat_body(self.flavor, &self.model, &request, true)?;
         let resp = self
             .rt
@@ -336,6 +338,9 @@ impl Backend for Bridge {
     fn chat(&self, mut request: ChatRequest) -> Result<Vec<Response>, EngineError> {
         self.check_server()?;
         self.pick_adapter(&mut request);
+        if request.prompt.is_some() {
+            return self.completion(&request);
+        }
         let body = chat_body(self.flavor, &self.model, &request, false)?;
         let raw = self
             .rt
@@ -367,6 +372,28 @@ impl Backend for Bridge {
 }
 
 impl Bridge {
+    /// `chat` with a raw `prompt`: `/v1/completions` ([`crate::completions`]).
+    fn completion(&self, request: &ChatRequest) -> Result<Vec<Response>, EngineError> {
+        use crate::completions as c;
+        let body = c::body(self.flavor, &self.model, request, false)?;
+        let raw = self.rt.block_on(self.client.post_json(c::PATH, &body))?;
+        Ok(c::responses(self.flavor, request, raw)?)
+    }
+
+    /// `stream_chat` with a raw `prompt`.
+    fn stream_completion(
+        &self,
+        request: &ChatRequest,
+        cancel: CancelToken,
+    ) -> Result<EventIter, EngineError> {
+        use crate::completions as c;
+        let body = c::body(self.flavor, &self.model, request, true)?;
+        let resp = self.rt.block_on(self.client.post_stream(c::PATH, &body))?;
+        let assembler = c::TextAssembler::new(self.flavor, request);
+        let (rt, client) = (self.rt.clone(), self.client.clone());
+        Ok(Box::new(stream::spawn(rt, client, resp, assembler, cancel)))
+    }
+
     /// `get_scores` with `embed`: every input's vector from `/v1/embeddings`, concatenated.
     fn embed(&self, request: &ScoreRequest) -> Result<Vec<f32>, EngineError> {
         let mut out = Vec::new();

@@ -25,6 +25,9 @@
 //! always-on adapter become the server's LoRA launch flags, and each request names its adapter
 //! the server's way (vLLM's `model`, SGLang's `lora_path`); an attached server must list them.
 //!
+//! **Text completions** ([`completions`]) go to the server's `/v1/completions` (vLLM, SGLang):
+//! a raw prompt, `echo` of its tokens with their ids and logprobs, streamed or not.
+//!
 //! **Embeddings** ([`embeddings`]) pass through to the server's `/v1/embeddings` where the
 //! flavor has it (vLLM, SGLang).
 //!
@@ -34,8 +37,9 @@
 #![deny(missing_docs)]
 
 pub mod client;
-mod engine;
+pub mod completions;
 pub mod embeddings;
+mod engine;
 pub mod error;
 pub mod flavor;
 pub mod launch;

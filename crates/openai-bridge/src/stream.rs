@@ -218,6 +218,39 @@ impl Assembler {
     }
 }
 
+/// What turns a server's SSE payloads into events: [`Assembler`] for chat chunks, and
+/// [`crate::completions::TextAssembler`] for text-completion chunks.
+pub trait Chunks: Send + 'static {
+    /// The path the stream comes from, for errors.
+    fn path(&self) -> &'static str;
+    /// Handles one chunk payload; returns the events it completes.
+    fn chunk(&mut self, payload: &str) -> Result<Vec<Event>, BridgeError>;
+    /// The finish events, once the stream is complete.
+    fn finish(&mut self) -> Vec<Event>;
+    /// Every sequence was cut: the rest of the stream is not needed.
+    fn all_cut(&self) -> bool;
+    /// Every sequence said how it finished (a body that ends without `[DONE]` is complete).
+    fn complete(&self) -> bool;
+}
+
+impl Chunks for Assembler {
+    fn path(&self) -> &'static str {
+        "/v1/chat/completions"
+    }
+    fn chunk(&mut self, payload: &str) -> Result<Vec<Event>, BridgeError> {
+        Assembler::chunk(self, payload)
+    }
+    fn finish(&mut self) -> Vec<Event> {
+        Assembler::finish(self)
+    }
+    fn all_cut(&self) -> bool {
+        Assembler::all_cut(self)
+    }
+    fn complete(&self) -> bool {
+        !self.seqs.is_empty() && self.seqs.values().all(|s| s.finish.is_some())
+    }
+}
+
 /// Aborts the producer task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -283,12 +316,13 @@ impl Iterator for BlockingEvents {
     }
 }
 
-/// Starts reading `resp` as a chat stream on the runtime and returns the blocking iterator.
-pub fn spawn(
+/// Starts reading `resp` as a stream of `assembler`'s chunks on the runtime and returns the
+/// blocking iterator.
+pub fn spawn<A: Chunks>(
     rt: Arc<Runtime>,
     client: Client,
     resp: reqwest::Response,
-    assembler: Assembler,
+    assembler: A,
     cancel: CancelToken,
 ) -> BlockingEvents {
     let (tx, rx) = mpsc::channel(32);
@@ -311,13 +345,13 @@ pub fn spawn(
     }
 }
 
-async fn produce(
+async fn produce<A: Chunks>(
     client: Client,
     resp: reqwest::Response,
-    mut assembler: Assembler,
+    mut assembler: A,
     tx: &mpsc::Sender<Item>,
 ) {
-    const PATH: &str = "/v1/chat/completions";
+    let path = assembler.path();
     let mut body = resp.bytes_stream();
     let mut sse = SseDecoder::new();
     let mut seen_any = false;
@@ -326,15 +360,15 @@ async fn produce(
             Some(Ok(bytes)) => match sse.push(&bytes) {
                 Ok(p) => (p, false),
                 Err(e) => {
-                    let _ = tx.send(Err(client.decode_error(PATH, &e).into())).await;
+                    let _ = tx.send(Err(client.decode_error(path, &e).into())).await;
                     return;
                 }
             },
             Some(Err(e)) => {
-                let err = client.body_error(PATH, &e);
+                let err = client.body_error(path, &e);
                 let err = BridgeError::Connection {
                     server: client.server().to_owned(),
-                    url: format!("{}{PATH}", client.root()),
+                    url: format!("{}{path}", client.root()),
                     cause: format!(
                         "the stream broke off{}: {err}",
                         if seen_any { " mid-generation" } else { "" }
@@ -346,7 +380,7 @@ async fn produce(
             None => match sse.finish() {
                 Ok(p) => (p, true),
                 Err(e) => {
-                    let _ = tx.send(Err(client.decode_error(PATH, &e).into())).await;
+                    let _ = tx.send(Err(client.decode_error(path, &e).into())).await;
                     return;
                 }
             },
@@ -386,9 +420,7 @@ async fn produce(
         }
         if eof {
             // No `[DONE]`: complete only if every sequence said how it finished.
-            let complete =
-                !assembler.seqs.is_empty() && assembler.seqs.values().all(|s| s.finish.is_some());
-            let item = if complete {
+            let item = if assembler.complete() {
                 for e in assembler.finish() {
                     if tx.send(Ok(e)).await.is_err() {
                         return;
@@ -398,7 +430,7 @@ async fn produce(
             } else {
                 Err(BridgeError::Connection {
                     server: client.server().to_owned(),
-                    url: format!("{}{PATH}", client.root()),
+                    url: format!("{}{path}", client.root()),
                     cause: "the server closed the stream before it finished (no `[DONE]`); it may have crashed or been stopped".into(),
                 })
             };
