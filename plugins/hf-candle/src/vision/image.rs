@@ -118,9 +118,9 @@ fn composite_on_white(c: u8, a: u8) -> u8 {
 /// A Qwen2-VL `preprocessor_config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Qwen2VlProcessor {
-    /// Least pixels after resizing (`size.shortest_edge` or `min_pixels`).
+    /// Least pixels after resizing (`min_pixels`, else `size.shortest_edge` / `size.min_pixels`).
     pub min_pixels: u64,
-    /// Most pixels after resizing (`size.longest_edge` or `max_pixels`).
+    /// Most pixels after resizing (`max_pixels`, else `size.longest_edge` / `size.max_pixels`).
     pub max_pixels: u64,
     /// Vision patch side (14).
     pub patch_size: usize,
@@ -198,9 +198,11 @@ impl Qwen2VlProcessor {
         let p = Qwen2VlProcessor {
             min_pixels: num("min_pixels")
                 .or(size_key("shortest_edge"))
+                .or(size_key("min_pixels"))
                 .unwrap_or(56 * 56),
             max_pixels: num("max_pixels")
                 .or(size_key("longest_edge"))
+                .or(size_key("max_pixels"))
                 .unwrap_or(28 * 28 * 1280),
             patch_size: num("patch_size").unwrap_or(14) as usize,
             temporal_patch_size: num("temporal_patch_size").unwrap_or(2) as usize,
@@ -318,5 +320,24 @@ impl Qwen2VlProcessor {
             pixel_values: out,
             grid_thw: [1, gh, gw],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_keys_of_every_transformers_version() {
+        let p = |v: Value| Qwen2VlProcessor::from_json(&v).unwrap();
+        let new = p(serde_json::json!({"size": {"shortest_edge": 100, "longest_edge": 9000}}));
+        let old = p(serde_json::json!({"size": {"min_pixels": 100, "max_pixels": 9000}}));
+        let flat = p(serde_json::json!({"min_pixels": 100, "max_pixels": 9000,
+                                        "size": {"shortest_edge": 1, "longest_edge": 2}}));
+        for x in [&new, &old, &flat] {
+            assert_eq!((x.min_pixels, x.max_pixels), (100, 9000));
+        }
+        let err = Qwen2VlProcessor::from_json(&serde_json::json!({"resample": 1})).unwrap_err();
+        assert!(err.contains("`resample` = 1"), "{err}");
     }
 }
