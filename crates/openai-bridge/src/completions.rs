@@ -16,6 +16,12 @@
 //! - vLLM leaves the echoed prompt out of `text` when `return_token_ids` is set; SGLang puts it
 //!   in front; it is stripped, so `text` (and the events' `delta`) is the completion only.
 //!
+//! - `echo` on a chat (the conversation's rendered tokens back, what the host's `/tokenize` with
+//!   `messages` asks): vLLM renders the conversation with its `POST /tokenize` (`messages`,
+//!   generation prompt on, as its chat endpoint renders them), and the ids go on as a token
+//!   prompt ([`render_body`], [`rendered_ids`]). SGLang's `/tokenize` takes text only, so there
+//!   it is refused by name; so are media with `echo` (their ids would come back without them).
+//!
 //! KTransformers' legacy server has no `/v1/completions` ([`supported`] is false).
 
 use std::collections::BTreeMap;
@@ -28,7 +34,7 @@ use switchyard_plugin::{
 
 use crate::error::{BridgeError, Result, parse_error_value};
 use crate::flavor::Flavor;
-use crate::protocol::{Usage, chat_body, finish_reason};
+use crate::protocol::{Usage, chat_body, finish_reason, messages};
 
 /// The servers whose `/v1/completions` the bridge uses (the flavors' `server` names).
 const SERVERS: &[&str] = &["vllm", "sglang", "ktransformers (sglang + kt-kernel)"];
@@ -86,6 +92,56 @@ pub fn body(flavor: &Flavor, model: &str, request: &ChatRequest, stream: bool) -
     }
     map.insert("return_token_ids".into(), true.into());
     Ok(body)
+}
+
+/// The path of vLLM's tokenizer endpoint (at the server root).
+pub const TOKENIZE_PATH: &str = "/tokenize";
+
+/// The `/tokenize` body that renders a chat request's conversation with the server's chat
+/// template, for `echo` on a chat; refused where the server cannot render it.
+pub fn render_body(flavor: &Flavor, model: &str, request: &ChatRequest) -> Result<Value> {
+    if flavor.server != "vllm" {
+        return Err(BridgeError::Unsupported(format!(
+            "`echo` on a chat needs the conversation rendered by the server, and the {} server's /tokenize takes text only; send the rendered text as `prompt` (a text completion) instead",
+            flavor.server
+        )));
+    }
+    if !(request.images.is_empty() && request.videos.is_empty() && request.audios.is_empty()) {
+        return Err(BridgeError::Unsupported(
+            "`echo` with images/videos/audio: the prompt's ids would come back without the media; drop `echo` or the media".into(),
+        ));
+    }
+    let mut body = json!({
+        "model": model,
+        "messages": messages(flavor, request)?,
+        "add_generation_prompt": true,
+    });
+    if !request.chat_template_kwargs.is_empty() {
+        body["chat_template_kwargs"] = Value::Object(request.chat_template_kwargs.clone());
+    }
+    if let Some(tools) = &request.tools {
+        body["tools"] = json!(tools);
+    }
+    Ok(body)
+}
+
+/// The token ids of a `/tokenize` answer (`{"count", "max_model_len", "tokens": [ids]}`).
+pub fn rendered_ids(server: &str, raw: &Value) -> Result<Vec<u32>> {
+    raw.get("tokens")
+        .and_then(Value::as_array)
+        .and_then(|ids| {
+            ids.iter()
+                .map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok()))
+                .collect::<Option<Vec<u32>>>()
+        })
+        .ok_or_else(|| BridgeError::Decode {
+            server: server.to_owned(),
+            path: TOKENIZE_PATH.into(),
+            cause: format!(
+                "no token id list in `tokens`: {}",
+                raw.to_string().chars().take(200).collect::<String>()
+            ),
+        })
 }
 
 /// OpenAI's legacy `logprobs` object.

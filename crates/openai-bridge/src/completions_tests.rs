@@ -204,3 +204,23 @@ fn server_errors_and_wild_indices_are_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("choice index 3"), "{e}");
 }
+
+#[test]
+fn echo_on_a_chat_renders_through_vllms_tokenize_and_is_refused_by_name_elsewhere() {
+    let r = ChatRequest {
+        messages: vec![switchyard_plugin::Message::user("Hi")],
+        system: Some("Be brief.".into()),
+        echo: true,
+        ..Default::default()
+    };
+    let b = render_body(&VLLM, "base", &r).unwrap();
+    assert_eq!(b["add_generation_prompt"], true);
+    assert_eq!(b["messages"][0]["role"], "system");
+    assert_eq!(b["messages"][1]["content"], "Hi");
+    let e = render_body(&SGLANG, "base", &r).unwrap_err();
+    assert!(e.to_string().contains("as `prompt`"), "{e}");
+    // vLLM's answer: `{"count", "max_model_len", "tokens"}` (no `token_strs` unless asked).
+    let raw = json!({"count": 3, "max_model_len": 8192, "tokens": [1, 9690, 198]});
+    assert_eq!(rendered_ids("vllm", &raw).unwrap(), [1, 9690, 198]);
+    assert!(rendered_ids("vllm", &json!({"detail": "x"})).is_err());
+}

@@ -313,7 +313,7 @@ impl Backend for Bridge {
     ) -> Result<EventIter, EngineError> {
         self.check_server()?;
         self.pick_adapter(&mut request);
-        if request.prompt.is_some() {
+        if request.prompt.is_some() || request.echo {
             return self.stream_completion(&request, cancel);
         }
         let body = chat_body(self.flavor, &self.model, &request, true)?;
@@ -338,7 +338,7 @@ impl Backend for Bridge {
     fn chat(&self, mut request: ChatRequest) -> Result<Vec<Response>, EngineError> {
         self.check_server()?;
         self.pick_adapter(&mut request);
-        if request.prompt.is_some() {
+        if request.prompt.is_some() || request.echo {
             return self.completion(&request);
         }
         let body = chat_body(self.flavor, &self.model, &request, false)?;
@@ -372,9 +372,30 @@ impl Backend for Bridge {
 }
 
 impl Bridge {
-    /// `chat` with a raw `prompt`: `/v1/completions` ([`crate::completions`]).
+    /// A chat with `echo` as a text completion of the conversation's rendered ids.
+    fn rendered(&self, request: &ChatRequest) -> Result<ChatRequest, EngineError> {
+        use crate::completions as c;
+        if request.prompt.is_some() {
+            return Ok(request.clone());
+        }
+        let body = c::render_body(self.flavor, &self.model, request)?;
+        let raw = self
+            .rt
+            .block_on(self.client.post_json(c::TOKENIZE_PATH, &body))?;
+        let ids = c::rendered_ids(self.flavor.server, &raw)?;
+        Ok(ChatRequest {
+            prompt: Some(switchyard_plugin::Prompt::Tokens(ids)),
+            messages: Vec::new(),
+            system: None,
+            tools: None,
+            ..request.clone()
+        })
+    }
+
+    /// `chat` with a raw `prompt` (or `echo`): `/v1/completions` ([`crate::completions`]).
     fn completion(&self, request: &ChatRequest) -> Result<Vec<Response>, EngineError> {
         use crate::completions as c;
+        let request = &self.rendered(request)?;
         let body = c::body(self.flavor, &self.model, request, false)?;
         let raw = self.rt.block_on(self.client.post_json(c::PATH, &body))?;
         Ok(c::responses(self.flavor, request, raw)?)
@@ -387,6 +408,7 @@ impl Bridge {
         cancel: CancelToken,
     ) -> Result<EventIter, EngineError> {
         use crate::completions as c;
+        let request = &self.rendered(request)?;
         let body = c::body(self.flavor, &self.model, request, true)?;
         let resp = self.rt.block_on(self.client.post_stream(c::PATH, &body))?;
         let assembler = c::TextAssembler::new(self.flavor, request);
