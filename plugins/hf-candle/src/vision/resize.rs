@@ -109,11 +109,11 @@ fn clip8(acc: i64) -> u8 {
 
 /// Resizes an interleaved RGB8 image (`width * height * 3` bytes) to `out_w x out_h`.
 ///
-/// Pass order: Pillow 13 runs the vertical pass first when it shrinks the height and the
-/// horizontal-first intermediate (`out_w x height`) would be larger than the vertical-first one
-/// (`width x out_h`); otherwise horizontal first. This reproduces Pillow 13.0 on every size where
-/// the order matters except some that shrink both axes (about 7% of random sizes where the two
-/// orders disagree, measured against Pillow 13.0): there a few pixels may differ by several levels.
+/// Pass order: Pillow 13 picks which pass runs first itself, and its rule is not public API.
+/// [`vertical_first`] is an empirical cost rule fitted to Pillow 13.0's choices: where the two
+/// orders give different bytes (mostly when both axes shrink), it picks Pillow's order on about
+/// 92% of random sizes (measured on 147 held-out size pairs, small and photo-sized); otherwise a
+/// few pixels differ by several levels. Every size whose orders agree is byte-exact.
 pub fn resize_rgb8(
     src: &[u8],
     width: usize,
@@ -122,14 +122,30 @@ pub fn resize_rgb8(
     out_h: usize,
     filter: Filter,
 ) -> Vec<u8> {
-    let vertical_first = out_h < height && out_w * height > width * out_h;
-    if vertical_first {
+    if vertical_first(width, height, out_w, out_h) {
         let tmp = vertical(src, width, height, out_h, filter);
         horizontal(&tmp, width, out_h, out_w, filter)
     } else {
         let tmp = horizontal(src, width, height, out_w, filter);
         vertical(&tmp, out_w, height, out_h, filter)
     }
+}
+
+/// Whether to run the vertical pass first: only when it shrinks the height, and when a pass cost
+/// of `rows * (80 + cols * support * weight) + 80 * cols` (horizontal taps weighted 0.4) says
+/// so. The constants are fitted, not Pillow's (see [`resize_rgb8`]).
+pub fn vertical_first(width: usize, height: usize, out_w: usize, out_h: usize) -> bool {
+    if out_h >= height {
+        return false;
+    }
+    let support = |i: usize, o: usize| 2.0 * (i as f64 / o as f64).max(1.0);
+    let (w, h, ow, oh) = (width as f64, height as f64, out_w as f64, out_h as f64);
+    let hpass = |rows: f64, cols: f64, k: f64| rows * (80.0 + cols * k * 0.4) + 80.0 * cols;
+    let vpass = |rows: f64, cols: f64, k: f64| rows * (80.0 + cols * k) + 80.0 * cols;
+    let (kh, kv) = (support(width, out_w), support(height, out_h));
+    let h_first = hpass(h, ow, kh) + vpass(oh, ow, kv);
+    let v_first = vpass(oh, w, kv) + hpass(oh, ow, kh);
+    v_first < h_first
 }
 
 fn horizontal(img: &[u8], w: usize, h: usize, out_w: usize, filter: Filter) -> Vec<u8> {
