@@ -157,6 +157,24 @@ fn content_parts_sent_to_switchyard_api_reach_the_upstream_in_order() {
     assert_eq!(status, 200, "{body}");
     let sent = server.last_body("/v1/chat/completions");
     assert_eq!(sent["messages"][0]["content"], parts);
+    // A placeholder too many: a 400 that names the count and the field.
+    let (status, body) = http_post(
+        port,
+        "/v1/chat/completions",
+        &j!({"model": "vl", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "<image> vs "},
+            {"type": "image_url", "image_url": {"url": PNG}}]}]}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["param"], "messages", "{body}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("number of images (1) does not match the number of <image> placeholders in the messages (2)"),
+        "{body}"
+    );
     // A text-only message keeps a literal `<image>` as text when no media come with it.
     let (status, body) = http_post(
         port,
