@@ -497,10 +497,11 @@ fn media_goes_as_content_parts_with_data_urls() {
         let b = server.last_body("/v1/chat/completions");
         assert_eq!(
             b["messages"][0]["content"],
-            // No placeholders: in front of the first user message (LLaMA-Factory's rule).
+            // No placeholders: in front of the first user message, images put in front first
+            // and audio in front of them (LLaMA-Factory's rule).
             j!([
-                {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}},
                 {"type":"audio_url","audio_url":{"url":"data:audio/wav;base64,UklGRg=="}},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}},
                 {"type":"text","text":"What is this?"}
             ]),
             "{backend}"

@@ -48,7 +48,8 @@ fn user(text: &str) -> Value {
 fn batch_rows_take_image_and_video_paths_and_data_urls() {
     let png = "data:image/png;base64,iVBORw0KGgo=";
     let rows = [
-        // No placeholders: in front of the first user message, images before videos.
+        // No placeholders: in front of the first user message (videos, then images, as
+        // LLaMA-Factory puts images in front and then videos in front of those).
         json!({"messages": user("What is this?"), "images": ["cat.png", png], "videos": ["clip.mp4"]}),
         // Placed by the text.
         json!({"messages": user("Compare <image> and <image>"), "images": [png, "cat.png"]}),
@@ -62,7 +63,7 @@ fn batch_rows_take_image_and_video_paths_and_data_urls() {
     assert_eq!(r.len(), 6);
     assert_eq!(
         r[0]["text"],
-        "[2 images, 1 videos] this? is (image)(image)(video)What"
+        "[2 images, 1 videos] this? is (video)(image)(image)What"
     );
     assert_eq!(
         r[1]["text"],

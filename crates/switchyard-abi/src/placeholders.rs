@@ -8,7 +8,8 @@
 //!   `VIDEO_PLACEHOLDER` and `AUDIO_PLACEHOLDER`, as in LLaMA-Factory (an empty value keeps the
 //!   default).
 //! - When no message holds a kind's placeholder, that kind's media go in front of the first user
-//!   message, images before videos before audio (LLaMA-Factory's Hugging Face engine).
+//!   message: images, then videos, then audio are each put in front in turn, so the text starts
+//!   `<audio><video><image>` (LLaMA-Factory's Hugging Face engine).
 //! - After that, the number of placeholders of each kind must equal the number of media of that
 //!   kind, or the request is refused ([`PlaceholderError::Mismatch`]).
 //!
@@ -18,7 +19,7 @@
 
 use crate::wire::{ChatRequest, Message, Role};
 
-/// The three kinds of media, in the order their default placeholders are inserted.
+/// The three kinds of media, in the order their default placeholders are put in front.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MediaKind {
     /// `images`.
@@ -152,12 +153,13 @@ pub fn place(
         return Ok(());
     }
     let have = count(messages, p);
-    // The prefix for the first user message, built in kind order.
+    // The prefix for the first user message: each kind in turn is put in front of what is
+    // there, so the last kind ends up first (`<audio><video><image>...`, as LLaMA-Factory).
     let mut prefix = String::new();
     for kind in MediaKind::ALL {
         let n = counts[kind.index()];
         if n > 0 && have[kind.index()] == 0 {
-            prefix.push_str(&p.of(kind).repeat(n));
+            prefix.insert_str(0, &p.of(kind).repeat(n));
         }
     }
     if !prefix.is_empty() {
@@ -244,6 +246,7 @@ pub fn segments<'a>(text: &'a str, p: &Placeholders) -> Vec<Segment<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     // The expected strings follow LLaMA-Factory's Hugging Face engine
     // (`IMAGE_PLACEHOLDER * len(images) + messages[0]["content"]`, per kind in the order
@@ -262,7 +265,7 @@ mod tests {
             (Role::User, "And this?"),
         ]);
         place(&mut m, [2, 1, 1], &Placeholders::default()).unwrap();
-        assert_eq!(m[1].content, "<image><image><video><audio>What is this?");
+        assert_eq!(m[1].content, "<audio><video><image><image>What is this?");
         assert_eq!(m[0].content, "sys");
         assert_eq!(m[3].content, "And this?");
         // A second pass is a no-op.
@@ -301,6 +304,59 @@ mod tests {
         let mut m = msgs(&[(Role::System, "<image>"), (Role::Assistant, "hi")]);
         let e = place(&mut m, [1, 0, 0], &p).unwrap_err();
         assert!(matches!(e, PlaceholderError::NoUserMessage { .. }), "{e}");
+    }
+
+    /// Every case LLaMA-Factory 0.9.5's own code ran (its Hugging Face engine's insertion and
+    /// `_validate_messages`; scripts/fixtures/record_llamafactory_placeholders.py), with the
+    /// default and with overridden placeholder strings: the same text, or the same refusal.
+    #[test]
+    fn llamafactorys_own_results_are_reproduced() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/llamafactory_placeholders.json"
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut checked = 0;
+        for run in doc["runs"].as_array().unwrap() {
+            let env =
+                |key: &str, default: &str| run["env"][key].as_str().unwrap_or(default).to_owned();
+            let p = Placeholders {
+                image: env("IMAGE_PLACEHOLDER", "<image>"),
+                video: env("VIDEO_PLACEHOLDER", "<video>"),
+                audio: env("AUDIO_PLACEHOLDER", "<audio>"),
+            };
+            for case in run["cases"].as_array().unwrap() {
+                let name = case["name"].as_str().unwrap();
+                let mut messages: Vec<Message> =
+                    serde_json::from_value(case["messages"].clone()).unwrap();
+                let c: Vec<usize> = serde_json::from_value(case["counts"].clone()).unwrap();
+                let got = place(&mut messages, [c[0], c[1], c[2]], &p);
+                match case.get("placed") {
+                    Some(placed) => {
+                        assert!(got.is_ok(), "{name} ({p:?}): {got:?}");
+                        let texts: Vec<&str> = messages.iter().map(|m| &*m.content).collect();
+                        assert_eq!(json!(texts), *placed, "{name} ({p:?})");
+                    }
+                    None => {
+                        // "The number of images does not match the number of <image> tokens"
+                        let want = case["error"].as_str().unwrap();
+                        let Err(PlaceholderError::Mismatch {
+                            field, placeholder, ..
+                        }) = got
+                        else {
+                            panic!("{name} ({p:?}): LLaMA-Factory refuses ({want}), got {got:?}")
+                        };
+                        let theirs = format!(
+                            "The number of {field} does not match the number of {placeholder}"
+                        );
+                        assert_eq!(theirs, want, "{name} ({p:?})");
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 16);
     }
 
     #[test]
