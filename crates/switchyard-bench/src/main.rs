@@ -14,7 +14,10 @@
 //! Tables:
 //! - speed: prefill (`pp`, time to the first event of a `prompt-tokens` prompt, prefix cache
 //!   off) and decode (`tg`, greedy, tokens after the first over the time after the first) vs
-//!   `llama-bench`;
+//!   `llama-bench`; then the decode bound: the weight bytes a decode step reads (every GGUF
+//!   tensor but the token embedding, unless it is also the output projection) over the
+//!   machine's measured read bandwidth at that thread count, and each engine's `tg` as a
+//!   fraction of it;
 //! - cold start: wall time of a fresh process that loads the plugin and the model and prints
 //!   the first token of the raw prompt "Hi", vs `llama-simple` generating one token from it;
 //! - multi-turn: time to first token of turn 1 and turn 5 of a conversation (prefix cache on);
@@ -40,7 +43,8 @@
 //!   constraints (llguidance token masks), alternating in one child (`constrained.rs`).
 //!
 //! `--tables` picks the table groups to run: `gguf` (every table above but the last four),
-//! `safetensors`, `cuda`, `lifecycle` and `constrained`; the first two by default.
+//! `speed` (only the first of them, with the decode bound), `safetensors`, `cuda`, `lifecycle`
+//! and `constrained`; `gguf` and `safetensors` by default.
 //!
 //! Every Switchyard measurement runs in its own child process (fresh caches, its own RSS).
 //! Not run in CI (CI only builds it).
@@ -81,7 +85,7 @@ struct Args {
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
-[--tables gguf,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda]";
+[--tables gguf,speed,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
@@ -121,11 +125,18 @@ fn parse_args() -> anyhow::Result<Args> {
             "--tables" => {
                 a.tables = value()?.split(',').map(str::to_owned).collect();
                 if let Some(t) = a.tables.iter().find(|t| {
-                    !["gguf", "safetensors", "cuda", "lifecycle", "constrained"]
-                        .contains(&t.as_str())
+                    ![
+                        "gguf",
+                        "speed",
+                        "safetensors",
+                        "cuda",
+                        "lifecycle",
+                        "constrained",
+                    ]
+                    .contains(&t.as_str())
                 }) {
                     bail!(
-                        "unknown table group `{t}` in --tables (known: gguf, safetensors, cuda, lifecycle, constrained)"
+                        "unknown table group `{t}` in --tables (known: gguf, speed, safetensors, cuda, lifecycle, constrained)"
                     );
                 }
             }
@@ -585,6 +596,8 @@ fn main() -> anyhow::Result<()> {
     }
     if a.tables.iter().any(|t| t == "gguf") {
         gguf_tables(&a)?;
+    } else if a.tables.iter().any(|t| t == "speed") {
+        speed_table(&a)?;
     }
     if a.tables.iter().any(|t| t == "safetensors") {
         safetensors_tables(&a)?;
@@ -601,43 +614,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The GGUF tables: speed vs `llama-bench`, cold start, multi-turn, concurrency, plugin
-/// boundary, memory.
+/// The GGUF tables: speed vs `llama-bench` (with the decode bound), cold start, multi-turn,
+/// concurrency, plugin boundary, memory.
 fn gguf_tables(a: &Args) -> anyhow::Result<()> {
+    let rss = speed_table(a)?;
     let file_mb = std::fs::metadata(&a.model).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0);
-    println!(
-        "model: {} ({file_mb:.1} MiB)   reps: {}   kernels: {:?}   (A B A B: peer, then switchyard)\n",
-        a.model.display(),
-        a.reps,
-        native_llm::kernels::isa()
-    );
-    println!("| threads | test | peer | peer t/s | switchyard t/s | ratio |");
-    println!("|---:|---|---|---:|---:|---:|");
-    let mut rss = Vec::new();
-    for &t in &a.threads {
-        let (mut lpp, mut ltg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..a.reps {
-            if let Some(dir) = &a.llama_dir {
-                let (pp, tg) = run_llama_bench(a, dir, t)?;
-                lpp.push(pp);
-                ltg.push(tg);
-            }
-            let (s, _) = run_child(a, "speed", t, &a.model, &a.dtype)?;
-            spp.push(f(&s, "pp"));
-            stg.push(f(&s, "tg"));
-            rss.push(f(&s, "rss_mb"));
-        }
-        for (name, l, s) in [
-            (format!("pp{}", a.prompt_tokens), lpp, spp),
-            (format!("tg{}", a.gen_tokens), ltg, stg),
-        ] {
-            let (l, s) = (median(l), median(s));
-            println!(
-                "| {t} | {name} | llama.cpp | {l:.1} | {s:.1} | {:.2}x |",
-                s / l
-            );
-        }
-    }
     let t = *a.threads.iter().max().unwrap_or(&1);
     println!("\n| threads | test | peer | peer | switchyard | switchyard / peer |");
     println!("|---:|---|---|---:|---:|---:|");
@@ -691,6 +672,88 @@ fn gguf_tables(a: &Args) -> anyhow::Result<()> {
         rss / file_mb
     );
     Ok(())
+}
+
+/// The GGUF speed table vs `llama-bench` and the decode bound; returns the speed children's
+/// peak RSS samples.
+fn speed_table(a: &Args) -> anyhow::Result<Vec<f64>> {
+    let file_mb = std::fs::metadata(&a.model).map_or(f64::NAN, |m| m.len() as f64 / 1048576.0);
+    println!(
+        "model: {} ({file_mb:.1} MiB)   reps: {}   kernels: {:?}   (A B A B: peer, then switchyard)\n",
+        a.model.display(),
+        a.reps,
+        native_llm::kernels::isa()
+    );
+    println!("| threads | test | peer | peer t/s | switchyard t/s | ratio |");
+    println!("|---:|---|---|---:|---:|---:|");
+    let mut rss = Vec::new();
+    // (threads, best read GB/s, llama.cpp tg, switchyard tg) for the decode-bound table.
+    let mut roofline = Vec::new();
+    for &t in &a.threads {
+        let (mut lpp, mut ltg, mut spp, mut stg) = (vec![], vec![], vec![], vec![]);
+        // The read bandwidth drifts over a run (other tenants of the VM host): sampled
+        // before every rep, the best sample is the bound.
+        let mut gbs = 0f64;
+        for _ in 0..a.reps {
+            gbs = gbs.max(read_bandwidth(t));
+            if let Some(dir) = &a.llama_dir {
+                let (pp, tg) = run_llama_bench(a, dir, t)?;
+                lpp.push(pp);
+                ltg.push(tg);
+            }
+            let (s, _) = run_child(a, "speed", t, &a.model, &a.dtype)?;
+            spp.push(f(&s, "pp"));
+            stg.push(f(&s, "tg"));
+            rss.push(f(&s, "rss_mb"));
+        }
+        roofline.push((t, gbs, median(ltg.clone()), median(stg.clone())));
+        for (name, l, s) in [
+            (format!("pp{}", a.prompt_tokens), lpp, spp),
+            (format!("tg{}", a.gen_tokens), ltg, stg),
+        ] {
+            let (l, s) = (median(l), median(s));
+            println!(
+                "| {t} | {name} | llama.cpp | {l:.1} | {s:.1} | {:.2}x |",
+                s / l
+            );
+        }
+    }
+    // Batch-1 decode reads every weight it multiplies once per token: the machine's read
+    // bandwidth over those bytes bounds tokens/s; the fraction is how close each engine gets.
+    let read_mb = gguf_decode_read_mb(&a.model)?;
+    println!(
+        "\n| threads | weights read per token (MiB) | read GB/s | decode bound t/s | llama.cpp tg / bound | switchyard tg / bound |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (t, gbs, ltg, stg) in roofline {
+        let bound = gbs * 1e9 / (read_mb * 1048576.0);
+        println!(
+            "| {t} | {read_mb:.1} | {gbs:.1} | {bound:.1} | {:.0}% | {:.0}% |",
+            100.0 * ltg / bound,
+            100.0 * stg / bound
+        );
+    }
+    Ok(rss)
+}
+
+/// The bytes (MiB) of weights a batch-1 decode step reads from a GGUF file: every tensor but
+/// the token embedding (one row of it is looked up), which is read in full when it doubles as
+/// the output projection (no `output.weight`).
+fn gguf_decode_read_mb(path: &Path) -> anyhow::Result<f64> {
+    use candle_core::quantized::gguf_file::Content;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let content = Content::read(&mut file).with_context(|| format!("{}", path.display()))?;
+    let tied = !content.tensor_infos.contains_key("output.weight");
+    let bytes: usize = content
+        .tensor_infos
+        .iter()
+        .filter(|(name, _)| tied || name.as_str() != "token_embd.weight")
+        .map(|(_, info)| {
+            let d = info.ggml_dtype;
+            info.shape.elem_count() / d.block_size() * d.type_size()
+        })
+        .sum();
+    Ok(bytes as f64 / 1048576.0)
 }
 
 /// The safetensors tables (with `--hf-model` and `--transformers-python`): the folder in f32
