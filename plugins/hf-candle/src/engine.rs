@@ -387,13 +387,19 @@ impl HfCandle {
                 Ok((s.tok.decode(ids, false)?, ids.clone()))
             }
             None => {
-                let mut messages = request.messages.clone();
                 let images = !request.images.is_empty();
-                if images {
-                    place_images(&mut messages, request.images.len())?;
-                }
+                // Only an image request copies its messages (to place the placeholders).
+                let placed;
+                let messages = if images {
+                    let mut m = request.messages.clone();
+                    place_images(&mut m, request.images.len())?;
+                    placed = m;
+                    &placed
+                } else {
+                    &request.messages
+                };
                 self.conversation_ids(
-                    &messages,
+                    messages,
                     request.system.as_deref(),
                     request.tools.as_deref(),
                     true,
