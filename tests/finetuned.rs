@@ -150,3 +150,62 @@ fn switchyard_chat_takes_the_yaml_as_llamafactory_cli_does() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("temprature"), "{stderr}");
 }
+
+/// Batch rows pick named adapters with `model` (as the API does) or `adapter`; each row gets
+/// Transformers + PEFT's ids for its adapter, the base rows the base's.
+#[test]
+fn batch_rows_pick_named_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = fixtures().join("hf/llama-lora");
+    let config = write_file(
+        dir.path(),
+        "named.toml",
+        &format!(
+            "sample_backend = \"hf-candle\"\nmax_concurrent = 4\n[model]\npath = {:?}\n\
+             [model.lora_modules]\nqv = {:?}\nrslora = {:?}\n[generation]\ndo_sample = false\n",
+            fixtures().join("hf/llama").display().to_string(),
+            lora.join("qv").display().to_string(),
+            lora.join("rslora-all").display().to_string(),
+        ),
+    );
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(lora.join("expected.json")).unwrap())
+            .unwrap();
+    let mut rows = String::new();
+    let mut want = Vec::new();
+    for (i, case) in exp["cases"].as_array().unwrap().iter().enumerate() {
+        for (pick, variant) in [
+            (serde_json::json!({}), "base"),
+            (serde_json::json!({"model": "qv"}), "qv"),
+            (serde_json::json!({"adapter": "rslora"}), "rslora-all"),
+        ] {
+            let mut row = serde_json::json!({"messages": case["messages"], "max_tokens": 16});
+            for (k, v) in pick.as_object().unwrap() {
+                row[k] = v.clone();
+            }
+            rows.push_str(&format!("{row}\n"));
+            want.push(exp["variants"][variant]["cases"][i]["greedy_ids"].clone());
+        }
+    }
+    let input = write_file(dir.path(), "rows.jsonl", &rows);
+    let output = dir.path().join("out.jsonl");
+    run(
+        dir.path(),
+        &[
+            "batch",
+            "--config",
+            config.to_str().unwrap(),
+            "-i",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+        ],
+        None,
+    );
+    let got: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["token_ids"].clone())
+        .collect();
+    assert_eq!(got, want);
+}
