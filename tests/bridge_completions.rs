@@ -290,3 +290,106 @@ fn tokenize_and_detokenize_through_switchyard_api_over_the_vllm_bridge() {
         j!([19556, 28, 905])
     );
 }
+
+/// Switchyard's own `switchyard api` (hf-candle and SmolLM2 behind it) as the upstream: a greedy
+/// text completion through the vllm bridge equals hf-candle's own, and an echo's prompt tokens
+/// and logprobs equal hf-candle's. That server sends no `prompt_token_ids`, so this also covers
+/// a server without `return_token_ids` (the prompt's length then comes from the usage).
+#[test]
+fn switchyard_api_as_upstream_gives_the_bridge_hf_candles_completion_and_prompt_logprobs() {
+    let gguf = std::env::var_os("SWITCHYARD_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/switchyard"))
+        .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        gguf.is_file(),
+        "{} is missing; run scripts/fetch-model.sh",
+        gguf.display()
+    );
+    let dir = plugin_dir();
+    let lib = plugin_library("hf-candle");
+    std::fs::copy(&lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+    let direct_config = write_file(
+        dir.path(),
+        "hf-candle.toml",
+        &format!(
+            "sample_backend = \"hf-candle\"\n[model]\npath = \"{}\"\n[generation]\ntemperature = 0\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = 2\n",
+            gguf.display()
+        ),
+    );
+    let prompt = || Prompt::Text("The capital of France is".into());
+    let direct = ChatModel::from_config_file(&direct_config, &[], Some(dir.path())).unwrap();
+    let expected = direct
+        .chat(completion(prompt(), false, None, 8))
+        .unwrap()
+        .remove(0);
+    let expected_echo = direct
+        .chat(completion(prompt(), true, Some(2), 0))
+        .unwrap()
+        .remove(0);
+    drop(direct);
+
+    let port = free_port();
+    let log = dir.path().join("api.log");
+    let mut child = KillOnDrop(
+        std::process::Command::new(switchyard_bin())
+            .arg("--plugin-dir")
+            .arg(dir.path())
+            .args(["api", "--config"])
+            .arg(&direct_config)
+            .args(["--port", &port.to_string()])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while http(port, "GET", "/health", "").is_none_or(|(s, _)| s != 200) {
+        assert!(
+            child.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120),
+            "switchyard api did not come up: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bridged_config = write_file(
+        dir.path(),
+        "vllm.toml",
+        &format!(
+            "sample_backend = \"vllm\"\n[backends.vllm]\nbase_url = \"http://127.0.0.1:{port}\"\n"
+        ),
+    );
+    let bridged = ChatModel::from_config_file(&bridged_config, &[], Some(dir.path())).unwrap();
+    let got = bridged
+        .chat(completion(prompt(), false, None, 8))
+        .unwrap()
+        .remove(0);
+    assert_eq!(got.text, expected.text);
+    assert_eq!(
+        (got.prompt_length, got.response_length, got.finish_reason),
+        (
+            expected.prompt_length,
+            expected.response_length,
+            expected.finish_reason
+        )
+    );
+
+    let echo = bridged
+        .chat(completion(prompt(), true, Some(2), 0))
+        .unwrap()
+        .remove(0);
+    assert_eq!(echo.text, "");
+    assert_eq!(echo.response_length, 0);
+    let (got, want) = (
+        echo.prompt_logprobs.unwrap(),
+        expected_echo.prompt_logprobs.unwrap(),
+    );
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.token, w.token);
+        assert!((g.logprob - w.logprob).abs() < 1e-5, "{g:?} vs {w:?}");
+        let alts = |t: &switchyard::TokenLogprob| -> Vec<String> {
+            t.top_logprobs.iter().map(|a| a.token.clone()).collect()
+        };
+        assert_eq!(alts(g), alts(w));
+    }
+}
