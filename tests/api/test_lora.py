@@ -39,7 +39,7 @@ def lora_server(tmp_path_factory, hf_plugin):
     require(FOLDER / "model.safetensors", "the SmolLM2 f32 folder (scripts/make-smollm2-hf.sh)")
     modules = "".join(f'"{n}" = "{ADAPTERS / n}"\n' for n in NAMES)
     cfg = (
-        'sample_backend = "hf-candle"\nmax_concurrent = 8\n\n'
+        'sample_backend = "hf-candle"\nmax_concurrent = 8\nmax_queue = 64\n\n'
         f'[model]\npath = "{FOLDER}"\n\n[model.lora_modules]\n{modules}\n'
         '[backends.hf-candle]\ndtype = "f32"\n'
     )
@@ -58,9 +58,11 @@ def test_models_lists_the_adapters_with_their_parent(lora_server):
 
 
 def test_the_pirate_answers_as_transformers_and_peft(lora_server):
-    case = FIXTURE["cases"][0]
-    want = FIXTURE["variants"]["pirate"]["cases"][0]
-    assert want["min_margin"] > 5e-3, "every step of this case is a clear greedy call"
+    # A case where every greedy step is a clear call (f32 rounding cannot flip it).
+    i = next(i for i, c in enumerate(FIXTURE["variants"]["pirate"]["cases"])
+             if c["min_margin"] > 1e-2)
+    case = FIXTURE["cases"][i]
+    want = FIXTURE["variants"]["pirate"]["cases"][i]
     got = ask(lora_server, "pirate", case["messages"])
     assert got == want["greedy_text"]
     base = ask(lora_server, lora_server.model, case["messages"])
@@ -69,7 +71,7 @@ def test_the_pirate_answers_as_transformers_and_peft(lora_server):
 
 def test_a_concurrent_mix_of_adapters_equals_each_solo_run(lora_server):
     models = [lora_server.model, *NAMES]
-    questions = [c["messages"] for c in FIXTURE["cases"]]
+    questions = [c["messages"] for c in FIXTURE["cases"][:3]]
     jobs = [(m, q) for q in questions for m in models]
     solo = {(m, json.dumps(q)): ask(lora_server, m, q) for m, q in jobs}
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
