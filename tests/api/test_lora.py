@@ -78,7 +78,9 @@ def test_a_concurrent_mix_of_adapters_equals_each_solo_run(lora_server):
         mixed = list(pool.map(lambda j: ask(lora_server, *j), jobs * 2))
     for (m, q), got in zip(jobs * 2, mixed):
         assert got == solo[(m, json.dumps(q))], (m, q)
-    assert len({solo[(m, json.dumps(questions[0]))] for m in models}) == len(models)
+    # The personas answer differently from the base (the random adapter may agree on one).
+    first = json.dumps(questions[0])
+    assert len({solo[(m, first)] for m in models[:3]}) == 3
 
 
 def test_an_unknown_adapter_is_a_404_listing_the_known_ones(lora_server):
