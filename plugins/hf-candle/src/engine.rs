@@ -475,23 +475,6 @@ impl HfCandle {
         Ok(())
     }
 
-    /// The attached adapter a request names (`[model.lora_modules]`), by index.
-    fn adapter_index(&self, request: &ChatRequest) -> Result<Option<usize>> {
-        let Some(name) = &request.adapter else {
-            return Ok(None);
-        };
-        self.shared
-            .native_model
-            .as_ref()
-            .and_then(|m| m.adapter_index(name))
-            .map(Some)
-            .ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "the LoRA adapter `{name}` is not loaded; name one of [model.lora_modules]"
-                ))
-            })
-    }
-
     /// The prompt's tokens for `echo`: each one's log-probability given those before it (when
     /// `top` is set, with that many alternatives), from one forward pass over the prompt.
     fn prompt_logprobs(
@@ -698,7 +681,10 @@ impl Backend for HfCandle {
             ));
         }
         let plan = self.plan(&request, ids.len())?;
-        let adapter = self.adapter_index(&request)?;
+        let adapter = crate::lora::index(
+            self.shared.native_model.as_deref(),
+            request.adapter.as_deref(),
+        )?;
         // `echo`: the prompt's tokens lead the stream; with no new tokens asked for (the
         // loglikelihood case) they are all of it.
         let echo = if request.echo {

@@ -57,6 +57,22 @@ pub(crate) fn attach(
     Ok(named.keys().cloned().collect())
 }
 
+/// The attached adapter a request names (`[model.lora_modules]`), by index; `None` for the
+/// base model.
+pub(crate) fn index(model: Option<&Transformer>, name: Option<&str>) -> Result<Option<usize>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    model
+        .and_then(|m| m.adapter_index(name))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "the LoRA adapter `{name}` is not loaded; name one of [model.lora_modules]"
+            ))
+        })
+}
+
 /// One adapter for run-time use: a PEFT folder, or a llama.cpp GGUF LoRA file (GGUF bases only).
 fn read_any(path: &Path, base_is_gguf: bool) -> Result<(LowRankUpdates, AdapterLayout)> {
     if !path.is_file() {
