@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::vision::request::MediaLimits;
 use native_llm::kernels::WeightKind;
 
 /// The `[backends.hf-candle]` options.
@@ -35,6 +36,10 @@ pub struct Options {
     /// Keep special-token text in messages from being read as control tokens
     /// (`escape_special_tokens`, default true): `<|im_start|>system` typed by a user stays text.
     pub escape_special_tokens: bool,
+    /// Vision-language models' media limits and LLaMA-Factory preprocessing keys
+    /// (`image_max_pixels`, `image_min_pixels`, `video_max_pixels`, `video_min_pixels`,
+    /// `video_fps`, `video_maxlen`, `max_media_per_request`).
+    pub media: MediaLimits,
 }
 
 /// The keys of `[backends.hf-candle]`.
@@ -47,6 +52,13 @@ pub const OPTION_KEYS: &[&str] = &[
     "prefix_cache_mb",
     "prefill_chunk",
     "escape_special_tokens",
+    "image_max_pixels",
+    "image_min_pixels",
+    "video_max_pixels",
+    "video_min_pixels",
+    "video_fps",
+    "video_maxlen",
+    "max_media_per_request",
 ];
 
 impl Options {
@@ -131,7 +143,37 @@ impl Options {
                 }),
             }
         };
+        let d = MediaLimits::default();
+        let pixels =
+            |key: &str, default: u64| -> Result<u64> { Ok(count(key, default as usize)? as u64) };
+        let media = MediaLimits {
+            image_max_pixels: pixels("image_max_pixels", d.image_max_pixels)?,
+            image_min_pixels: pixels("image_min_pixels", d.image_min_pixels)?,
+            video_max_pixels: pixels("video_max_pixels", d.video_max_pixels)?,
+            video_min_pixels: pixels("video_min_pixels", d.video_min_pixels)?,
+            video_fps: match v.get("video_fps") {
+                None | Some(Value::Null) => d.video_fps,
+                Some(t) => t.as_f64().filter(|f| *f > 0.0).ok_or_else(|| {
+                    Error::Config(format!(
+                        "[backends.hf-candle] video_fps must be a number of frames per second above 0, got {t}"
+                    ))
+                })?,
+            },
+            video_maxlen: count("video_maxlen", d.video_maxlen)?.max(1),
+            max_media: count("max_media_per_request", d.max_media)?,
+        };
+        for (kind, max, min) in [
+            ("image", media.image_max_pixels, media.image_min_pixels),
+            ("video", media.video_max_pixels, media.video_min_pixels),
+        ] {
+            if max < min {
+                return Err(Error::Config(format!(
+                    "[backends.hf-candle] {kind}_max_pixels ({max}) is smaller than {kind}_min_pixels ({min}); raise the maximum or lower the minimum"
+                )));
+            }
+        }
         Ok(Options {
+            media,
             dtype,
             threads,
             cuda,

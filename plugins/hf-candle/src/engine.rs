@@ -26,7 +26,8 @@ use crate::stream::GenStream;
 use crate::template::named::{HeldCalls, NamedTemplate};
 use crate::template::{ChatTemplate, RenderInput};
 use crate::tokenizer::Tok;
-use crate::vision::request::{IMAGE_PLACEHOLDER, place_images};
+use crate::vision::Prepared;
+use crate::vision::request::MediaQueue;
 use native_llm::batcher::{BatchConfig, Batcher, Job, StatsSnapshot};
 use native_llm::plan::GenPlan;
 use native_llm::sampling::SamplingParams;
@@ -119,6 +120,10 @@ impl HfCandle {
             constraints: !is_reward && matches!(loaded.net, Runner::Native(_)),
             tool_choice: !is_reward && matches!(loaded.net, Runner::Native(_)),
             images: loaded.vision.is_some(),
+            videos: loaded
+                .vision
+                .as_ref()
+                .is_some_and(|v| v.processor.takes_video()),
             ..Default::default()
         };
         let mut details = loaded.details;
@@ -262,18 +267,11 @@ impl HfCandle {
         add_generation_prompt: bool,
         kwargs: &Map<String, Value>,
     ) -> Result<String> {
-        self.render_with(
-            messages,
-            system,
-            tools,
-            add_generation_prompt,
-            kwargs,
-            false,
-        )
+        self.render_with(messages, system, tools, add_generation_prompt, kwargs, None)
     }
 
-    /// [`HfCandle::render`]; with `images`, each `<image>` placeholder (after escaping) becomes
-    /// the model's image segment.
+    /// [`HfCandle::render`]; with `media` (a vision-language model's request), each placeholder
+    /// becomes its media's prompt text (the text around it escaped as usual).
     fn render_with(
         &self,
         messages: &[Message],
@@ -281,7 +279,7 @@ impl HfCandle {
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
         kwargs: &Map<String, Value>,
-        images: bool,
+        mut media: Option<&mut MediaQueue>,
     ) -> Result<String> {
         let s = &self.shared;
         let mut msgs: Vec<Value> = Vec::with_capacity(messages.len() + 1);
@@ -308,10 +306,10 @@ impl HfCandle {
         }
         for m in rest {
             let mut m = m.clone();
-            m.content = text(&m.content);
-            if let Some(v) = s.vision.as_ref().filter(|_| images) {
-                m.content = m.content.replace(IMAGE_PLACEHOLDER, &v.segment);
-            }
+            m.content = match (s.vision.as_ref(), media.as_deref_mut()) {
+                (Some(v), Some(queue)) => v.substitute(&m, text, queue)?,
+                _ => text(&m.content),
+            };
             msgs.push(serde_json::to_value(m).map_err(|e| Error::InvalidRequest(e.to_string()))?);
         }
         s.template.render(&RenderInput {
@@ -369,6 +367,35 @@ impl HfCandle {
 
     /// The prompt text and ids a chat request runs on.
     pub fn prompt(&self, request: &ChatRequest) -> Result<(String, Vec<u32>)> {
+        self.prompt_with_media(request)
+            .map(|(text, ids, _)| (text, ids))
+    }
+
+    /// The prompt text and ids a chat request runs on, and (on a vision-language model) its
+    /// media prepared, in prompt order: every media token is written out in the ids.
+    pub fn prompt_with_media(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<(String, Vec<u32>, Vec<Prepared>)> {
+        let s = &self.shared;
+        let with_media = request.images.len() + request.videos.len() + request.audios.len() > 0;
+        if let (Some(v), None, true) = (&s.vision, &request.prompt, with_media) {
+            let (messages, mut queue) = v.prepare(request)?;
+            let (text, ids) = self.conversation_ids(
+                &messages,
+                request.system.as_deref(),
+                request.tools.as_deref(),
+                true,
+                &request.chat_template_kwargs,
+                Some(&mut queue),
+            )?;
+            return Ok((text, ids, queue.into_ordered()));
+        }
+        let (text, ids) = self.prompt_text(request)?;
+        Ok((text, ids, Vec::new()))
+    }
+
+    fn prompt_text(&self, request: &ChatRequest) -> Result<(String, Vec<u32>)> {
         let s = &self.shared;
         match &request.prompt {
             // A text completion: the prompt as is, tokenized as Transformers' `tokenizer(text)`
@@ -386,27 +413,14 @@ impl HfCandle {
                 }
                 Ok((s.tok.decode(ids, false)?, ids.clone()))
             }
-            None => {
-                let images = !request.images.is_empty();
-                // Only an image request copies its messages (to place the placeholders).
-                let placed;
-                let messages = if images {
-                    let mut m = request.messages.clone();
-                    place_images(&mut m, request.images.len())?;
-                    placed = m;
-                    &placed
-                } else {
-                    &request.messages
-                };
-                self.conversation_ids(
-                    messages,
-                    request.system.as_deref(),
-                    request.tools.as_deref(),
-                    true,
-                    &request.chat_template_kwargs,
-                    images,
-                )
-            }
+            None => self.conversation_ids(
+                &request.messages,
+                request.system.as_deref(),
+                request.tools.as_deref(),
+                true,
+                &request.chat_template_kwargs,
+                None,
+            ),
         }
     }
 
@@ -419,7 +433,7 @@ impl HfCandle {
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
         kwargs: &Map<String, Value>,
-        images: bool,
+        media: Option<&mut MediaQueue>,
     ) -> Result<(String, Vec<u32>)> {
         let s = &self.shared;
         let Some(named) = &s.named else {
@@ -429,12 +443,12 @@ impl HfCandle {
                 tools,
                 add_generation_prompt,
                 kwargs,
-                images,
+                media,
             )?;
             self.bound(&text)?;
             return Ok((text.clone(), s.tok.encode(&text, false)?));
         };
-        if images {
+        if media.is_some() {
             return Err(Error::Unsupported(
                 "images with `[model] template` (LLaMA-Factory's named templates) are not supported yet; leave it unset to use the model's chat template".into(),
             ));
@@ -598,14 +612,12 @@ impl HfCandle {
                 self.shared.info.model
             )));
         }
-        // A vision-language model takes images (a raw prompt has no slots: `expand` refuses).
-        let images = match self.shared.vision {
-            Some(_) => 0,
-            None => request.images.len(),
-        };
+        // A vision-language model takes images and videos in chat messages.
+        let vision = self.shared.vision.is_some() && request.prompt.is_none();
+        let visual = |n: usize| if vision { 0 } else { n };
         for (name, n) in [
-            ("images", images),
-            ("videos", request.videos.len()),
+            ("images", visual(request.images.len())),
+            ("videos", visual(request.videos.len())),
             ("audios", request.audios.len()),
         ] {
             if n > 0 {
@@ -623,7 +635,7 @@ impl HfCandle {
         let mut ids = match input {
             ScoreInput::Text(t) => s.tok.encode(t, true)?,
             ScoreInput::Conversation(msgs) => {
-                self.conversation_ids(msgs, None, None, false, &Map::new(), false)?
+                self.conversation_ids(msgs, None, None, false, &Map::new(), None)?
                     .1
             }
             ScoreInput::Tokens(ids) => ids.clone(),
@@ -658,15 +670,8 @@ impl Backend for HfCandle {
         cancel: CancelToken,
     ) -> Result<EventIter, EngineError> {
         self.check_chat(&request)?;
-        let (text, ids) = self.prompt(&request)?;
-        // Image prompts run on candle without prefix reuse: every request prefills its images.
-        let (ids, images) = match &self.shared.vision {
-            Some(v) if !request.images.is_empty() => {
-                let images = v.images(&request.images)?;
-                (v.expand(&ids, &images)?, images)
-            }
-            _ => (ids, Vec::new()),
-        };
+        // Media prompts run on candle without prefix reuse: every request prefills its media.
+        let (text, ids, images) = self.prompt_with_media(&request)?;
         let format = self.output_format(&request, &text);
         let ctx = self.shared.context_length;
         if ids.len() >= ctx {

@@ -22,7 +22,6 @@ use crate::config::{HfConfig, Options, ids_of};
 use crate::error::{Error, Result};
 use crate::gguf;
 use crate::tokenizer::{self, Tok};
-use crate::vision::qwen2vl::Qwen2Vl;
 use crate::vision::request::VisionSpec;
 
 /// Where the default model lives (fetched by `scripts/fetch-model.sh`).
@@ -121,7 +120,11 @@ pub(crate) fn load_model(
     adapters: &[PathBuf],
 ) -> Result<Loaded> {
     if path.is_dir() {
-        load_folder(path, opts.dtype, device, opts.native, adapters)
+        let mut loaded = load_folder(path, opts.dtype, device, opts.native, adapters)?;
+        if let Some(v) = loaded.vision.as_mut() {
+            v.limits = opts.media.clone();
+        }
+        Ok(loaded)
     } else if is_gguf(path) {
         // A quantized base cannot merge adapters: the engine applies them at run time.
         let loaded = load_gguf(path, device, opts.native)?;
@@ -424,7 +427,7 @@ fn load_folder(
     })
 }
 
-/// A vision-language folder: Qwen2-VL on candle (f32), its image processor, its end ids.
+/// A vision-language folder: its family on candle (f32), its processor, its end ids.
 #[allow(clippy::too_many_arguments)]
 fn load_vision(
     dir: &Path,
@@ -437,15 +440,6 @@ fn load_vision(
     gen_defaults: GenerationDefaults,
     template: Option<String>,
 ) -> Result<Loaded> {
-    if !crate::vision::VLM_ARCHS.contains(&arch) {
-        return Err(Error::UnsupportedArch {
-            arch: arch.into(),
-            supported: format!(
-                "{} (vision-language); Qwen2.5-VL, Gemma 3, LLaVA and Idefics3/SmolVLM are not implemented yet",
-                crate::vision::VLM_ARCHS.join(", ")
-            ),
-        });
-    }
     if let Some(a) = adapters.first() {
         return Err(Error::Unsupported(format!(
             "adapter {}: LoRA adapters are not merged into vision-language models yet; merge it with PEFT (merge_and_unload) and serve the merged folder",
@@ -455,18 +449,17 @@ fn load_vision(
     if dtype != DType::F32 {
         tracing::warn!("vision-language models run in f32 on candle; the dtype option is ignored");
     }
-    let processor = crate::vision::image::Qwen2VlProcessor::from_folder(dir)?;
-    let model = Qwen2Vl::load(dir, device)?;
-    let cfg = model.config().clone();
-    let expect = tok.inner.token_to_id("<|image_pad|>");
-    if expect != Some(cfg.image_token_id) {
-        return Err(Error::file(
-            dir.join("config.json"),
-            format!(
-                "image_token_id {} is not the tokenizer's <|image_pad|> ({expect:?}); the tokenizer and config do not belong together",
-                cfg.image_token_id
-            ),
-        ));
+    let family = crate::vision::load(dir, arch, device)?;
+    for (token, id) in &family.tokens {
+        let found = tok.inner.token_to_id(token);
+        if found != Some(*id) {
+            return Err(Error::file(
+                dir.join("config.json"),
+                format!(
+                    "the config gives {token} the id {id}, but the tokenizer has {found:?}; the tokenizer and config do not belong together"
+                ),
+            ));
+        }
     }
     let mut eos_ids: Vec<u32> = gen_defaults.eos_ids.clone();
     if let Some(id) = tc
@@ -489,14 +482,18 @@ fn load_vision(
     details.insert("engine".into(), "candle".into());
     details.insert("inputs".into(), "text, images".into());
     Ok(Loaded {
-        context_length: model.max_positions(),
-        net: Runner::Candle(Net::Vision(Box::new(model))),
+        context_length: family.model.max_positions(),
+        net: Runner::Candle(Net::Vision(family.model)),
         tok,
         model_template: template,
         gen_defaults,
         head: None,
         pad_id,
         details,
-        vision: Some(VisionSpec::qwen2vl(processor, cfg.image_token_id)),
+        vision: Some(VisionSpec {
+            processor: family.processor,
+            placeholders: switchyard_plugin::placeholders::Placeholders::from_env(),
+            limits: Default::default(),
+        }),
     })
 }

@@ -17,7 +17,7 @@ use crate::candle::Instance;
 use crate::error::Result;
 use crate::shared::Shared;
 use crate::text::SeqText;
-use crate::vision::image::Patches;
+use crate::vision::Prepared;
 
 struct SeqState {
     logits: Vec<f32>,
@@ -33,7 +33,7 @@ pub struct GenStream {
     cancel: CancelToken,
     prompt: Vec<u32>,
     /// The prompt's images (vision-language models); fed with the prompt.
-    images: Vec<Patches>,
+    images: Vec<Prepared>,
     plan: GenPlan,
     sampler: Sampler,
     inst: Option<Instance>,
@@ -53,7 +53,7 @@ impl GenStream {
     pub fn with_images(
         shared: Arc<Shared>,
         prompt: Vec<u32>,
-        images: Vec<Patches>,
+        images: Vec<Prepared>,
         plan: GenPlan,
         cancel: CancelToken,
     ) -> Self {

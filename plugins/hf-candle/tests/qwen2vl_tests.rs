@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use candle_core::Device;
-use hf_candle::vision::image::{Patches, Qwen2VlProcessor, decode_image, media_bytes};
+use hf_candle::vision::Prepared;
+use hf_candle::vision::image::{Qwen2VlProcessor, decode_image, media_bytes};
 use hf_candle::vision::qwen2vl::Qwen2Vl;
 use serde_json::Value;
 use switchyard_plugin::{Backend, ChatRequest, MediaInput, Message, Role};
@@ -21,7 +22,7 @@ fn expected() -> Value {
     common::read_json(&dir().join("expected.json"))
 }
 
-fn processed(name: &str) -> Patches {
+fn processed(name: &str) -> Prepared {
     let p = Qwen2VlProcessor::from_folder(&dir()).unwrap();
     let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
     p.preprocess(&decode_image(&bytes, 0).unwrap()).unwrap()
@@ -52,7 +53,7 @@ fn pixel_values_equal_the_processors() {
             .into_iter()
             .map(|x| x as usize)
             .collect();
-        assert_eq!(got.grid_thw.to_vec(), grid, "{name}: grid");
+        assert_eq!(got.grid_thw.unwrap().to_vec(), grid, "{name}: grid");
         let want = f32s(&e["pixel_values"]);
         assert_eq!(got.pixel_values.len(), want.len(), "{name}: length");
         let worst = got
@@ -70,7 +71,7 @@ fn logits_and_greedy_ids_equal_transformers() {
     let exp = expected();
     let mut model = Qwen2Vl::load(&dir(), &Device::Cpu).unwrap();
     for (case, e) in exp["cases"].as_object().unwrap() {
-        let images: Vec<Patches> = e["images"]
+        let images: Vec<Prepared> = e["images"]
             .as_array()
             .unwrap()
             .iter()
@@ -216,7 +217,7 @@ fn images_without_placeholders_go_before_the_first_user_message() {
     };
     let err = engine.chat(request).unwrap_err().to_string();
     assert!(
-        err.contains("1 `<image>` placeholders for 2 images"),
+        err.contains("the number of images (2) does not match the number of <image> placeholders in the messages (1)"),
         "{err}"
     );
     // A bad image is a 400 naming it.

@@ -12,8 +12,7 @@ pub mod hf;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::vision::image::Patches;
-use crate::vision::qwen2vl::Qwen2Vl;
+use crate::vision::{Prepared, VisionLm};
 use dense::DenseModel;
 use gguf::QuantModel;
 
@@ -25,7 +24,7 @@ pub enum Net {
     /// A quantized GGUF model.
     Quant(QuantModel),
     /// A vision-language model (Qwen2-VL): its prompt may carry images.
-    Vision(Box<Qwen2Vl>),
+    Vision(Box<dyn VisionLm>),
 }
 
 /// A reward head on top of the final hidden state.
@@ -60,7 +59,7 @@ impl Instance {
     pub fn try_clone(&self) -> Result<Self> {
         let (net, kept) = match &self.net {
             Net::Dense(m) => (Net::Dense(m.clone()), true),
-            Net::Vision(m) => (Net::Vision(m.clone()), true),
+            Net::Vision(m) => (Net::Vision(m.boxed_clone()), true),
             Net::Quant(m) => {
                 let (q, kept) = m.try_clone(&self.device)?;
                 (Net::Quant(q), kept)
@@ -106,7 +105,7 @@ impl Instance {
 
     /// Runs a whole prompt from an empty cache: its image tokens take `images`' embeddings
     /// (vision-language models only; other models need `images` empty).
-    pub fn feed_prompt(&mut self, ids: &[u32], images: &[Patches]) -> Result<Vec<f32>> {
+    pub fn feed_prompt(&mut self, ids: &[u32], images: &[Prepared]) -> Result<Vec<f32>> {
         if images.is_empty() {
             self.reset();
             return self.feed(ids);

@@ -10,6 +10,7 @@ use serde_json::Value;
 use switchyard_plugin::MediaInput;
 
 use super::resize::{Filter, resize_rgb8};
+use super::{MediaKind, Prepared, Processor};
 use crate::error::{Error, Result};
 
 /// Largest encoded image accepted (bytes), before decoding.
@@ -138,22 +139,6 @@ pub struct Qwen2VlProcessor {
     pub normalize: Option<([f32; 3], [f32; 3])>,
 }
 
-/// One preprocessed image: `pixel_values` rows of `3 * temporal * patch * patch` floats.
-#[derive(Clone, Debug)]
-pub struct Patches {
-    /// Row-major `(grid_t * grid_h * grid_w, patch_dim)`.
-    pub pixel_values: Vec<f32>,
-    /// `[grid_t, grid_h, grid_w]` in patches.
-    pub grid_thw: [usize; 3],
-}
-
-impl Patches {
-    /// Language tokens this image becomes (`grid_t * grid_h * grid_w / merge^2`).
-    pub fn num_tokens(&self, merge: usize) -> usize {
-        self.grid_thw.iter().product::<usize>() / (merge * merge)
-    }
-}
-
 impl Qwen2VlProcessor {
     /// Reads `preprocessor_config.json` from a model folder.
     pub fn from_folder(dir: &Path) -> Result<Self> {
@@ -261,8 +246,9 @@ impl Qwen2VlProcessor {
         Ok((h_bar as usize, w_bar as usize))
     }
 
-    /// The processor's output for one image.
-    pub fn preprocess(&self, img: &RgbImage) -> Result<Patches> {
+    /// The processor's output for one image: `pixel_values` rows of
+    /// `3 * temporal * patch * patch` floats, in the order the vision tower reads them.
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Prepared> {
         let (h, w) = if self.do_resize {
             self.smart_resize(img.height, img.width)?
         } else {
@@ -316,10 +302,30 @@ impl Qwen2VlProcessor {
                 }
             }
         }
-        Ok(Patches {
+        let tokens = gh * gw / (m * m);
+        Ok(Prepared {
+            kind: MediaKind::Image,
+            shape: vec![gh * gw, patch_dim],
             pixel_values: out,
-            grid_thw: [1, gh, gw],
+            grid_thw: Some([1, gh, gw]),
+            text: format!(
+                "{VISION_START}{}{VISION_END}",
+                IMAGE_PAD.repeat(tokens)
+            ),
         })
+    }
+}
+
+/// Qwen2-VL's image tokens: `<|vision_start|>`, `<|image_pad|>` × tokens, `<|vision_end|>`.
+pub const VISION_START: &str = "<|vision_start|>";
+/// One image token (one merged 2x2 patch block).
+pub const IMAGE_PAD: &str = "<|image_pad|>";
+/// Ends an image or video.
+pub const VISION_END: &str = "<|vision_end|>";
+
+impl Processor for Qwen2VlProcessor {
+    fn image(&self, img: &RgbImage) -> Result<Prepared> {
+        self.preprocess(img)
     }
 }
 

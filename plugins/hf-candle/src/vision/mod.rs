@@ -1,23 +1,123 @@
-//! Vision-language models: images decoded and preprocessed as the model's Hugging Face image
-//! processor does, and the model families that read them.
+//! Vision-language models: images (and video frames) decoded and preprocessed as the model's
+//! Hugging Face processor does, and the model families that read them.
+//!
+//! The seam every family implements, so the engine never names one:
+//! * a [`Processor`] (from `preprocessor_config.json`) turns one decoded image (or a video's
+//!   frames) into a [`Prepared`]: the pixel tensor the model reads and the prompt text the
+//!   request's placeholder becomes, every media token written out as the Hugging Face processor
+//!   expands it;
+//! * a [`VisionLm`] (the weights and a KV cache) prefills a prompt whose media tokens take the
+//!   [`Prepared`] media's embeddings, then extends it token by token;
+//! * [`load`] picks the family by `config.json`'s `architectures[0]`.
+//!
+//! The engine owns what is the same for every family ([`request`]): LLaMA-Factory's placeholder
+//! rule, decoding the request's bytes, LLaMA-Factory's `image_max_pixels` / `image_min_pixels`
+//! pre-resize, the per-request limits, and substituting [`Prepared::text`] for the placeholders.
 //!
 //! * [`image`]: request media to RGB (JPEG, PNG, WebP, GIF's first frame), Qwen2-VL's image
 //!   processor (`smart_resize`, Pillow-exact bicubic resize, rescale, normalise, patches).
 //! * [`resize`]: Pillow's 8-bit resampling, restated.
 //! * [`qwen2vl`]: Qwen2-VL (vision tower, patch merger, M-RoPE language model) on candle ops.
-//!
-//! Only Qwen2-VL (`Qwen2VLForConditionalGeneration`) is implemented; a folder of another VLM
-//! family is refused by name when it loads.
 
 pub mod image;
 pub mod qwen2vl;
 pub mod request;
 pub mod resize;
 
+use std::fmt::Debug;
 use std::path::Path;
+
+use candle_core::Device;
+pub use switchyard_plugin::placeholders::MediaKind;
+
+use crate::error::{Error, Result};
+use image::RgbImage;
 
 /// The `architectures[0]` of the vision-language families implemented here.
 pub const VLM_ARCHS: &[&str] = &["Qwen2VLForConditionalGeneration"];
+
+/// One image or video as a family's processor prepared it.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// Image or video.
+    pub kind: MediaKind,
+    /// The pixel tensor the vision tower reads, row-major in `shape`.
+    pub pixel_values: Vec<f32>,
+    /// The shape of `pixel_values` (the family's layout).
+    pub shape: Vec<usize>,
+    /// The patch grid `[t, h, w]` (Qwen families; `None` for families without one).
+    pub grid_thw: Option<[usize; 3]>,
+    /// What the placeholder becomes in the prompt text: every media token written out.
+    pub text: String,
+}
+
+impl Prepared {
+    /// The patch grid, for families that need one.
+    pub fn grid(&self) -> Result<[usize; 3]> {
+        self.grid_thw.ok_or_else(|| {
+            Error::InvalidRequest("this media was prepared without a patch grid".into())
+        })
+    }
+}
+
+/// A family's image (and video) processor.
+pub trait Processor: Send + Sync + Debug {
+    /// One decoded image, prepared.
+    fn image(&self, img: &RgbImage) -> Result<Prepared>;
+
+    /// Whether [`Processor::video`] is implemented (the `videos` capability).
+    fn takes_video(&self) -> bool {
+        false
+    }
+
+    /// A video's sampled frames, prepared. Families without video refuse by name.
+    fn video(&self, frames: &[RgbImage]) -> Result<Prepared> {
+        let _ = frames;
+        Err(Error::Unsupported(
+            "this model takes images, not videos (video input is for Qwen2-VL families)".into(),
+        ))
+    }
+}
+
+/// A family's model with its KV cache (one per engine instance; clones copy the cache).
+pub trait VisionLm: Send + Sync + Debug {
+    /// Runs a whole prompt from an empty cache; its media tokens take `media`'s embeddings, in
+    /// order. Returns the last position's logits.
+    fn prefill(&mut self, ids: &[u32], media: &[Prepared]) -> Result<Vec<f32>>;
+    /// Feeds text tokens after what was fed (a first call is a text-only prompt); returns the
+    /// last logits.
+    fn extend(&mut self, ids: &[u32]) -> Result<Vec<f32>>;
+    /// Drops the KV cache.
+    fn reset(&mut self);
+    /// The largest position the model takes.
+    fn max_positions(&self) -> usize;
+    /// A copy sharing the weights, with its own cache.
+    fn boxed_clone(&self) -> Box<dyn VisionLm>;
+}
+
+/// A loaded family: its processor, its model, and the token strings the tokenizer must know.
+pub struct Family {
+    /// The image (and video) processor.
+    pub processor: Box<dyn Processor>,
+    /// The model.
+    pub model: Box<dyn VisionLm>,
+    /// Special tokens with the ids the config gives them: the tokenizer must agree.
+    pub tokens: Vec<(String, u32)>,
+}
+
+/// Loads the family `arch` names from a folder (f32 on `device`).
+pub fn load(dir: &Path, arch: &str, device: &Device) -> Result<Family> {
+    match arch {
+        "Qwen2VLForConditionalGeneration" => qwen2vl::family(dir, device),
+        _ => Err(Error::UnsupportedArch {
+            arch: arch.into(),
+            supported: format!(
+                "{} (vision-language); Qwen2.5-VL, Gemma 3, LLaVA and Idefics3/SmolVLM are not implemented yet",
+                VLM_ARCHS.join(", ")
+            ),
+        }),
+    }
+}
 
 /// Whether a folder's `config.json` names a vision-language architecture (implemented or not):
 /// one with a `vision_config`, or an architecture ending in `ForConditionalGeneration`.

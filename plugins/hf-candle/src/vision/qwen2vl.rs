@@ -9,7 +9,8 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 use serde_json::Value;
 
-use super::image::Patches;
+use super::image::{IMAGE_PAD, Qwen2VlProcessor, VISION_START};
+use super::{Family, Prepared, VisionLm};
 use crate::error::{Error, Result};
 
 /// `config.json` of a Qwen2-VL folder (flat text keys as on the Hub, or transformers 5's
@@ -270,14 +271,15 @@ impl Vision {
     }
 
     /// Image embeddings `(sum of tokens, hidden)` for the images' patches, in order.
-    fn forward(&self, images: &[Patches], dev: &Device) -> Result<Tensor> {
+    fn forward(&self, images: &[Prepared], dev: &Device) -> Result<Tensor> {
         let mut outs = Vec::with_capacity(images.len());
         for img in images {
-            let n = img.grid_thw.iter().product::<usize>();
+            let grid = img.grid()?;
+            let n = grid.iter().product::<usize>();
             let dim = self.patch_w.dim(1)?;
             let px = Tensor::from_slice(&img.pixel_values, (n, dim), dev)?;
             let mut x = px.matmul(&self.patch_w.t()?)?;
-            let (cos, sin) = self.rope(img.grid_thw, dev)?;
+            let (cos, sin) = self.rope(grid, dev)?;
             // Attention never crosses images (transformers' cu_seqlens), so one image at a time.
             for b in &self.blocks {
                 let e = x.dim(1)?;
@@ -486,15 +488,18 @@ impl Qwen2Vl {
     }
 
     /// The vision tower's output (merged image embeddings) for the images, in order.
-    pub fn image_embeddings(&self, images: &[Patches]) -> Result<Tensor> {
+    pub fn image_embeddings(&self, images: &[Prepared]) -> Result<Tensor> {
         self.vision.forward(images, &self.device)
     }
 
     /// Runs a whole prompt (resetting the cache): its image tokens take the images' embeddings.
     /// Returns the last position's logits.
-    pub fn prefill(&mut self, ids: &[u32], images: &[Patches]) -> Result<Vec<f32>> {
+    pub fn prefill(&mut self, ids: &[u32], images: &[Prepared]) -> Result<Vec<f32>> {
         self.reset();
-        let grids: Vec<[usize; 3]> = images.iter().map(|p| p.grid_thw).collect();
+        let grids = images
+            .iter()
+            .map(Prepared::grid)
+            .collect::<Result<Vec<_>>>()?;
         let (pos, next) = mrope_positions(ids, self.cfg.image_token_id, &grids, self.cfg.v_merge)?;
         let dev = self.device.clone();
         let ids_t = Tensor::from_slice(ids, ids.len(), &dev)?;
@@ -634,7 +639,7 @@ impl Qwen2Vl {
     }
 
     /// Greedy decoding of `n` tokens after the prompt (never stops early).
-    pub fn greedy(&mut self, ids: &[u32], images: &[Patches], n: usize) -> Result<Vec<u32>> {
+    pub fn greedy(&mut self, ids: &[u32], images: &[Prepared], n: usize) -> Result<Vec<u32>> {
         let mut logits = self.prefill(ids, images)?;
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
@@ -646,6 +651,45 @@ impl Qwen2Vl {
         }
         Ok(out)
     }
+}
+
+impl VisionLm for Qwen2Vl {
+    fn prefill(&mut self, ids: &[u32], media: &[Prepared]) -> Result<Vec<f32>> {
+        Qwen2Vl::prefill(self, ids, media)
+    }
+
+    fn extend(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        Qwen2Vl::extend(self, ids)
+    }
+
+    fn reset(&mut self) {
+        Qwen2Vl::reset(self);
+    }
+
+    fn max_positions(&self) -> usize {
+        Qwen2Vl::max_positions(self)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn VisionLm> {
+        Box::new(self.clone())
+    }
+}
+
+/// A Qwen2-VL folder: its image processor and model; `<|image_pad|>` and `<|vision_start|>`
+/// must be the tokenizer's ids the config names.
+pub fn family(dir: &Path, device: &Device) -> Result<Family> {
+    let processor = Qwen2VlProcessor::from_folder(dir)?;
+    let model = Qwen2Vl::load(dir, device)?;
+    let c = model.config();
+    let tokens = vec![
+        (IMAGE_PAD.to_owned(), c.image_token_id),
+        (VISION_START.to_owned(), c.vision_start_token_id),
+    ];
+    Ok(Family {
+        processor: Box::new(processor),
+        model: Box::new(model),
+        tokens,
+    })
 }
 
 /// Index of the largest logit (the first on ties).

@@ -1,99 +1,198 @@
-//! A chat request's images on a vision-language model: LLaMA-Factory's placeholder rule, the
-//! images decoded and preprocessed, and the prompt's image tokens expanded to each image's size.
+//! A chat request's media on a vision-language model, the same for every family:
+//! LLaMA-Factory's placeholder rule (`switchyard_plugin::placeholders`), the bytes decoded,
+//! LLaMA-Factory's `image_max_pixels` / `image_min_pixels` pre-resize, the per-request limits, the
+//! family's processor per image, and each placeholder replaced by its media's prompt text.
 
-use switchyard_plugin::{MediaInput, Message, Role};
+use std::collections::VecDeque;
 
-use super::image::{Patches, Qwen2VlProcessor, decode_image, media_bytes};
+use switchyard_plugin::placeholders::{self, MediaKind, Placeholders, Segment};
+use switchyard_plugin::{ChatRequest, Message, Role};
+
+use super::image::{RgbImage, decode_image, media_bytes};
+use super::resize::{Filter, resize_rgb8};
+use super::{Prepared, Processor};
 use crate::error::{Error, Result};
 
-/// The placeholder a message carries where an image goes (LLaMA-Factory's `IMAGE_PLACEHOLDER`).
-pub const IMAGE_PLACEHOLDER: &str = "<image>";
-/// Most images in one request.
-pub const MAX_IMAGES: usize = 16;
+/// Limits and LLaMA-Factory's preprocessing keys (`[backends.hf-candle]` options of the same
+/// names; defaults as LLaMA-Factory's `ProcessorArguments`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MediaLimits {
+    /// Images larger than this (width × height) are first scaled down to it, keeping the
+    /// aspect ratio (`image_max_pixels`, 768 × 768).
+    pub image_max_pixels: u64,
+    /// Images smaller than this are first scaled up to it (`image_min_pixels`, 32 × 32).
+    pub image_min_pixels: u64,
+    /// Video frames are scaled to at most this (`video_max_pixels`, 256 × 256).
+    pub video_max_pixels: u64,
+    /// ... and at least this (`video_min_pixels`, 16 × 16).
+    pub video_min_pixels: u64,
+    /// Frames sampled per second of video (`video_fps`, 2.0).
+    pub video_fps: f64,
+    /// Most frames taken from one video (`video_maxlen`, 128).
+    pub video_maxlen: usize,
+    /// Most images plus videos in one request (`max_media_per_request`, 16).
+    pub max_media: usize,
+}
 
-/// What a loaded vision-language model needs to take images.
-#[derive(Clone, Debug)]
+impl Default for MediaLimits {
+    fn default() -> Self {
+        Self {
+            image_max_pixels: 768 * 768,
+            image_min_pixels: 32 * 32,
+            video_max_pixels: 256 * 256,
+            video_min_pixels: 16 * 16,
+            video_fps: 2.0,
+            video_maxlen: 128,
+            max_media: 16,
+        }
+    }
+}
+
+/// What a loaded vision-language model needs to take media.
+#[derive(Debug)]
 pub struct VisionSpec {
-    /// The image processor (`preprocessor_config.json`).
-    pub processor: Qwen2VlProcessor,
-    /// The text an image placeholder becomes before tokenizing (one image token in it).
-    pub segment: String,
-    /// The image token's id (`image_token_id`).
-    pub image_token_id: u32,
+    /// The family's processor.
+    pub processor: Box<dyn Processor>,
+    /// The placeholder strings (LLaMA-Factory's environment variables, read at load).
+    pub placeholders: Placeholders,
+    /// Limits and preprocessing keys.
+    pub limits: MediaLimits,
+}
+
+/// A request's prepared media, taken in order as the placeholders are met.
+#[derive(Debug, Default)]
+pub struct MediaQueue {
+    images: VecDeque<Prepared>,
+    videos: VecDeque<Prepared>,
+    used: Vec<Prepared>,
+}
+
+impl MediaQueue {
+    /// The media in prompt order (after every placeholder was substituted).
+    pub fn into_ordered(self) -> Vec<Prepared> {
+        self.used
+    }
 }
 
 impl VisionSpec {
-    /// Qwen2-VL's: `<|vision_start|><|image_pad|><|vision_end|>`.
-    pub fn qwen2vl(processor: Qwen2VlProcessor, image_token_id: u32) -> Self {
-        Self {
-            processor,
-            segment: "<|vision_start|><|image_pad|><|vision_end|>".into(),
-            image_token_id,
-        }
-    }
-
-    /// Decodes and preprocesses the request's images, in order. A bad image is an error that
-    /// names it (0-based index) and the problem.
-    pub fn images(&self, media: &[MediaInput]) -> Result<Vec<Patches>> {
-        if media.len() > MAX_IMAGES {
-            return Err(Error::InvalidRequest(format!(
-                "the request has {} images; at most {MAX_IMAGES} are accepted",
-                media.len()
+    /// A copy of the request's messages with the placeholders placed (LLaMA-Factory's rule),
+    /// and its images and videos prepared. Bad media is an error naming it and the problem.
+    pub fn prepare(&self, request: &ChatRequest) -> Result<(Vec<Message>, MediaQueue)> {
+        if !request.audios.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "the request has {} audios; hf-candle's vision-language models take images and videos, not audio",
+                request.audios.len()
             )));
         }
-        media
+        let n = request.images.len() + request.videos.len();
+        if n > self.limits.max_media {
+            return Err(Error::InvalidRequest(format!(
+                "the request has {n} images and videos; at most {} are accepted per request (`max_media_per_request`)",
+                self.limits.max_media
+            )));
+        }
+        let mut messages = request.messages.clone();
+        placeholders::place(
+            &mut messages,
+            placeholders::media_counts(request),
+            &self.placeholders,
+        )
+        .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let images = request
+            .images
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let img = decode_image(&media_bytes(m, i)?, i)?;
-                self.processor.preprocess(&img)
+                let img = bound_pixels(
+                    img,
+                    self.limits.image_max_pixels,
+                    self.limits.image_min_pixels,
+                );
+                self.processor.image(&img)
             })
-            .collect()
+            .collect::<Result<VecDeque<_>>>()?;
+        let videos = request
+            .videos
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                Err(Error::Unsupported(format!(
+                    "video {i}: video input is not implemented for this model yet; send its frames as images"
+                )))
+            })
+            .collect::<Result<VecDeque<_>>>()?;
+        Ok((
+            messages,
+            MediaQueue {
+                images,
+                videos,
+                used: Vec::new(),
+            },
+        ))
     }
 
-    /// The prompt ids with each image's one image token repeated to the image's token count.
-    pub fn expand(&self, ids: &[u32], images: &[Patches]) -> Result<Vec<u32>> {
-        let found = ids.iter().filter(|&&t| t == self.image_token_id).count();
-        if found != images.len() {
-            return Err(Error::InvalidRequest(format!(
-                "the prompt has {found} image slots for {} images; put one `{IMAGE_PLACEHOLDER}` per image in the messages (or none: then the images go before the first user message)",
-                images.len()
-            )));
+    /// A message's text with each placeholder replaced by the next media's prompt text; the
+    /// text around them goes through `escape`. System messages keep their placeholders as text
+    /// (LLaMA-Factory never puts media there).
+    pub fn substitute(
+        &self,
+        message: &Message,
+        escape: impl Fn(&str) -> String,
+        queue: &mut MediaQueue,
+    ) -> Result<String> {
+        if message.role == Role::System {
+            return Ok(escape(&message.content));
         }
-        let merge = self.processor.merge_size;
-        let mut images = images.iter();
-        let mut out = Vec::with_capacity(ids.len());
-        for &t in ids {
-            if t == self.image_token_id
-                && let Some(p) = images.next()
-            {
-                out.extend(std::iter::repeat_n(t, p.num_tokens(merge)));
-            } else {
-                out.push(t);
+        let mut out = String::with_capacity(message.content.len());
+        for seg in placeholders::segments(&message.content, &self.placeholders) {
+            match seg {
+                Segment::Text(t) => out.push_str(&escape(t)),
+                Segment::Media(kind) => {
+                    let next = match kind {
+                        MediaKind::Image => queue.images.pop_front(),
+                        MediaKind::Video => queue.videos.pop_front(),
+                        MediaKind::Audio => None,
+                    };
+                    let Some(p) = next else {
+                        return Err(Error::InvalidRequest(format!(
+                            "the messages have more {} placeholders than the request has {}",
+                            self.placeholders.of(kind),
+                            kind.field()
+                        )));
+                    };
+                    out.push_str(&p.text);
+                    queue.used.push(p);
+                }
             }
         }
         Ok(out)
     }
 }
 
-/// LLaMA-Factory's rule: when no message has an `<image>` placeholder, `n` of them go in front
-/// of the first user message; otherwise the messages must hold exactly `n`.
-pub fn place_images(messages: &mut [Message], n: usize) -> Result<()> {
-    let found: usize = messages
-        .iter()
-        .map(|m| m.content.matches(IMAGE_PLACEHOLDER).count())
-        .sum();
-    if found == 0 {
-        let Some(first) = messages.iter_mut().find(|m| m.role == Role::User) else {
-            return Err(Error::InvalidRequest(
-                "the request has images but no user message to put them in".into(),
-            ));
-        };
-        first.content = IMAGE_PLACEHOLDER.repeat(n) + &first.content;
-    } else if found != n {
-        return Err(Error::InvalidRequest(format!(
-            "the messages have {found} `{IMAGE_PLACEHOLDER}` placeholders for {n} images; they must match"
-        )));
+/// LLaMA-Factory's `_preprocess_image`: scale down to at most `max` pixels, then up to at least
+/// `min`, keeping the aspect ratio (sides truncated as `int()` does), with Pillow's default
+/// `Image.resize` filter (bicubic).
+pub fn bound_pixels(img: RgbImage, max: u64, min: u64) -> RgbImage {
+    let scaled = |img: RgbImage, target: u64| -> RgbImage {
+        let factor = (target as f64 / (img.width * img.height) as f64).sqrt();
+        let w = (img.width as f64 * factor) as usize;
+        let h = (img.height as f64 * factor) as usize;
+        if (w, h) == (img.width, img.height) || w == 0 || h == 0 {
+            return img;
+        }
+        RgbImage {
+            data: resize_rgb8(&img.data, img.width, img.height, w, h, Filter::Bicubic),
+            width: w,
+            height: h,
+        }
+    };
+    let mut img = img;
+    if (img.width * img.height) as u64 > max {
+        img = scaled(img, max);
     }
-    Ok(())
+    if ((img.width * img.height) as u64) < min {
+        img = scaled(img, min);
+    }
+    img
 }
