@@ -128,6 +128,17 @@ const REFUSED: &[(&str, &str)] = &[
     ),
 ];
 
+/// Multimodal preprocessing keys hf-candle's vision-language models read (as
+/// `[backends.hf-candle]` options of the same names); other backends ignore them with a warning.
+const HF_CANDLE_MEDIA: &[&str] = &[
+    "image_max_pixels",
+    "image_min_pixels",
+    "video_max_pixels",
+    "video_min_pixels",
+    "video_fps",
+    "video_maxlen",
+];
+
 /// Multimodal preprocessing keys: kept for the backends that read images, ignored otherwise.
 const MEDIA: &[&str] = &[
     "image_max_pixels",
@@ -373,6 +384,9 @@ pub(crate) fn to_table(text: &str, origin: &str, overrides: &[String]) -> Result
                     ignored.push(key);
                 }
             }
+            k if HF_CANDLE_MEDIA.contains(&k) && backend == "hf-candle" => {
+                options.insert(key.into(), to_toml(key, v)?);
+            }
             k if MEDIA.contains(&k) || TRAINING_ONLY.contains(&k) => ignored.push(key),
             _ => {
                 if let Some((_, b, name)) = BACKEND_KEYS.iter().find(|(k, _, _)| *k == key) {
@@ -477,6 +491,23 @@ mod tests {
         assert_eq!(c.generation.temperature, Some(0.2));
         assert_eq!(c.model.template.as_deref(), Some("chatml"));
         assert_eq!(c.generation.seed, Some(7));
+    }
+
+    #[test]
+    fn media_keys_reach_hf_candle_and_are_ignored_elsewhere() {
+        let yaml =
+            "model_name_or_path: m\nimage_max_pixels: 262144\nvideo_fps: 1.0\nvideo_maxlen: 8\n";
+        let c = config(yaml, &[]).unwrap();
+        let t = &c.backends["hf-candle"];
+        assert_eq!(t["image_max_pixels"].as_integer(), Some(262144));
+        assert_eq!(t["video_fps"].as_float(), Some(1.0));
+        assert_eq!(t["video_maxlen"].as_integer(), Some(8));
+        let v = config(&format!("{yaml}infer_backend: vllm\n"), &[]).unwrap();
+        assert!(
+            v.backends
+                .get("vllm")
+                .is_none_or(|t| t.get("video_fps").is_none())
+        );
     }
 
     #[test]
