@@ -18,11 +18,17 @@
 //!   processor (`smart_resize`, Pillow-exact bicubic resize, rescale, normalise, patches).
 //! * [`resize`]: Pillow's 8-bit resampling, restated.
 //! * [`qwen2vl`]: Qwen2-VL (vision tower, patch merger, M-RoPE language model) on candle ops.
+//! * [`llava`]: LLaVA-1.5 (CLIP tower [`vit`], GELU projector, LLaMA text model [`llama_text`]),
+//!   its `CLIPImageProcessor` a [`fixed_size`] processor.
 
+pub mod fixed_size;
 pub mod image;
+pub mod llama_text;
+pub mod llava;
 pub mod qwen2vl;
 pub mod request;
 pub mod resize;
+pub mod vit;
 
 use std::fmt::Debug;
 use std::path::Path;
@@ -34,7 +40,10 @@ use crate::error::{Error, Result};
 use image::RgbImage;
 
 /// The `architectures[0]` of the vision-language families implemented here.
-pub const VLM_ARCHS: &[&str] = &["Qwen2VLForConditionalGeneration"];
+pub const VLM_ARCHS: &[&str] = &[
+    "Qwen2VLForConditionalGeneration",
+    "LlavaForConditionalGeneration",
+];
 
 /// One image or video as a family's processor prepared it.
 #[derive(Clone, Debug)]
@@ -109,10 +118,11 @@ pub struct Family {
 pub fn load(dir: &Path, arch: &str, device: &Device) -> Result<Family> {
     match arch {
         "Qwen2VLForConditionalGeneration" => qwen2vl::family(dir, device),
+        "LlavaForConditionalGeneration" => llava::family(dir, device),
         _ => Err(Error::UnsupportedArch {
             arch: arch.into(),
             supported: format!(
-                "{} (vision-language); Qwen2.5-VL, Gemma 3, LLaVA and Idefics3/SmolVLM are not implemented yet",
+                "{} (vision-language); Qwen2.5-VL, Gemma 3 and Idefics3/SmolVLM are not implemented yet",
                 VLM_ARCHS.join(", ")
             ),
         }),
