@@ -4,7 +4,8 @@
 use anyhow::bail;
 use serde_json::Value;
 
-use crate::{Args, f, median, run_child, run_transformers};
+use crate::safetensors::run_transformers;
+use crate::{Args, f, median, run_child};
 
 /// The CUDA table (`--tables cuda --device cuda --hf-model DIR --transformers-python PY`):
 /// the folder in bf16 on GPU 0 vs Transformers `generate()` on the same GPU, prefill and
