@@ -8,6 +8,8 @@
 #           binary, else the echo backend (configs/echo.toml); the test says which it used.
 #   echo  - the echo example backend, slowed down, for Stop, Markdown/injection and <think> checks.
 #   key   - the echo backend behind --api-key, for the API-key prompt.
+#   vlm   - hf-candle on the tiny Qwen2-VL fixture (tests/fixtures/hf/qwen2-vl), for the image
+#           button on a real vision-language model (only with the hf-candle plugin).
 #   models - two echo entries in a [[models]] file (the first with a named adapter), for the
 #            model picker.
 # Installs Debian's `chromium` when /usr/bin/chromium is missing and the test's npm packages
@@ -92,6 +94,15 @@ if [[ -f "$REL/libhf_candle.so" ]]; then
   MODEL="$(scripts/fetch-model.sh)"
   start_server main 180 configs/smollm2.toml --set "model.path=$MODEL"
   export SY_MAIN_BACKEND=hf-candle
+  cat >"$WORK/vlm.toml" <<EOF
+sample_backend = "hf-candle"
+
+[model]
+path = "$ROOT/tests/fixtures/hf/qwen2-vl"
+EOF
+  start_server vlm 120 "$WORK/vlm.toml"
+  export SY_VLM_URL="$URL"
+  export SY_VLM_IMAGE="$ROOT/tests/fixtures/hf/qwen2-vl/images/square.png"
 else
   log "libhf_candle.so not found next to the binary: the main server runs the echo backend"
   start_server main 30 configs/echo.toml
@@ -137,7 +148,7 @@ log "running the browser test"
 status=0
 (cd tests/web && node --test --test-concurrency=1 webchat.test.mjs) || status=$?
 if ((status != 0)); then
-  for name in main echo key models; do
+  for name in main vlm echo key models; do
     log "--- $name server log (tail) ---"
     tail -n 40 "$WORK/$name.log" >&2 || true
   done

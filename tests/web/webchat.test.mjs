@@ -21,6 +21,9 @@ const ECHO_URL = env('SY_ECHO_URL');
 const KEY_URL = env('SY_KEY_URL');
 const API_KEY = env('SY_API_KEY');
 const MODELS_URL = env('SY_MODELS_URL');
+// hf-candle on the tiny Qwen2-VL fixture (set when the plugin is built).
+const VLM_URL = process.env.SY_VLM_URL || '';
+const VLM_IMAGE = process.env.SY_VLM_IMAGE || '';
 const ARTIFACTS = process.env.ARTIFACTS_DIR || 'artifacts';
 const REAL = MAIN_BACKEND !== 'echo';
 // The real model on a couple of CPU cores is much slower than echo.
@@ -342,6 +345,39 @@ describe('echo server (controls, rendering, safety)', () => {
     assert.equal(last.content[1].image_url.url, `data:image/png;base64,${png.toString('base64')}`);
     assert.equal(await page.locator('.msg.user img').last().getAttribute('src'), last.content[1].image_url.url);
     await page.unroute('**/v1/info');
+  });
+});
+
+describe('vision-language model on hf-candle (tiny Qwen2-VL)', { skip: !VLM_URL && 'libhf_candle.so not built' }, () => {
+  test('the attach button sends the picked file, and the reply is the API\'s for the same request', async () => {
+    const { context, page, requests, errors } = await openPage(VLM_URL);
+    try {
+      assert.equal(await page.isVisible('#attach'), true, 'a VLM declares images: the button shows');
+      await page.fill('#max-tokens', '8');
+      await page.fill('#temperature', '0');
+      await page.setInputFiles('#image-file', VLM_IMAGE);
+      await page.locator('.attachment img').waitFor();
+      await send(page, 'What is in the picture?');
+      const body = requests.at(-1).body;
+      const last = body.messages.at(-1);
+      const png = fs.readFileSync(VLM_IMAGE);
+      assert.equal(last.content[1].image_url.url, `data:image/png;base64,${png.toString('base64')}`);
+      const shown = (await lastAssistant(page).locator('.content').textContent()).trim();
+      // The same request through the API, not streamed: the server's greedy reply (which
+      // tests/api/test_vision.py checks against Transformers).
+      const res = await fetch(`${VLM_URL}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...body, stream: false, stream_options: undefined }),
+      });
+      assert.equal(res.status, 200, await res.clone().text());
+      const want = (await res.json()).choices[0].message.content.trim();
+      assert.ok(want.length > 0, 'the model replied');
+      assert.equal(shown, want);
+      assert.deepEqual(errors, [], 'no script errors on the page');
+    } finally {
+      await context.close();
+    }
   });
 });
 
