@@ -20,8 +20,12 @@
 //! * [`qwen2vl`]: Qwen2-VL (vision tower, patch merger, M-RoPE language model) on candle ops.
 //! * [`llava`]: LLaVA-1.5 (CLIP tower [`vit`], GELU projector, LLaMA text model [`llama_text`]),
 //!   its `CLIPImageProcessor` a [`fixed_size`] processor.
+//! * [`idefics3`]: Idefics3 / SmolVLM (SigLIP-style tower with position bucketing, pixel-shuffle
+//!   connector, LLaMA text model); [`idefics3_processor`]: its image splitting and prompt text.
 
 pub mod fixed_size;
+pub mod idefics3;
+pub mod idefics3_processor;
 pub mod image;
 pub mod llama_text;
 pub mod llava;
@@ -43,6 +47,8 @@ use image::RgbImage;
 pub const VLM_ARCHS: &[&str] = &[
     "Qwen2VLForConditionalGeneration",
     "LlavaForConditionalGeneration",
+    "Idefics3ForConditionalGeneration",
+    "SmolVLMForConditionalGeneration",
 ];
 
 /// One image or video as a family's processor prepared it.
@@ -119,10 +125,13 @@ pub fn load(dir: &Path, arch: &str, device: &Device) -> Result<Family> {
     match arch {
         "Qwen2VLForConditionalGeneration" => qwen2vl::family(dir, device),
         "LlavaForConditionalGeneration" => llava::family(dir, device),
+        "Idefics3ForConditionalGeneration" | "SmolVLMForConditionalGeneration" => {
+            idefics3::family(dir, device)
+        }
         _ => Err(Error::UnsupportedArch {
             arch: arch.into(),
             supported: format!(
-                "{} (vision-language); Qwen2.5-VL, Gemma 3 and Idefics3/SmolVLM are not implemented yet",
+                "{} (vision-language); Qwen2.5-VL and Gemma 3 are not implemented yet",
                 VLM_ARCHS.join(", ")
             ),
         }),

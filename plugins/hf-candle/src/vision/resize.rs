@@ -11,12 +11,15 @@ pub enum Filter {
     Bilinear,
     /// `PIL.Image.BICUBIC` (3): Keys cubic with a = -0.5, support 2.
     Bicubic,
+    /// `PIL.Image.LANCZOS` (1): `sinc(x) * sinc(x / 3)`, support 3 (Idefics3 / SmolVLM).
+    Lanczos,
 }
 
 impl Filter {
     /// Pillow's numbering (`resample` in a `preprocessor_config.json`).
     pub fn from_pil(code: u64) -> Option<Self> {
         match code {
+            1 => Some(Filter::Lanczos),
             2 => Some(Filter::Bilinear),
             3 => Some(Filter::Bicubic),
             _ => None,
@@ -27,6 +30,7 @@ impl Filter {
         match self {
             Filter::Bilinear => 1.0,
             Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
         }
     }
 
@@ -50,8 +54,24 @@ impl Filter {
                     0.0
                 }
             }
+            Filter::Lanczos => {
+                if x < 3.0 {
+                    sinc(x) * sinc(x / 3.0)
+                } else {
+                    0.0
+                }
+            }
         }
     }
+}
+
+/// `sin(pi x) / (pi x)`, 1 at 0 (Pillow's `sinc_filter`).
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
