@@ -129,7 +129,11 @@ impl Idefics3Processor {
             }
         };
         let resample = v.get("resample").and_then(Value::as_u64).unwrap_or(1);
-        let filter = Filter::from_pil(resample).ok_or(format!(
+        let filter = match resample {
+            1 => Some(Filter::Lanczos),
+            code => Filter::from_pil(code),
+        }
+        .ok_or(format!(
             "`resample` = {resample} is not supported; use 1 (lanczos), 3 (bicubic) or 2 (bilinear)"
         ))?;
         let size = v.get("size");

@@ -16,10 +16,10 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// Pillow's numbering (`resample` in a `preprocessor_config.json`).
+    /// Pillow's numbering (`resample` in a `preprocessor_config.json`) for bilinear and bicubic;
+    /// a family whose processor takes LANCZOS (1) maps it to [`Filter::Lanczos`] itself.
     pub fn from_pil(code: u64) -> Option<Self> {
         match code {
-            1 => Some(Filter::Lanczos),
             2 => Some(Filter::Bilinear),
             3 => Some(Filter::Bicubic),
             _ => None,
