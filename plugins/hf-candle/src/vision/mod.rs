@@ -20,10 +20,14 @@
 //! * [`qwen2vl`]: Qwen2-VL (vision tower, patch merger, M-RoPE language model) on candle ops.
 //! * [`llava`]: LLaVA-1.5 (CLIP tower [`vit`], GELU projector, LLaMA text model [`llama_text`]),
 //!   its `CLIPImageProcessor` a [`fixed_size`] processor.
+//! * [`gemma3`]: Gemma 3 (SigLIP tower, pooled soft-token projector, the [`gemma3_text`] model
+//!   with sliding/full layers and bidirectional attention within an image), pan-and-scan off.
 //! * [`idefics3`]: Idefics3 / SmolVLM (SigLIP-style tower with position bucketing, pixel-shuffle
 //!   connector, LLaMA text model); [`idefics3_processor`]: its image splitting and prompt text.
 
 pub mod fixed_size;
+pub mod gemma3;
+pub mod gemma3_text;
 pub mod idefics3;
 pub mod idefics3_processor;
 pub mod image;
@@ -49,6 +53,7 @@ pub const VLM_ARCHS: &[&str] = &[
     "LlavaForConditionalGeneration",
     "Idefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration",
+    "Gemma3ForConditionalGeneration",
 ];
 
 /// One image or video as a family's processor prepared it.
@@ -125,13 +130,14 @@ pub fn load(dir: &Path, arch: &str, device: &Device) -> Result<Family> {
     match arch {
         "Qwen2VLForConditionalGeneration" => qwen2vl::family(dir, device),
         "LlavaForConditionalGeneration" => llava::family(dir, device),
+        "Gemma3ForConditionalGeneration" => gemma3::family(dir, device),
         "Idefics3ForConditionalGeneration" | "SmolVLMForConditionalGeneration" => {
             idefics3::family(dir, device)
         }
         _ => Err(Error::UnsupportedArch {
             arch: arch.into(),
             supported: format!(
-                "{} (vision-language); Qwen2.5-VL and Gemma 3 are not implemented yet",
+                "{} (vision-language); Qwen2.5-VL is not implemented yet",
                 VLM_ARCHS.join(", ")
             ),
         }),
