@@ -350,3 +350,38 @@ pub fn family(dir: &Path, device: &Device) -> Result<Family> {
         tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config shaped like google/gemma-3-4b-it's (the Hub's older text keys: `rope_scaling`
+    /// for the global rope, `sliding_window_pattern` left at its default 6).
+    #[test]
+    fn hub_shaped_config_takes_transformers_defaults() {
+        let v = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999,
+            "eoi_token_index": 256000, "image_token_index": 262144, "mm_tokens_per_image": 256,
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                            "model_type": "gemma3_text", "num_hidden_layers": 34,
+                            "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                            "sliding_window": 1024},
+            "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                              "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                              "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": false}
+        });
+        let c = Gemma3Config::from_json(&v).unwrap();
+        let t = &c.text;
+        assert_eq!(t.rope_global, (1e6, 8.0));
+        assert_eq!(t.rope_local, (1e4, 1.0));
+        assert_eq!((t.head_dim, t.heads, t.kv_heads), (256, 8, 4));
+        assert_eq!(t.sliding.iter().filter(|s| !**s).count(), 5);
+        assert!(!t.sliding[5] && t.sliding[4] && t.sliding[6]);
+        assert_eq!(c.vision.grid(), 64);
+        assert_eq!(image_text(2).matches(IMAGE_TOKEN).count(), 2);
+        let mut bad = v;
+        bad["mm_tokens_per_image"] = 250.into();
+        let err = Gemma3Config::from_json(&bad).unwrap_err();
+        assert!(err.contains("must be a square"), "{err}");
+    }
+}

@@ -391,3 +391,40 @@ pub fn family(dir: &Path, device: &Device) -> Result<Family> {
         tokens,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config shaped like llava-hf/llava-1.5-7b-hf's (sparse `text_config`: LlamaConfig's
+    /// defaults fill it in).
+    #[test]
+    fn hub_shaped_config_takes_transformers_defaults() {
+        let v = serde_json::json!({
+            "architectures": ["LlavaForConditionalGeneration"], "image_token_index": 32000,
+            "model_type": "llava", "projector_hidden_act": "gelu",
+            "text_config": {"max_position_embeddings": 4096, "model_type": "llama",
+                            "rms_norm_eps": 1e-05, "vocab_size": 32064},
+            "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                              "model_type": "clip_vision_model", "num_attention_heads": 16,
+                              "num_hidden_layers": 24, "patch_size": 14},
+            "vision_feature_layer": -2, "vision_feature_select_strategy": "default"
+        });
+        let c = LlavaConfig::from_json(&v).unwrap();
+        assert_eq!(c.image_tokens(), 576);
+        assert_eq!(c.feature_index().unwrap(), 23);
+        assert_eq!(
+            (c.text.hidden_size, c.text.layers, c.text.heads),
+            (4096, 32, 32)
+        );
+        assert_eq!(c.vision.act, Act::QuickGelu);
+        let mut bad = v.clone();
+        bad["vision_feature_layer"] = serde_json::json!([-2, -5]);
+        let err = LlavaConfig::from_json(&bad).unwrap_err();
+        assert!(err.contains("list of layers"), "{err}");
+        let mut bad = v;
+        bad["text_config"]["model_type"] = "mistral".into();
+        let err = LlavaConfig::from_json(&bad).unwrap_err();
+        assert!(err.contains("only a llama text model"), "{err}");
+    }
+}
