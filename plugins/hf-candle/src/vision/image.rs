@@ -10,7 +10,7 @@ use serde_json::Value;
 use switchyard_plugin::MediaInput;
 
 use super::resize::{Filter, resize_rgb8};
-use super::{MediaKind, Prepared, Processor};
+use super::{MediaKind, Prepared};
 use crate::error::{Error, Result};
 
 /// Largest encoded image accepted (bytes), before decoding.
@@ -103,7 +103,7 @@ pub fn decode_image(bytes: &[u8], index: usize) -> Result<RgbImage> {
 }
 
 /// Pillow's `AlphaComposite.c` for a source channel over an opaque white background.
-fn composite_on_white(c: u8, a: u8) -> u8 {
+pub(crate) fn composite_on_white(c: u8, a: u8) -> u8 {
     if a == 0 {
         return 255;
     }
@@ -246,27 +246,30 @@ impl Qwen2VlProcessor {
         Ok((h_bar as usize, w_bar as usize))
     }
 
-    /// The processor's output for one image: `pixel_values` rows of
-    /// `3 * temporal * patch * patch` floats, in the order the vision tower reads them.
-    pub fn preprocess(&self, img: &RgbImage) -> Result<Prepared> {
+    /// The size an image (or a video frame) of `height` x `width` is resized to.
+    pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
         let (h, w) = if self.do_resize {
-            self.smart_resize(img.height, img.width)?
+            self.smart_resize(height, width)?
         } else {
-            (img.height, img.width)
+            (height, width)
         };
         let factor = self.patch_size * self.merge_size;
         if h % factor != 0 || w % factor != 0 {
             return Err(Error::InvalidRequest(format!(
-                "image of {}x{} pixels is not a multiple of {factor} per side and do_resize is off",
-                img.width, img.height
+                "image of {width}x{height} pixels is not a multiple of {factor} per side and do_resize is off"
             )));
         }
+        Ok((h, w))
+    }
+
+    /// One image resized to `(h, w)`, rescaled and normalised: channel-first floats.
+    pub fn frame_chw(&self, img: &RgbImage, (h, w): (usize, usize)) -> Vec<f32> {
         let rgb = if (h, w) == (img.height, img.width) {
             img.data.clone()
         } else {
             resize_rgb8(&img.data, img.width, img.height, w, h, self.filter)
         };
-        // Channel-first floats: rescale in f64 then f32 (transformers' `rescale`), normalise in f32.
+        // Rescale in f64 then f32 (transformers' `rescale`), normalise in f32.
         let mut chw = vec![0f32; 3 * h * w];
         for (i, px) in rgb.chunks_exact(3).enumerate() {
             for c in 0..3 {
@@ -280,21 +283,28 @@ impl Qwen2VlProcessor {
                 chw[c * h * w + i] = x;
             }
         }
+        chw
+    }
+
+    /// The patch rows of `frames` (channel-first, `h` x `w`; a multiple of
+    /// `temporal_patch_size` of them): for each group of `temporal_patch_size` frames, rows in
+    /// `(h/p/m, w/p/m, m, m)` order, each row `(C, T, p, p)`. Returns the rows and the grid.
+    pub fn patchify(&self, frames: &[&[f32]], h: usize, w: usize) -> (Vec<f32>, [usize; 3]) {
         let (p, m, t) = (self.patch_size, self.merge_size, self.temporal_patch_size);
-        let (gh, gw) = (h / p, w / p);
-        let patch_dim = 3 * t * p * p;
-        let mut out = Vec::with_capacity(gh * gw * patch_dim);
-        // Rows in (gh/m, gw/m, m, m) order; each row (C, T, p, p) with the frame repeated T times.
-        for bh in 0..gh / m {
-            for bw in 0..gw / m {
-                for mh in 0..m {
-                    for mw in 0..m {
-                        let (y0, x0) = ((bh * m + mh) * p, (bw * m + mw) * p);
-                        for c in 0..3 {
-                            for _ in 0..t {
-                                for py in 0..p {
-                                    let row = c * h * w + (y0 + py) * w + x0;
-                                    out.extend_from_slice(&chw[row..row + p]);
+        let (gt, gh, gw) = (frames.len() / t, h / p, w / p);
+        let mut out = Vec::with_capacity(gt * gh * gw * 3 * t * p * p);
+        for group in frames.chunks_exact(t) {
+            for bh in 0..gh / m {
+                for bw in 0..gw / m {
+                    for mh in 0..m {
+                        for mw in 0..m {
+                            let (y0, x0) = ((bh * m + mh) * p, (bw * m + mw) * p);
+                            for c in 0..3 {
+                                for chw in group {
+                                    for py in 0..p {
+                                        let row = c * h * w + (y0 + py) * w + x0;
+                                        out.extend_from_slice(&chw[row..row + p]);
+                                    }
                                 }
                             }
                         }
@@ -302,16 +312,25 @@ impl Qwen2VlProcessor {
                 }
             }
         }
-        let tokens = gh * gw / (m * m);
+        (out, [gt, gh, gw])
+    }
+
+    /// The processor's output for one image: `pixel_values` rows of
+    /// `3 * temporal * patch * patch` floats, in the order the vision tower reads them (the
+    /// image repeated `temporal_patch_size` times).
+    pub fn preprocess(&self, img: &RgbImage) -> Result<Prepared> {
+        let (h, w) = self.target_size(img.height, img.width)?;
+        let chw = self.frame_chw(img, (h, w));
+        let frames = vec![chw.as_slice(); self.temporal_patch_size];
+        let (out, grid) = self.patchify(&frames, h, w);
+        let tokens = grid.iter().product::<usize>() / (self.merge_size * self.merge_size);
         Ok(Prepared {
             kind: MediaKind::Image,
-            shape: vec![gh * gw, patch_dim],
+            shape: vec![grid[1] * grid[2], out.len() / (grid[1] * grid[2])],
             pixel_values: out,
-            grid_thw: Some([1, gh, gw]),
-            text: format!(
-                "{VISION_START}{}{VISION_END}",
-                IMAGE_PAD.repeat(tokens)
-            ),
+            grid_thw: Some(grid),
+            text: format!("{VISION_START}{}{VISION_END}", IMAGE_PAD.repeat(tokens)),
+            second_per_grid_t: None,
         })
     }
 }
@@ -322,12 +341,6 @@ pub const VISION_START: &str = "<|vision_start|>";
 pub const IMAGE_PAD: &str = "<|image_pad|>";
 /// Ends an image or video.
 pub const VISION_END: &str = "<|vision_end|>";
-
-impl Processor for Qwen2VlProcessor {
-    fn image(&self, img: &RgbImage) -> Result<Prepared> {
-        self.preprocess(img)
-    }
-}
 
 #[cfg(test)]
 mod tests {

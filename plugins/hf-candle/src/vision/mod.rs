@@ -17,7 +17,10 @@
 //! * [`image`]: request media to RGB (JPEG, PNG, WebP, GIF's first frame), Qwen2-VL's image
 //!   processor (`smart_resize`, Pillow-exact bicubic resize, rescale, normalise, patches).
 //! * [`resize`]: Pillow's 8-bit resampling, restated.
-//! * [`qwen2vl`]: Qwen2-VL (vision tower, patch merger, M-RoPE language model) on candle ops.
+//! * [`qwen2vl`]: Qwen2-VL (vision tower, patch merger, M-RoPE language model) on candle ops;
+//!   [`qwen25vl`]: Qwen2.5-VL's window-attention tower on the same language model;
+//!   [`qwen_video`]: the Qwen families' processor (images and videos).
+//! * [`video`]: request videos to sampled frames (animated GIF / WebP / APNG, frame folders).
 //! * [`llava`]: LLaVA-1.5 (CLIP tower [`vit`], GELU projector, LLaMA text model [`llama_text`]),
 //!   its `CLIPImageProcessor` a [`fixed_size`] processor.
 //! * [`gemma3`]: Gemma 3 (SigLIP tower, pooled soft-token projector, the [`gemma3_text`] model
@@ -33,9 +36,12 @@ pub mod idefics3_processor;
 pub mod image;
 pub mod llama_text;
 pub mod llava;
+pub mod qwen25vl;
 pub mod qwen2vl;
+pub mod qwen_video;
 pub mod request;
 pub mod resize;
+pub mod video;
 pub mod vit;
 
 use std::fmt::Debug;
@@ -50,6 +56,7 @@ use image::RgbImage;
 /// The `architectures[0]` of the vision-language families implemented here.
 pub const VLM_ARCHS: &[&str] = &[
     "Qwen2VLForConditionalGeneration",
+    "Qwen2_5_VLForConditionalGeneration",
     "LlavaForConditionalGeneration",
     "Idefics3ForConditionalGeneration",
     "SmolVLMForConditionalGeneration",
@@ -69,6 +76,9 @@ pub struct Prepared {
     pub grid_thw: Option<[usize; 3]>,
     /// What the placeholder becomes in the prompt text: every media token written out.
     pub text: String,
+    /// Seconds of video per temporal patch (`second_per_grid_ts`: temporal patch size over the
+    /// sampled frame rate; Qwen2.5-VL spaces video positions by it). `None` for images.
+    pub second_per_grid_t: Option<f32>,
 }
 
 impl Prepared {
@@ -90,9 +100,10 @@ pub trait Processor: Send + Sync + Debug {
         false
     }
 
-    /// A video's sampled frames, prepared. Families without video refuse by name.
-    fn video(&self, frames: &[RgbImage]) -> Result<Prepared> {
-        let _ = frames;
+    /// A video's sampled frames (with their frame rate), prepared. Families without video
+    /// refuse by name.
+    fn video(&self, video: &video::Video) -> Result<Prepared> {
+        let _ = video;
         Err(Error::Unsupported(
             "this model takes images, not videos (video input is for Qwen2-VL families)".into(),
         ))
@@ -128,7 +139,9 @@ pub struct Family {
 /// Loads the family `arch` names from a folder (f32 on `device`).
 pub fn load(dir: &Path, arch: &str, device: &Device) -> Result<Family> {
     match arch {
-        "Qwen2VLForConditionalGeneration" => qwen2vl::family(dir, device),
+        "Qwen2VLForConditionalGeneration" | "Qwen2_5_VLForConditionalGeneration" => {
+            qwen2vl::family(dir, device)
+        }
         "LlavaForConditionalGeneration" => llava::family(dir, device),
         "Gemma3ForConditionalGeneration" => gemma3::family(dir, device),
         "Idefics3ForConditionalGeneration" | "SmolVLMForConditionalGeneration" => {
@@ -136,10 +149,7 @@ pub fn load(dir: &Path, arch: &str, device: &Device) -> Result<Family> {
         }
         _ => Err(Error::UnsupportedArch {
             arch: arch.into(),
-            supported: format!(
-                "{} (vision-language); Qwen2.5-VL is not implemented yet",
-                VLM_ARCHS.join(", ")
-            ),
+            supported: format!("{} (vision-language)", VLM_ARCHS.join(", ")),
         }),
     }
 }

@@ -1,7 +1,9 @@
 //! Qwen2-VL (`Qwen2VLForConditionalGeneration`) on candle ops: the vision tower (patch embedding
-//! as a matmul, 2D rotary, pre-norm blocks with per-image attention, the 2x2 patch merger) and
+//! as a matmul, 2D rotary, pre-norm blocks with per-frame attention, the 2x2 patch merger) and
 //! the Qwen2 language model with M-RoPE (three rotary sections over temporal / height / width
-//! position ids). Follows transformers' `modeling_qwen2_vl.py`; f32 on the CPU.
+//! position ids). Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`) is the same model with
+//! [`super::qwen25vl`]'s tower and video positions spaced by `tokens_per_second`. Follows
+//! transformers' `modeling_qwen2_vl.py` / `modeling_qwen2_5_vl.py`; f32 on the CPU.
 
 use std::path::Path;
 
@@ -9,8 +11,10 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 use serde_json::Value;
 
-use super::image::{IMAGE_PAD, Qwen2VlProcessor, VISION_START};
-use super::{Family, Prepared, VisionLm};
+use super::image::{IMAGE_PAD, VISION_START};
+use super::qwen_video::{QwenProcessor, VIDEO_PAD};
+use super::qwen25vl::{Vision25, Vision25Config, segment_attention};
+use super::{Family, MediaKind, Prepared, VisionLm};
 use crate::error::{Error, Result};
 
 /// `config.json` of a Qwen2-VL folder (flat text keys as on the Hub, or transformers 5's
@@ -41,6 +45,10 @@ pub struct Qwen2VlConfig {
     pub tie_word_embeddings: bool,
     /// `<|image_pad|>` id.
     pub image_token_id: u32,
+    /// `<|video_pad|>` id.
+    pub video_token_id: u32,
+    /// Qwen2.5-VL's tower (`None`: Qwen2-VL's, the `v_*` fields).
+    pub vision25: Option<Vision25Config>,
     /// `<|vision_start|>` id.
     pub vision_start_token_id: u32,
     /// Vision tower depth.
@@ -105,8 +113,18 @@ impl Qwen2VlConfig {
             .and_then(|r| r.get("rope_theta"))
             .and_then(Value::as_f64)
             .unwrap_or(10_000.0);
+        let arch = v.pointer("/architectures/0").and_then(Value::as_str);
+        let model_type = v.get("model_type").and_then(Value::as_str);
+        let vision25 = if arch == Some("Qwen2_5_VLForConditionalGeneration")
+            || model_type == Some("qwen2_5_vl")
+        {
+            Some(Vision25Config::from_json(vis)?)
+        } else {
+            None
+        };
         if let Some(act) = vis.get("hidden_act").and_then(Value::as_str)
             && act != "quick_gelu"
+            && vision25.is_none()
         {
             return Err(format!(
                 "vision `hidden_act` = {act:?} is not supported (Qwen2-VL uses quick_gelu)"
@@ -132,9 +150,13 @@ impl Qwen2VlConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             image_token_id: get(v, "image_token_id").unwrap_or(151655) as u32,
+            video_token_id: get(v, "video_token_id").unwrap_or(151656) as u32,
             vision_start_token_id: get(v, "vision_start_token_id").unwrap_or(151652) as u32,
             v_depth: need(vis, "depth")? as usize,
-            v_embed_dim: need(vis, "embed_dim")? as usize,
+            v_embed_dim: match &vision25 {
+                Some(c) => c.hidden,
+                None => need(vis, "embed_dim")? as usize,
+            },
             v_heads: need(vis, "num_heads")? as usize,
             v_mlp_ratio: vis.get("mlp_ratio").and_then(Value::as_u64).unwrap_or(4) as usize,
             v_patch: vis.get("patch_size").and_then(Value::as_u64).unwrap_or(14) as usize,
@@ -147,11 +169,19 @@ impl Qwen2VlConfig {
                 .and_then(Value::as_u64)
                 .unwrap_or(2) as usize,
             v_rope_theta: v_rope,
+            vision25,
+        })
+        .and_then(|c: Self| match &c.vision25 {
+            Some(v) if v.out_hidden != c.hidden_size => Err(format!(
+                "vision `out_hidden_size` {} must equal the text `hidden_size` {}",
+                v.out_hidden, c.hidden_size
+            )),
+            _ => Ok(c),
         })
     }
 }
 
-fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
+pub(crate) fn linear(vb: &VarBuilder, inp: usize, out: usize, bias: bool) -> Result<Linear> {
     let w = vb.get((out, inp), "weight")?;
     let b = if bias {
         Some(vb.get(out, "bias")?)
@@ -170,13 +200,48 @@ fn layer_norm(vb: &VarBuilder, size: usize) -> Result<LayerNorm> {
 }
 
 /// Rotary inverse frequencies `1 / base^(2i / dim)` for `i < dim / 2`, rounded to f32 as torch does.
-fn inv_freq(base: f64, dim: usize) -> Vec<f32> {
+pub(crate) fn inv_freq(base: f64, dim: usize) -> Vec<f32> {
     (0..dim / 2)
         .map(|i| {
             let e = (2 * i) as f32 / dim as f32;
             1.0 / (base as f32).powf(e)
         })
         .collect()
+}
+
+/// The vision towers' rotary tables `(n, head_dim / 2)`: for each patch of each frame, in
+/// merge-block order, the row position's angles then the column position's.
+pub(crate) fn vision_rope(
+    inv_freq: &[f32],
+    grid: [usize; 3],
+    m: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let [t, h, w] = grid;
+    let q = inv_freq.len();
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for _ in 0..t {
+        for bh in 0..h / m {
+            for bw in 0..w / m {
+                for mh in 0..m {
+                    for mw in 0..m {
+                        for p in [(bh * m + mh) as f32, (bw * m + mw) as f32] {
+                            for f in inv_freq {
+                                let a = p * f;
+                                cos.push(a.cos());
+                                sin.push(a.sin());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let n = cos.len() / (2 * q);
+    Ok((
+        Tensor::from_vec(cos, (n, 2 * q), dev)?,
+        Tensor::from_vec(sin, (n, 2 * q), dev)?,
+    ))
 }
 
 #[derive(Clone, Debug)]
@@ -239,37 +304,6 @@ impl Vision {
         })
     }
 
-    /// Rotary tables `(n, head_dim / 2)` for each patch's (row, column), in merge-block order.
-    fn rope(&self, grid: [usize; 3], dev: &Device) -> Result<(Tensor, Tensor)> {
-        let [t, h, w] = grid;
-        let m = self.merge;
-        let q = self.inv_freq.len();
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for _ in 0..t {
-            for bh in 0..h / m {
-                for bw in 0..w / m {
-                    for mh in 0..m {
-                        for mw in 0..m {
-                            let pos = [(bh * m + mh) as f32, (bw * m + mw) as f32];
-                            for p in pos {
-                                for f in &self.inv_freq {
-                                    let a = p * f;
-                                    cos.push(a.cos());
-                                    sin.push(a.sin());
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let n = cos.len() / (2 * q);
-        Ok((
-            Tensor::from_vec(cos, (n, 2 * q), dev)?,
-            Tensor::from_vec(sin, (n, 2 * q), dev)?,
-        ))
-    }
-
     /// Image embeddings `(sum of tokens, hidden)` for the images' patches, in order.
     fn forward(&self, images: &[Prepared], dev: &Device) -> Result<Tensor> {
         let mut outs = Vec::with_capacity(images.len());
@@ -279,33 +313,14 @@ impl Vision {
             let dim = self.patch_w.dim(1)?;
             let px = Tensor::from_slice(&img.pixel_values, (n, dim), dev)?;
             let mut x = px.matmul(&self.patch_w.t()?)?;
-            let (cos, sin) = self.rope(grid, dev)?;
-            // Attention never crosses images (transformers' cu_seqlens), so one image at a time.
+            let (cos, sin) = vision_rope(&self.inv_freq, grid, self.merge, dev)?;
+            // Attention never crosses frames (transformers' cu_seqlens: one segment a frame).
+            let frames: Vec<(usize, usize)> = (0..grid[0])
+                .map(|t| (t * grid[1] * grid[2], grid[1] * grid[2]))
+                .collect();
             for b in &self.blocks {
-                let e = x.dim(1)?;
-                let hd = e / self.heads;
-                let qkv = b
-                    .qkv
-                    .forward(&b.norm1.forward(&x)?)?
-                    .reshape((n, 3, self.heads, hd))?;
-                let part = |i: usize| -> Result<Tensor> {
-                    Ok(qkv
-                        .i((.., i))?
-                        .transpose(0, 1)?
-                        .contiguous()?
-                        .unsqueeze(0)?)
-                };
-                let q = candle_nn::rotary_emb::rope(&part(0)?, &cos, &sin)?;
-                let k = candle_nn::rotary_emb::rope(&part(1)?, &cos, &sin)?;
-                let v = part(2)?;
-                let att = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-                let att = candle_nn::ops::softmax_last_dim(&att)?;
-                let y = att
-                    .matmul(&v)?
-                    .squeeze(0)?
-                    .transpose(0, 1)?
-                    .reshape((n, e))?;
-                x = (x + b.proj.forward(&y)?)?;
+                let h = b.norm1.forward(&x)?;
+                x = (x + segment_attention(&h, &b.qkv, &b.proj, self.heads, &cos, &sin, &frames)?)?;
                 let hmid = b.fc1.forward(&b.norm2.forward(&x)?)?;
                 let hmid = (&hmid * candle_nn::ops::sigmoid(&(&hmid * 1.702)?)?)?;
                 x = (x + b.fc2.forward(&hmid)?)?;
@@ -335,11 +350,19 @@ struct TextLayer {
     down: Linear,
 }
 
-/// A loaded Qwen2-VL with its KV cache (cloning shares the weights and copies the cache).
+/// The vision tower of either family.
+#[derive(Clone, Debug)]
+enum Tower {
+    Qwen2(Vision),
+    Qwen25(Vision25),
+}
+
+/// A loaded Qwen2-VL or Qwen2.5-VL with its KV cache (cloning shares the weights and copies
+/// the cache).
 #[derive(Clone, Debug)]
 pub struct Qwen2Vl {
     cfg: Qwen2VlConfig,
-    vision: Vision,
+    vision: Tower,
     embed: Tensor,
     layers: Vec<TextLayer>,
     norm: RmsNorm,
@@ -351,53 +374,74 @@ pub struct Qwen2Vl {
     device: Device,
 }
 
+/// One image or video run in a prompt: its token, its patch grid, and the temporal position
+/// step per temporal patch (1 for images and Qwen2-VL; Qwen2.5-VL's videos:
+/// `tokens_per_second * second_per_grid_t`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MediaRun {
+    /// `<|image_pad|>` or `<|video_pad|>` id.
+    pub token: u32,
+    /// `[t, h, w]` in patches.
+    pub grid: [usize; 3],
+    /// Temporal position step.
+    pub interval: f32,
+}
+
 /// M-RoPE position ids `[t, h, w]` per token, and the next free position after them (the
-/// rule of transformers' `get_rope_index`). `grids` are the images' `[t, h, w]` patch grids, in
-/// the order their `image_token_id` runs appear.
+/// largest + 1, as transformers' `rope_deltas` gives it): the rule of transformers'
+/// `get_rope_index`. `media` are the runs of media tokens in prompt order.
 pub fn mrope_positions(
     ids: &[u32],
-    image_token_id: u32,
-    grids: &[[usize; 3]],
+    media: &[MediaRun],
     merge: usize,
 ) -> Result<(Vec<[u32; 3]>, usize)> {
+    let is_media = |t: u32| media.iter().any(|m| m.token == t);
     let mut out = Vec::with_capacity(ids.len());
-    let mut pos = 0usize;
+    let (mut pos, mut max) = (0usize, 0usize);
     let mut i = 0;
-    let mut grids = grids.iter();
+    let mut runs = media.iter();
     while i < ids.len() {
-        if ids[i] != image_token_id {
+        if !is_media(ids[i]) {
             out.push([pos as u32; 3]);
+            max = max.max(pos);
             pos += 1;
             i += 1;
             continue;
         }
-        let [t, h, w] = *grids.next().ok_or_else(|| {
-            Error::InvalidRequest("the prompt has more image placeholders than images".into())
-        })?;
+        let Some(m) = runs.next() else {
+            return Err(Error::InvalidRequest(
+                "the prompt has more media tokens than images and videos".into(),
+            ));
+        };
+        let [t, h, w] = m.grid;
         let (gh, gw) = (h / merge, w / merge);
         let n = t * gh * gw;
-        if ids[i..].len() < n || ids[i..i + n].iter().any(|&x| x != image_token_id) {
+        if ids[i..].len() < n || ids[i..i + n].iter().any(|&x| x != m.token) {
             return Err(Error::InvalidRequest(format!(
-                "an image needs {n} consecutive image tokens in the prompt"
+                "an image or video needs {n} consecutive media tokens in the prompt"
             )));
         }
         for ti in 0..t {
+            // torch: (arange(t) * interval).long() in f32, then + start.
+            let tp = pos + (ti as f32 * m.interval) as usize;
             for hi in 0..gh {
                 for wi in 0..gw {
-                    out.push([(pos + ti) as u32, (pos + hi) as u32, (pos + wi) as u32]);
+                    out.push([tp as u32, (pos + hi) as u32, (pos + wi) as u32]);
                 }
             }
+            max = max.max(tp);
         }
+        max = max.max(pos + gh.max(gw).saturating_sub(1));
         // transformers advances by the spatial extent only (also for videos).
         pos += gh.max(gw);
         i += n;
     }
-    if grids.next().is_some() {
+    if runs.next().is_some() {
         return Err(Error::InvalidRequest(
-            "the prompt has fewer image placeholders than images".into(),
+            "the prompt has fewer media tokens than images and videos".into(),
         ));
     }
-    Ok((out, pos))
+    Ok((out, if ids.is_empty() { 0 } else { max + 1 }))
 }
 
 impl Qwen2Vl {
@@ -463,7 +507,10 @@ impl Qwen2Vl {
             vb.get((c.vocab_size, c.hidden_size), "lm_head.weight")?
         };
         Ok(Self {
-            vision: Vision::load(c, vis)?,
+            vision: match &c.vision25 {
+                Some(v) => Tower::Qwen25(Vision25::load(v.clone(), vis)?),
+                None => Tower::Qwen2(Vision::load(c, vis)?),
+            },
             inv_freq: inv_freq(c.rope_theta, hd),
             cache: vec![None; c.num_layers],
             embed,
@@ -487,33 +534,59 @@ impl Qwen2Vl {
         self.next_pos = 0;
     }
 
-    /// The vision tower's output (merged image embeddings) for the images, in order.
+    /// The vision tower's output (merged embeddings) for the images and videos, in order.
     pub fn image_embeddings(&self, images: &[Prepared]) -> Result<Tensor> {
-        self.vision.forward(images, &self.device)
+        match &self.vision {
+            Tower::Qwen2(v) => v.forward(images, &self.device),
+            Tower::Qwen25(v) => v.forward(images, &self.device),
+        }
+    }
+
+    /// The media's runs in the prompt: token, grid and temporal step.
+    fn runs(&self, media: &[Prepared]) -> Result<Vec<MediaRun>> {
+        let c = &self.cfg;
+        media
+            .iter()
+            .map(|m| {
+                let video = m.kind == MediaKind::Video;
+                let interval = match (&c.vision25, video) {
+                    (Some(v), true) => {
+                        v.tokens_per_second as f32 * m.second_per_grid_t.unwrap_or(1.0)
+                    }
+                    _ => 1.0,
+                };
+                Ok(MediaRun {
+                    token: if video {
+                        c.video_token_id
+                    } else {
+                        c.image_token_id
+                    },
+                    grid: m.grid()?,
+                    interval,
+                })
+            })
+            .collect()
     }
 
     /// Runs a whole prompt (resetting the cache): its image tokens take the images' embeddings.
     /// Returns the last position's logits.
     pub fn prefill(&mut self, ids: &[u32], images: &[Prepared]) -> Result<Vec<f32>> {
         self.reset();
-        let grids = images
-            .iter()
-            .map(Prepared::grid)
-            .collect::<Result<Vec<_>>>()?;
-        let (pos, next) = mrope_positions(ids, self.cfg.image_token_id, &grids, self.cfg.v_merge)?;
+        let runs = self.runs(images)?;
+        let (pos, next) = mrope_positions(ids, &runs, self.cfg.v_merge)?;
         let dev = self.device.clone();
         let ids_t = Tensor::from_slice(ids, ids.len(), &dev)?;
         let mut x = self.embed.index_select(&ids_t, 0)?;
         if !images.is_empty() {
             let img = self.image_embeddings(images)?;
-            // Row i of [text; images] for every prompt position: image tokens take the next
-            // image row, in order.
+            // Row i of [text; media] for every prompt position: media tokens take the next
+            // media row, in order.
             let mut k = 0u32;
             let rows: Vec<u32> = ids
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
-                    if t == self.cfg.image_token_id {
+                    if t == self.cfg.image_token_id || t == self.cfg.video_token_id {
                         k += 1;
                         ids.len() as u32 + k - 1
                     } else {
@@ -523,7 +596,7 @@ impl Qwen2Vl {
                 .collect();
             if k as usize != img.dim(0)? {
                 return Err(Error::InvalidRequest(format!(
-                    "the prompt has {k} image tokens but the images make {}",
+                    "the prompt has {k} media tokens but the images and videos make {}",
                     img.dim(0)?
                 )));
             }
@@ -678,11 +751,12 @@ impl VisionLm for Qwen2Vl {
 /// A Qwen2-VL folder: its image processor and model; `<|image_pad|>` and `<|vision_start|>`
 /// must be the tokenizer's ids the config names.
 pub fn family(dir: &Path, device: &Device) -> Result<Family> {
-    let processor = Qwen2VlProcessor::from_folder(dir)?;
+    let processor = QwenProcessor::from_folder(dir)?;
     let model = Qwen2Vl::load(dir, device)?;
     let c = model.config();
     let tokens = vec![
         (IMAGE_PAD.to_owned(), c.image_token_id),
+        (VIDEO_PAD.to_owned(), c.video_token_id),
         (VISION_START.to_owned(), c.vision_start_token_id),
     ];
     Ok(Family {

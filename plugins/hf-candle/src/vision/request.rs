@@ -10,6 +10,7 @@ use switchyard_plugin::{ChatRequest, Message, Role};
 
 use super::image::{RgbImage, decode_image, media_bytes};
 use super::resize::{Filter, resize_rgb8};
+use super::video::{Sampling, Video, video_from_media};
 use super::{Prepared, Processor};
 use crate::error::{Error, Result};
 
@@ -116,10 +117,26 @@ impl VisionSpec {
             .videos
             .iter()
             .enumerate()
-            .map(|(i, _)| {
-                Err(Error::Unsupported(format!(
-                    "video {i}: video input is not implemented for this model yet; send its frames as images"
-                )))
+            .map(|(i, m)| {
+                if !self.processor.takes_video() {
+                    return self.processor.video(&Video::default());
+                }
+                let sampling = Sampling {
+                    fps: self.limits.video_fps,
+                    maxlen: self.limits.video_maxlen,
+                };
+                let mut video = video_from_media(m, i, sampling)?;
+                video.frames = std::mem::take(&mut video.frames)
+                    .into_iter()
+                    .map(|f| {
+                        bound_pixels(
+                            f,
+                            self.limits.video_max_pixels,
+                            self.limits.video_min_pixels,
+                        )
+                    })
+                    .collect();
+                self.processor.video(&video)
             })
             .collect::<Result<VecDeque<_>>>()?;
         Ok((
