@@ -4,7 +4,9 @@
 //!
 //! * Animated GIF, animated WebP and APNG (the `image` crate): every frame with its delay; the
 //!   duration is the sum of the delays. LLaMA-Factory decodes files with PyAV (FFmpeg), whose GIF
-//!   demuxer reads a delay below 2/100 s as 10/100 s; the same rule applies here to GIFs.
+//!   demuxer plays a delay of 0 as 10/100 s (PyAV 18: a 0 delay becomes a 10/100 s packet, 1/100
+//!   s stays); the same rule applies here to GIFs. FFmpeg's stream duration is an estimate that
+//!   can leave out a frame when delays are mixed with zeros; here it is always the sum.
 //! * A `file:` URL naming a directory: its image files, sorted by name, are the video's frames,
 //!   taken as already sampled at `video_fps` (LLaMA-Factory's rule for a video given as a list
 //!   of frames); more than `video_maxlen` of them is refused.
@@ -179,8 +181,8 @@ fn decode_frames(bytes: &[u8], index: usize) -> Result<(Vec<RgbImage>, Vec<f64>)
         let f = f.map_err(|e| bad(index, format!("cannot decode frame {}: {e}", out.len())))?;
         let (num, den) = f.delay().numer_denom_ms();
         let mut secs = f64::from(num) / f64::from(den.max(1)) / 1000.0;
-        // FFmpeg's GIF demuxer: a delay under 2/100 s plays as 10/100 s.
-        if is_gif && secs < 0.02 {
+        // FFmpeg's GIF demuxer: a delay of 0 plays as 10/100 s.
+        if is_gif && secs == 0.0 {
             secs = 0.1;
         }
         let img = rgba_frame(f);
