@@ -304,3 +304,55 @@ fn unsupported_videos_are_named_errors() {
     });
     assert!(err.contains("video 0") && err.contains("`https:`"), "{err}");
 }
+
+/// LLaMA-Factory's whole image path for a 60x20 image (pixel bounds, then its Qwen rule that
+/// widens sides under 28), then the image processor.
+#[test]
+fn thin_images_are_widened_as_llamafactory_does() {
+    let exp = common::read_json(&q25().join("expected.json"));
+    let e = &exp["llamafactory_images"]["thin"];
+    let processor = QwenProcessor::from_folder(&q25()).unwrap();
+    let limits = MediaLimits::default();
+    let bytes = std::fs::read(q25().join("images/thin.png")).unwrap();
+    let img = bound_pixels(
+        decode_image(&bytes, 0).unwrap(),
+        limits.image_max_pixels,
+        limits.image_min_pixels,
+    );
+    let p = processor.image(&img).unwrap();
+    let grid: Vec<usize> = nums(&e["image_grid_thw"]);
+    assert_eq!(p.grid_thw.unwrap().to_vec(), grid);
+    let worst = max_diff(&p.pixel_values, &f32_b64(&e["pixel_values_f32le"]));
+    assert!(worst <= 1e-4, "max |diff| {worst}");
+}
+
+/// The GIF's frames as Pillow decodes them, written by Pillow as APNG and lossless animated
+/// WebP with the same delays: all three decode to the same sampling, and to the same frames
+/// (exactly for APNG, within 1 level for WebP).
+#[test]
+fn apng_and_animated_webp_decode_to_the_gifs_frames() {
+    let s = Sampling::default();
+    let gif = video_from_media(&gif(), 0, s).unwrap();
+    assert_eq!(gif.indices, vec![0, 2, 4, 7]);
+    for (name, mime) in [("clip.png", "image/png"), ("clip.webp", "image/webp")] {
+        let v = video_from_media(&data_url(&q25().join("video").join(name), mime), 0, s).unwrap();
+        assert_eq!(v.indices, gif.indices, "{name}");
+        assert!((v.fps - gif.fps).abs() < 1e-9, "{name}: fps {}", v.fps);
+        for (i, (a, b)) in v.frames.iter().zip(&gif.frames).enumerate() {
+            assert_eq!((a.width, a.height), (b.width, b.height), "{name} frame {i}");
+            let worst = a
+                .data
+                .iter()
+                .zip(&b.data)
+                .map(|(x, y)| x.abs_diff(*y))
+                .max();
+            // image-webp 0.2's frame blending rounds down: opaque frames after the first come
+            // out up to 1 level off (Pillow's libwebp gives the GIF's frames exactly).
+            let tolerance = if name == "clip.webp" { 1 } else { 0 };
+            assert!(
+                worst <= Some(tolerance),
+                "{name}: frame {i} differs by {worst:?}"
+            );
+        }
+    }
+}
