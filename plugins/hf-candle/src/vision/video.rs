@@ -187,12 +187,12 @@ fn decode_frames(bytes: &[u8], index: usize) -> Result<(Vec<RgbImage>, Vec<f64>)
         }
         let img = rgba_frame(f);
         pixels += (img.width * img.height) as u64;
-        if out.len() >= MAX_DECODED_FRAMES || pixels > MAX_DECODED_PIXELS * 4 {
+        if out.len() >= MAX_DECODED_FRAMES || pixels > MAX_DECODED_PIXELS {
             return Err(bad(
                 index,
                 format!(
                     "more than {MAX_DECODED_FRAMES} frames or {} decoded pixels; send a shorter or smaller video",
-                    MAX_DECODED_PIXELS * 4
+                    MAX_DECODED_PIXELS
                 ),
             ));
         }
