@@ -158,7 +158,11 @@ async fn run(a: &LoadArgs) -> anyhow::Result<()> {
         ctx: a.ctx,
         dir: &dir,
     };
+    // A fresh connection for every request: llama-server (cpp-httplib) closes a connection
+    // after some streamed responses while the client pools it, and the next request sent on it
+    // fails ("connection closed before message completed"), a loss of the client's making.
     let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
         .no_proxy()
         .tcp_nodelay(true)
         .build()?;
