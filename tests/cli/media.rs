@@ -160,3 +160,106 @@ fn chat_attaches_images_and_videos_to_the_next_message() {
     );
     assert!(stdout.contains("there hi"), "{stdout}");
 }
+
+/// hf-candle on the tiny Qwen2-VL fixture: `batch` rows with image paths (an `<image>` where
+/// each of the fixture's images goes) give Transformers' greedy ids (tests/fixtures/hf/qwen2-vl/
+/// expected.json, recorded by scripts/fixtures/gen_tiny_qwen2vl.py), and `chat`'s `/image`
+/// (the image in front of the next message, as in the fixture's one-image case) gives the same
+/// reply as that batch row.
+#[test]
+fn a_vision_model_answers_batch_images_and_chat_attachments_as_transformers() {
+    let fixture = switchyard_tests::workspace_root().join("tests/fixtures/hf/qwen2-vl");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lib = switchyard_tests::plugin_library("hf-candle");
+    std::fs::copy(&lib, dir.path().join(lib.file_name().unwrap())).unwrap();
+    let config = write_file(
+        dir.path(),
+        "vlm.toml",
+        &format!(
+            "sample_backend = \"hf-candle\"\n[model]\npath = \"{}\"\n",
+            fixture.display()
+        ),
+    );
+    let image = |name: &str| fixture.join(format!("images/{name}.png"));
+    let cases = expected["cases"].as_object().unwrap();
+    let mut rows = String::new();
+    for case in cases.values() {
+        let messages: Vec<Value> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text: String = m["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["text"].as_str().unwrap_or("<image>").to_owned())
+                    .collect();
+                json!({"role": m["role"], "content": text})
+            })
+            .collect();
+        let images: Vec<String> = case["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| image(n.as_str().unwrap()).display().to_string())
+            .collect();
+        let n = case["greedy_ids"].as_array().unwrap().len();
+        rows.push_str(&format!(
+            "{}\n",
+            json!({"messages": messages, "images": images, "max_new_tokens": n, "do_sample": false})
+        ));
+    }
+    let input = write_file(dir.path(), "in.jsonl", &rows);
+    let output = dir.path().join("out.jsonl");
+    let out = switchyard(dir.path(), &["batch", "--config"])
+        .arg(&config)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for ((name, case), r) in cases.iter().zip(&records) {
+        assert_eq!(r["token_ids"], case["greedy_ids"], "{name}: {r}");
+    }
+
+    let one = &cases["one_image"];
+    let question = one["messages"][0]["content"][1]["text"].as_str().unwrap();
+    let n = one["greedy_ids"].as_array().unwrap().len();
+    let input = format!("/image {}\n{question}\n", image("square").display());
+    let out = switchyard(dir.path(), &["chat", "--config"])
+        .arg(&config)
+        .args(["--set", "generation.do_sample=false"])
+        .args(["--set", &format!("generation.max_new_tokens={n}")])
+        .stdin(std::fs::File::open(write_file(dir.path(), "chat.txt", &input)).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch_reply = records[cases.keys().position(|k| k == "one_image").unwrap()]["text"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        stdout.lines().nth(1).map(str::trim_end),
+        Some(batch_reply.trim_end()),
+        "{stdout}"
+    );
+}
