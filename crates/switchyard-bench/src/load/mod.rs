@@ -196,12 +196,13 @@ async fn run(a: &LoadArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "model: {}   threads: {}   llama-server --parallel {parallel} --cont-batching -c {}   switchyard max_concurrent {parallel}\n\
+        "model: {}   threads: {}\n{}\n{}\n\
          mix: prompt words {:?}, max_tokens {:?} (uniform, seed {}), max({}, {} × clients) requests a run, greedy, ignore_eos\n\
          reps: {} (A B A B: llama-server, then switchyard, same requests); logs: {}\n",
         a.model.display(),
         a.threads,
-        parallel * a.ctx,
+        sides[0].how,
+        sides[1].how,
         a.prompt_words,
         a.max_tokens,
         a.seed,

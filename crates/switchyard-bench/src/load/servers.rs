@@ -17,6 +17,8 @@ pub struct Server {
     pub name: &'static str,
     /// Base URL, e.g. `http://127.0.0.1:40123`.
     pub base: String,
+    /// How it runs, for the report: its command line, or the URL it was attached at.
+    pub how: String,
     child: Option<Child>,
     log: Option<PathBuf>,
 }
@@ -36,6 +38,7 @@ impl Server {
         Server {
             name,
             base: base.trim_end_matches('/').to_owned(),
+            how: format!("{name}: attached at {base} (its settings are its own)"),
             child: None,
             log: None,
         }
@@ -120,6 +123,14 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn spawn(name: &'static str, mut cmd: Command, port: u16, dir: &Path) -> anyhow::Result<Server> {
     let log = dir.join(format!("{name}.log"));
+    let how = format!(
+        "{name}: {}",
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let file = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
     let child = cmd
         .stdin(Stdio::null())
@@ -130,6 +141,7 @@ fn spawn(name: &'static str, mut cmd: Command, port: u16, dir: &Path) -> anyhow:
     Ok(Server {
         name,
         base: format!("http://127.0.0.1:{port}"),
+        how,
         child: Some(child),
         log: Some(log),
     })
@@ -174,14 +186,12 @@ pub fn start_switchyard(s: &Setup, queue: usize) -> anyhow::Result<Server> {
         );
     }
     let config = s.dir.join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "sample_backend = \"hf-candle\"\n[model]\npath = \"{}\"\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {}\n",
-            s.model.display(),
-            s.threads
-        ),
-    )?;
+    let toml = format!(
+        "sample_backend = \"hf-candle\"\n[model]\npath = \"{}\"\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {}\n",
+        s.model.display(),
+        s.threads
+    );
+    std::fs::write(&config, &toml)?;
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     cmd.arg("api")
@@ -191,5 +201,7 @@ pub fn start_switchyard(s: &Setup, queue: usize) -> anyhow::Result<Server> {
         .args(["--model-name", MODEL_NAME])
         .args(["--max-concurrent", &s.parallel.to_string()])
         .args(["--max-queue", &queue.to_string()]);
-    spawn("switchyard", cmd, port, s.dir)
+    let mut server = spawn("switchyard", cmd, port, s.dir)?;
+    server.how += &format!(" (config: {})", toml.trim().replace('\n', "; "));
+    Ok(server)
 }
