@@ -271,7 +271,8 @@ impl HfCandle {
     }
 
     /// [`HfCandle::render`]; with `media` (a vision-language model's request), each placeholder
-    /// becomes its media's prompt text (the text around it escaped as usual).
+    /// becomes a marker for its media (the text around it escaped as usual), expanded after
+    /// rendering by `VisionSpec::expand`.
     fn render_with(
         &self,
         messages: &[Message],
@@ -433,18 +434,21 @@ impl HfCandle {
         tools: Option<&[Value]>,
         add_generation_prompt: bool,
         kwargs: &Map<String, Value>,
-        media: Option<&mut MediaQueue>,
+        mut media: Option<&mut MediaQueue>,
     ) -> Result<(String, Vec<u32>)> {
         let s = &self.shared;
         let Some(named) = &s.named else {
-            let text = self.render_with(
+            let mut text = self.render_with(
                 messages,
                 system,
                 tools,
                 add_generation_prompt,
                 kwargs,
-                media,
+                media.as_deref_mut(),
             )?;
+            if let (Some(v), Some(queue)) = (&s.vision, media) {
+                text = v.expand(&text, queue)?;
+            }
             self.bound(&text)?;
             return Ok((text.clone(), s.tok.encode(&text, false)?));
         };

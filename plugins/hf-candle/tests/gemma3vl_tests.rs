@@ -148,29 +148,64 @@ fn data_url(name: &str) -> MediaInput {
     }
 }
 
-/// Through the engine: a string message with LLaMA-Factory's `<image>` placeholder inside the
-/// text. (Where the placeholder starts or ends a message, Gemma 3's template `trim`s the
-/// substituted `\n\n` away, while Transformers expands `<start_of_image>` after the template:
-/// the prompts differ by those newlines; see the README.)
+/// A recorded case's messages as LLaMA-Factory sends them: string content with an `<image>`
+/// where each image part was (or the recorded wire messages, when the case has them).
+fn string_messages(e: &Value) -> Vec<Message> {
+    let msgs = e.get("wire_messages").unwrap_or(&e["messages"]);
+    msgs.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                _ => Role::System,
+            };
+            let content = match &m["content"] {
+                Value::String(t) => t.clone(),
+                parts => parts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["text"].as_str().unwrap_or("<image>").to_owned())
+                    .collect(),
+            };
+            Message::new(role, content)
+        })
+        .collect()
+}
+
+/// Through the engine, with LLaMA-Factory's `<image>` placeholders at the start, in the middle
+/// and at the end of messages: the media go in after the chat template ran (as Transformers'
+/// processor expands `<start_of_image>`), so Gemma 3's `trim` keeps the `\n\n` around them and
+/// the prompt and reply equal Transformers'.
 #[test]
-fn chat_with_an_image_equals_transformers_generate() {
+fn chat_with_images_equals_transformers_generate() {
     let engine = common::engine(&dir());
     assert!(engine.info().capabilities.images);
-    let e = &expected()["cases"]["wire_mid"];
-    let want = clear_ids(e);
-    let m = &e["wire_messages"][0];
-    assert_eq!(m["role"], "user");
-    let request = ChatRequest {
-        messages: vec![Message::new(Role::User, m["content"].as_str().unwrap())],
-        images: vec![data_url(e["images"][0].as_str().unwrap())],
-        generation: common::greedy(want.len() as u32),
-        ..Default::default()
-    };
-    let r = &engine.chat(request).unwrap()[0];
-    assert_eq!(
-        r.prompt_length as usize,
-        e["prompt_ids"].as_array().unwrap().len(),
-        "prompt length (template + image tokens)"
-    );
-    assert_eq!(r.text, engine.tokenizer().decode(&want, true).unwrap());
+    for (case, e) in expected()["cases"].as_object().unwrap() {
+        let want = clear_ids(e);
+        let request = ChatRequest {
+            messages: string_messages(e),
+            images: e["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| data_url(n.as_str().unwrap()))
+                .collect(),
+            generation: common::greedy(want.len() as u32),
+            ..Default::default()
+        };
+        let r = &engine.chat(request).unwrap()[0];
+        assert_eq!(
+            r.prompt_length as usize,
+            e["prompt_ids"].as_array().unwrap().len(),
+            "{case}: prompt length (template + image tokens)"
+        );
+        assert_eq!(
+            r.text,
+            engine.tokenizer().decode(&want, true).unwrap(),
+            "{case}"
+        );
+    }
 }

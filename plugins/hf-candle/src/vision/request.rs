@@ -149,8 +149,9 @@ impl VisionSpec {
         ))
     }
 
-    /// A message's text with each placeholder replaced by the next media's prompt text; the
-    /// text around them goes through `escape`. System messages keep their placeholders as text
+    /// A message's text with each placeholder replaced by a marker for the next media (see
+    /// [`VisionSpec::expand`]); the text around them goes through `escape`, and loses any
+    /// marker characters a client typed. System messages keep their placeholders as text
     /// (LLaMA-Factory never puts media there).
     pub fn substitute(
         &self,
@@ -158,13 +159,14 @@ impl VisionSpec {
         escape: impl Fn(&str) -> String,
         queue: &mut MediaQueue,
     ) -> Result<String> {
+        let clean = |t: &str| escape(&t.replace([MARK_OPEN, MARK_CLOSE], "\u{FFFD}"));
         if message.role == Role::System {
-            return Ok(escape(&message.content));
+            return Ok(clean(&message.content));
         }
         let mut out = String::with_capacity(message.content.len());
         for seg in placeholders::segments(&message.content, &self.placeholders) {
             match seg {
-                Segment::Text(t) => out.push_str(&escape(t)),
+                Segment::Text(t) => out.push_str(&clean(t)),
                 Segment::Media(kind) => {
                     let next = match kind {
                         MediaKind::Image => queue.images.pop_front(),
@@ -178,13 +180,45 @@ impl VisionSpec {
                             kind.field()
                         )));
                     };
-                    out.push_str(&p.text);
+                    out.push_str(&marker(queue.used.len()));
                     queue.used.push(p);
                 }
             }
         }
         Ok(out)
     }
+
+    /// The rendered prompt with each media marker replaced by its media's prompt text. The
+    /// media go in after the chat template ran, as Transformers' processors expand them: a
+    /// template that trims message text (Gemma 3's) keeps the newlines around an image. A
+    /// template that drops or repeats a message holding media is an error naming it.
+    pub fn expand(&self, rendered: &str, queue: &MediaQueue) -> Result<String> {
+        let mut out = rendered.to_owned();
+        for (k, p) in queue.used.iter().enumerate() {
+            let m = marker(k);
+            let n = out.matches(&m).count();
+            if n != 1 {
+                return Err(Error::InvalidRequest(format!(
+                    "the chat template wrote {} {k} {n} times instead of once; use a chat template that keeps every message",
+                    if p.kind == MediaKind::Video {
+                        "video"
+                    } else {
+                        "image"
+                    }
+                )));
+            }
+            out = out.replacen(&m, &p.text, 1);
+        }
+        Ok(out)
+    }
+}
+
+/// Unicode noncharacters (reserved for a program's internal use) around a media's index.
+const MARK_OPEN: char = '\u{FDD0}';
+const MARK_CLOSE: char = '\u{FDD1}';
+
+fn marker(k: usize) -> String {
+    format!("{MARK_OPEN}{k}{MARK_CLOSE}")
 }
 
 /// LLaMA-Factory's `_preprocess_image`: scale down to at most `max` pixels, then up to at least
