@@ -90,7 +90,8 @@ struct Args {
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
-[--tables gguf,speed,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda]";
+[--tables gguf,speed,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda]
+       switchyard-bench load --help   (serving under load: switchyard api vs llama-server)";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {

@@ -10,6 +10,9 @@
 //!     [--llama-url URL] [--switchyard-url URL]
 //! ```
 //!
+//! Attached servers must serve the model under the name `bench` (`llama-server --alias bench`,
+//! `switchyard api --model-name bench`); their settings are their own.
+//!
 //! The mix: each run sends `max(min-requests, requests-per-client × C)` requests; each one's
 //! prompt length (words of a fixed list, about one token each) and `max_tokens` are drawn
 //! uniformly from the two lists by a splitmix64 generator seeded with `--seed` and the
