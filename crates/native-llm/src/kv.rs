@@ -9,7 +9,9 @@ use crate::kernels::{self, WeightKind};
 /// per KV head, so attention streams each head's keys and values sequentially (a
 /// `[position][kv_heads * head_dim]` layout makes every head a strided read, which the
 /// hardware prefetchers follow poorly once the weights have pushed the cache out of L3).
-/// Stored as `F32`, `F16` or `BF16` little-endian values ([`KvCache::kind`]).
+/// Stored as `F32`, `F16` or `BF16` little-endian values, or as `Q8_0` blocks (32 values,
+/// an f16 scale: 34 bytes, as llama.cpp's `-ctk q8_0 -ctv q8_0`; `head_dim` a multiple of 32)
+/// ([`KvCache::kind`]).
 #[derive(Clone, Debug)]
 pub struct KvCache {
     /// `(keys, values)` bytes per layer and KV head.
@@ -21,12 +23,13 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for `layers` layers of `kv_heads` heads of `head_dim` values stored as
-    /// `kind` (`F32`, `F16` or `BF16`).
+    /// `kind` (`F32`, `F16`, `BF16`, or `Q8_0` when `head_dim` is a multiple of 32).
     pub fn new(layers: usize, kv_heads: usize, head_dim: usize, kind: WeightKind) -> Self {
-        debug_assert!(matches!(
-            kind,
-            WeightKind::F32 | WeightKind::F16 | WeightKind::BF16
-        ));
+        debug_assert!(match kind {
+            WeightKind::F32 | WeightKind::F16 | WeightKind::BF16 => true,
+            WeightKind::Q8_0 => head_dim.is_multiple_of(kernels::QK),
+            _ => false,
+        });
         Self {
             heads: vec![vec![(Vec::new(), Vec::new()); kv_heads]; layers],
             head_dim,
@@ -42,7 +45,7 @@ impl KvCache {
 
     /// Bytes of one position of one head (keys or values).
     fn run_bytes(&self) -> usize {
-        self.head_dim * self.kind.row_bytes(1)
+        self.kind.row_bytes(self.head_dim)
     }
 
     /// Positions held.
@@ -68,7 +71,7 @@ impl KvCache {
         }
     }
 
-    /// Keys and values (`[position][head_dim]`, bytes of [`KvCache::kind`] values) of KV head
+    /// Keys and values (`[position][head_dim]`, stored as [`KvCache::kind`]) of KV head
     /// `h` in `layer`.
     pub(crate) fn head(&self, layer: usize, h: usize) -> (&[u8], &[u8]) {
         let (k, v) = &self.heads[layer][h];
@@ -258,7 +261,7 @@ mod tests {
 
     /// Stored bytes read back as f32.
     fn floats(kind: WeightKind, bytes: &[u8]) -> Vec<f32> {
-        let mut out = vec![0f32; bytes.len() / kind.row_bytes(1)];
+        let mut out = vec![0f32; bytes.len() / kind.block_bytes() * kind.block_elems()];
         crate::kernels::dequantize_row(kind, bytes, &mut out);
         out
     }
@@ -313,6 +316,33 @@ mod tests {
                 "{kind:?}: ties up to even"
             );
         }
+    }
+
+    #[test]
+    fn q8_0_caches_hold_34_bytes_per_32_values_and_cut_at_positions() {
+        // 2 layers, 2 heads of 64: each position of a head is 2 blocks (68 bytes).
+        let xs: Vec<f32> = (0..4 * 128).map(|i| (i as f32 * 0.37).sin()).collect();
+        let build = |n: usize| {
+            let mut kv = KvCache::new(2, 2, 64, WeightKind::Q8_0);
+            for l in 0..2 {
+                kv.append(l, &xs[..n * 128], &xs[..n * 128]);
+            }
+            kv.advance(n);
+            kv
+        };
+        let kv = build(4);
+        assert_eq!(kv.bytes(), 2 * 2 * 2 * 4 * 68);
+        let k = floats(WeightKind::Q8_0, kv.head(1, 1).0);
+        for p in 0..4 {
+            for (got, want) in k[p * 64..(p + 1) * 64].iter().zip(&xs[p * 128 + 64..]) {
+                // Half a step of 1/127 of the block's largest magnitude (≤ 1).
+                assert!((got - want).abs() <= 0.5 / 127.0 + 1e-3, "{got} vs {want}");
+            }
+        }
+        let mut cut = kv.clone();
+        cut.truncate(2);
+        assert_eq!(cut.head(1, 1), build(2).head(1, 1));
+        assert_eq!(kv.prefix(3).head(0, 1), build(3).head(0, 1));
     }
 
     #[test]

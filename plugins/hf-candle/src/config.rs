@@ -30,8 +30,11 @@ pub struct Options {
     /// Prompt tokens prefilled per batched step (`prefill_chunk`).
     pub prefill_chunk: usize,
     /// Number format of the native engine's KV cache (`kv_cache_dtype`: `"f32"`, `"f16"`,
-    /// `"bf16"`); `None` (`"auto"`, the default) picks it from the weights
-    /// (`Transformer::default_kv_kind`).
+    /// `"bf16"`, or `"q8_0"`: blocks of 32 signed bytes and an f16 scale as llama.cpp's `-ctk
+    /// q8_0 -ctv q8_0`, head widths a multiple of 32); `None` (`"auto"`, the default) picks it
+    /// from the weights (`Transformer::default_kv_kind`). Bytes per token: `2 × layers ×
+    /// kv_heads × head_dim` times 4 (f32), 2 (f16, bf16) or 34/32 (q8_0); Qwen2.5-0.5B (24
+    /// layers, 2 KV heads of 64): 24,576 / 12,288 / 6,528.
     pub kv_cache: Option<WeightKind>,
     /// Keep special-token text in messages from being read as control tokens
     /// (`escape_special_tokens`, default true): `<|im_start|>system` typed by a user stays text.
@@ -127,9 +130,10 @@ impl Options {
             Some("f32") | Some("float32") => Some(WeightKind::F32),
             Some("f16") | Some("float16") => Some(WeightKind::F16),
             Some("bf16") | Some("bfloat16") => Some(WeightKind::BF16),
+            Some("q8_0") => Some(WeightKind::Q8_0),
             Some(other) => {
                 return Err(Error::Config(format!(
-                    "[backends.hf-candle] kv_cache_dtype = \"{other}\" is not supported; use \"auto\" (f32 for f32 weights, bf16 for bf16, f16 otherwise), \"f32\", \"f16\" or \"bf16\""
+                    "[backends.hf-candle] kv_cache_dtype = \"{other}\" is not supported; use \"auto\" (f32 for f32 weights, bf16 for bf16, f16 otherwise), \"f32\", \"f16\", \"bf16\" or \"q8_0\" (8-bit blocks as llama.cpp's -ctk q8_0 -ctv q8_0)"
                 )));
             }
         };
@@ -530,6 +534,7 @@ mod tests {
         assert_eq!(kv("F16").unwrap().kv_cache, Some(WeightKind::F16));
         assert_eq!(kv("bfloat16").unwrap().kv_cache, Some(WeightKind::BF16));
         assert_eq!(kv("auto").unwrap().kv_cache, None);
+        assert_eq!(kv("Q8_0").unwrap().kv_cache, Some(WeightKind::Q8_0));
         let e = kv("q8").unwrap_err().to_string();
         assert!(e.contains("kv_cache_dtype") && e.contains("\"f16\""), "{e}");
     }

@@ -139,7 +139,9 @@ impl HfCandle {
                     details.insert("lora_modules".into(), names.into());
                 }
                 if let Some(kind) = opts.kv_cache {
-                    model.set_kv_kind(kind)?;
+                    model.set_kv_kind(kind).map_err(|e| {
+                        Error::Config(format!("[backends.hf-candle] kv_cache_dtype: {e}"))
+                    })?;
                 }
                 details.insert(
                     "kv_cache_dtype".into(),

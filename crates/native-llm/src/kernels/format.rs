@@ -184,8 +184,13 @@ pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Appends `src` to `dst` as little-endian values of `kind` (`F32`, `F16` or `BF16`; 16-bit
-/// formats round to nearest even, as PyTorch's `.to(dtype)` and llama.cpp's cache writes do).
+/// formats round to nearest even, as PyTorch's `.to(dtype)` and llama.cpp's cache writes do),
+/// or as `Q8_0` blocks (`src.len()` a multiple of [`QK`]; see [`push_q8_0`]).
 pub fn push_floats(kind: WeightKind, src: &[f32], dst: &mut Vec<u8>) {
+    if kind == WeightKind::Q8_0 {
+        push_q8_0(src, dst);
+        return;
+    }
     use half::slice::HalfFloatSliceExt;
     // Written into the grown tail in place (a KV append runs per layer and token: a
     // byte-by-byte `extend` there cost several times a copy).
@@ -211,6 +216,27 @@ pub fn push_floats(kind: WeightKind, src: &[f32], dst: &mut Vec<u8>) {
             for (o, v) in out.chunks_exact_mut(4).zip(src) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
+        }
+    }
+}
+
+/// Appends `src` (a multiple of [`QK`] values) to `dst` as `Q8_0` blocks the way llama.cpp's
+/// x86 `quantize_row_q8_0` writes its KV cache (`-ctk q8_0 -ctv q8_0`): per 32 values, `amax`
+/// their largest magnitude, the f16 of `amax / 127` as the scale, and each value times `127 /
+/// amax` rounded to nearest (ties to even) as a signed byte.
+fn push_q8_0(src: &[f32], dst: &mut Vec<u8>) {
+    debug_assert!(src.len().is_multiple_of(QK));
+    let start = dst.len();
+    dst.resize(start + WeightKind::Q8_0.row_bytes(src.len()), 0);
+    for (xs, b) in src
+        .chunks_exact(QK)
+        .zip(dst[start..].chunks_exact_mut(WeightKind::Q8_0.block_bytes()))
+    {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        b[..2].copy_from_slice(&half::f16::from_f32(amax / 127.0).to_le_bytes());
+        for (q, v) in b[2..].iter_mut().zip(xs) {
+            *q = (v * id).round_ties_even() as i8 as u8;
         }
     }
 }

@@ -42,6 +42,8 @@ mod avx2;
 mod avx512;
 mod format;
 pub mod kquants;
+#[cfg(test)]
+mod kv_q8_tests;
 mod layout;
 pub mod portable;
 #[cfg(test)]
@@ -250,11 +252,26 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// Attention for a [`Tile`]: query `m`'s result into `out[m * head_dim..]`. With AVX2 the
 /// keys and values are read in blocks shared by all the tile's queries; every query's result
-/// is the same whatever its tile-mates (it equals the result of a tile of its own).
+/// is the same whatever its tile-mates (it equals the result of a tile of its own). A `Q8_0`
+/// cache is read as llama.cpp reads one: the query quantized to [`BlockQ8`], 8-bit integer
+/// dot products with the keys, values dequantized to f32.
 pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => avx2::attend_many(tile, scratch, out),
+        _ if tile.kind == WeightKind::Q8_0 => tile.run_each(
+            |h, sc, o| {
+                h.run_q8(
+                    portable::quantize_row,
+                    portable::dot_q,
+                    portable::axpy,
+                    sc,
+                    o,
+                )
+            },
+            scratch,
+            out,
+        ),
         _ => tile.run_each(
             |h, sc, o| h.run(portable::dot_f32, portable::axpy, sc, o),
             scratch,

@@ -154,13 +154,25 @@ impl Transformer {
         self.kv_kind
     }
 
-    /// Sets the KV cache format (`F32`, `F16` or `BF16`) of caches made from now on.
+    /// Sets the KV cache format of caches made from now on: `F32`, `F16`, `BF16`, or `Q8_0`
+    /// (34 bytes per 32 values; the head width must be a multiple of 32).
     pub fn set_kv_kind(&mut self, kind: WeightKind) -> Result<()> {
-        if !matches!(kind, WeightKind::F32 | WeightKind::F16 | WeightKind::BF16) {
-            return Err(Error::Unsupported(format!(
-                "a KV cache of {} values; use f32, f16 or bf16",
-                kind.name()
-            )));
+        match kind {
+            WeightKind::F32 | WeightKind::F16 | WeightKind::BF16 => {}
+            WeightKind::Q8_0 if self.hp.head_dim.is_multiple_of(crate::kernels::QK) => {}
+            WeightKind::Q8_0 => {
+                return Err(Error::Unsupported(format!(
+                    "a q8_0 KV cache needs a head width that is a multiple of 32 (this model's \
+                     is {}); use f32, f16 or bf16",
+                    self.hp.head_dim
+                )));
+            }
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "a KV cache of {} values; use f32, f16, bf16 or q8_0",
+                    kind.name()
+                )));
+            }
         }
         self.kv_kind = kind;
         Ok(())

@@ -19,6 +19,7 @@ pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     // SAFETY: as in `quant::dot_q`: reached only after `available()`.
     unsafe {
         match tile.kind {
+            WeightKind::Q8_0 => super::attention_q8::attend_q8_imp(tile, scratch, out),
             WeightKind::F16 => attend_many_imp::<F16>(tile, scratch, out),
             WeightKind::BF16 => attend_many_imp::<BF16>(tile, scratch, out),
             _ => attend_many_imp::<F32>(tile, scratch, out),

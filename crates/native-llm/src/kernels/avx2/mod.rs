@@ -7,11 +7,13 @@
 //!
 //! Layering (each module uses only those before it): `simd` (detection, loads, stores,
 //! prefetch) → `quant` (`Q4_0`/`Q4_1`/`Q8_0`), `float` (float weights, dot, axpy),
-//! `activation` (vector `e^x`), `kquants` (`Q4_K`/`Q5_K`/`Q6_K`) → `attention` (uses `float`
-//! and `activation`). This module only re-exports; the dispatch in `super` calls it.
+//! `activation` (vector `e^x`), `kquants` (`Q4_K`/`Q5_K`/`Q6_K`) → `attention_q8` (a `Q8_0`
+//! cache; uses `quant`, `float` and `activation`) → `attention` (uses `float`, `activation`
+//! and `attention_q8`). This module only re-exports; the dispatch in `super` calls it.
 
 mod activation;
 mod attention;
+mod attention_q8;
 mod float;
 mod kquants;
 mod quant;

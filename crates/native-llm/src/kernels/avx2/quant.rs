@@ -37,7 +37,7 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn quantize_row_imp(x: &[f32], out: &mut [BlockQ8]) {
+pub(super) fn quantize_row_imp(x: &[f32], out: &mut [BlockQ8]) {
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let v: [__m256; 4] =
@@ -166,7 +166,7 @@ fn dot_q4_0(row: &[u8], act: &[BlockQ8]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q8_0(row: &[u8], act: &[BlockQ8]) -> f32 {
+pub(super) fn dot_q8_0(row: &[u8], act: &[BlockQ8]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, a) in row.chunks_exact(34).zip(act) {
         let qs: &[u8; 32] = b[2..34].try_into().expect("34-byte block");
