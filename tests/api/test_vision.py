@@ -51,7 +51,10 @@ def vlm_server(tmp_path_factory, hf_plugin):
         'sample_backend = "hf-candle"\nmax_concurrent = 4\n\n'
         f'[model]\npath = "{FOLDER}"\n'
     )
-    with running(tmp_path_factory.mktemp("vlm"), cfg, ready_timeout=120) as s:
+    with running(
+        tmp_path_factory.mktemp("vlm"), cfg, ready_timeout=120,
+        args=("--media-dir", str(FOLDER / "images")),
+    ) as s:
         yield s
 
 
@@ -86,6 +89,16 @@ def test_concurrent_requests_with_different_images_get_their_solo_replies(vlm_se
         got = list(pool.map(lambda n: ask(vlm_server, wire_messages(CASES[n]), 8), names))
     for n, r in zip(names, got):
         assert r.choices[0].message.content == solo[n], n
+
+
+def test_a_local_file_under_the_media_dir_is_read(vlm_server):
+    e = CASES["one_image"]
+    messages = wire_messages(e)
+    want = ask(vlm_server, messages, 8).choices[0].message.content
+    for p in messages[0]["content"]:
+        if p["type"] == "image_url":
+            p["image_url"]["url"] = (FOLDER / "images" / f"{e['images'][0]}.png").as_uri()
+    assert ask(vlm_server, messages, 8).choices[0].message.content == want
 
 
 def test_a_bad_image_is_a_400_naming_it(vlm_server):

@@ -29,7 +29,18 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// The bytes of a request's image: `data:` URLs and raw base64; other URLs are refused by name.
+/// The local path of a `file:` URL (percent-decoded), `None` for other URLs. `switchyard api`
+/// lets `file:` URLs through only under its `--media-dir`, canonicalized; the CLI sends files
+/// as bytes.
+pub fn file_url_path(url: &str) -> Option<std::path::PathBuf> {
+    if !url.starts_with("file:") {
+        return None;
+    }
+    url::Url::parse(url).ok()?.to_file_path().ok()
+}
+
+/// The bytes of a request's image: `data:` URLs, raw base64 and `file:` URLs; other URLs are
+/// refused by name.
 pub fn media_bytes(media: &MediaInput, index: usize) -> Result<Vec<u8>> {
     let b64 = |s: &str| {
         base64::engine::general_purpose::STANDARD
@@ -38,12 +49,27 @@ pub fn media_bytes(media: &MediaInput, index: usize) -> Result<Vec<u8>> {
     };
     match media {
         MediaInput::Bytes { data_base64, .. } => b64(data_base64),
+        MediaInput::Url { url } if url.starts_with("file:") => {
+            let bad = |why: String| Error::InvalidRequest(format!("image {index}: {why}"));
+            let path = file_url_path(url)
+                .ok_or_else(|| bad(format!("`{url}` is not a valid file URL")))?;
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+            if meta.len() > MAX_IMAGE_BYTES as u64 {
+                return Err(bad(format!(
+                    "{} is {} bytes, more than the limit of {MAX_IMAGE_BYTES}",
+                    path.display(),
+                    meta.len()
+                )));
+            }
+            std::fs::read(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))
+        }
         MediaInput::Url { url } => {
             let Some(rest) = url.strip_prefix("data:") else {
                 let scheme = url.split(':').next().unwrap_or("");
                 return Err(Error::InvalidRequest(format!(
-                    "image {index}: hf-candle takes images as `data:` URLs or base64 bytes, not `{scheme}:` URLs; \
-                     send the file's bytes (e.g. data:image/png;base64,...)"
+                    "image {index}: hf-candle takes images as `data:` URLs, base64 bytes or `file:` URLs, not `{scheme}:` URLs \
+                     (it fetches nothing from the network); send the file's bytes (e.g. data:image/png;base64,...)"
                 )));
             };
             let Some((meta, payload)) = rest.split_once(',') else {

@@ -314,10 +314,10 @@ pub fn frames_from_dir(dir: &Path, index: usize, s: Sampling) -> Result<Video> {
 /// animation or a directory of frames. Other URLs are refused by name.
 pub fn video_from_media(media: &MediaInput, index: usize, s: Sampling) -> Result<Video> {
     if let MediaInput::Url { url } = media
-        && let Some(path) = url.strip_prefix("file://")
+        && let Some(path) = super::image::file_url_path(url)
     {
         // The server lets `file://` URLs through only under its `--media-dir`, canonicalized.
-        let path = Path::new(path);
+        let path = path.as_path();
         if path.is_dir() {
             return frames_from_dir(path, index, s);
         }
