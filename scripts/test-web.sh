@@ -94,6 +94,7 @@ if [[ -f "$REL/libhf_candle.so" ]]; then
   MODEL="$(scripts/fetch-model.sh)"
   start_server main 180 configs/smollm2.toml --set "model.path=$MODEL"
   export SY_MAIN_BACKEND=hf-candle
+  MAIN_URL="$URL"
   cat >"$WORK/vlm.toml" <<EOF
 sample_backend = "hf-candle"
 
@@ -103,6 +104,7 @@ EOF
   start_server vlm 120 "$WORK/vlm.toml"
   export SY_VLM_URL="$URL"
   export SY_VLM_IMAGE="$ROOT/tests/fixtures/hf/qwen2-vl/images/square.png"
+  URL="$MAIN_URL"
 else
   log "libhf_candle.so not found next to the binary: the main server runs the echo backend"
   start_server main 30 configs/echo.toml
