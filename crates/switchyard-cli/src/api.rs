@@ -52,9 +52,18 @@ pub struct ApiArgs {
     #[arg(long, default_value_t = 8)]
     max_media_mb: usize,
 
-    /// Pass http(s) media URLs to the backend (never ones resolving to private addresses).
+    /// Fetch http(s) media URLs in the server (only from public addresses, checked before
+    /// connecting; at most 3 redirects, each checked) and pass the bytes to the backend.
     #[arg(long)]
     allow_remote_media: bool,
+
+    /// Seconds a remote media fetch may take in all (redirects and body included).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    media_timeout_s: f64,
+
+    /// Seconds a connection to a remote media host may take to open.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    media_connect_timeout_s: f64,
 
     /// Allow `file://` media URLs under this directory.
     #[arg(long, value_name = "DIR")]
@@ -132,6 +141,9 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
             max_bytes: args.max_media_mb << 20,
             allow_remote: args.allow_remote_media,
             local_dir: media_dir,
+            fetch_timeout: seconds("--media-timeout-s", args.media_timeout_s)?,
+            connect_timeout: seconds("--media-connect-timeout-s", args.media_connect_timeout_s)?,
+            allow_loopback_for_tests: loopback_media_for_tests(),
         },
         reasoning: args.reasoning,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_s),
@@ -157,4 +169,24 @@ pub fn run(mut args: ApiArgs, plugin_dir: Option<&Path>, open_page: bool) -> any
         .block_on(serve(models, addr, options))
         .with_context(|| format!("cannot serve on {addr}"))?;
     Ok(0)
+}
+
+/// A positive, finite number of seconds from a flag.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        anyhow::bail!("{flag} must be a positive number of seconds, not {value}");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
+/// Test-only: `SWITCHYARD_MEDIA_ALLOW_LOOPBACK_FOR_TESTS=1` lets remote media come from
+/// loopback addresses too, so tests can serve images on 127.0.0.1. Never set it in production.
+fn loopback_media_for_tests() -> bool {
+    let on = std::env::var("SWITCHYARD_MEDIA_ALLOW_LOOPBACK_FOR_TESTS").is_ok_and(|v| v == "1");
+    if on {
+        tracing::warn!(
+            "SWITCHYARD_MEDIA_ALLOW_LOOPBACK_FOR_TESTS=1: remote media may come from loopback addresses (test-only)"
+        );
+    }
+    on
 }

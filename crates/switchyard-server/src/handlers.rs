@@ -263,8 +263,11 @@ pub(crate) async fn chat_completions(
     let (name, model) = model_for(&state, &req.model, req.keep_alive.as_ref())
         .await
         .map_err(|e| failed(&state, e))?;
-    let prepared = req
+    let mut prepared = req
         .prepare(&state.options.media, state.options.reasoning)
+        .map_err(|e| failed(&state, e))?;
+    crate::remote::fetch_remote_media(&mut prepared.request, &state.options.media)
+        .await
         .map_err(|e| failed(&state, e))?;
     let n = prepared
         .request

@@ -27,6 +27,7 @@ mod media;
 mod metrics;
 mod models;
 mod protocol;
+mod remote;
 mod responses;
 mod tokenize;
 
@@ -56,8 +57,7 @@ pub mod fuzzing {
         let limits = MediaLimits {
             max_items: 4,
             max_bytes: 1 << 20,
-            allow_remote: false,
-            local_dir: None,
+            ..MediaLimits::default()
         };
         req.prepare(&limits, false).map(|p| p.request)
     }
@@ -92,12 +92,7 @@ impl Default for ServerOptions {
             model_name: None,
             api_key: None,
             body_limit: 16 << 20,
-            media: MediaLimits {
-                max_items: 4,
-                max_bytes: 8 << 20,
-                allow_remote: false,
-                local_dir: None,
-            },
+            media: MediaLimits::default(),
             reasoning: false,
             shutdown_grace: Duration::from_secs(10),
             connections: ConnectionLimits::default(),

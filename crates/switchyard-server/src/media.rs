@@ -2,13 +2,15 @@
 //! `--media-dir`), and remote URLs (only with `--allow-remote-media`, and never to an address
 //! that is not globally reachable).
 //!
-//! A remote URL is parsed as a browser would (WHATWG rules, the `url` crate: backslashes,
-//! userinfo, percent-encoding and IPv6 forms are resolved the way the fetcher will resolve
-//! them), its host is resolved, and every address is checked against the IANA special-purpose
-//! registries for IPv4 and IPv6, including IPv4 addresses embedded in IPv6 (mapped,
-//! compatible, NAT64, 6to4, Teredo). Only the canonical form of the URL is passed on.
+//! A remote URL is parsed here as a browser would (WHATWG rules, the `url` crate: backslashes,
+//! userinfo, percent-encoding and IPv6 forms are resolved the way the fetcher resolves them);
+//! the server then fetches it itself ([`crate::remote`]): its host is resolved once, every
+//! address is checked against the IANA special-purpose registries for IPv4 and IPv6 (including
+//! IPv4 addresses embedded in IPv6: mapped, compatible, NAT64, 6to4, Teredo), and only a checked
+//! address is connected to. Backends get the bytes, never the URL.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use base64::Engine as _;
 use switchyard::MediaInput;
@@ -22,10 +24,35 @@ pub struct MediaLimits {
     pub max_items: usize,
     /// Most decoded bytes per item.
     pub max_bytes: usize,
-    /// Whether `http(s)` URLs are passed on (never to private addresses).
+    /// Whether the server fetches `http(s)` URLs (never from private addresses).
     pub allow_remote: bool,
     /// A directory clients may reference with `file://` URLs.
     pub local_dir: Option<std::path::PathBuf>,
+    /// Longest a remote fetch may take, redirects and body included (`--media-timeout-s`).
+    pub fetch_timeout: Duration,
+    /// Longest a connection to a media host may take to open (`--media-connect-timeout-s`).
+    pub connect_timeout: Duration,
+    /// Test-only: remote media may also come from loopback addresses (127.0.0.0/8, ::1), so a
+    /// test can serve them locally. Set by `SWITCHYARD_MEDIA_ALLOW_LOOPBACK_FOR_TESTS=1`; never
+    /// on by default.
+    #[doc(hidden)]
+    pub allow_loopback_for_tests: bool,
+}
+
+impl Default for MediaLimits {
+    /// The CLI's defaults: 4 items of at most 8 MiB, no remote URLs, no local files; remote
+    /// fetches (when allowed) time out after 10 s, connections after 5 s.
+    fn default() -> Self {
+        Self {
+            max_items: 4,
+            max_bytes: 8 << 20,
+            allow_remote: false,
+            local_dir: None,
+            fetch_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            allow_loopback_for_tests: false,
+        }
+    }
 }
 
 /// Whether an IPv4 address is globally reachable (not in a special-purpose block).
@@ -77,16 +104,17 @@ fn v6_is_public(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xff00) == 0xff00) // multicast
 }
 
-fn is_public(ip: IpAddr) -> bool {
+/// Whether an address is globally reachable (not in any IANA special-purpose block).
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4_is_public(v4),
         IpAddr::V6(v6) => v6_is_public(v6),
     }
 }
 
-/// The canonical form of a remote media URL, or an error when it may reach a host that is not
-/// public (any of the addresses its name resolves to).
-pub fn public_url(raw: &str) -> Result<String, ApiError> {
+/// A remote media URL parsed with the WHATWG rules, or why it is refused before any lookup:
+/// not `http(s)`, or carrying a user name or password. Its host is checked when it is fetched.
+pub(crate) fn remote_url(raw: &str) -> Result<url::Url, ApiError> {
     let refuse = |why: String| ApiError::invalid(why, Some("messages"));
     let url = url::Url::parse(raw).map_err(|e| refuse(format!("bad media URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -97,30 +125,10 @@ pub fn public_url(raw: &str) -> Result<String, ApiError> {
             "media URLs with a user name or password are refused".into(),
         ));
     }
-    let addrs: Vec<IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(ip)) => vec![IpAddr::V4(ip)],
-        Some(url::Host::Ipv6(ip)) => vec![IpAddr::V6(ip)],
-        Some(url::Host::Domain(name)) => {
-            let port = url.port_or_known_default().unwrap_or(80);
-            (name, port)
-                .to_socket_addrs()
-                .map(|a| a.map(|s| s.ip()).collect())
-                .unwrap_or_default()
-        }
-        None => Vec::new(),
-    };
-    let host = url.host_str().unwrap_or("").to_owned();
-    if addrs.is_empty() {
-        return Err(refuse(format!(
-            "media URL host `{host}` does not resolve; refused"
-        )));
+    if url.host().is_none() {
+        return Err(refuse("media URL has no host".into()));
     }
-    if let Some(bad) = addrs.iter().find(|ip| !is_public(**ip)) {
-        return Err(refuse(format!(
-            "media URL host `{host}` is (or resolves to) {bad}, which is not a public address; refused"
-        )));
-    }
-    Ok(url.to_string())
+    Ok(url)
 }
 
 pub fn check_media(item: MediaInput, limits: &MediaLimits) -> Result<MediaInput, ApiError> {
@@ -204,8 +212,9 @@ pub fn check_media(item: MediaInput, limits: &MediaLimits) -> Result<MediaInput,
                         Some("messages"),
                     ));
                 }
+                // Fetched (and its host checked) by `remote::fetch_remote_media`.
                 return Ok(MediaInput::Url {
-                    url: public_url(&url)?,
+                    url: remote_url(&url)?.to_string(),
                 });
             }
             Err(ApiError::invalid(
@@ -221,42 +230,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn special_purpose_and_disguised_addresses_are_refused() {
+    fn remote_urls_are_canonical_and_refused_by_form() {
+        assert_eq!(
+            remote_url("HTTP://8.8.8.8:80/a/../x.png").unwrap().as_str(),
+            "http://8.8.8.8/x.png"
+        );
+        assert_eq!(
+            remote_url("http://169.254.169.254\\@8.8.8.8/x.png")
+                .unwrap()
+                .host_str(),
+            Some("169.254.169.254"),
+            "a backslash ends the host, as in a browser"
+        );
         for url in [
-            "http://127.0.0.1/x.png",
-            "http://[::ffff:169.254.169.254]/",
-            "http://[::ffff:127.0.0.1]/",
-            "http://[0:0:0:0:0:ffff:7f00:1]/",
-            "http://[fe80::1]/",
-            "http://[64:ff9b::a9fe:a9fe]/",
-            "http://[2002:a9fe:a9fe::1]/",
-            "http://[::1]/",
-            "http://[::]/",
-            "http://[fc00::5]/",
-            "http://100.64.0.1/",
-            "http://198.18.0.1/",
-            "http://192.0.0.8/",
-            "http://169.254.169.254\\@8.8.8.8/x.png",
             "http://user:pw@8.8.8.8/x.png",
-            "http://0x7f.1/",
-            "http://2130706433/",
-            "http://017700000001/",
-            "http://10.1.2.3:8080/a",
-            "http://224.0.0.1/",
-            "http://localhost/x.png",
+            "http://user@8.8.8.8/x.png",
             "file:///etc/passwd",
+            "ftp://8.8.8.8/x.png",
+            "http://",
         ] {
-            assert!(public_url(url).is_err(), "{url} was let through");
+            assert!(remote_url(url).is_err(), "{url} was let through");
         }
     }
 
     #[test]
-    fn public_addresses_pass_in_canonical_form() {
-        assert_eq!(
-            public_url("HTTP://8.8.8.8:80/a/../x.png").unwrap(),
-            "http://8.8.8.8/x.png"
-        );
-        assert!(public_url("https://[2606:4700:4700::1111]/x.png").is_ok());
-        assert!(public_url("http://[::ffff:8.8.8.8]/x.png").is_ok());
+    fn special_purpose_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::1",
+            "::",
+            "fc00::5",
+            "100.64.0.1",
+            "198.18.0.1",
+            "192.0.0.8",
+            "10.1.2.3",
+            "224.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} counted as public");
+        }
+        for ip in ["8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} counted as private");
+        }
     }
 }

@@ -502,8 +502,7 @@ mod tests {
         MediaLimits {
             max_items: 2,
             max_bytes: 16,
-            allow_remote: false,
-            local_dir: None,
+            ..MediaLimits::default()
         }
     }
 
