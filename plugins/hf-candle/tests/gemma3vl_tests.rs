@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use candle_core::Device;
+use hf_candle::vision::VisionLm;
 use hf_candle::vision::gemma3::{Gemma3, processor};
 use hf_candle::vision::image::decode_image;
 use hf_candle::vision::{Prepared, Processor};

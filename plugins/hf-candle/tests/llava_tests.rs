@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use candle_core::Device;
+use hf_candle::vision::VisionLm;
 use hf_candle::vision::image::decode_image;
 use hf_candle::vision::llava::{Llava, processor};
 use hf_candle::vision::{Prepared, Processor};

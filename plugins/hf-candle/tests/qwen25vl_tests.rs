@@ -12,6 +12,7 @@ use base64::Engine as _;
 use candle_core::Device;
 use hf_candle::vision::Prepared;
 use hf_candle::vision::Processor;
+use hf_candle::vision::VisionLm;
 use hf_candle::vision::image::decode_image;
 use hf_candle::vision::qwen_video::QwenProcessor;
 use hf_candle::vision::qwen2vl::Qwen2Vl;

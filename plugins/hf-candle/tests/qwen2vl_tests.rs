@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use candle_core::Device;
 use hf_candle::vision::Prepared;
+use hf_candle::vision::VisionLm;
 use hf_candle::vision::image::{Qwen2VlProcessor, decode_image, media_bytes};
 use hf_candle::vision::qwen2vl::Qwen2Vl;
 use serde_json::Value;

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use candle_core::Device;
-use hf_candle::vision::Prepared;
 use hf_candle::vision::idefics3::Idefics3;
 use hf_candle::vision::idefics3_processor::{Idefics3Processor, prompt_text};
 use hf_candle::vision::image::{RgbImage, decode_image};
 use hf_candle::vision::resize::{Filter, resize_rgb8};
+use hf_candle::vision::{Prepared, VisionLm};
 use serde_json::Value;
 use switchyard_plugin::{Backend, ChatRequest, MediaInput, Message, Role};
 

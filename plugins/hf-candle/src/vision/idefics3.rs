@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use serde_json::Value;
 
@@ -306,24 +306,8 @@ pub struct Idefics3 {
 impl Idefics3 {
     /// Loads `config.json` and the safetensors weights of a folder (f32).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cpath = dir.join("config.json");
-        let text = std::fs::read_to_string(&cpath)
-            .map_err(|e| Error::file(&cpath, format!("cannot read it ({e})")))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::file(&cpath, format!("not valid JSON: {e}")))?;
-        let cfg = Idefics3Config::from_json(&json).map_err(|m| Error::file(&cpath, m))?;
-        let files = crate::candle::hf::weight_files(dir)?;
-        // SAFETY: read-only mappings; like every mmap-based loader we rely on the model files
-        // not being modified while the engine runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
-            .map_err(|e| Error::file(dir, format!("cannot map the weights ({e})")))?;
-        Self::from_vb(cfg, vb, device).map_err(|e| match e {
-            Error::Candle(c) => Error::file(
-                dir,
-                format!("weights do not match config.json ({c}); re-export the model"),
-            ),
-            other => other,
-        })
+        let cfg = super::folder_config(dir, Idefics3Config::from_json)?;
+        super::build_from_weights(dir, device, |vb| Self::from_vb(cfg, vb, device))
     }
 
     fn from_vb(cfg: Idefics3Config, vb: VarBuilder, device: &Device) -> Result<Self> {
@@ -354,20 +338,6 @@ impl Idefics3 {
             .map(|img| self.vision.forward(img, &self.device))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&feats, 0)?)
-    }
-
-    /// Greedy decoding of `n` tokens after the prompt (never stops early).
-    pub fn greedy(&mut self, ids: &[u32], images: &[Prepared], n: usize) -> Result<Vec<u32>> {
-        let mut logits = VisionLm::prefill(self, ids, images)?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let next = super::qwen2vl::argmax(&logits);
-            out.push(next);
-            if i + 1 < n {
-                logits = self.extend(&[next])?;
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use serde_json::Value;
 
@@ -153,32 +153,14 @@ pub struct Llava {
     device: Device,
 }
 
-fn config_json(dir: &Path) -> Result<Value> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::file(&path, format!("cannot read it ({e})")))?;
-    serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))
-}
-
 impl Llava {
     /// Loads `config.json` and the safetensors weights of a folder (f32).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let json = config_json(dir)?;
-        let cpath = dir.join("config.json");
-        let cfg = LlavaConfig::from_json(&json).map_err(|m| Error::file(&cpath, m))?;
-        let feature = cfg.feature_index().map_err(|m| Error::file(&cpath, m))?;
-        let files = crate::candle::hf::weight_files(dir)?;
-        // SAFETY: read-only mappings; like every mmap-based loader we rely on the model files
-        // not being modified while the engine runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
-            .map_err(|e| Error::file(dir, format!("cannot map the weights ({e})")))?;
-        Self::from_vb(cfg, feature, &vb, device).map_err(|e| match e {
-            Error::Candle(c) => Error::file(
-                dir,
-                format!("weights do not match config.json ({c}); re-export the model"),
-            ),
-            other => other,
-        })
+        let cfg = super::folder_config(dir, LlavaConfig::from_json)?;
+        let feature = cfg
+            .feature_index()
+            .map_err(|m| Error::file(dir.join("config.json"), m))?;
+        super::build_from_weights(dir, device, |vb| Self::from_vb(cfg, feature, &vb, device))
     }
 
     fn from_vb(cfg: LlavaConfig, feature: usize, vb: &VarBuilder, device: &Device) -> Result<Self> {
@@ -308,20 +290,6 @@ impl Llava {
     pub fn extend(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         let x = self.text.embed(ids)?;
         self.text.forward(&x)
-    }
-
-    /// Greedy decoding of `n` tokens after the prompt (never stops early).
-    pub fn greedy(&mut self, ids: &[u32], images: &[Prepared], n: usize) -> Result<Vec<u32>> {
-        let mut logits = self.prefill(ids, images)?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let next = super::qwen2vl::argmax(&logits);
-            out.push(next);
-            if i + 1 < n {
-                logits = self.extend(&[next])?;
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -124,6 +124,69 @@ pub trait VisionLm: Send + Sync + Debug {
     fn max_positions(&self) -> usize;
     /// A copy sharing the weights, with its own cache.
     fn boxed_clone(&self) -> Box<dyn VisionLm>;
+
+    /// Greedy decoding of `n` tokens after the prompt (never stops early): what the fixture
+    /// tests compare with Transformers' `generate()`.
+    fn greedy(&mut self, ids: &[u32], media: &[Prepared], n: usize) -> Result<Vec<u32>> {
+        let mut logits = self.prefill(ids, media)?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let next = argmax(&logits);
+            out.push(next);
+            if i + 1 < n {
+                logits = self.extend(&[next])?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Index of the largest logit (the first on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// A folder's `config.json`, parsed by a family's `parse`; a missing, malformed or refused
+/// config is an error naming the file.
+pub(crate) fn folder_config<C>(
+    dir: &Path,
+    parse: impl FnOnce(&serde_json::Value) -> std::result::Result<C, String>,
+) -> Result<C> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::file(&path, format!("cannot read it ({e})")))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&path, format!("not valid JSON: {e}")))?;
+    parse(&json).map_err(|m| Error::file(&path, m))
+}
+
+/// A family's model built by `build` from the folder's safetensors weights, mapped as f32;
+/// weights that do not fit the config are an error naming the folder.
+pub(crate) fn build_from_weights<M>(
+    dir: &Path,
+    device: &Device,
+    build: impl FnOnce(candle_nn::VarBuilder<'_>) -> Result<M>,
+) -> Result<M> {
+    let files = crate::candle::hf::weight_files(dir)?;
+    // SAFETY: read-only mappings; like every mmap-based loader we rely on the model files not
+    // being modified while the engine runs.
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device)
+    }
+    .map_err(|e| Error::file(dir, format!("cannot map the weights ({e})")))?;
+    build(vb).map_err(|e| match e {
+        Error::Candle(c) => Error::file(
+            dir,
+            format!("weights do not match config.json ({c}); re-export the model"),
+        ),
+        other => other,
+    })
 }
 
 /// A loaded family: its processor, its model, and the token strings the tokenizer must know.

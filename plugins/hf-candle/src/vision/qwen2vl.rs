@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 use serde_json::Value;
 
@@ -447,24 +447,8 @@ pub fn mrope_positions(
 impl Qwen2Vl {
     /// Loads `config.json` and the safetensors weights of a folder (f32).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cpath = dir.join("config.json");
-        let text = std::fs::read_to_string(&cpath)
-            .map_err(|e| Error::file(&cpath, format!("cannot read it ({e})")))?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::file(&cpath, format!("not valid JSON: {e}")))?;
-        let cfg = Qwen2VlConfig::from_json(&json).map_err(|m| Error::file(&cpath, m))?;
-        let files = crate::candle::hf::weight_files(dir)?;
-        // SAFETY: read-only mappings; like every mmap-based loader we rely on the model files
-        // not being modified while the engine runs.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, DType::F32, device) }
-            .map_err(|e| Error::file(dir, format!("cannot map the weights ({e})")))?;
-        Self::from_vb(cfg, vb, device).map_err(|e| match e {
-            Error::Candle(c) => Error::file(
-                dir,
-                format!("weights do not match config.json ({c}); re-export the model"),
-            ),
-            other => other,
-        })
+        let cfg = super::folder_config(dir, Qwen2VlConfig::from_json)?;
+        super::build_from_weights(dir, device, |vb| Self::from_vb(cfg, vb, device))
     }
 
     fn from_vb(cfg: Qwen2VlConfig, vb: VarBuilder, device: &Device) -> Result<Self> {
@@ -710,20 +694,6 @@ impl Qwen2Vl {
         let last = self.norm.forward(&x.i((0, seq - 1..seq, ..))?)?;
         Ok(last.matmul(&self.lm_head.t()?)?.squeeze(0)?.to_vec1()?)
     }
-
-    /// Greedy decoding of `n` tokens after the prompt (never stops early).
-    pub fn greedy(&mut self, ids: &[u32], images: &[Prepared], n: usize) -> Result<Vec<u32>> {
-        let mut logits = self.prefill(ids, images)?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let next = argmax(&logits);
-            out.push(next);
-            if i + 1 < n {
-                logits = self.step(next)?;
-            }
-        }
-        Ok(out)
-    }
 }
 
 impl VisionLm for Qwen2Vl {
@@ -764,15 +734,4 @@ pub fn family(dir: &Path, device: &Device) -> Result<Family> {
         model: Box::new(model),
         tokens,
     })
-}
-
-/// Index of the largest logit (the first on ties).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
