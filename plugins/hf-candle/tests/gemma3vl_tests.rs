@@ -4,6 +4,7 @@
 //! for one image, two images and a multi-turn chat, directly and through the engine's chat API.
 
 mod common;
+use common::vision::{clear_ids, f32s, max_diff, u32s};
 
 use std::path::{Path, PathBuf};
 
@@ -29,38 +30,6 @@ fn prepared(name: &str) -> Prepared {
     let p = processor(&dir(), tokens).unwrap();
     let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
     p.image(&decode_image(&bytes, 0).unwrap()).unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
-/// The recorded greedy ids up to the first step whose top-2 margin is below 1e-3.
-fn clear_ids(case: &Value) -> Vec<u32> {
-    let ids = u32s(&case["greedy_ids"]);
-    let margins = f32s(&case["step_margins"]);
-    let n = margins.iter().position(|&m| m < 1e-3).unwrap_or(ids.len());
-    ids[..n].to_vec()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! videos, both together and a multi-turn chat, directly and through the engine's chat API.
 
 mod common;
+use common::vision::max_diff;
 
 use std::path::PathBuf;
 
@@ -55,14 +56,6 @@ fn nums<T: TryFrom<u64>>(v: &Value) -> Vec<T> {
         .iter()
         .map(|x| T::try_from(x.as_u64().unwrap()).ok().unwrap())
         .collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
 }
 
 fn data_url(path: &std::path::Path, mime: &str) -> MediaInput {

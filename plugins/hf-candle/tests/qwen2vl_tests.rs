@@ -3,6 +3,7 @@
 //! image, two images and a multi-turn chat, directly and through the engine's chat API.
 
 mod common;
+use common::vision::{f32s, u32s};
 
 use std::path::PathBuf;
 
@@ -27,22 +28,6 @@ fn processed(name: &str) -> Prepared {
     let p = Qwen2VlProcessor::from_folder(&dir()).unwrap();
     let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
     p.preprocess(&decode_image(&bytes, 0).unwrap()).unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

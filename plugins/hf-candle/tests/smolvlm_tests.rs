@@ -5,6 +5,7 @@
 //! architecture names.
 
 mod common;
+use common::vision::{f32s, max_diff, u32s};
 
 use std::path::{Path, PathBuf};
 
@@ -37,29 +38,6 @@ fn processed(name: &str, split: bool) -> Prepared {
     processor(split)
         .preprocess(&decode_image(&bytes, 0).unwrap())
         .unwrap()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
 }
 
 /// The recorded greedy ids up to the first step whose top-2 margin is below 1e-3 (where a

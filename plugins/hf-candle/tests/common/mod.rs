@@ -1,6 +1,8 @@
 //! Shared helpers for the hf-candle integration tests.
 #![allow(dead_code)]
 
+pub mod vision;
+
 use std::path::{Path, PathBuf};
 
 use hf_candle::HfCandle;
