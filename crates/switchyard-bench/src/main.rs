@@ -8,8 +8,13 @@
 //!     --llama-bin-dir "$(scripts/build-llama-cpp.sh | tail -n 1)" \
 //!     [--threads 1,2] [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] \
 //!     [--hf-model DIR --transformers-python ~/.cache/switchyard/venv-ref/bin/python] \
-//!     [--tables gguf,safetensors]
+//!     [--tables gguf,safetensors] [--kv-cache-dtype q8_0]
 //! ```
+//!
+//! `--kv-cache-dtype T` sets `[backends.hf-candle] kv_cache_dtype = "T"` in every Switchyard
+//! child and gives `llama-bench` the same cache (`-ctk T -ctv T`, with `-fa on` for `q8_0`,
+//! which llama.cpp quantizes V only with); a long-context run is e.g. `--tables speed
+//! --prompt-tokens 4096 --kv-cache-dtype q8_0`.
 //!
 //! Tables:
 //! - speed: prefill (`pp`, time to the first event of a `prompt-tokens` prompt, prefix cache
@@ -85,12 +90,16 @@ struct Args {
     device: String,
     /// Table groups to run (`gguf`, `safetensors`, `cuda`).
     tables: Vec<String>,
+    /// `[backends.hf-candle] kv_cache_dtype` of the Switchyard children, and llama-bench's
+    /// `-ctk`/`-ctv` (`None`: each side's default).
+    kv_cache_dtype: Option<String>,
 }
 
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
-[--tables gguf,speed,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda]
+[--tables gguf,speed,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda] \
+[--kv-cache-dtype f32|f16|bf16|q8_0]
        switchyard-bench load --help   (serving under load: switchyard api vs llama-server)";
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -107,6 +116,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dtype: "f32".into(),
         device: "cpu".into(),
         tables: vec!["gguf".into(), "safetensors".into()],
+        kv_cache_dtype: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -128,6 +138,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--child" => a.child = Some(value()?),
             "--dtype" => a.dtype = value()?,
             "--device" => a.device = value()?,
+            "--kv-cache-dtype" => a.kv_cache_dtype = Some(value()?),
             "--tables" => {
                 a.tables = value()?.split(',').map(str::to_owned).collect();
                 if let Some(t) = a.tables.iter().find(|t| {
@@ -184,8 +195,12 @@ fn load_with(
     max_concurrent: u32,
     model_extra: &str,
 ) -> anyhow::Result<ChatModel> {
+    let kv = a
+        .kv_cache_dtype
+        .as_ref()
+        .map_or(String::new(), |k| format!("kv_cache_dtype = \"{k}\"\n"));
     let toml = format!(
-        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n{model_extra}\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\ndevice = \"{}\"\n{extra}\n",
+        "sample_backend = \"hf-candle\"\nmax_concurrent = {max_concurrent}\n[model]\npath = \"{}\"\n{model_extra}\n[generation]\nrepetition_penalty = 1.0\n[backends.hf-candle]\nthreads = {threads}\ndtype = \"{}\"\ndevice = \"{}\"\n{kv}{extra}\n",
         a.model.display(),
         a.dtype,
         a.device
@@ -425,7 +440,11 @@ fn run_child(
     dtype: &str,
 ) -> anyhow::Result<(Value, f64)> {
     let start = Instant::now();
-    let out = Command::new(std::env::current_exe()?)
+    let mut cmd = Command::new(std::env::current_exe()?);
+    if let Some(k) = &a.kv_cache_dtype {
+        cmd.args(["--kv-cache-dtype", k]);
+    }
+    let out = cmd
         .args(["--child", mode, "--model"])
         .arg(model)
         .args(["--threads", &threads.to_string(), "--dtype", dtype])
@@ -444,7 +463,14 @@ fn run_child(
 }
 
 fn run_llama_bench(a: &Args, dir: &Path, threads: usize) -> anyhow::Result<(f64, f64)> {
-    let out = Command::new(dir.join("llama-bench"))
+    let mut cmd = Command::new(dir.join("llama-bench"));
+    if let Some(k) = &a.kv_cache_dtype {
+        cmd.args(["-ctk", k, "-ctv", k]);
+        if k == "q8_0" {
+            cmd.args(["-fa", "on"]);
+        }
+    }
+    let out = cmd
         .env("LD_LIBRARY_PATH", dir)
         .arg("-m")
         .arg(&a.model)
