@@ -128,6 +128,8 @@ fn weight_kind(t: GgmlDType) -> Option<WeightKind> {
         GgmlDType::BF16 => WeightKind::BF16,
         GgmlDType::Q4_0 => WeightKind::Q4_0,
         GgmlDType::Q4_1 => WeightKind::Q4_1,
+        GgmlDType::Q5_0 => WeightKind::Q5_0,
+        GgmlDType::Q5_1 => WeightKind::Q5_1,
         GgmlDType::Q8_0 => WeightKind::Q8_0,
         GgmlDType::Q4K => WeightKind::Q4_K,
         GgmlDType::Q5K => WeightKind::Q5_K,
@@ -136,12 +138,10 @@ fn weight_kind(t: GgmlDType) -> Option<WeightKind> {
     })
 }
 
-/// How the native engine sees a GGML type: one its kernels multiply, `Q5_0` (transcoded to
-/// `Q8_0` at load), or another, by name.
+/// How the native engine sees a GGML type: one its kernels multiply, or another, by name.
 fn tensor_format(t: GgmlDType) -> TensorFormat {
     match weight_kind(t) {
         Some(kind) => TensorFormat::Kernel(kind),
-        None if t == GgmlDType::Q5_0 => TensorFormat::Q5_0,
         None => TensorFormat::Other(format!("{t:?}")),
     }
 }

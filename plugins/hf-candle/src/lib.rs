@@ -6,7 +6,7 @@
 //! # Design
 //!
 //! * **Native engine first.** GGUF files (llama, qwen2, qwen3, gemma3; F32/F16/BF16, Q4_0,
-//!   Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) and Hugging Face folders (Llama, Mistral, Qwen2,
+//!   Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) and Hugging Face folders (Llama, Mistral, Qwen2,
 //!   Qwen3) run on the `native-llm` crate's batched transformer, with SIMD kernels picked at
 //!   run time, continuous batching and a prefix cache. candle runs what it lacks: other
 //!   quantization formats of llama/qwen GGUF files, reward models, CUDA and

@@ -223,7 +223,7 @@ fn read_gguf<R: Send>(
             )?;
             let (name, format) = w.unsupported_tensor().unwrap_or_default();
             format!(
-                "has tensor `{name}` in {format}, which the native kernels do not run (they run F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize it, e.g. `llama-quantize in.gguf out.gguf Q4_K_M`"
+                "has tensor `{name}` in {format}, which the native kernels do not run (they run F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); re-quantize it, e.g. `llama-quantize in.gguf out.gguf Q4_K_M`"
             )
         };
         return Err(Error::file(path, format!("is a `gemma3` GGUF that {why}")));

@@ -1,4 +1,4 @@
-//! The K-quant (`Q4_K`, `Q5_K`, `Q6_K`) and `Q5_0` decoders and dot products against an
+//! The K-quant (`Q4_K`, `Q5_K`, `Q6_K`), `Q5_0` and `Q5_1` decoders and dot products against an
 //! independent reference: tests/fixtures/gguf/kquants.{gguf,json}
 //! (scripts/fixtures/gen_kquant_fixture.py), random blocks dequantized by the `gguf` Python
 //! package, and the exact dot products of those values with a random activation vector.
@@ -10,7 +10,7 @@ use std::io::BufReader;
 
 use candle_core::quantized::gguf_file::Content;
 use native_llm::kernels::{self, BlockQ8, BlockQ8K, QK, QK_K, WeightKind};
-use native_llm::weights::GgufWeights;
+use native_llm::weights::{GgufWeights, Matrix};
 use serde_json::Value;
 
 fn fixture() -> (GgufWeights, Value) {
@@ -31,7 +31,7 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 #[test]
-fn k_quant_and_q5_0_rows_dequantize_as_the_gguf_package_does() {
+fn k_quant_and_q5_rows_dequantize_as_the_gguf_package_does() {
     let (w, fx) = fixture();
     assert!(w.unsupported_tensor().is_none(), "every format is native");
     for (name, t) in fx["tensors"].as_object().unwrap() {
@@ -40,8 +40,8 @@ fn k_quant_and_q5_0_rows_dequantize_as_the_gguf_package_does() {
             "Q4_K" => WeightKind::Q4_K,
             "Q5_K" => WeightKind::Q5_K,
             "Q6_K" => WeightKind::Q6_K,
-            // Transcoded at load: the same values as Q8_0 bytes.
-            "Q5_0" => WeightKind::Q8_0,
+            "Q5_0" => WeightKind::Q5_0,
+            "Q5_1" => WeightKind::Q5_1,
             other => panic!("unexpected type {other}"),
         };
         assert_eq!(m.kind, want_kind, "{name}");
@@ -61,7 +61,7 @@ fn k_quant_and_q5_0_rows_dequantize_as_the_gguf_package_does() {
 }
 
 #[test]
-fn k_quant_and_q5_0_dot_products_match_the_exact_ones() {
+fn k_quant_and_q5_dot_products_match_the_exact_ones() {
     let (w, fx) = fixture();
     for (name, t) in fx["tensors"].as_object().unwrap() {
         let m = w.matrix(name).unwrap();
@@ -89,7 +89,25 @@ fn k_quant_and_q5_0_dot_products_match_the_exact_ones() {
             } else {
                 let mut xq = vec![BlockQ8::default(); m.cols / QK];
                 kernels::quantize_row(&x, &mut xq);
-                kernels::dot_q(m.kind, m.row(r), &xq)
+                let one = kernels::dot_q(m.kind, m.row(r), &xq);
+                // The two rows four times over, repacked as the loader repacks a matrix for
+                // the 8-row kernels: the same values back, and the same dot products.
+                let rows: Vec<u8> = (0..kernels::GROUP)
+                    .flat_map(|j| m.row(j % 2).to_vec())
+                    .collect();
+                let g = Matrix::owned(m.kind, kernels::GROUP, m.cols, rows).for_kernels();
+                assert!(g.interleaved, "{name}: repacked");
+                let mut back = vec![0f32; m.cols];
+                g.dequantize_row(r + 2, &mut back);
+                assert_eq!(back, floats(vals), "{name} row {r}: repacked values");
+                let eight = kernels::dot_x8(m.kind, g.group(0), &xq);
+                assert_eq!(eight[r], eight[r + 2], "{name} row {r}");
+                assert!(
+                    (eight[r] - one).abs() <= 1e-4 * (1.0 + one.abs()),
+                    "{name} row {r}: 8-row kernel {} vs one row {one}",
+                    eight[r]
+                );
+                one
             };
             // Activation quantization moves each value by at most half a step (amax / 254).
             let bound: f32 = floats(vals).iter().map(|v| v.abs()).sum::<f32>() * amax / 254.0;

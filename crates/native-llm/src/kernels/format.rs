@@ -20,6 +20,13 @@ pub enum WeightKind {
     Q4_0,
     /// 32 4-bit values with an f16 scale and minimum: `q * d + m`.
     Q4_1,
+    /// 32 5-bit values with one f16 scale: `(q - 16) * d`; per block `d`, the 32 fifth bits
+    /// `qh` (a little-endian u32, bit `j` for value `j`), then the low 4 bits as `Q4_0` packs
+    /// them (value `j` in the low nibble of byte `j`, value `16 + j` in its high nibble).
+    Q5_0,
+    /// 32 5-bit values with an f16 scale and minimum: `q * d + m`; `d`, `m`, then `Q5_0`'s
+    /// `qh` and nibbles.
+    Q5_1,
     /// 32 signed bytes with one f16 scale: `q * d`.
     Q8_0,
     /// 256 4-bit values in 8 sub-blocks with 6-bit scales and minimums.
@@ -46,7 +53,11 @@ impl WeightKind {
     pub fn block_elems(self) -> usize {
         match self {
             WeightKind::F32 | WeightKind::F16 | WeightKind::BF16 => 1,
-            WeightKind::Q4_0 | WeightKind::Q4_1 | WeightKind::Q8_0 => QK,
+            WeightKind::Q4_0
+            | WeightKind::Q4_1
+            | WeightKind::Q5_0
+            | WeightKind::Q5_1
+            | WeightKind::Q8_0 => QK,
             WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => QK_K,
         }
     }
@@ -58,6 +69,8 @@ impl WeightKind {
             WeightKind::F16 | WeightKind::BF16 => 2,
             WeightKind::Q4_0 => 18,
             WeightKind::Q4_1 => 20,
+            WeightKind::Q5_0 => 22,
+            WeightKind::Q5_1 => 24,
             WeightKind::Q8_0 => 34,
             WeightKind::Q4_K => 144,
             WeightKind::Q5_K => 176,
@@ -70,9 +83,15 @@ impl WeightKind {
         cols / self.block_elems() * self.block_bytes()
     }
 
-    /// Bytes before the quants in a quantized block: the f16 scale, and `Q4_1`'s f16 minimum.
+    /// Bytes before the quants in a quantized block: the f16 scale, and the f16 minimum of
+    /// `Q4_1` and `Q5_1` (for `Q5_0`/`Q5_1` the quants are `qh` and the nibbles).
     pub fn head_bytes(self) -> usize {
-        if self == WeightKind::Q4_1 { 4 } else { 2 }
+        if self.has_min() { 4 } else { 2 }
+    }
+
+    /// Whether a block stores a minimum after its scale (`Q4_1`, `Q5_1`).
+    pub fn has_min(self) -> bool {
+        matches!(self, WeightKind::Q4_1 | WeightKind::Q5_1)
     }
 
     /// Whether activations must be quantized before multiplying.
@@ -91,8 +110,8 @@ impl WeightKind {
 
     /// Rows per interleaved group when a matrix of this format with `cols` columns can be
     /// repacked for the multi-row kernels ([`interleave`](super::interleave)): [`GROUP`] for
-    /// `Q4_0`/`Q4_1`/`Q8_0`, [`F_GROUP`] for floats whose width is a multiple of [`F_PIECE`];
-    /// `None` otherwise.
+    /// `Q4_0`/`Q4_1`/`Q5_0`/`Q5_1`/`Q8_0`, [`F_GROUP`] for floats whose width is a multiple
+    /// of [`F_PIECE`]; `None` otherwise.
     pub fn group_rows(self, cols: usize) -> Option<usize> {
         match self.act_format() {
             ActFormat::Q8 => Some(GROUP),
@@ -109,6 +128,8 @@ impl WeightKind {
             WeightKind::BF16 => "BF16",
             WeightKind::Q4_0 => "Q4_0",
             WeightKind::Q4_1 => "Q4_1",
+            WeightKind::Q5_0 => "Q5_0",
+            WeightKind::Q5_1 => "Q5_1",
             WeightKind::Q8_0 => "Q8_0",
             WeightKind::Q4_K => "Q4_K",
             WeightKind::Q5_K => "Q5_K",
@@ -118,7 +139,7 @@ impl WeightKind {
 }
 
 /// 32 activation values quantized to signed bytes: `x ≈ d * q`, with `s = d * Σq`
-/// (the term `Q4_0`'s offset and `Q4_1`'s minimum need).
+/// (the term the offsets of `Q4_0`/`Q5_0` and the minimums of `Q4_1`/`Q5_1` need).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C)]
 pub struct BlockQ8 {

@@ -1,7 +1,7 @@
 //! llama.cpp's "K-quant" formats (`Q4_K`, `Q5_K`, `Q6_K`: 256-value super-blocks with
 //! quantized per-sub-block scales) multiplied the way llama.cpp multiplies them: against
 //! activations quantized per 256 values ([`BlockQ8K`]), integer sums per super-block, one
-//! float multiply-add per super-block. Also `Q5_0`, transcoded losslessly to `Q8_0` at load.
+//! float multiply-add per super-block.
 //!
 //! Layouts (little-endian, per super-block of 256 values):
 //! - `Q4_K` (144 bytes): `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`; value
@@ -208,29 +208,4 @@ pub fn dequantize_row_k(kind: WeightKind, row: &[u8], out: &mut [f32]) {
             o.copy_from_slice(&full[..o.len()]);
         }
     }
-}
-
-/// Bytes of a `Q5_0` block (32 values: `d: f16, qh: u32, qs: [u8; 16]`).
-pub const Q5_0_BLOCK_BYTES: usize = 22;
-
-/// Rewrites `Q5_0` blocks as `Q8_0` blocks with the same scale and the 5-bit values minus 16
-/// as bytes: the same numbers (and the same integer dot products llama.cpp computes for
-/// `Q5_0`), in a format the 8-row kernels run.
-pub fn q5_0_to_q8_0(src: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() / Q5_0_BLOCK_BYTES * 34);
-    for b in src.chunks_exact(Q5_0_BLOCK_BYTES) {
-        out.extend_from_slice(&b[..2]);
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let qs = &b[6..22];
-        let value = |j: usize| -> u8 {
-            let (nib, bit) = if j < 16 {
-                (qs[j] & 0x0F, (qh >> j) & 1)
-            } else {
-                (qs[j - 16] >> 4, (qh >> j) & 1)
-            };
-            ((nib as i32 | (bit as i32) << 4) - 16) as i8 as u8
-        };
-        out.extend((0..32).map(value));
-    }
-    out
 }

@@ -13,10 +13,12 @@ pub fn group_block_bytes(kind: WeightKind) -> usize {
 /// Repacks the rows of one group (`kind.group_rows(cols)` consecutive rows, row-major) so
 /// the multi-row kernels read it as one sequential stream and produce the group's outputs
 /// together:
-/// - quantized (8 rows): block by block, the 8 scales (and `Q4_1` minimums) first, then the
-///   8 rows' quants, `[d; 8] [m; 8]? [qs; 8]` (laid out as [`quant_at`] says). One SIMD load
-///   then converts all 8 scales, and the kernel produces 8 outputs with no per-row
-///   horizontal sum.
+/// - quantized (8 rows): block by block, the 8 scales (and `Q4_1`/`Q5_1` minimums) first,
+///   then the 8 rows' quants, `[d; 8] [m; 8]? [qs; 8]` (laid out as [`quant_at`] says). One
+///   SIMD load then converts all 8 scales, and the kernel produces 8 outputs with no per-row
+///   horizontal sum. `Q5_0`/`Q5_1` quants are the 4 bytes of `qh` then the 16 of nibbles, so
+///   the first 32 quant bytes are the 8 rows' `qh`, one row per 32-bit lane, and the
+///   nibbles follow in `Q4_0`'s pieces.
 /// - float (4 rows): pieces of [`F_PIECE`] columns, piece `k` of rows 0..4 side by side
 ///   (`[r0 k] [r1 k] [r2 k] [r3 k] [r0 k+1] …`). A single token's decode step then runs four
 ///   independent accumulator chains over one forward stream (four separate row streams
@@ -34,6 +36,8 @@ pub fn interleave_into(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]
     match kind {
         WeightKind::Q4_0 => interleave8_fixed::<2, 16, 18>(src, cols, out),
         WeightKind::Q4_1 => interleave8_fixed::<4, 16, 20>(src, cols, out),
+        WeightKind::Q5_0 => interleave8_fixed::<2, 20, 22>(src, cols, out),
+        WeightKind::Q5_1 => interleave8_fixed::<4, 20, 24>(src, cols, out),
         WeightKind::Q8_0 => interleave8_fixed::<2, 32, 34>(src, cols, out),
         WeightKind::F32 => interleave_f4::<32>(src, cols, out),
         WeightKind::F16 | WeightKind::BF16 => interleave_f4::<16>(src, cols, out),
@@ -121,7 +125,7 @@ pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -
     for i in 0..cols / QK {
         let g = &group[i * gb..(i + 1) * gb];
         out.extend_from_slice(&g[j * 2..j * 2 + 2]);
-        if kind == WeightKind::Q4_1 {
+        if kind.has_min() {
             out.extend_from_slice(&g[16 + j * 2..16 + j * 2 + 2]);
         }
         let quants = &g[head * GROUP..];
@@ -133,7 +137,8 @@ pub fn deinterleave_row(kind: WeightKind, group: &[u8], j: usize, cols: usize) -
 /// Where byte `b` of row `r`'s quants sits among an interleaved group block's quants: in
 /// 4-byte pieces, piece `k` of rows 0..8 side by side (`[r0 k0] [r1 k0] … [r7 k0] [r0 k1] …`),
 /// so one 32-byte load holds the same columns of all 8 rows (`Q8_0`: 4 columns; `Q4_0`/`Q4_1`:
-/// 8, as 4 low nibbles and 4 high) and one broadcast activation quad multiplies them into 8
+/// 8, as 4 low nibbles and 4 high; `Q5_0`/`Q5_1`: piece 0 is the rows' `qh`, pieces 1..5 the
+/// nibbles as `Q4_0`'s 0..4) and one broadcast activation quad multiplies them into 8
 /// row sums without a horizontal add.
 pub fn quant_at(r: usize, b: usize) -> usize {
     (b / 4 * GROUP + r) * 4 + b % 4

@@ -1,11 +1,11 @@
 //! CPU kernels for the native transformer: dot products between weight rows stored in GGUF
 //! block formats (or plain floats) and activations, picked once at run time.
 //!
-//! Quantized weights (`Q4_0`, `Q4_1`, `Q8_0`) are multiplied against activations quantized to
-//! [`BlockQ8`] (32 values, an f32 scale and the scaled sum), the way llama.cpp does, so the
-//! inner loop is 8-bit integer multiply-adds; K-quants (`Q4_K`, `Q5_K`, `Q6_K`) against
-//! [`BlockQ8K`] (256 values; see [`kquants`]). Float weights (`F32`, `F16`, `BF16`) meet f32
-//! activations.
+//! Quantized weights (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`) are multiplied against
+//! activations quantized to [`BlockQ8`] (32 values, an f32 scale and the scaled sum), the way
+//! llama.cpp does, so the inner loop is 8-bit integer multiply-adds; K-quants (`Q4_K`, `Q5_K`,
+//! `Q6_K`) against [`BlockQ8K`] (256 values; see [`kquants`]). Float weights (`F32`, `F16`,
+//! `BF16`) meet f32 activations.
 //!
 //! Every kernel computes one row against one activation vector, so a token's result does not
 //! depend on what else is in the batch: batched prefill, batched decoding and a solo run give
@@ -25,12 +25,13 @@
 //!
 //! - `format.rs`: storage formats, block and group sizes, value readers and writers;
 //! - `layout.rs`: the interleaved group layout ([`interleave`], [`deinterleave_row`]);
-//! - [`kquants`]: the K-quant formats' portable reference and `Q5_0` transcoding;
+//! - [`kquants`]: the K-quant formats' portable reference;
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
 //! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
 //! - `avx512/` (x86-64 only): AVX-512 VNNI kernels for the quantized dot products of decode
-//!   (`Q4_0`, `Q4_1`, `Q8_0` groups, `Q4_K` and `Q6_K` rows), used beside the AVX2 ones.
+//!   (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` groups, `Q4_K` and `Q6_K` rows), used beside the
+//!   AVX2 ones.
 //!
 //! The functions below pick one of the last three per call from [`isa()`], chosen once per
 //! process; with [`Isa::Avx512`] everything the AVX-512 module lacks runs on AVX2.

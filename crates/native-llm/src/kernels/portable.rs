@@ -44,7 +44,28 @@ fn nibble_dot(qs: &[u8], y: &[i8; QK]) -> i32 {
         .sum()
 }
 
-/// One quantized block (scale `d`, `Q4_1` minimum `m`, quants `qs`) · one activation block.
+/// `Σ q[j] * y[j]` over the 32 5-bit values of a `Q5_0`/`Q5_1` block's quants (`qh`, then
+/// the nibbles; values 0..32, before `Q5_0`'s offset).
+fn q5_dot(qs: &[u8], y: &[i8; QK]) -> i32 {
+    let qh = u32::from_le_bytes([qs[0], qs[1], qs[2], qs[3]]);
+    (0..QK)
+        .map(|j| q5_value(qh, &qs[4..], j) as i32 * y[j] as i32)
+        .sum()
+}
+
+/// Value `j` (0..32, before `Q5_0`'s offset) of a `Q5_0`/`Q5_1` block with fifth bits `qh`
+/// and nibbles `nibs`, as ggml's `dequantize_row_q5_0` reads them.
+fn q5_value(qh: u32, nibs: &[u8], j: usize) -> u8 {
+    let nib = if j < QK / 2 {
+        nibs[j] & 0x0F
+    } else {
+        nibs[j - QK / 2] >> 4
+    };
+    nib | (((qh >> j) & 1) as u8) << 4
+}
+
+/// One quantized block (scale `d`, `Q4_1`/`Q5_1` minimum `m`, quants `qs`) · one activation
+/// block.
 fn block_dot(kind: WeightKind, d: f32, m: f32, qs: &[u8], a: &BlockQ8) -> f32 {
     match kind {
         WeightKind::Q8_0 => {
@@ -57,6 +78,8 @@ fn block_dot(kind: WeightKind, d: f32, m: f32, qs: &[u8], a: &BlockQ8) -> f32 {
         }
         WeightKind::Q4_1 => d * a.d * nibble_dot(qs, &a.qs) as f32 + m * a.s,
         WeightKind::Q4_0 => d * a.d * nibble_dot(qs, &a.qs) as f32 - 8.0 * d * a.s,
+        WeightKind::Q5_1 => d * a.d * q5_dot(qs, &a.qs) as f32 + m * a.s,
+        WeightKind::Q5_0 => d * a.d * q5_dot(qs, &a.qs) as f32 - 16.0 * d * a.s,
         _ => unreachable!("float weights use dot_f"),
     }
 }
@@ -66,11 +89,7 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
     let (bb, head) = (kind.block_bytes(), kind.head_bytes());
     let mut total = 0f32;
     for (b, a) in row.chunks_exact(bb).zip(act) {
-        let m = if kind == WeightKind::Q4_1 {
-            f16_at(b, 2)
-        } else {
-            0.0
-        };
+        let m = if kind.has_min() { f16_at(b, 2) } else { 0.0 };
         total += block_dot(kind, f16_at(b, 0), m, &b[head..], a);
     }
     total
@@ -158,6 +177,22 @@ pub fn dequantize_row(kind: WeightKind, row: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        WeightKind::Q5_0 | WeightKind::Q5_1 => {
+            let bb = kind.block_bytes();
+            for (bi, o) in out.chunks_mut(QK).enumerate() {
+                let b = &row[bi * bb..];
+                let d = f16_at(b, 0);
+                let (m, off, sub) = if kind == WeightKind::Q5_1 {
+                    (f16_at(b, 2), 4, 0.0)
+                } else {
+                    (0.0, 2, 16.0)
+                };
+                let qh = u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]);
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = (q5_value(qh, &b[off + 4..], j) as f32 - sub) * d + m;
+                }
+            }
+        }
         WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => {
             kquants::dequantize_row_k(kind, row, out)
         }
@@ -172,7 +207,7 @@ pub fn dot_x8(kind: WeightKind, group: &[u8], act: &[BlockQ8]) -> [f32; GROUP] {
     let mut out = [0f32; GROUP];
     for (g, a) in group.chunks_exact(gb).zip(act) {
         for (r, o) in out.iter_mut().enumerate() {
-            let m = if kind == WeightKind::Q4_1 {
+            let m = if kind.has_min() {
                 f16_at(g, 16 + r * 2)
             } else {
                 0.0

@@ -58,18 +58,64 @@ fn encode(kind: WeightKind, w: &[f32]) -> Vec<u8> {
                 }
             }
         }
+        // ggml's `quantize_row_q5_0_ref` / `quantize_row_q5_1_ref`.
+        WeightKind::Q5_0 | WeightKind::Q5_1 => {
+            for b in w.chunks(QK) {
+                let (min, max) = b
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+                let (d, m) = if kind == WeightKind::Q5_1 {
+                    ((max - min) / 31.0, min)
+                } else {
+                    let amax = if max.abs() > min.abs() { max } else { min };
+                    (amax / -16.0, 0.0)
+                };
+                out.extend(half::f16::from_f32(d).to_le_bytes());
+                if kind == WeightKind::Q5_1 {
+                    out.extend(half::f16::from_f32(m).to_le_bytes());
+                }
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let q: Vec<u32> = b
+                    .iter()
+                    .map(|x| {
+                        if kind == WeightKind::Q5_1 {
+                            ((x - m) * id + 0.5).clamp(0.0, 31.0) as u32
+                        } else {
+                            (x * id + 16.5).clamp(0.0, 31.0) as u32
+                        }
+                    })
+                    .collect();
+                let qh = q
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |h, (j, v)| h | (v >> 4) << j);
+                out.extend(qh.to_le_bytes());
+                out.extend((0..QK / 2).map(|j| (q[j] & 0x0F | (q[j + QK / 2] & 0x0F) << 4) as u8));
+            }
+        }
         // Checked against the `gguf` package's decoder instead (tests/kquant_tests.rs).
         WeightKind::Q4_K | WeightKind::Q5_K | WeightKind::Q6_K => unimplemented!(),
     }
     out
 }
 
-const KINDS: [WeightKind; 6] = [
+const KINDS: [WeightKind; 8] = [
     WeightKind::F32,
     WeightKind::F16,
     WeightKind::BF16,
     WeightKind::Q4_0,
     WeightKind::Q4_1,
+    WeightKind::Q5_0,
+    WeightKind::Q5_1,
+    WeightKind::Q8_0,
+];
+
+/// The formats of the 8-row group kernels.
+const GROUPED: [WeightKind; 5] = [
+    WeightKind::Q4_0,
+    WeightKind::Q4_1,
+    WeightKind::Q5_0,
+    WeightKind::Q5_1,
     WeightKind::Q8_0,
 ];
 
@@ -125,14 +171,10 @@ fn attention_kernel_agrees_with_the_portable_loop() {
 #[test]
 fn interleaved_groups_give_back_every_row() {
     let mut seed = 5;
-    for kind in [
-        WeightKind::Q4_0,
-        WeightKind::Q4_1,
-        WeightKind::Q8_0,
-        WeightKind::F32,
-        WeightKind::F16,
-        WeightKind::BF16,
-    ] {
+    for kind in GROUPED
+        .into_iter()
+        .chain([WeightKind::F32, WeightKind::F16, WeightKind::BF16])
+    {
         let cols = 96;
         let n = kind.group_rows(cols).expect("an interleaved kind");
         let rows: Vec<Vec<u8>> = (0..n)
@@ -381,6 +423,7 @@ fn every_kind_dequantizes_close_to_the_source() {
             WeightKind::F16 => 1e-3,
             WeightKind::BF16 => 1e-2,
             WeightKind::Q8_0 => 1e-2,
+            WeightKind::Q5_0 | WeightKind::Q5_1 => 0.07,
             _ => 0.14,
         };
         for (a, b) in w.iter().zip(&back) {
@@ -423,7 +466,7 @@ fn simd_and_portable_kernels_agree_with_the_dequantized_dot() {
                 isa()
             );
         }
-        for kind in [WeightKind::Q4_0, WeightKind::Q4_1, WeightKind::Q8_0] {
+        for kind in GROUPED {
             let rows: Vec<u8> = (0..GROUP)
                 .flat_map(|_| {
                     let w: Vec<f32> = (0..cols).map(|_| lcg(&mut seed)).collect();

@@ -11,17 +11,15 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
-use super::matrix::{Bytes, Matrix, map_file, release};
+use super::matrix::{Bytes, Matrix, map_file};
 use crate::error::{Error, Result};
-use crate::kernels::{self, WeightKind};
+use crate::kernels::WeightKind;
 
 /// How a GGUF tensor's values are stored, as far as the native kernels are concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TensorFormat {
     /// A format the kernels multiply directly.
     Kernel(WeightKind),
-    /// `Q5_0`, rewritten as `Q8_0` at load (see [`kernels::kquants::q5_0_to_q8_0`]).
-    Q5_0,
     /// Any other GGML type, by the name messages show; the native model cannot run it.
     Other(String),
 }
@@ -89,7 +87,7 @@ impl GgufWeights {
             .into_iter()
             .find_map(|n| match &self.tensors[n].format {
                 TensorFormat::Other(t) => Some((n.clone(), t.clone())),
-                TensorFormat::Kernel(_) | TensorFormat::Q5_0 => None,
+                TensorFormat::Kernel(_) => None,
             })
     }
 
@@ -118,7 +116,6 @@ impl GgufWeights {
         };
         let kind = match &info.format {
             TensorFormat::Kernel(kind) => *kind,
-            TensorFormat::Q5_0 => return self.q5_0_matrix(name, info, rows, cols),
             TensorFormat::Other(t) => {
                 return Err(Error::file(
                     &self.path,
@@ -154,33 +151,6 @@ impl GgufWeights {
             row_bytes,
             interleaved: false,
         })
-    }
-
-    /// A `Q5_0` tensor, rewritten as `Q8_0` (same values; see [`kernels::kquants::q5_0_to_q8_0`]).
-    fn q5_0_matrix(
-        &self,
-        name: &str,
-        info: &GgufTensor,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Matrix> {
-        if !cols.is_multiple_of(kernels::QK) {
-            return Err(Error::file(
-                &self.path,
-                format!("tensor `{name}`: {cols} columns is not a multiple of the 32-value block"),
-            ));
-        }
-        let bytes = rows * cols / kernels::QK * kernels::kquants::Q5_0_BLOCK_BYTES;
-        let start = self.data_offset + info.offset as usize;
-        let src = self.map.get(start..start + bytes).ok_or_else(|| {
-            Error::file(
-                &self.path,
-                format!("is truncated: tensor `{name}` runs past the end of the file"),
-            )
-        })?;
-        let data = kernels::kquants::q5_0_to_q8_0(src);
-        release(&self.map, start, bytes);
-        Ok(Matrix::owned(WeightKind::Q8_0, rows, cols, data))
     }
 
     /// A 1-D tensor as f32 (norm weights, biases).

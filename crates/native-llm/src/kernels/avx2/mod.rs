@@ -16,6 +16,7 @@ mod attention;
 mod attention_q8;
 mod float;
 mod kquants;
+mod q5;
 mod quant;
 pub(super) mod simd;
 
@@ -23,5 +24,30 @@ pub use activation::{exp_shifted_sum, gated_activation};
 pub use attention::attend_many;
 pub use float::{axpy, dot_f, dot_f_block, dot_f32};
 pub use kquants::{dot_k_multi, quantize_row_k};
-pub use quant::{dot_q, dot_x8_multi, quantize_row};
+pub use quant::quantize_row;
 pub use simd::available;
+
+use crate::kernels::format::{BlockQ8, WeightKind};
+
+/// Quantized weight row (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`) · quantized activations.
+pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
+    match kind {
+        WeightKind::Q5_0 | WeightKind::Q5_1 => q5::dot_q(kind, row, act),
+        _ => quant::dot_q(kind, row, act),
+    }
+}
+
+/// The 8 dot products of an interleaved group (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`) with
+/// each of up to 4 activation vectors (`out[t]` for `acts[t]`).
+pub fn dot_x8_multi(
+    kind: WeightKind,
+    group: &[u8],
+    acts: &[&[BlockQ8]],
+    out: &mut [[f32; 8]],
+    stream: bool,
+) {
+    match kind {
+        WeightKind::Q5_0 | WeightKind::Q5_1 => q5::dot_x8_multi(kind, group, acts, out, stream),
+        _ => quant::dot_x8_multi(kind, group, acts, out, stream),
+    }
+}

@@ -110,7 +110,7 @@ pub fn dot_x8_multi(
 /// 16 bytes of packed nibbles → 32 bytes: low nibbles (values 0..16) then high (16..32).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn unpack_nibbles(q: &[u8; 16]) -> __m256i {
+pub(super) fn unpack_nibbles(q: &[u8; 16]) -> __m256i {
     let q = load_16(q);
     let both = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
@@ -119,7 +119,7 @@ fn unpack_nibbles(q: &[u8; 16]) -> __m256i {
 /// `Σ w[i] * x[i]` over 32 unsigned weight bytes (< 128) and signed activation bytes, as 8 f32.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
+pub(super) fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
     let pairs = _mm256_maddubs_epi16(w, x);
     _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
@@ -183,7 +183,7 @@ pub(super) fn dot_q8_0(row: &[u8], act: &[BlockQ8]) -> f32 {
 /// per row of an interleaved group).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn quad(a: &BlockQ8, j: usize) -> __m256i {
+pub(super) fn quad(a: &BlockQ8, j: usize) -> __m256i {
     let q = &a.qs[4 * j..4 * j + 4];
     _mm256_set1_epi32(i32::from_le_bytes([
         q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,

@@ -1,6 +1,6 @@
 //! x86-64 kernels with AVX-512 (F, BW, VL) and AVX-512 VNNI, used only after run-time
-//! detection, for the decode-critical quantized dot products: the interleaved `Q4_0`, `Q4_1`
-//! and `Q8_0` groups and the `Q4_K` and `Q6_K` rows. Everything else (activation
+//! detection, for the decode-critical quantized dot products: the interleaved `Q4_0`, `Q4_1`,
+//! `Q5_0`, `Q5_1` and `Q8_0` groups and the `Q4_K` and `Q6_K` rows. Everything else (activation
 //! quantization, `Q5_K`, float weights, attention) stays on the AVX2 kernels, which the
 //! dispatch in `super` also uses on these CPUs.
 //!
@@ -16,10 +16,27 @@
 //! `super::isa()` chose `Isa::Avx512`, that is after [`available`] said yes.
 
 mod kquants;
+mod q5;
 mod quant;
 
 pub use kquants::dot_k_multi;
-pub use quant::dot_x8_multi;
+
+use crate::kernels::format::{BlockQ8, WeightKind};
+
+/// The 8 dot products of an interleaved group (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`) with
+/// each of up to 4 activation vectors (`out[t]` for `acts[t]`).
+pub fn dot_x8_multi(
+    kind: WeightKind,
+    group: &[u8],
+    acts: &[&[BlockQ8]],
+    out: &mut [[f32; 8]],
+    stream: bool,
+) {
+    match kind {
+        WeightKind::Q5_0 | WeightKind::Q5_1 => q5::dot_x8_multi(kind, group, acts, out, stream),
+        _ => quant::dot_x8_multi(kind, group, acts, out, stream),
+    }
+}
 
 /// Whether this CPU has everything these kernels use (and the AVX2 kernels they sit beside).
 pub fn available() -> bool {

@@ -63,7 +63,7 @@ pub(super) fn load_64(b: &[u8]) -> __m512i {
 /// The 32 activation bytes of `a` in the low half of a 512-bit register (high half zero).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn load_act(a: &BlockQ8) -> __m512i {
+pub(super) fn load_act(a: &BlockQ8) -> __m512i {
     // SAFETY: reads exactly the 32 bytes of `a.qs`; `loadu` has no alignment requirement.
     _mm512_zextsi256_si512(unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) })
 }
@@ -72,7 +72,7 @@ fn load_act(a: &BlockQ8) -> __m512i {
 /// lanes 8..16.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn quads(q: i32) -> __m512i {
+pub(super) fn quads(q: i32) -> __m512i {
     _mm512_inserti64x4::<1>(
         _mm512_castsi256_si512(_mm256_set1_epi32(q)),
         _mm256_set1_epi32(q + 1),
@@ -82,7 +82,7 @@ fn quads(q: i32) -> __m512i {
 /// The two 256-bit halves of `v`, added: 8 rows' sums.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn fold(v: __m512i) -> __m256i {
+pub(super) fn fold(v: __m512i) -> __m256i {
     _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
 }
 

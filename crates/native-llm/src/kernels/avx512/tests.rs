@@ -33,13 +33,19 @@ fn avx512_group_kernels_equal_avx2_bit_for_bit_and_portable_closely() {
     }
     let mut seed = 17;
     let cols = 7 * QK;
-    for kind in [WeightKind::Q4_0, WeightKind::Q4_1, WeightKind::Q8_0] {
+    for kind in [
+        WeightKind::Q4_0,
+        WeightKind::Q4_1,
+        WeightKind::Q5_0,
+        WeightKind::Q5_1,
+        WeightKind::Q8_0,
+    ] {
         let bb = kind.block_bytes();
         let mut rows = vec![0u8; GROUP * kind.row_bytes(cols)];
         for b in rows.chunks_exact_mut(bb) {
             b.iter_mut().for_each(|v| *v = lcg(&mut seed) as u8);
             b[..2].copy_from_slice(&small_f16(&mut seed));
-            if kind == WeightKind::Q4_1 {
+            if kind.has_min() {
                 b[2..4].copy_from_slice(&small_f16(&mut seed));
             }
             if kind == WeightKind::Q8_0 {
