@@ -8,8 +8,9 @@
 //! Each case runs cold with prefill in chunks of 384 tokens (a long prompt spans several
 //! batched steps that read the q8_0 cache), then again, when the prefix cache holds all but
 //! its last prompt token (the engine reuses the parked q8_0 cache), and both must give the
-//! same ids. The SmolLM2 file is fetched by scripts/test.sh; the Qwen one is not (a benchmark
-//! model, scripts/fetch-qwen-coder.sh) and its test says so and skips when it is absent.
+//! same ids, and so must all the cases run at once (batched steps). The SmolLM2 file is
+//! fetched by scripts/test.sh; the Qwen one is not (a benchmark model,
+//! scripts/fetch-qwen-coder.sh) and its test says so and skips when it is absent.
 
 mod common;
 
@@ -38,6 +39,7 @@ fn check_model(key: &str, path: &std::path::Path) {
     let cases = m["cases"].as_array().unwrap();
     assert!(!cases.is_empty(), "{key}: no cases in the fixture");
     let mut long = 0;
+    let mut solo = Vec::new();
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
@@ -81,6 +83,7 @@ fn check_model(key: &str, path: &std::path::Path) {
             margin >= OUR_MIN_MARGIN,
             "{key} {name}: our smallest top-2 gap {margin} over the reliable prefix"
         );
+        solo.push(got.clone());
         let warm = run();
         assert_eq!(
             warm[0].token_ids, cold[0].token_ids,
@@ -93,6 +96,33 @@ fn check_model(key: &str, path: &std::path::Path) {
         );
     }
     assert!(long > 0, "{key}: no case of 1000+ prompt tokens");
+    // All the cases at once (batched decode steps, a long prefill sharing steps with the
+    // others' decoding; prefix cache cleared by a fresh engine): the same ids as alone.
+    let options = json!({"threads": 2, "kv_cache_dtype": "q8_0", "prefill_chunk": 384});
+    let eng = common::engine_with(path, options, json!({})).unwrap();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = cases
+            .iter()
+            .zip(&solo)
+            .map(|(case, want)| {
+                let eng = &eng;
+                s.spawn(move || {
+                    let req = ChatRequest {
+                        prompt: Some(Prompt::Tokens(
+                            serde_json::from_value(case["prompt_ids"].clone()).unwrap(),
+                        )),
+                        generation: common::greedy(want.len() as u32),
+                        ..Default::default()
+                    };
+                    let got = eng.chat(req).unwrap()[0].token_ids.clone().unwrap();
+                    assert_eq!(&got, want, "{key} {}: batched vs alone", case["name"]);
+                })
+            })
+            .collect();
+        for r in runs {
+            r.join().unwrap();
+        }
+    });
 }
 
 #[test]
