@@ -259,6 +259,10 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 if tile.kind == WeightKind::Q8_0 => {
+            avx2::attend_q8(tile, scratch, out)
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => avx2::attend_many(tile, scratch, out),
         _ if tile.kind == WeightKind::Q8_0 => tile.run_each(
             |h, sc, o| {

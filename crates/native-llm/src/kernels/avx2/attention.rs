@@ -19,7 +19,6 @@ pub fn attend_many(tile: &Tile<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
     // SAFETY: as in `quant::dot_q`: reached only after `available()`.
     unsafe {
         match tile.kind {
-            WeightKind::Q8_0 => super::attention_q8::attend_q8_imp(tile, scratch, out),
             WeightKind::F16 => attend_many_imp::<F16>(tile, scratch, out),
             WeightKind::BF16 => attend_many_imp::<BF16>(tile, scratch, out),
             _ => attend_many_imp::<F32>(tile, scratch, out),
@@ -34,7 +33,7 @@ const ATTN_BLOCK: usize = 16;
 /// the 4-position score reduction in [`attend_many_imp`] gives each position.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn reduce_pairs(acc: __m256) -> f32 {
+pub(super) fn reduce_pairs(acc: __m256) -> f32 {
     let h = _mm256_hadd_ps(acc, acc);
     let h = _mm256_hadd_ps(h, h);
     _mm_cvtss_f32(_mm_add_ps(
@@ -242,7 +241,7 @@ fn weigh_pair<'v, const K: u8, const L: usize>(
 /// Four keys' dot products (`acc[c]` summed across lanes, as pairs) times `scale`, into `dst`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn store_scores(acc: [__m256; 4], scale: f32, dst: &mut [f32]) {
+pub(super) fn store_scores(acc: [__m256; 4], scale: f32, dst: &mut [f32]) {
     let h = _mm256_hadd_ps(
         _mm256_hadd_ps(acc[0], acc[1]),
         _mm256_hadd_ps(acc[2], acc[3]),

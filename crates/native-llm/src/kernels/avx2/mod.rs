@@ -7,9 +7,9 @@
 //!
 //! Layering (each module uses only those before it): `simd` (detection, loads, stores,
 //! prefetch) → `quant` (`Q4_0`/`Q4_1`/`Q8_0`), `float` (float weights, dot, axpy),
-//! `activation` (vector `e^x`), `kquants` (`Q4_K`/`Q5_K`/`Q6_K`) → `attention_q8` (a `Q8_0`
-//! cache; uses `quant`, `float` and `activation`) → `attention` (uses `float`, `activation`
-//! and `attention_q8`). This module only re-exports; the dispatch in `super` calls it.
+//! `activation` (vector `e^x`), `kquants` (`Q4_K`/`Q5_K`/`Q6_K`) → `attention` (uses `float`
+//! and `activation`) → `attention_q8` (a `Q8_0` cache; uses `quant`, `activation` and
+//! `attention`'s score reductions). This module only re-exports; the dispatch in `super` calls it.
 
 mod activation;
 mod attention;
@@ -22,6 +22,7 @@ pub(super) mod simd;
 
 pub use activation::{exp_shifted_sum, gated_activation};
 pub use attention::attend_many;
+pub use attention_q8::attend_q8;
 pub use float::{axpy, dot_f, dot_f_block, dot_f32};
 pub use kquants::{dot_k_multi, quantize_row_k};
 pub use quant::quantize_row;
