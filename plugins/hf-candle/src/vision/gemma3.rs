@@ -149,21 +149,10 @@ impl Gemma3 {
 
     /// The projected image features, `(images * mm_tokens_per_image, text hidden)`.
     pub fn image_embeddings(&self, images: &[Prepared]) -> Result<Tensor> {
-        let s = self.cfg.vision.image_size;
-        let mut flat = Vec::with_capacity(images.len() * 3 * s * s);
-        for (i, img) in images.iter().enumerate() {
-            if img.shape != [3, s, s] {
-                return Err(Error::InvalidRequest(format!(
-                    "image {i}: prepared as {:?}, the SigLIP tower takes [3, {s}, {s}] \
-                     (the processor's size must equal vision_config.image_size)",
-                    img.shape
-                )));
-            }
-            flat.extend_from_slice(&img.pixel_values);
-        }
         let n = images.len();
-        let px = Tensor::from_vec(flat, (n, 3, s, s), &self.device)?;
-        let h = self.vision.hidden_state(&px, self.cfg.vision.layers)?;
+        let h = self
+            .vision
+            .images_hidden_state(images, self.cfg.vision.layers, &self.device)?;
         // AvgPool2d(k, k) over the (g, g) patch grid: (n, g*g, d) -> (n, t*t, d).
         let (g, d) = (self.cfg.vision.grid(), self.cfg.vision.hidden_size);
         let t = (self.cfg.mm_tokens_per_image as f64).sqrt() as usize;

@@ -223,20 +223,9 @@ impl Llava {
 
     /// The projected image features, `(images * image_tokens, text hidden)`.
     pub fn image_embeddings(&self, images: &[Prepared]) -> Result<Tensor> {
-        let s = self.cfg.vision.image_size;
-        let mut flat = Vec::with_capacity(images.len() * 3 * s * s);
-        for (i, img) in images.iter().enumerate() {
-            if img.shape != [3, s, s] {
-                return Err(Error::InvalidRequest(format!(
-                    "image {i}: prepared as {:?}, the CLIP tower takes [3, {s}, {s}] \
-                     (the processor's crop_size must equal vision_config.image_size)",
-                    img.shape
-                )));
-            }
-            flat.extend_from_slice(&img.pixel_values);
-        }
-        let px = Tensor::from_vec(flat, (images.len(), 3, s, s), &self.device)?;
-        let mut h = self.vision.hidden_state(&px, self.feature)?;
+        let mut h = self
+            .vision
+            .images_hidden_state(images, self.feature, &self.device)?;
         if self.cfg.drop_cls {
             let n = h.dim(1)?;
             h = h.narrow(1, 1, n - 1)?;

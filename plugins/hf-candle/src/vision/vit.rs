@@ -7,10 +7,11 @@
 //! CLIP: class token, no patch bias, `pre_layrnorm`, quick_gelu. SigLIP: no class token, patch
 //! bias, `post_layernorm` on the last layer, gelu (tanh). Both follow transformers' eager path.
 
-use candle_core::{D, Tensor};
+use candle_core::{D, Device, Tensor};
 use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
 use serde_json::Value;
 
+use super::Prepared;
 use crate::error::{Error, Result};
 
 /// The encoder's activation (`hidden_act`).
@@ -223,6 +224,31 @@ impl Vit {
     /// Tokens per image out of the tower (patches, plus CLIP's class token).
     pub fn seq_len(&self) -> usize {
         self.cfg.grid() * self.cfg.grid() + usize::from(self.cfg.clip)
+    }
+
+    /// [`Vit::hidden_state`] of prepared images, batched in order; an image of another shape
+    /// than `(3, S, S)` is an error naming it.
+    pub fn images_hidden_state(
+        &self,
+        images: &[Prepared],
+        layer: usize,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let s = self.cfg.image_size;
+        let tower = if self.cfg.clip { "CLIP" } else { "SigLIP" };
+        let mut flat = Vec::with_capacity(images.len() * 3 * s * s);
+        for (i, img) in images.iter().enumerate() {
+            if img.shape != [3, s, s] {
+                return Err(Error::InvalidRequest(format!(
+                    "image {i}: prepared as {:?}, the {tower} tower takes [3, {s}, {s}] \
+                     (the processor's size/crop_size must equal vision_config.image_size)",
+                    img.shape
+                )));
+            }
+            flat.extend_from_slice(&img.pixel_values);
+        }
+        let px = Tensor::from_vec(flat, (images.len(), 3, s, s), device)?;
+        self.hidden_state(&px, layer)
     }
 
     /// `hidden_states[layer]` for a batch of `(3, S, S)` images (`pixels`: `(n, 3, S, S)`),
