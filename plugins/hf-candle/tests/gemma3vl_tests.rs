@@ -8,7 +8,6 @@ use common::vision::{clear_ids, f32s, max_diff, u32s};
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use candle_core::Device;
 use hf_candle::vision::VisionLm;
 use hf_candle::vision::gemma3::{Gemma3, processor};
@@ -109,13 +108,7 @@ fn pan_and_scan_and_mismatched_sizes_are_refused_by_name() {
 }
 
 fn data_url(name: &str) -> MediaInput {
-    let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
-    MediaInput::Url {
-        url: format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
-    }
+    common::vision::png_data_url(&dir(), name)
 }
 
 /// A recorded case's messages as LLaMA-Factory sends them: string content with an `<image>`

@@ -7,7 +7,6 @@ use common::vision::{clear_ids, f32s, max_diff, u32s};
 
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use candle_core::Device;
 use hf_candle::vision::VisionLm;
 use hf_candle::vision::image::decode_image;
@@ -86,13 +85,7 @@ fn a_prompt_without_enough_image_tokens_is_refused() {
 }
 
 fn data_url(name: &str) -> MediaInput {
-    let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
-    MediaInput::Url {
-        url: format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
-    }
+    common::vision::png_data_url(&dir(), name)
 }
 
 /// The fixture's `wire_messages`: string contents with LLaMA-Factory's `<image>` placeholders

@@ -140,13 +140,7 @@ fn wire_messages(case: &Value) -> Vec<Message> {
 }
 
 fn data_url(name: &str) -> MediaInput {
-    let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
-    MediaInput::Url {
-        url: format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
-    }
+    common::vision::png_data_url(&dir(), name)
 }
 
 #[test]

@@ -9,7 +9,6 @@ use common::vision::{f32s, max_diff, u32s};
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use candle_core::Device;
 use hf_candle::vision::idefics3::Idefics3;
 use hf_candle::vision::idefics3_processor::{Idefics3Processor, prompt_text};
@@ -232,13 +231,7 @@ fn wire_messages(case: &Value) -> Vec<Message> {
 }
 
 fn data_url(name: &str) -> MediaInput {
-    let bytes = std::fs::read(dir().join(format!("images/{name}.png"))).unwrap();
-    MediaInput::Url {
-        url: format!(
-            "data:image/png;base64,{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
-    }
+    common::vision::png_data_url(&dir(), name)
 }
 
 fn chat_equals_transformers(folder: &Path, cases: &[&str]) {

@@ -38,3 +38,15 @@ pub fn clear_ids(case: &Value) -> Vec<u32> {
     let n = margins.iter().position(|&m| m < 1e-3).unwrap_or(ids.len());
     ids[..n].to_vec()
 }
+
+/// A fixture folder's `images/{name}.png` as a `data:` URL, as an OpenAI client sends it.
+pub fn png_data_url(dir: &std::path::Path, name: &str) -> switchyard_plugin::MediaInput {
+    use base64::Engine as _;
+    let bytes = std::fs::read(dir.join(format!("images/{name}.png"))).unwrap();
+    switchyard_plugin::MediaInput::Url {
+        url: format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    }
+}
