@@ -14,8 +14,7 @@ use std::arch::x86_64::*;
 use super::available;
 use super::quant::load_64;
 use crate::kernels::avx2::simd::prefetch_span;
-use crate::kernels::format::{BlockQ8K, QK_K, WeightKind, f16_at};
-use crate::kernels::kquants::scales_mins;
+use crate::kernels::format::{BlockQ8K, QK_K, WeightKind};
 
 /// `out[t] = row · acts[t]` for a `Q4_K` or `Q6_K` row (`out.len() >= acts.len()`, 1 to 4
 /// vectors).
@@ -71,14 +70,22 @@ fn load_bsums(a: &BlockQ8K) -> __m256i {
     unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) }
 }
 
-/// Sum of the 8 32-bit lanes (exact: the callers' sums stay far below 2^31).
+/// The f16s in bytes `0..2` and `2..4` of `b` as f32 (one F16C conversion; `half`'s own
+/// conversion checks the CPU's features on every call).
 #[inline]
-#[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
+#[target_feature(enable = "avx2,f16c")]
+fn f16_pair(b: &[u8]) -> (f32, f32) {
+    let w = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(w as i32));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// The f16 of bytes `lo`, `hi` as f32 (F16C).
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_one(lo: u8, hi: u8) -> f32 {
+    let w = u16::from_le_bytes([lo, hi]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(w as i32)))
 }
 
 /// `lo` in the low 256 bits, `hi` in the high.
@@ -88,19 +95,61 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
+/// The 8 scales (16-bit lanes 0..8) and 8 minimums (lanes 8..16) of a `Q4_K` super-block,
+/// unpacked from their 12 bytes with 32-bit word operations (the same values as
+/// [`scales_mins`](crate::kernels::kquants::scales_mins), without its byte loop).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scales_mins_16(s: &[u8]) -> __m256i {
+    let s: &[u8; 12] = s.try_into().expect("12 bytes");
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const TOP2: u32 = 0x0303_0303;
+    // Scales 0..4 and minimums 0..4 are the low 6 bits of bytes 0..4 and 4..8; scales and
+    // minimums 4..8 are the low and high nibbles of bytes 8..12, with the top two bits of
+    // bytes 0..4 and 4..8 above them.
+    let sc_lo = w0 & LOW6;
+    let sc_hi = (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4);
+    let m_lo = w1 & LOW6;
+    let m_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4);
+    _mm256_cvtepu8_epi16(_mm_setr_epi32(
+        sc_lo as i32,
+        sc_hi as i32,
+        m_lo as i32,
+        m_hi as i32,
+    ))
+}
+
 /// `Q4_K` row · `N` activation vectors. Register `j` holds sub-blocks `2j` (the low nibbles
 /// of bytes `32j..32j + 32`) and `2j + 1` (their high nibbles), under activation bytes
-/// `64j..64j + 64`.
+/// `64j..64j + 64`. Per token, each super-block's exact integer sums (16 lanes of scaled
+/// products, 8 lanes of minimums times activation sums) are scaled by `d · d_y` and
+/// `dmin · d_y` into float lanes; the lanes are summed once, at the end of the row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32; N] {
     let nib = _mm512_set1_epi8(0x0F);
-    let mut out = [0f32; N];
+    // For register `j`: scale `2j` in 16-bit lanes 0..16, scale `2j + 1` in lanes 16..32.
+    let pick: [__m512i; 4] = std::array::from_fn(|j| {
+        join(
+            _mm256_set1_epi16(2 * j as i16),
+            _mm256_set1_epi16(2 * j as i16 + 1),
+        )
+    });
+    // Each minimum twice (one per 16-value activation sum of its sub-block).
+    let dup = _mm256_setr_epi16(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acc_min = [_mm256_setzero_ps(); N];
     for (i, b) in row.chunks_exact(144).enumerate() {
         if stream {
             prefetch_span(row, i * 144, 144);
         }
-        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let (sc, m) = scales_mins(&b[4..16]);
+        let (d, dmin) = f16_pair(b);
+        let sm = scales_mins_16(&b[4..16]);
+        let sm512 = _mm512_castsi256_si512(sm);
+        let scale: [__m512i; 4] = std::array::from_fn(|j| _mm512_permutexvar_epi16(pick[j], sm512));
+        let mins = _mm256_permutexvar_epi16(dup, sm);
         let qs = &b[16..144];
         let q: [__m512i; 4] = std::array::from_fn(|j| {
             let w: &[u8; 32] = qs[32 * j..32 * j + 32].try_into().expect("32 bytes");
@@ -108,52 +157,41 @@ fn q4k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32
             let w = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
             _mm512_and_si512(join(w, _mm256_srli_epi16::<4>(w)), nib)
         });
-        let scale: [__m512i; 4] = std::array::from_fn(|j| {
-            join(
-                _mm256_set1_epi16(sc[2 * j] as i16),
-                _mm256_set1_epi16(sc[2 * j + 1] as i16),
-            )
-        });
-        // Each 16-value group's minimum (two groups per sub-block), as 16-bit lanes.
-        let mins = _mm256_setr_epi16(
-            m[0] as i16,
-            m[0] as i16,
-            m[1] as i16,
-            m[1] as i16,
-            m[2] as i16,
-            m[2] as i16,
-            m[3] as i16,
-            m[3] as i16,
-            m[4] as i16,
-            m[4] as i16,
-            m[5] as i16,
-            m[5] as i16,
-            m[6] as i16,
-            m[6] as i16,
-            m[7] as i16,
-            m[7] as i16,
-        );
         for t in 0..N {
             let a = &acts[t][i];
-            let mut acc = _mm512_setzero_si512();
+            let mut isum = _mm512_setzero_si512();
             for j in 0..4 {
                 let p = _mm512_maddubs_epi16(q[j], load_y(a, j));
-                acc = _mm512_dpwssd_epi32(acc, p, scale[j]);
+                isum = _mm512_dpwssd_epi32(isum, p, scale[j]);
             }
-            let isum = _mm512_reduce_add_epi32(acc);
-            let msum = hsum_i32(_mm256_madd_epi16(load_bsums(a), mins));
-            let mut total = d * a.d * isum as f32;
-            total -= dmin * a.d * msum as f32;
-            out[t] += total;
+            let msum = _mm256_madd_epi16(load_bsums(a), mins);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * a.d), acc[t]);
+            acc_min[t] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(msum),
+                _mm256_set1_ps(dmin * a.d),
+                acc_min[t],
+            );
         }
     }
-    out
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]) - hsum_ps(acc_min[t]))
+}
+
+/// Sum of the 8 float lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_ps(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
 }
 
 /// `Q6_K` row · `N` activation vectors. The quants plus 32 (0..64, unsigned); register
 /// `2n + k` holds values `128n + 64k..` (bytes `64n..64n + 64` of `ql`, low nibbles for
 /// `k = 0`, high for `k = 1`, with two bits each of `qh[32n..32n + 32]` on top), 16-value
-/// sub-blocks `4(2n + k)..`, one per 128-bit lane.
+/// sub-blocks `4(2n + k)..`, one per 128-bit lane. Per token, the super-block's exact integer
+/// sum (16 lanes, less 32 × the scaled activation sums for the `+ 32`) is scaled by `d · d_y`
+/// into float lanes, summed once at the end of the row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32; N] {
     let nib = _mm512_set1_epi8(0x0F);
@@ -172,13 +210,13 @@ fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32
             _mm256_set_m128i(lane(3), lane(2)),
         )
     });
-    let mut out = [0f32; N];
+    let mut acc = [_mm512_setzero_ps(); N];
     for (i, b) in row.chunks_exact(210).enumerate() {
         if stream {
             prefetch_span(row, i * 210, 210);
         }
         let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
-        let d = f16_at(b, 208);
+        let d = f16_one(b[208], b[209]);
         let mut q = [_mm512_setzero_si512(); 4];
         for n in 0..2 {
             let h: &[u8; 32] = qh[32 * n..32 * n + 32].try_into().expect("32 bytes");
@@ -197,17 +235,17 @@ fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32
         let scale: [__m512i; 4] = std::array::from_fn(|r| _mm512_permutexvar_epi16(pick[r], s512));
         for t in 0..N {
             let a = &acts[t][i];
-            let mut acc = _mm512_setzero_si512();
+            let mut isum = _mm512_setzero_si512();
             for r in 0..4 {
                 let p = _mm512_maddubs_epi16(q[r], load_y(a, r));
-                acc = _mm512_dpwssd_epi32(acc, p, scale[r]);
+                isum = _mm512_dpwssd_epi32(isum, p, scale[r]);
             }
             let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(a), scales16));
-            let isum = _mm512_reduce_add_epi32(acc) - hsum_i32(offset);
-            out[t] += d * a.d * isum as f32;
+            let isum = _mm512_sub_epi32(isum, _mm512_zextsi256_si512(offset));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d * a.d), acc[t]);
         }
     }
-    out
+    std::array::from_fn(|t| _mm512_reduce_add_ps(acc[t]))
 }
 
 const _: () = assert!(QK_K == 256);
