@@ -54,8 +54,8 @@ mod tests;
 use attention::Head;
 pub use attention::Tile;
 pub use format::{
-    ActFormat, BlockQ8, BlockQ8K, F_GROUP, F_PIECE, GROUP, MAX_TOKENS, QK, QK_K, WeightKind,
-    push_floats,
+    ActFormat, BlockQ8, BlockQ8K, F_GROUP, F_PIECE, GROUP, K_TOKENS, MAX_TOKENS, QK, QK_K,
+    WeightKind, push_floats,
 };
 pub use layout::{deinterleave_row, group_block_bytes, interleave, interleave_into, quant_at};
 pub use portable::activation;
@@ -314,7 +314,7 @@ pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
     }
 }
 
-/// One K-quant weight row against up to [`MAX_TOKENS`] activation vectors
+/// One K-quant weight row against up to [`K_TOKENS`] activation vectors
 /// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
 /// result equals a call with that activation alone.
 pub fn dot_k_multi(
@@ -326,9 +326,7 @@ pub fn dot_k_multi(
 ) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if kind != WeightKind::Q5_K => {
-            avx512::dot_k_multi(kind, row, acts, out, stream)
-        }
+        Isa::Avx512 if kind != WeightKind::Q5_K => avx512::dot_k_multi(kind, row, acts, out),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => avx2::dot_k_multi(kind, row, acts, out, stream),
         _ => kquants::dot_k_multi_body(kind, row, acts, out),

@@ -182,10 +182,10 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                 // K-quants: each row's super-blocks unpacked once per tile of tokens.
                 ActFormat::Q8K => {
                     let per = w.cols / QK_K;
-                    let mut res = [0f32; kernels::MAX_TOKENS];
-                    for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
-                        let n = kernels::MAX_TOKENS.min(t - t0);
-                        let all: [&[BlockQ8K]; kernels::MAX_TOKENS] = std::array::from_fn(|j| {
+                    let mut res = [0f32; kernels::K_TOKENS];
+                    for t0 in (0..t).step_by(kernels::K_TOKENS) {
+                        let n = kernels::K_TOKENS.min(t - t0);
+                        let all: [&[BlockQ8K]; kernels::K_TOKENS] = std::array::from_fn(|j| {
                             let tok = (t0 + j).min(t - 1);
                             &x.q8k[tok * per..(tok + 1) * per]
                         });

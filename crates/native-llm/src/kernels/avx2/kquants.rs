@@ -1,6 +1,6 @@
 //! AVX2 kernels for the K-quant formats (`Q4_K`, `Q5_K`, `Q6_K`; layouts in
 //! [`kernels::kquants`](crate::kernels::kquants)): one weight row against up to
-//! [`MAX_TOKENS`](crate::kernels::MAX_TOKENS) activation vectors, each super-block unpacked
+//! [`K_TOKENS`](crate::kernels::K_TOKENS) activation vectors, each super-block unpacked
 //! into registers once for all of them.
 //!
 //! Per super-block and token the integer sums are exact (`vpmaddubsw` of unsigned quants and
@@ -17,7 +17,7 @@ use crate::kernels::format::{BlockQ8K, QK_K, WeightKind, f16_at};
 use crate::kernels::kquants::scales_mins;
 
 /// `out[t] = row · acts[t]` for a K-quant row (`out.len() >= acts.len()`, at most
-/// [`MAX_TOKENS`](crate::kernels::MAX_TOKENS) vectors). Callers check AVX2/FMA/F16C first.
+/// [`K_TOKENS`](crate::kernels::K_TOKENS) vectors). Callers check AVX2/FMA/F16C first.
 pub fn dot_k_multi(
     kind: WeightKind,
     row: &[u8],
@@ -48,7 +48,11 @@ pub fn dot_k_multi(
         [a, b] => &run(kind, row, [a, b], stream),
         [a, b, c] => &run(kind, row, [a, b, c], stream),
         [a, b, c, d] => &run(kind, row, [a, b, c, d], stream),
-        _ => unreachable!("1 to 4 activation vectors"),
+        [a, b, c, d, e] => &run(kind, row, [a, b, c, d, e], stream),
+        [a, b, c, d, e, f] => &run(kind, row, [a, b, c, d, e, f], stream),
+        [a, b, c, d, e, f, g] => &run(kind, row, [a, b, c, d, e, f, g], stream),
+        [a, b, c, d, e, f, g, h] => &run(kind, row, [a, b, c, d, e, f, g, h], stream),
+        _ => unreachable!("1 to 8 activation vectors"),
     };
     out[..n].copy_from_slice(res);
 }
@@ -287,6 +291,7 @@ const _: () = assert!(QK_K == 256);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::K_TOKENS;
     use crate::kernels::kquants::{dot_k_multi_body, quantize_row_k_body};
 
     fn lcg(seed: &mut u64) -> u64 {
@@ -343,7 +348,7 @@ mod tests {
                     b[i] &= 0x1f;
                 }
             }
-            let acts: Vec<Vec<BlockQ8K>> = (0..4)
+            let acts: Vec<Vec<BlockQ8K>> = (0..K_TOKENS)
                 .map(|_| {
                     let x: Vec<f32> = (0..blocks * QK_K)
                         .map(|_| lcg(&mut seed) as f32 / (1u64 << 31) as f32 - 0.5)
@@ -353,9 +358,9 @@ mod tests {
                     q
                 })
                 .collect();
-            for n in 1..=4 {
+            for n in 1..=K_TOKENS {
                 let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
-                let (mut simd, mut plain) = ([0f32; 4], [0f32; 4]);
+                let (mut simd, mut plain) = ([0f32; K_TOKENS], [0f32; K_TOKENS]);
                 dot_k_multi(kind, &row, &a, &mut simd, true);
                 dot_k_multi_body(kind, &row, &a, &mut plain);
                 assert_eq!(simd[..n], plain[..n], "{kind:?} with {n} vectors");

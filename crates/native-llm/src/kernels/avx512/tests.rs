@@ -4,7 +4,7 @@
 //! on CPUs without AVX-512 VNNI.
 
 use super::available;
-use crate::kernels::format::{BlockQ8, BlockQ8K, GROUP, QK, QK_K, WeightKind};
+use crate::kernels::format::{BlockQ8, BlockQ8K, GROUP, K_TOKENS, QK, QK_K, WeightKind};
 use crate::kernels::kquants::{dot_k_multi_body, quantize_row_k_body};
 use crate::kernels::{avx2, interleave, portable};
 
@@ -104,7 +104,7 @@ fn avx512_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch
                     b[i..i + 2].copy_from_slice(&small_f16(&mut seed));
                 }
             }
-            let acts: Vec<Vec<BlockQ8K>> = (0..4)
+            let acts: Vec<Vec<BlockQ8K>> = (0..K_TOKENS)
                 .map(|_| {
                     let x: Vec<f32> = (0..blocks * QK_K).map(|_| uniform(&mut seed)).collect();
                     let mut q = vec![BlockQ8K::default(); blocks];
@@ -117,22 +117,26 @@ fn avx512_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch
                 .iter()
                 .map(|a| {
                     let mut o = [0f32];
-                    super::dot_k_multi(kind, &row, &[a], &mut o, true);
+                    super::dot_k_multi(kind, &row, &[a], &mut o);
                     o[0]
                 })
                 .collect();
-            for n in 1..=4 {
+            for n in 1..=K_TOKENS {
                 let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
-                let (mut fast, mut plain) = ([0f32; 4], [0f32; 4]);
-                super::dot_k_multi(kind, &row, &a, &mut fast, n % 2 == 1);
+                let (mut fast, mut plain) = ([0f32; K_TOKENS], [0f32; K_TOKENS]);
+                super::dot_k_multi(kind, &row, &a, &mut fast);
                 dot_k_multi_body(kind, &row, &a, &mut plain);
                 assert_eq!(fast[..n], alone[..n], "{kind:?} with {n} vectors vs alone");
                 // The portable body sums super-block by super-block in one float; these
-                // kernels in 16 float lanes: equal up to rounding (the integer sums are exact).
+                // kernels in 16 float lanes: equal up to rounding (the integer sums are exact),
+                // which grows with the number of super-blocks and with the cancellation
+                // between the scaled sums and the minimum terms (each far larger than the
+                // result with these random scales). A wrong scale, minimum or quant moves a
+                // result by a whole term.
                 let scale: f32 = plain[..n].iter().map(|v| v.abs()).fold(0.0, f32::max);
                 for t in 0..n {
                     assert!(
-                        (fast[t] - plain[t]).abs() <= 1e-5 * (1.0 + scale),
+                        (fast[t] - plain[t]).abs() <= 1e-4 * blocks as f32 * (1.0 + scale),
                         "{kind:?} ({blocks} blocks) token {t} of {n}: {} vs portable {}",
                         fast[t],
                         plain[t]
