@@ -217,6 +217,10 @@ pub fn dot_f_block(
     debug_assert!(!grouped || rows.len().is_multiple_of(rb * F_GROUP));
     match isa() {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if kind == WeightKind::BF16 && grouped && avx512::bf16::available() => {
+            avx512::bf16::dot_g4(rows, rb, acts, out, stride)
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
         _ => {
             // Row by row; a grouped matrix is rebuilt into rows one group at a time.
@@ -316,19 +320,21 @@ pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
 
 /// One K-quant weight row against up to [`K_TOKENS`] activation vectors
 /// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
-/// result equals a call with that activation alone.
+/// result equals a call with that activation alone. `_stream` is ignored: no K-quant kernel
+/// prefetches (the hardware prefetcher keeps up with the rows); it stays until the callers
+/// stop passing it.
 pub fn dot_k_multi(
     kind: WeightKind,
     row: &[u8],
     acts: &[&[BlockQ8K]],
     out: &mut [f32],
-    stream: bool,
+    _stream: bool,
 ) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if kind != WeightKind::Q5_K => avx512::dot_k_multi(kind, row, acts, out),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => avx2::dot_k_multi(kind, row, acts, out, stream),
+        Isa::Avx2 | Isa::Avx512 => avx2::dot_k_multi(kind, row, acts, out),
         _ => kquants::dot_k_multi_body(kind, row, acts, out),
     }
 }

@@ -1,57 +1,49 @@
 //! AVX2 kernels for the K-quant formats (`Q4_K`, `Q5_K`, `Q6_K`; layouts in
 //! [`kernels::kquants`](crate::kernels::kquants)): one weight row against up to
 //! [`K_TOKENS`](crate::kernels::K_TOKENS) activation vectors, each super-block unpacked
-//! into registers once for all of them.
+//! into registers once for all of them. `Q5_K` runs here on AVX-512 machines too.
 //!
 //! Per super-block and token the integer sums are exact (`vpmaddubsw` of unsigned quants and
-//! signed activations, then `vpmaddwd` by the sub-block scales, in 32-bit lanes), and the
-//! floats are formed exactly as the portable body does (`d · d_y · Σ` then `- dmin · d_y ·
-//! Σ mins`, added to the running total super-block by super-block), so every result equals
-//! the portable kernel's bit for bit, whatever the number of tokens.
+//! signed activations, then `vpmaddwd` by the sub-block scales, in 32-bit lanes). They stay
+//! in 8 lanes: each super-block's lanes become floats, scaled by `d · d_y` (and the minimum
+//! sums by `dmin · d_y`) into float lanes per token, summed once at the end of the row. So a
+//! token's result is the same whatever the number of tokens in the call (the same operations
+//! on its own lanes), and equals the portable body's within rounding (that one adds one float
+//! per super-block), not bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::simd::{available, load_32, prefetch_span};
-use crate::kernels::format::{BlockQ8K, QK_K, WeightKind, f16_at};
-use crate::kernels::kquants::scales_mins;
+use super::simd::{available, hsum, load_32};
+use crate::kernels::format::{BlockQ8K, QK_K, WeightKind};
 
 /// `out[t] = row · acts[t]` for a K-quant row (`out.len() >= acts.len()`, at most
-/// [`K_TOKENS`](crate::kernels::K_TOKENS) vectors). Callers check AVX2/FMA/F16C first.
-pub fn dot_k_multi(
-    kind: WeightKind,
-    row: &[u8],
-    acts: &[&[BlockQ8K]],
-    out: &mut [f32],
-    stream: bool,
-) {
+/// [`K_TOKENS`](crate::kernels::K_TOKENS) vectors). Callers check AVX2/FMA/F16C first. No
+/// software prefetch: the rows stream forward and the hardware prefetcher keeps up
+/// (`prefetchnta` 16 KiB ahead cost the AVX-512 kernels 7-15% of decode).
+pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
     debug_assert!(available());
-    fn run<const N: usize>(
-        kind: WeightKind,
-        row: &[u8],
-        acts: [&[BlockQ8K]; N],
-        stream: bool,
-    ) -> [f32; N] {
+    fn run<const N: usize>(kind: WeightKind, row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
         // SAFETY: reached only after `available()` confirmed AVX2, FMA and F16C.
         unsafe {
             match kind {
-                WeightKind::Q4_K => q45k::<N, false>(row, acts, stream),
-                WeightKind::Q5_K => q45k::<N, true>(row, acts, stream),
-                WeightKind::Q6_K => q6k::<N>(row, acts, stream),
+                WeightKind::Q4_K => q45k::<N, false>(row, acts),
+                WeightKind::Q5_K => q45k::<N, true>(row, acts),
+                WeightKind::Q6_K => q6k::<N>(row, acts),
                 _ => unreachable!("{kind:?} is not a K-quant"),
             }
         }
     }
     let n = acts.len();
     let res: &[f32] = match *acts {
-        [a] => &run(kind, row, [a], stream),
-        [a, b] => &run(kind, row, [a, b], stream),
-        [a, b, c] => &run(kind, row, [a, b, c], stream),
-        [a, b, c, d] => &run(kind, row, [a, b, c, d], stream),
-        [a, b, c, d, e] => &run(kind, row, [a, b, c, d, e], stream),
-        [a, b, c, d, e, f] => &run(kind, row, [a, b, c, d, e, f], stream),
-        [a, b, c, d, e, f, g] => &run(kind, row, [a, b, c, d, e, f, g], stream),
-        [a, b, c, d, e, f, g, h] => &run(kind, row, [a, b, c, d, e, f, g, h], stream),
+        [a] => &run(kind, row, [a]),
+        [a, b] => &run(kind, row, [a, b]),
+        [a, b, c] => &run(kind, row, [a, b, c]),
+        [a, b, c, d] => &run(kind, row, [a, b, c, d]),
+        [a, b, c, d, e] => &run(kind, row, [a, b, c, d, e]),
+        [a, b, c, d, e, f] => &run(kind, row, [a, b, c, d, e, f]),
+        [a, b, c, d, e, f, g] => &run(kind, row, [a, b, c, d, e, f, g]),
+        [a, b, c, d, e, f, g, h] => &run(kind, row, [a, b, c, d, e, f, g, h]),
         _ => unreachable!("1 to 8 activation vectors"),
     };
     out[..n].copy_from_slice(res);
@@ -139,36 +131,96 @@ fn load_bsums(a: &BlockQ8K) -> __m256i {
     unsafe { _mm256_loadu_si256(a.bsums.as_ptr().cast()) }
 }
 
-/// Sum of the 8 32-bit lanes (exact: the callers' sums stay far below 2^31).
+/// The two little-endian f16s of `w` (bytes `0..2`, `2..4`) as f32, each broadcast to all
+/// lanes (one F16C conversion; `half`'s own conversion checks the CPU's features on every
+/// call).
 #[inline]
-#[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
+#[target_feature(enable = "avx2,f16c")]
+fn f16_pair(w: [u8; 4]) -> (__m256, __m256) {
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(w)));
+    (
+        _mm256_broadcastss_ps(v),
+        _mm256_broadcastss_ps(_mm_movehdup_ps(v)),
+    )
 }
 
-/// `Q4_K` (`Q5 = false`) or `Q5_K` (`Q5 = true`) row · `N` activation vectors.
+/// `(scales, mins)` of a `Q4_K`/`Q5_K` super-block (its 12 scale bytes), as 16-bit lanes:
+/// scale `s` in lanes `s` and `s + 8` (both 128-bit halves), minimum `j` in lanes `2j` and
+/// `2j + 1` (one per 16-value activation sum of its sub-block). Unpacked with 32-bit word
+/// operations and shuffles: the same values as
+/// [`scales_mins`](crate::kernels::kquants::scales_mins), without its byte loop.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn scales_mins_16(s: &[u8]) -> (__m256i, __m256i) {
+    let s: &[u8; 12] = s.try_into().expect("12 bytes");
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const TOP2: u32 = 0x0303_0303;
+    // Scales 0..4 and minimums 0..4 are the low 6 bits of bytes 0..4 and 4..8; scales and
+    // minimums 4..8 are the low and high nibbles of bytes 8..12, with the top two bits of
+    // bytes 0..4 and 4..8 above them.
+    let sc_lo = w0 & LOW6;
+    let sc_hi = (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4);
+    let m_lo = w1 & LOW6;
+    let m_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4);
+    // 16-bit lanes: the 8 scales in the low half, the 8 minimums in the high half.
+    let sm = _mm256_cvtepu8_epi16(_mm_setr_epi32(
+        sc_lo as i32,
+        sc_hi as i32,
+        m_lo as i32,
+        m_hi as i32,
+    ));
+    let scales = _mm256_permute4x64_epi64::<0b01_00_01_00>(sm);
+    // Minimums 0..4 twice each in the low half, 4..8 in the high half.
+    let dup = _mm256_setr_epi8(
+        0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, //
+        8, 9, 8, 9, 10, 11, 10, 11, 12, 13, 12, 13, 14, 15, 14, 15,
+    );
+    let mins = _mm256_shuffle_epi8(_mm256_permute4x64_epi64::<0b11_10_11_10>(sm), dup);
+    (scales, mins)
+}
+
+/// 16-bit lane `s` (0..8) of each 128-bit half of `v`, in every lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn splat16(v: __m256i, s: usize) -> __m256i {
+    let b = 2 * s as i16;
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(((b + 1) << 8) | b))
+}
+
+/// The sum of 8 vectors of 32-bit lanes, as a tree (independent adds).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn sum8(p: [__m256i; 8]) -> __m256i {
+    let a = _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
+    let b = _mm256_add_epi32(_mm256_add_epi32(p[4], p[5]), _mm256_add_epi32(p[6], p[7]));
+    _mm256_add_epi32(a, b)
+}
+
+/// `Q4_K` (`Q5 = false`) or `Q5_K` (`Q5 = true`) row · `N` activation vectors. Register `s`
+/// holds sub-block `s` (32 values: the low nibbles of bytes `32j..32j + 32` for `s = 2j`,
+/// their high nibbles for `s = 2j + 1`, with the fifth bits of `Q5_K` on top), under
+/// activation bytes `32s..32s + 32`. Per token, each super-block's exact integer sums (8
+/// lanes of scaled products, 8 of minimums times activation sums) are scaled by `d · d_y` and
+/// `dmin · d_y` into two float accumulators, summed once at the end of the row.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q45k<const N: usize, const Q5: bool>(
-    row: &[u8],
-    acts: [&[BlockQ8K]; N],
-    stream: bool,
-) -> [f32; N] {
+fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
     let bb = if Q5 { 176 } else { 144 };
     let nib = _mm256_set1_epi8(0x0F);
-    let mut out = [0f32; N];
+    let top = _mm256_set1_epi8(0x10);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc_min = [_mm256_setzero_ps(); N];
     for (i, b) in row.chunks_exact(bb).enumerate() {
-        if stream {
-            prefetch_span(row, i * bb, bb);
-        }
-        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let (sc, m) = scales_mins(&b[4..16]);
+        let (d, dmin) = f16_pair([b[0], b[1], b[2], b[3]]);
+        let (scales, mins) = scales_mins_16(&b[4..16]);
+        let scale: [__m256i; 8] = std::array::from_fn(|s| splat16(scales, s));
         let qs = if Q5 { &b[48..176] } else { &b[16..144] };
-        // The 256 quants as unsigned bytes, 32 values (one sub-block) per register.
         let mut q = [_mm256_setzero_si256(); 8];
-        let qh = if Q5 {
+        // `Q5_K`: bits 2j and 2j + 1 of each `qh` byte are the fifth bits of register 2j's and
+        // 2j + 1's values; `h` holds them in bits 0 and 1 for step j.
+        let mut h = if Q5 {
             load_at(b, 16)
         } else {
             _mm256_setzero_si256()
@@ -176,114 +228,96 @@ fn q45k<const N: usize, const Q5: bool>(
         for j in 0..4 {
             let w = load_at(qs, 32 * j);
             let mut lo = _mm256_and_si256(w, nib);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(w), nib);
             if Q5 {
-                // Bits 2j and 2j + 1 of each `qh` byte are the fifth bits of the two halves.
-                let bit = _mm256_set1_epi8(1 << (2 * j));
-                let top = _mm256_set1_epi8(0x10);
-                let l5 = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-                let h5 = _mm256_cmpeq_epi8(
-                    _mm256_and_si256(qh, _mm256_slli_epi16(bit, 1)),
-                    _mm256_slli_epi16(bit, 1),
-                );
-                lo = _mm256_or_si256(lo, _mm256_and_si256(l5, top));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(h5, top));
+                // 16-bit shifts move no bit that the byte mask keeps across bytes (bits 0, 1
+                // to bit 4; bits 2.. to 0..).
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16::<4>(h), top));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(h), top));
+                h = _mm256_srli_epi16::<2>(h);
             }
             q[2 * j] = lo;
             q[2 * j + 1] = hi;
         }
-        // Each sub-block's scale, and each 16-value group's minimum, as 16-bit lanes.
-        let scale = |s: usize| _mm256_set1_epi16(sc[s] as i16);
-        let mins = _mm256_setr_epi16(
-            m[0] as i16,
-            m[0] as i16,
-            m[1] as i16,
-            m[1] as i16,
-            m[2] as i16,
-            m[2] as i16,
-            m[3] as i16,
-            m[3] as i16,
-            m[4] as i16,
-            m[4] as i16,
-            m[5] as i16,
-            m[5] as i16,
-            m[6] as i16,
-            m[6] as i16,
-            m[7] as i16,
-            m[7] as i16,
-        );
         for t in 0..N {
             let a = &acts[t][i];
-            let mut acc = _mm256_setzero_si256();
-            for (s, qv) in q.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(*qv, load_y(a, 32 * s));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale(s)));
-            }
-            let isum = hsum_i32(acc);
-            let msum = hsum_i32(_mm256_madd_epi16(load_bsums(a), mins));
-            let mut total = d * a.d * isum as f32;
-            total -= dmin * a.d * msum as f32;
-            out[t] += total;
+            let isum = sum8(std::array::from_fn(|s| {
+                let p = _mm256_maddubs_epi16(q[s], load_y(a, 32 * s));
+                _mm256_madd_epi16(p, scale[s])
+            }));
+            let msum = _mm256_madd_epi16(load_bsums(a), mins);
+            let ad = _mm256_set1_ps(a.d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, ad), acc[t]);
+            acc_min[t] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(msum),
+                _mm256_mul_ps(dmin, ad),
+                acc_min[t],
+            );
         }
     }
-    out
+    std::array::from_fn(|t| hsum(_mm256_sub_ps(acc[t], acc_min[t])))
 }
 
-/// `Q6_K` row · `N` activation vectors.
+/// `Q6_K` row · `N` activation vectors. The quants plus 32 (0..64, unsigned), 32 values per
+/// register: register `4n + k` holds values `128n + 32k..` (bytes `64n + 32(k % 2)..` of
+/// `ql`, low nibbles for `k < 2`, high for `k >= 2`, with two bits of each `qh[32n..]` byte on
+/// top), 16-value sub-blocks `2r` and `2r + 1` of register `r`, one per 128-bit half. Per
+/// token, the super-block's exact integer sum (8 lanes, less 32 × the scaled activation sums
+/// for the `+ 32`) is scaled by `d · d_y` into float lanes, summed once at the end of the row.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N], stream: bool) -> [f32; N] {
+fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
     let nib = _mm256_set1_epi8(0x0F);
     let two = _mm256_set1_epi8(0x30);
-    let mut out = [0f32; N];
+    // Register `4m + k`'s scales: lanes `2k` (low half) and `2k + 1` (high half) of the
+    // half `m` of the 16 scales.
+    let pick: [__m256i; 4] = std::array::from_fn(|k| {
+        let b = 4 * k as i16;
+        _mm256_set_m128i(
+            _mm_set1_epi16(((b + 3) << 8) | (b + 2)),
+            _mm_set1_epi16(((b + 1) << 8) | b),
+        )
+    });
+    let mut acc = [_mm256_setzero_ps(); N];
     for (i, b) in row.chunks_exact(210).enumerate() {
-        if stream {
-            prefetch_span(row, i * 210, 210);
-        }
         let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
-        let d = f16_at(b, 208);
-        // The 256 quants plus 32 (0..64, unsigned), 32 values per register: register
-        // 4n + k holds values 128n + 32k.. (sub-blocks 8n + 2k and 8n + 2k + 1).
+        let (d, _) = f16_pair([b[208], b[209], 0, 0]);
         let mut q = [_mm256_setzero_si256(); 8];
         for n in 0..2 {
             let h = load_at(qh, 32 * n);
             let l0 = load_at(ql, 64 * n);
             let l1 = load_at(ql, 64 * n + 32);
-            let high = |shift: i32| match shift {
-                4 => _mm256_and_si256(_mm256_slli_epi16(h, 4), two),
-                2 => _mm256_and_si256(_mm256_slli_epi16(h, 2), two),
-                0 => _mm256_and_si256(h, two),
-                _ => _mm256_and_si256(_mm256_srli_epi16(h, 2), two),
-            };
-            q[4 * n] = _mm256_or_si256(_mm256_and_si256(l0, nib), high(4));
-            q[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(l1, nib), high(2));
+            let hi = |v: __m256i| _mm256_and_si256(v, two);
+            q[4 * n] = _mm256_or_si256(_mm256_and_si256(l0, nib), hi(_mm256_slli_epi16::<4>(h)));
+            q[4 * n + 1] =
+                _mm256_or_si256(_mm256_and_si256(l1, nib), hi(_mm256_slli_epi16::<2>(h)));
             q[4 * n + 2] =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), nib), high(0));
-            q[4 * n + 3] =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), nib), high(-2));
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), nib), hi(h));
+            q[4 * n + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(l1), nib),
+                hi(_mm256_srli_epi16::<2>(h)),
+            );
         }
-        // Register r's two sub-block scales, one per 128-bit half, as 16-bit lanes; and all
-        // 16 scales for the `- 32` correction (through the 16-value sums).
-        let scale = |r: usize| {
-            _mm256_set_m128i(
-                _mm_set1_epi16(sc[2 * r + 1] as i8 as i16),
-                _mm_set1_epi16(sc[2 * r] as i8 as i16),
-            )
-        };
         // SAFETY: reads exactly the 16 bytes of `sc`; `loadu` has no alignment requirement.
         let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
+        let halves = [
+            _mm256_permute4x64_epi64::<0b01_00_01_00>(scales16),
+            _mm256_permute4x64_epi64::<0b11_10_11_10>(scales16),
+        ];
+        let scale: [__m256i; 8] =
+            std::array::from_fn(|r| _mm256_shuffle_epi8(halves[r / 4], pick[r % 4]));
         for t in 0..N {
             let a = &acts[t][i];
-            let mut acc = _mm256_setzero_si256();
-            for (r, qv) in q.iter().enumerate() {
-                let p = _mm256_maddubs_epi16(*qv, load_y(a, 32 * r));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale(r)));
-            }
-            let offset = _mm256_slli_epi32(_mm256_madd_epi16(load_bsums(a), scales16), 5);
-            let isum = hsum_i32(_mm256_sub_epi32(acc, offset));
-            out[t] += d * a.d * isum as f32;
+            let isum = sum8(std::array::from_fn(|r| {
+                let p = _mm256_maddubs_epi16(q[r], load_y(a, 32 * r));
+                _mm256_madd_epi16(p, scale[r])
+            }));
+            let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(a), scales16));
+            let isum = _mm256_sub_epi32(isum, offset);
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, acc[t]);
         }
     }
-    out
+    std::array::from_fn(|t| hsum(acc[t]))
 }
 
 const _: () = assert!(QK_K == 256);
@@ -324,47 +358,74 @@ mod tests {
         assert_eq!(simd, plain);
     }
 
+    fn uniform(seed: &mut u64) -> f32 {
+        lcg(seed) as f32 / (1u64 << 31) as f32 - 0.5
+    }
+
+    /// An f16 in ±[2^-9, 2^-5): finite and modest, so the float sums stay well-conditioned.
+    fn small_f16(seed: &mut u64) -> [u8; 2] {
+        let v = (1.0 + uniform(seed)) * 2f32.powi(-(5 + (lcg(seed) % 4) as i32));
+        let v = if lcg(seed).is_multiple_of(2) { v } else { -v };
+        half::f16::from_f32(v).to_le_bytes()
+    }
+
     #[test]
-    fn simd_k_quant_kernels_equal_the_portable_body_bit_for_bit() {
+    fn simd_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch() {
         if !available() {
             return;
         }
         let mut seed = 3;
-        let blocks = 3;
-        for (kind, bb) in [
-            (WeightKind::Q4_K, 144),
-            (WeightKind::Q5_K, 176),
-            (WeightKind::Q6_K, 210),
-        ] {
-            // Random bytes with finite, modest f16 scales (exponent bits kept low).
-            let mut row: Vec<u8> = (0..blocks * bb).map(|_| lcg(&mut seed) as u8).collect();
-            for b in row.chunks_exact_mut(bb) {
-                let at: &[usize] = if kind == WeightKind::Q6_K {
-                    &[209]
-                } else {
-                    &[1, 3]
-                };
-                for &i in at {
-                    b[i] &= 0x1f;
+        for blocks in [1, 3, 35] {
+            for (kind, bb, scales) in [
+                (WeightKind::Q4_K, 144, &[0usize, 2][..]),
+                (WeightKind::Q5_K, 176, &[0, 2][..]),
+                (WeightKind::Q6_K, 210, &[208][..]),
+            ] {
+                let mut row: Vec<u8> = (0..blocks * bb).map(|_| lcg(&mut seed) as u8).collect();
+                for b in row.chunks_exact_mut(bb) {
+                    for &i in scales {
+                        b[i..i + 2].copy_from_slice(&small_f16(&mut seed));
+                    }
                 }
-            }
-            let acts: Vec<Vec<BlockQ8K>> = (0..K_TOKENS)
-                .map(|_| {
-                    let x: Vec<f32> = (0..blocks * QK_K)
-                        .map(|_| lcg(&mut seed) as f32 / (1u64 << 31) as f32 - 0.5)
-                        .collect();
-                    let mut q = vec![BlockQ8K::default(); blocks];
-                    quantize_row_k_body(&x, &mut q);
-                    q
-                })
-                .collect();
-            for n in 1..=K_TOKENS {
-                let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
-                let (mut simd, mut plain) = ([0f32; K_TOKENS], [0f32; K_TOKENS]);
-                dot_k_multi(kind, &row, &a, &mut simd, true);
-                dot_k_multi_body(kind, &row, &a, &mut plain);
-                assert_eq!(simd[..n], plain[..n], "{kind:?} with {n} vectors");
-                assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));
+                let acts: Vec<Vec<BlockQ8K>> = (0..K_TOKENS)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..blocks * QK_K).map(|_| uniform(&mut seed)).collect();
+                        let mut q = vec![BlockQ8K::default(); blocks];
+                        quantize_row_k_body(&x, &mut q);
+                        q
+                    })
+                    .collect();
+                // Each token alone: the reference for the batched calls, bit for bit.
+                let alone: Vec<f32> = acts
+                    .iter()
+                    .map(|a| {
+                        let mut o = [0f32];
+                        dot_k_multi(kind, &row, &[a], &mut o);
+                        o[0]
+                    })
+                    .collect();
+                for n in 1..=K_TOKENS {
+                    let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
+                    let (mut simd, mut plain) = ([0f32; K_TOKENS], [0f32; K_TOKENS]);
+                    dot_k_multi(kind, &row, &a, &mut simd);
+                    dot_k_multi_body(kind, &row, &a, &mut plain);
+                    assert_eq!(simd[..n], alone[..n], "{kind:?} with {n} vectors vs alone");
+                    // The portable body sums super-block by super-block in one float; these
+                    // kernels in 8 float lanes: equal up to rounding (the integer sums are
+                    // exact), which grows with the number of super-blocks and with the
+                    // cancellation between the scaled sums and the minimum terms. A wrong
+                    // scale, minimum or quant moves a result by a whole term.
+                    let scale: f32 = plain[..n].iter().map(|v| v.abs()).fold(0.0, f32::max);
+                    for t in 0..n {
+                        assert!(
+                            (simd[t] - plain[t]).abs() <= 1e-4 * blocks as f32 * (1.0 + scale),
+                            "{kind:?} ({blocks} blocks) token {t} of {n}: {} vs portable {}",
+                            simd[t],
+                            plain[t]
+                        );
+                    }
+                    assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));
+                }
             }
         }
     }
