@@ -14,7 +14,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::simd::{available, hsum, load_32};
+use super::simd::{available, hsum, load_16, load_32};
 use crate::kernels::format::{BlockQ8K, QK_K, WeightKind};
 
 /// `out[t] = row · acts[t]` for a K-quant row (`out.len() >= acts.len()`, at most
@@ -144,50 +144,36 @@ fn f16_pair(w: [u8; 4]) -> (__m256, __m256) {
     )
 }
 
-/// `(scales, mins)` of a `Q4_K`/`Q5_K` super-block (its 12 scale bytes), as 16-bit lanes:
-/// scale `s` in lanes `s` and `s + 8` (both 128-bit halves), minimum `j` in lanes `2j` and
-/// `2j + 1` (one per 16-value activation sum of its sub-block). Unpacked with 32-bit word
-/// operations and shuffles: the same values as
+/// The 8 scales (bytes `0..8`) and 8 minimums (bytes `8..16`) of a `Q4_K`/`Q5_K`
+/// super-block, in both 128-bit halves, unpacked from the super-block's first 16 bytes (`d`,
+/// `dmin` and the 12 scale bytes) with 32-bit lane operations: the same values as
 /// [`scales_mins`](crate::kernels::kquants::scales_mins), without its byte loop.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn scales_mins_16(s: &[u8]) -> (__m256i, __m256i) {
-    let s: &[u8; 12] = s.try_into().expect("12 bytes");
-    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (w0, w1, w2) = (w(0), w(1), w(2));
-    const LOW6: u32 = 0x3F3F_3F3F;
-    const LOW4: u32 = 0x0F0F_0F0F;
-    const TOP2: u32 = 0x0303_0303;
-    // Scales 0..4 and minimums 0..4 are the low 6 bits of bytes 0..4 and 4..8; scales and
-    // minimums 4..8 are the low and high nibbles of bytes 8..12, with the top two bits of
-    // bytes 0..4 and 4..8 above them.
-    let sc_lo = w0 & LOW6;
-    let sc_hi = (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4);
-    let m_lo = w1 & LOW6;
-    let m_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4);
-    // 16-bit lanes: the 8 scales in the low half, the 8 minimums in the high half.
-    let sm = _mm256_cvtepu8_epi16(_mm_setr_epi32(
-        sc_lo as i32,
-        sc_hi as i32,
-        m_lo as i32,
-        m_hi as i32,
-    ));
-    let scales = _mm256_permute4x64_epi64::<0b01_00_01_00>(sm);
-    // Minimums 0..4 twice each in the low half, 4..8 in the high half.
-    let dup = _mm256_setr_epi8(
-        0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, //
-        8, 9, 8, 9, 10, 11, 10, 11, 12, 13, 12, 13, 14, 15, 14, 15,
+fn scales_mins_bytes(b: &[u8]) -> __m256i {
+    // 32-bit lanes: `d dmin`, then the scale words w0, w1, w2.
+    let v = load_16(b[..16].try_into().expect("16 bytes"));
+    // Scales 0..4 and minimums 0..4 are the low 6 bits of w0 and w1; scales and minimums
+    // 4..8 are the low and high nibbles of w2, with the top two bits of w0 and w1 above them.
+    let low = _mm_srlv_epi32(
+        _mm_shuffle_epi32::<0b11_10_11_01>(v),
+        _mm_setr_epi32(0, 0, 0, 4),
     );
-    let mins = _mm256_shuffle_epi8(_mm256_permute4x64_epi64::<0b11_10_11_10>(sm), dup);
-    (scales, mins)
+    let low = _mm_and_si128(
+        low,
+        _mm_setr_epi32(0x3F3F_3F3F, 0x0F0F_0F0F, 0x3F3F_3F3F, 0x0F0F_0F0F),
+    );
+    let top = _mm_srli_epi32::<2>(_mm_shuffle_epi32::<0b10_10_01_01>(v));
+    let top = _mm_and_si128(top, _mm_setr_epi32(0, 0x3030_3030, 0, 0x3030_3030));
+    _mm256_broadcastsi128_si256(_mm_or_si128(low, top))
 }
 
-/// 16-bit lane `s` (0..8) of each 128-bit half of `v`, in every lane.
+/// Byte `s` of each 128-bit half of `v` as every 16-bit lane (zero-extended: `vpshufb` writes
+/// zero for an index with the top bit set).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn splat16(v: __m256i, s: usize) -> __m256i {
-    let b = 2 * s as i16;
-    _mm256_shuffle_epi8(v, _mm256_set1_epi16(((b + 1) << 8) | b))
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(0x8000u16 as i16 | s as i16))
 }
 
 /// The sum of 8 vectors of 32-bit lanes, as a tree (independent adds).
@@ -210,12 +196,20 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
     let bb = if Q5 { 176 } else { 144 };
     let nib = _mm256_set1_epi8(0x0F);
     let top = _mm256_set1_epi8(0x10);
+    let z = -128i8;
+    #[rustfmt::skip]
+    let dup = _mm256_setr_epi8(
+        8, z, 8, z, 9, z, 9, z, 10, z, 10, z, 11, z, 11, z,
+        12, z, 12, z, 13, z, 13, z, 14, z, 14, z, 15, z, 15, z,
+    );
     let mut acc = [_mm256_setzero_ps(); N];
-    let mut acc_min = [_mm256_setzero_ps(); N];
     for (i, b) in row.chunks_exact(bb).enumerate() {
         let (d, dmin) = f16_pair([b[0], b[1], b[2], b[3]]);
-        let (scales, mins) = scales_mins_16(&b[4..16]);
-        let scale: [__m256i; 8] = std::array::from_fn(|s| splat16(scales, s));
+        let sm = scales_mins_bytes(b);
+        let scale: [__m256i; 8] = std::array::from_fn(|s| splat16(sm, s));
+        // Minimum `j` in 16-bit lanes `2j` and `2j + 1` (one per 16-value activation sum of
+        // its sub-block).
+        let mins = _mm256_shuffle_epi8(sm, dup);
         let qs = if Q5 { &b[48..176] } else { &b[16..144] };
         let mut q = [_mm256_setzero_si256(); 8];
         // `Q5_K`: bits 2j and 2j + 1 of each `qh` byte are the fifth bits of register 2j's and
@@ -248,14 +242,10 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
             let msum = _mm256_madd_epi16(load_bsums(a), mins);
             let ad = _mm256_set1_ps(a.d);
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, ad), acc[t]);
-            acc_min[t] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(msum),
-                _mm256_mul_ps(dmin, ad),
-                acc_min[t],
-            );
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, ad), acc[t]);
         }
     }
-    std::array::from_fn(|t| hsum(_mm256_sub_ps(acc[t], acc_min[t])))
+    std::array::from_fn(|t| hsum(acc[t]))
 }
 
 /// `Q6_K` row · `N` activation vectors. The quants plus 32 (0..64, unsigned), 32 values per
