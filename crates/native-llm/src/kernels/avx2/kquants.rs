@@ -176,21 +176,12 @@ fn splat16(v: __m256i, s: usize) -> __m256i {
     _mm256_shuffle_epi8(v, _mm256_set1_epi16(0x8000u16 as i16 | s as i16))
 }
 
-/// The sum of 8 vectors of 32-bit lanes, as a tree (independent adds).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn sum8(p: [__m256i; 8]) -> __m256i {
-    let a = _mm256_add_epi32(_mm256_add_epi32(p[0], p[1]), _mm256_add_epi32(p[2], p[3]));
-    let b = _mm256_add_epi32(_mm256_add_epi32(p[4], p[5]), _mm256_add_epi32(p[6], p[7]));
-    _mm256_add_epi32(a, b)
-}
-
 /// `Q4_K` (`Q5 = false`) or `Q5_K` (`Q5 = true`) row · `N` activation vectors. Register `s`
 /// holds sub-block `s` (32 values: the low nibbles of bytes `32j..32j + 32` for `s = 2j`,
 /// their high nibbles for `s = 2j + 1`, with the fifth bits of `Q5_K` on top), under
 /// activation bytes `32s..32s + 32`. Per token, each super-block's exact integer sums (8
 /// lanes of scaled products, 8 of minimums times activation sums) are scaled by `d · d_y` and
-/// `dmin · d_y` into two float accumulators, summed once at the end of the row.
+/// `dmin · d_y` into one float accumulator, summed once at the end of the row.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
     let bb = if Q5 { 176 } else { 144 };
@@ -206,12 +197,10 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
     for (i, b) in row.chunks_exact(bb).enumerate() {
         let (d, dmin) = f16_pair([b[0], b[1], b[2], b[3]]);
         let sm = scales_mins_bytes(b);
-        let scale: [__m256i; 8] = std::array::from_fn(|s| splat16(sm, s));
         // Minimum `j` in 16-bit lanes `2j` and `2j + 1` (one per 16-value activation sum of
         // its sub-block).
         let mins = _mm256_shuffle_epi8(sm, dup);
         let qs = if Q5 { &b[48..176] } else { &b[16..144] };
-        let mut q = [_mm256_setzero_si256(); 8];
         // `Q5_K`: bits 2j and 2j + 1 of each `qh` byte are the fifth bits of register 2j's and
         // 2j + 1's values; `h` holds them in bits 0 and 1 for step j.
         let mut h = if Q5 {
@@ -219,6 +208,9 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
         } else {
             _mm256_setzero_si256()
         };
+        // Register pair by register pair, all tokens (few registers live: the pair, its two
+        // scales and one integer sum per token).
+        let mut isum = [_mm256_setzero_si256(); N];
         for j in 0..4 {
             let w = load_at(qs, 32 * j);
             let mut lo = _mm256_and_si256(w, nib);
@@ -230,18 +222,20 @@ fn q45k<const N: usize, const Q5: bool>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16::<3>(h), top));
                 h = _mm256_srli_epi16::<2>(h);
             }
-            q[2 * j] = lo;
-            q[2 * j + 1] = hi;
+            let (s_lo, s_hi) = (splat16(sm, 2 * j), splat16(sm, 2 * j + 1));
+            for t in 0..N {
+                let a = &acts[t][i];
+                let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load_y(a, 64 * j)), s_lo);
+                let p_hi =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load_y(a, 64 * j + 32)), s_hi);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p_lo, p_hi));
+            }
         }
         for t in 0..N {
             let a = &acts[t][i];
-            let isum = sum8(std::array::from_fn(|s| {
-                let p = _mm256_maddubs_epi16(q[s], load_y(a, 32 * s));
-                _mm256_madd_epi16(p, scale[s])
-            }));
             let msum = _mm256_madd_epi16(load_bsums(a), mins);
             let ad = _mm256_set1_ps(a.d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, ad), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, ad), acc[t]);
             acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, ad), acc[t]);
         }
     }
@@ -271,38 +265,48 @@ fn q6k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
     for (i, b) in row.chunks_exact(210).enumerate() {
         let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
         let (d, _) = f16_pair([b[208], b[209], 0, 0]);
-        let mut q = [_mm256_setzero_si256(); 8];
-        for n in 0..2 {
-            let h = load_at(qh, 32 * n);
-            let l0 = load_at(ql, 64 * n);
-            let l1 = load_at(ql, 64 * n + 32);
-            let hi = |v: __m256i| _mm256_and_si256(v, two);
-            q[4 * n] = _mm256_or_si256(_mm256_and_si256(l0, nib), hi(_mm256_slli_epi16::<4>(h)));
-            q[4 * n + 1] =
-                _mm256_or_si256(_mm256_and_si256(l1, nib), hi(_mm256_slli_epi16::<2>(h)));
-            q[4 * n + 2] =
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), nib), hi(h));
-            q[4 * n + 3] = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16::<4>(l1), nib),
-                hi(_mm256_srli_epi16::<2>(h)),
-            );
-        }
         // SAFETY: reads exactly the 16 bytes of `sc`; `loadu` has no alignment requirement.
         let scales16 = _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(sc.as_ptr().cast()) });
-        let halves = [
-            _mm256_permute4x64_epi64::<0b01_00_01_00>(scales16),
-            _mm256_permute4x64_epi64::<0b11_10_11_10>(scales16),
-        ];
-        let scale: [__m256i; 8] =
-            std::array::from_fn(|r| _mm256_shuffle_epi8(halves[r / 4], pick[r % 4]));
+        // Register pair by register pair (`4n + k`, `4n + k + 2`: the low and high nibbles of
+        // the same `ql` bytes), all tokens.
+        let mut isum = [_mm256_setzero_si256(); N];
+        for n in 0..2 {
+            let h = load_at(qh, 32 * n);
+            let half = if n == 0 {
+                _mm256_permute4x64_epi64::<0b01_00_01_00>(scales16)
+            } else {
+                _mm256_permute4x64_epi64::<0b11_10_11_10>(scales16)
+            };
+            for k in 0..2 {
+                let l = load_at(ql, 64 * n + 32 * k);
+                let hi = |v: __m256i| _mm256_and_si256(v, two);
+                // The `qh` bits: bits 0-1 (k = 0) or 2-3 (k = 1) for the low nibbles, 4-5 or
+                // 6-7 for the high ones, moved to bits 4-5.
+                let (h_lo, h_hi) = if k == 0 {
+                    (_mm256_slli_epi16::<4>(h), h)
+                } else {
+                    (_mm256_slli_epi16::<2>(h), _mm256_srli_epi16::<2>(h))
+                };
+                let q_lo = _mm256_or_si256(_mm256_and_si256(l, nib), hi(h_lo));
+                let q_hi =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l), nib), hi(h_hi));
+                let s_lo = _mm256_shuffle_epi8(half, pick[k]);
+                let s_hi = _mm256_shuffle_epi8(half, pick[k + 2]);
+                let (r_lo, r_hi) = (4 * n + k, 4 * n + k + 2);
+                for t in 0..N {
+                    let a = &acts[t][i];
+                    let p_lo =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q_lo, load_y(a, 32 * r_lo)), s_lo);
+                    let p_hi =
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q_hi, load_y(a, 32 * r_hi)), s_hi);
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+        }
         for t in 0..N {
             let a = &acts[t][i];
-            let isum = sum8(std::array::from_fn(|r| {
-                let p = _mm256_maddubs_epi16(q[r], load_y(a, 32 * r));
-                _mm256_madd_epi16(p, scale[r])
-            }));
             let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(load_bsums(a), scales16));
-            let isum = _mm256_sub_epi32(isum, offset);
+            let isum = _mm256_sub_epi32(isum[t], offset);
             let dd = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, acc[t]);
         }
