@@ -29,9 +29,10 @@
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
 //! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
-//! - `avx512/` (x86-64 only): AVX-512 VNNI kernels for the quantized dot products of decode
-//!   (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` groups, `Q4_K` and `Q6_K` rows), used beside the
-//!   AVX2 ones.
+//! - `avx512/` (x86-64 only): AVX-512 VNNI kernels for the quantized dot products
+//!   (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` groups, `Q4_K` and `Q6_K` rows) and, where the
+//!   CPU has AVX-512 BF16, interleaved `BF16` groups against bf16 activations; used beside
+//!   the AVX2 ones.
 //!
 //! The functions below pick one of the last three per call from [`isa()`], chosen once per
 //! process; with [`Isa::Avx512`] everything the AVX-512 module lacks runs on AVX2.
@@ -217,10 +218,6 @@ pub fn dot_f_block(
     debug_assert!(!grouped || rows.len().is_multiple_of(rb * F_GROUP));
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if kind == WeightKind::BF16 && grouped && avx512::bf16::available() => {
-            avx512::bf16::dot_g4(rows, rb, acts, out, stride)
-        }
-        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => avx2::dot_f_block(kind, rows, rb, grouped, acts, out, stride),
         _ => {
             // Row by row; a grouped matrix is rebuilt into rows one group at a time.
@@ -243,6 +240,42 @@ pub fn dot_f_block(
                 }
             }
         }
+    }
+}
+
+/// Whether a float matrix of `kind` (interleaved when `grouped`) is multiplied with bf16
+/// activations by [`dot_bf16_g4`] on this CPU (interleaved `BF16` with AVX-512 BF16) rather
+/// than with f32 ones by [`dot_f_block`].
+pub fn uses_bf16_acts(kind: WeightKind, grouped: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 && kind == WeightKind::BF16 && grouped {
+        return avx512::bf16::available();
+    }
+    let _ = (kind, grouped);
+    false
+}
+
+/// Rounds `x` to bf16 pieces for [`dot_bf16_g4`] (only where [`uses_bf16_acts`] said yes).
+pub fn to_bf16_pieces(x: &[f32], out: &mut [[u16; 8]]) {
+    #[cfg(target_arch = "x86_64")]
+    avx512::bf16::to_bf16(x, out);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, out);
+        unreachable!("bf16 activations are used only where `uses_bf16_acts` said yes");
+    }
+}
+
+/// Interleaved `BF16` rows (`cols` each) against bf16 activations ([`to_bf16_pieces`]):
+/// `out[t * stride + r] = row r · acts[t]`, only where [`uses_bf16_acts`] said yes. Each
+/// result is the same whatever the tile or batch it is computed in.
+pub fn dot_bf16_g4(rows: &[u8], cols: usize, acts: &[&[[u16; 8]]], out: &mut [f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    avx512::bf16::dot_g4(rows, 2 * cols, acts, out, stride);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (rows, cols, acts, out, stride);
+        unreachable!("bf16 activations are used only where `uses_bf16_acts` said yes");
     }
 }
 

@@ -14,6 +14,8 @@ pub(super) struct Input<'a> {
     f: &'a [f32],
     q8: &'a [BlockQ8],
     q8k: &'a [BlockQ8K],
+    /// bf16 pieces of 8 values, for the matrices [`kernels::uses_bf16_acts`] names.
+    bf: &'a [[u16; 8]],
 }
 
 /// Reusable buffers for quantized activations.
@@ -21,6 +23,7 @@ pub(super) struct Input<'a> {
 pub(super) struct QuantBufs {
     q8: Vec<BlockQ8>,
     q8k: Vec<BlockQ8K>,
+    bf: Vec<[u16; 8]>,
 }
 
 /// Prepares `x` (`[t][cols]`) for the matrices `mats`: quantized into each activation
@@ -32,16 +35,20 @@ pub(super) fn prepare<'a>(
     bufs: &'a mut QuantBufs,
 ) -> Input<'a> {
     let needs = |f: ActFormat| mats.iter().any(|m| m.kind.act_format() == f);
-    let QuantBufs { q8, q8k } = bufs;
+    let QuantBufs { q8, q8k, bf } = bufs;
     q8.clear();
     q8k.clear();
+    bf.clear();
     if needs(ActFormat::Q8) {
         quantize_rows(x, cols, QK, q8, kernels::quantize_row);
     }
     if needs(ActFormat::Q8K) {
         quantize_rows(x, cols, QK_K, q8k, kernels::quantize_row_k);
     }
-    Input { f: x, q8, q8k }
+    if mats.iter().any(|m| bf16_acts(m)) {
+        quantize_rows(x, cols, 8, bf, kernels::to_bf16_pieces);
+    }
+    Input { f: x, q8, q8k, bf }
 }
 
 /// Quantizes each `cols`-wide row of `x` into `out` (blocks of `block` values), in parallel.
@@ -58,6 +65,11 @@ fn quantize_rows<B: Clone + Default + Send>(
         .with_min_len(8)
         .zip(x.par_chunks(cols))
         .for_each(|(b, r)| quantize(r, b));
+}
+
+/// Whether `w` reads the step's activations as bf16.
+fn bf16_acts(w: &Matrix) -> bool {
+    kernels::uses_bf16_acts(w.kind, w.interleaved)
 }
 
 /// Rows per task in prefill (their weights stay in L1 while every token passes).
@@ -90,6 +102,12 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
             for (j, o) in out.iter_mut().enumerate() {
                 *o = kernels::dot_k(w.kind, w.row(r0 + j), act);
             }
+        }
+        ActFormat::F32 if bf16_acts(w) => {
+            let per = w.cols / 8;
+            let act = &x.bf[tok * per..(tok + 1) * per];
+            let n = out.len();
+            kernels::dot_bf16_g4(w.rows(r0, n), w.cols, &[act], out, n);
         }
         ActFormat::F32 => {
             let act = &x.f[tok * w.cols..(tok + 1) * w.cols];
@@ -130,6 +148,11 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
     } else {
         Vec::new()
     };
+    let bf_acts: Vec<&[[u16; 8]]> = if bf16_acts(w) {
+        x.bf.chunks_exact(w.cols / 8).collect()
+    } else {
+        Vec::new()
+    };
     // Blocks of rows × tiles of tokens, computed token-major into a per-block buffer and
     // scattered into `[t][r]`.
     let blocks: Vec<Vec<f32>> = (0..rows.div_ceil(block))
@@ -160,6 +183,13 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                                 o[at..at + kernels::GROUP].copy_from_slice(r);
                             }
                         }
+                    }
+                }
+                // bf16 weights and activations (AVX-512 BF16): tiles of 8 rows × 6 tokens.
+                ActFormat::F32 if bf16_acts(w) => {
+                    for t0 in (0..t).step_by(F_TOKEN_BLOCK) {
+                        let block = &bf_acts[t0..(t0 + F_TOKEN_BLOCK).min(t)];
+                        kernels::dot_bf16_g4(w.rows(r0, nr), w.cols, block, &mut o[t0 * nr..], nr);
                     }
                 }
                 // Float weights: tiles of 4 rows × 3 tokens over blocks of tokens whose

@@ -4,10 +4,10 @@
 //! Each super-block is unpacked once for all tokens into 4 registers of 64 quants (unsigned
 //! bytes); per token and register one `vpmaddubsw` with the activation bytes (pairs at most
 //! 2 × 63 × 127 < 2^15: exact) and one `vpdpwssd` by the sub-block scales (16-bit lanes)
-//! into 32-bit lanes. The integer sum per super-block is the AVX2 kernel's exactly, and the
-//! floats are formed from it the same way (`d · d_y · Σ` then `- dmin · d_y · Σ mins`, added
-//! to the running total super-block by super-block), so every result equals the AVX2 and
-//! portable kernels' bit for bit.
+//! into 32-bit lanes. The integer sums per super-block are exact; they are scaled into 16
+//! float lanes per token (`d · d_y`, and `dmin · d_y` for the minimums) and the lanes summed
+//! once at the end of the row, so a result equals the portable body's within rounding and
+//! never depends on the other tokens of the call.
 
 use std::arch::x86_64::*;
 

@@ -147,3 +147,72 @@ fn avx512_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch
         }
     }
 }
+
+#[test]
+fn avx512_bf16_groups_match_an_f64_reference_and_do_not_depend_on_the_batch() {
+    if !super::bf16::available() {
+        return;
+    }
+    let mut seed = 23;
+    let (cols, rows) = (8 * 37, 28);
+    let weights: Vec<f32> = (0..rows * cols).map(|_| uniform(&mut seed)).collect();
+    let mut bytes = Vec::new();
+    crate::kernels::push_floats(WeightKind::BF16, &weights, &mut bytes);
+    let rb = 2 * cols;
+    let grouped: Vec<u8> = bytes
+        .chunks_exact(4 * rb)
+        .flat_map(|g| interleave(WeightKind::BF16, g, cols))
+        .collect();
+    let acts: Vec<Vec<f32>> = (0..13)
+        .map(|_| (0..cols).map(|_| 4.0 * uniform(&mut seed)).collect())
+        .collect();
+    let pieces: Vec<Vec<[u16; 8]>> = acts
+        .iter()
+        .map(|x| {
+            let mut p = vec![[0u16; 8]; cols / 8];
+            super::bf16::to_bf16(x, &mut p);
+            p
+        })
+        .collect();
+    let a: Vec<&[[u16; 8]]> = pieces.iter().map(Vec::as_slice).collect();
+    let mut all = vec![0f32; acts.len() * rows];
+    super::bf16::dot_g4(&grouped, rb, &a, &mut all, rows);
+    let bf = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+    for (t, x) in acts.iter().enumerate() {
+        // The rounding is `half`'s (to nearest even) for these normal values.
+        let want: Vec<u16> = x
+            .iter()
+            .map(|v| half::bf16::from_f32(*v).to_bits())
+            .collect();
+        assert_eq!(pieces[t].concat(), want, "token {t} rounded to bf16");
+        // Alone, and with only the first group (a tile of one group, not four).
+        let p = &pieces[t][..];
+        let mut alone = vec![0f32; rows];
+        super::bf16::dot_g4(&grouped, rb, &[p], &mut alone, rows);
+        assert_eq!(
+            all[t * rows..(t + 1) * rows],
+            alone[..],
+            "token {t} in a batch vs alone"
+        );
+        let mut first = [0f32; 4];
+        super::bf16::dot_g4(&grouped[..4 * rb], rb, &[p], &mut first, 4);
+        assert_eq!(first[..], alone[..4], "token {t}: one group vs four");
+        let mut three = [0f32; 12];
+        super::bf16::dot_g4(&grouped[4 * rb..16 * rb], rb, &[p], &mut three, 12);
+        assert_eq!(
+            three[..],
+            alone[4..16],
+            "token {t}: groups 1..4 as two and one vs four"
+        );
+        for r in 0..rows {
+            let w = &weights[r * cols..(r + 1) * cols];
+            let exact: f64 = w.iter().zip(x).map(|(w, x)| bf(*w) * bf(*x)).sum();
+            let scale: f64 = w.iter().zip(x).map(|(w, x)| (bf(*w) * bf(*x)).abs()).sum();
+            let got = alone[r] as f64;
+            assert!(
+                (got - exact).abs() <= 1e-6 * scale,
+                "token {t} row {r}: {got} vs {exact} (scale {scale})"
+            );
+        }
+    }
+}
