@@ -174,7 +174,8 @@ impl Unpacked {
 }
 
 /// The portable body of [`dot_k_multi`](super::dot_k_multi) (CPUs without AVX2; the reference
-/// the AVX2 kernels in `kernels::avx2` equal bit for bit).
+/// the SIMD kernels equal within float rounding: they keep the integer sums exact but add the
+/// scaled super-blocks in vector lanes).
 pub(crate) fn dot_k_multi_body(
     kind: WeightKind,
     row: &[u8],

@@ -353,16 +353,10 @@ pub fn quantize_row_k(x: &[f32], out: &mut [BlockQ8K]) {
 
 /// One K-quant weight row against up to [`K_TOKENS`] activation vectors
 /// (`out[t]` for `acts[t]`); each super-block is unpacked once for all of them, and each
-/// result equals a call with that activation alone. `_stream` is ignored: no K-quant kernel
-/// prefetches (the hardware prefetcher keeps up with the rows); it stays until the callers
-/// stop passing it.
-pub fn dot_k_multi(
-    kind: WeightKind,
-    row: &[u8],
-    acts: &[&[BlockQ8K]],
-    out: &mut [f32],
-    _stream: bool,
-) {
+/// result equals a call with that activation alone. No K-quant kernel prefetches: the rows
+/// stream forward and the hardware prefetcher keeps up (software prefetching 16 KiB ahead
+/// cost 7-15% of decode on Qwen2.5-Coder-1.5B Q4_K_M).
+pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if kind != WeightKind::Q5_K => avx512::dot_k_multi(kind, row, acts, out),
@@ -375,6 +369,6 @@ pub fn dot_k_multi(
 /// One K-quant weight row · one activation vector.
 pub fn dot_k(kind: WeightKind, row: &[u8], act: &[BlockQ8K]) -> f32 {
     let mut out = [0f32];
-    dot_k_multi(kind, row, &[act], &mut out, true);
+    dot_k_multi(kind, row, &[act], &mut out);
     out[0]
 }

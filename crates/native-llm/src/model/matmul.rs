@@ -221,7 +221,7 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                         });
                         let acts = &all[..n];
                         for j in 0..nr {
-                            kernels::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res, stream);
+                            kernels::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res);
                             for (k, r) in res[..n].iter().enumerate() {
                                 o[(t0 + k) * nr + j] = *r;
                             }

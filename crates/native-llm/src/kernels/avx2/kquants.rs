@@ -150,7 +150,7 @@ fn f16_pair(w: [u8; 4]) -> (__m256, __m256) {
 /// [`scales_mins`](crate::kernels::kquants::scales_mins), without its byte loop.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn scales_mins_bytes(b: &[u8]) -> __m256i {
+pub(in crate::kernels) fn scales_mins_bytes(b: &[u8]) -> __m256i {
     // 32-bit lanes: `d dmin`, then the scale words w0, w1, w2.
     let v = load_16(b[..16].try_into().expect("16 bytes"));
     // Scales 0..4 and minimums 0..4 are the low 6 bits of w0 and w1; scales and minimums

@@ -24,6 +24,7 @@ pub use activation::{exp_shifted_sum, gated_activation};
 pub use attention::attend_many;
 pub use attention_q8::attend_q8;
 pub use float::{axpy, dot_f, dot_f_block, dot_f32};
+pub(super) use kquants::scales_mins_bytes;
 pub use kquants::{dot_k_multi, quantize_row_k};
 pub use quant::quantize_row;
 pub use simd::available;

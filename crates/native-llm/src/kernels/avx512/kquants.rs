@@ -13,12 +13,11 @@ use std::arch::x86_64::*;
 
 use super::available;
 use super::quant::load_64;
+use crate::kernels::avx2::scales_mins_bytes;
 use crate::kernels::format::{BlockQ8K, QK_K, WeightKind};
 
 /// `out[t] = row · acts[t]` for a `Q4_K` or `Q6_K` row (`out.len() >= acts.len()`, 1 to 8
-/// vectors). No software prefetch: the rows stream forward and the hardware prefetcher
-/// keeps up (`prefetchnta` 16 KiB ahead, as the other kernels do, cost 7-15% of decode on
-/// Qwen2.5-Coder-1.5B Q4_K_M).
+/// vectors; no software prefetch, see [`kernels::dot_k_multi`](crate::kernels::dot_k_multi)).
 pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut [f32]) {
     debug_assert!(available());
     fn run<const N: usize>(kind: WeightKind, row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
@@ -89,33 +88,6 @@ fn join(lo: __m256i, hi: __m256i) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
 }
 
-/// The 8 scales (16-bit lanes 0..8) and 8 minimums (lanes 8..16) of a `Q4_K` super-block,
-/// unpacked from their 12 bytes with 32-bit word operations (the same values as
-/// [`scales_mins`](crate::kernels::kquants::scales_mins), without its byte loop).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn scales_mins_16(s: &[u8]) -> __m256i {
-    let s: &[u8; 12] = s.try_into().expect("12 bytes");
-    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (w0, w1, w2) = (w(0), w(1), w(2));
-    const LOW6: u32 = 0x3F3F_3F3F;
-    const LOW4: u32 = 0x0F0F_0F0F;
-    const TOP2: u32 = 0x0303_0303;
-    // Scales 0..4 and minimums 0..4 are the low 6 bits of bytes 0..4 and 4..8; scales and
-    // minimums 4..8 are the low and high nibbles of bytes 8..12, with the top two bits of
-    // bytes 0..4 and 4..8 above them.
-    let sc_lo = w0 & LOW6;
-    let sc_hi = (w2 & LOW4) | (((w0 >> 6) & TOP2) << 4);
-    let m_lo = w1 & LOW6;
-    let m_hi = ((w2 >> 4) & LOW4) | (((w1 >> 6) & TOP2) << 4);
-    _mm256_cvtepu8_epi16(_mm_setr_epi32(
-        sc_lo as i32,
-        sc_hi as i32,
-        m_lo as i32,
-        m_hi as i32,
-    ))
-}
-
 /// `Q4_K` row · `N` activation vectors. Register `j` holds sub-blocks `2j` (the low nibbles
 /// of bytes `32j..32j + 32`) and `2j + 1` (their high nibbles), under activation bytes
 /// `64j..64j + 64`. Per token, each super-block's exact integer sums (16 lanes of scaled
@@ -137,7 +109,8 @@ fn q4k<const N: usize>(row: &[u8], acts: [&[BlockQ8K]; N]) -> [f32; N] {
     let mut acc_min = [_mm256_setzero_ps(); N];
     for (i, b) in row.chunks_exact(144).enumerate() {
         let (d, dmin) = f16_pair(b);
-        let sm = scales_mins_16(&b[4..16]);
+        // Scales in 16-bit lanes 0..8, minimums in lanes 8..16.
+        let sm = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(scales_mins_bytes(b)));
         let sm512 = _mm512_castsi256_si512(sm);
         let scale: [__m512i; 4] = std::array::from_fn(|j| _mm512_permutexvar_epi16(pick[j], sm512));
         let mins = _mm256_permutexvar_epi16(dup, sm);
