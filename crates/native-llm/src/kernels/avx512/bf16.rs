@@ -125,6 +125,9 @@ struct Tile<const G: usize> {
     n: usize,
 }
 
+/// The accumulators stay in registers only if nothing in the loop may read them: no bounds
+/// checks (their panic calls would keep every accumulator stored to the stack after each
+/// product, which made an earlier version store-bound), and the sums formed in plain loops.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2")]
 fn tile_n<const G: usize, const T: usize>(
@@ -132,32 +135,48 @@ fn tile_n<const G: usize, const T: usize>(
     xs: &[&[[u16; 8]]],
 ) -> [[[f32; 4]; G]; T] {
     let pieces = xs[0].len();
-    let xs: [&[[u16; 8]]; T] = std::array::from_fn(|t| &xs[t][..pieces]);
-    let groups: [&[u8]; G] = std::array::from_fn(|i| &groups[i][..pieces * 64]);
+    assert!(
+        xs.len() == T
+            && xs.iter().all(|x| x.len() == pieces)
+            && groups.iter().all(|g| g.len() >= 64 * pieces),
+        "a tile of {T} tokens over {pieces} pieces"
+    );
+    let mut wp = [std::ptr::null::<u8>(); G];
+    for i in 0..G {
+        wp[i] = groups[i].as_ptr();
+    }
+    let mut xp = [std::ptr::null::<[u16; 8]>(); T];
+    for t in 0..T {
+        xp[t] = xs[t].as_ptr();
+    }
     let mut acc = [[_mm512_setzero_ps(); G]; T];
     for k in 0..pieces {
-        let w: [__m512bh; G] = std::array::from_fn(|i| {
-            let p: &[u8; 64] = groups[i][64 * k..64 * k + 64].try_into().expect("64 bytes");
-            // SAFETY: reads exactly the 64 bytes of `p`; `loadu` has no alignment
-            // requirement; `__m512i` and `__m512bh` are both 64 plain bytes.
-            unsafe {
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.as_ptr().cast()))
-            }
-        });
-        for t in 0..T {
-            let x: &[u16; 8] = &xs[t][k];
-            // SAFETY: reads exactly the 16 bytes of `x`; no alignment requirement; the
-            // broadcast register is 64 plain bytes either way.
-            let x = unsafe {
-                let v = _mm_loadu_si128(x.as_ptr().cast());
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_broadcast_i32x4(v))
-            };
+        // SAFETY: `k < pieces`, every group holds at least `64 * pieces` bytes and every
+        // activation `pieces` pieces (asserted above), so each load reads inside its slice;
+        // `loadu` has no alignment requirement; `__m512i` and `__m512bh` are both 64 plain
+        // bytes.
+        unsafe {
+            let mut w = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); G];
             for i in 0..G {
-                acc[t][i] = _mm512_dpbf16_ps(acc[t][i], w[i], x);
+                let v = _mm512_loadu_si512(wp[i].add(64 * k).cast());
+                w[i] = std::mem::transmute::<__m512i, __m512bh>(v);
+            }
+            for t in 0..T {
+                let v = _mm_loadu_si128(xp[t].add(k).cast());
+                let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_broadcast_i32x4(v));
+                for i in 0..G {
+                    acc[t][i] = _mm512_dpbf16_ps(acc[t][i], w[i], x);
+                }
             }
         }
     }
-    std::array::from_fn(|t| std::array::from_fn(|i| lane_sums(acc[t][i])))
+    let mut res = [[[0f32; 4]; G]; T];
+    for t in 0..T {
+        for i in 0..G {
+            res[t][i] = lane_sums(acc[t][i]);
+        }
+    }
+    res
 }
 
 /// The sums of the four 128-bit lanes' 4 floats each, in a fixed order: `(a + b) + (c + d)`.
