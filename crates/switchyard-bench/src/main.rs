@@ -93,13 +93,16 @@ struct Args {
     /// `[backends.hf-candle] kv_cache_dtype` of the Switchyard children, and llama-bench's
     /// `-ctk`/`-ctv` (`None`: each side's default).
     kv_cache_dtype: Option<String>,
+    /// Measure decode right after the `--prompt-tokens` prompt (Switchyard: the same prompt
+    /// again, its KV from the prefix cache; llama-bench: `-d N`), not after a short prompt.
+    decode_at_depth: bool,
 }
 
 /// Usage, printed for `--help` and after a flag error.
 const USAGE: &str = "usage: switchyard-bench --model M.gguf [--llama-bin-dir DIR] [--threads 1,2] \
 [--reps 3] [--prompt-tokens 512] [--gen-tokens 128] [--hf-model DIR --transformers-python PY] \
 [--tables gguf,speed,safetensors,cuda,lifecycle,constrained] [--device cpu|cuda] \
-[--kv-cache-dtype f32|f16|bf16|q8_0]
+[--kv-cache-dtype f32|f16|bf16|q8_0] [--decode-at-depth]
        switchyard-bench load --help   (serving under load: switchyard api vs llama-server)";
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -117,6 +120,7 @@ fn parse_args() -> anyhow::Result<Args> {
         device: "cpu".into(),
         tables: vec!["gguf".into(), "safetensors".into()],
         kv_cache_dtype: None,
+        decode_at_depth: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -139,6 +143,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dtype" => a.dtype = value()?,
             "--device" => a.device = value()?,
             "--kv-cache-dtype" => a.kv_cache_dtype = Some(value()?),
+            "--decode-at-depth" => a.decode_at_depth = true,
             "--tables" => {
                 a.tables = value()?.split(',').map(str::to_owned).collect();
                 if let Some(t) = a.tables.iter().find(|t| {
@@ -289,7 +294,14 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
     let t = a.threads[0];
     Ok(match mode {
         "speed" => {
-            let model = load(a, t, "prefix_cache_mb = 0", 1)?;
+            // At depth, the prompt's KV is kept for the decode request (the prefill is timed on
+            // the first request, with the cache still empty).
+            let cache = if a.decode_at_depth {
+                "prefix_cache_mb = 4096"
+            } else {
+                "prefix_cache_mb = 0"
+            };
+            let model = load(a, t, cache, 1)?;
             model.chat(request("Hi", 2))?; // warm-up
             let words =
                 "the quick brown fox jumps over the lazy dog ".repeat(a.prompt_tokens / 9 + 1);
@@ -301,7 +313,8 @@ fn child(a: &Args, mode: &str) -> anyhow::Result<Value> {
                 }
             }
             let pp = f64::from(prompt_len) / start.elapsed().as_secs_f64();
-            let d = decode_span(model.stream_chat(request(STORY, a.gen_tokens))?)?;
+            let after = if a.decode_at_depth { &words } else { STORY };
+            let d = decode_span(model.stream_chat(request(after, a.gen_tokens))?)?;
             json!({"pp": pp, "pp_tokens": prompt_len, "tg": d.rate(), "tg_tokens": d.n,
                    "ids": d.ids, "rss_mb": peak_rss_mb()})
         }
@@ -444,6 +457,9 @@ fn run_child(
     if let Some(k) = &a.kv_cache_dtype {
         cmd.args(["--kv-cache-dtype", k]);
     }
+    if a.decode_at_depth {
+        cmd.arg("--decode-at-depth");
+    }
     let out = cmd
         .args(["--child", mode, "--model"])
         .arg(model)
@@ -462,7 +478,25 @@ fn run_child(
     Ok((serde_json::from_slice(out.stdout.trim_ascii())?, wall))
 }
 
+/// llama-bench's prefill and decode t/s; with `--decode-at-depth`, decode after a context of
+/// the prompt's length (`-d`), in a second run.
 fn run_llama_bench(a: &Args, dir: &Path, threads: usize) -> anyhow::Result<(f64, f64)> {
+    if !a.decode_at_depth {
+        let (p, n) = (a.prompt_tokens.to_string(), a.gen_tokens.to_string());
+        return llama_bench_once(a, dir, threads, &["-p", &p, "-n", &n]);
+    }
+    let (p, n) = (a.prompt_tokens.to_string(), a.gen_tokens.to_string());
+    let (pp, _) = llama_bench_once(a, dir, threads, &["-p", &p, "-n", "0"])?;
+    let (_, tg) = llama_bench_once(a, dir, threads, &["-p", "0", "-n", &n, "-d", &p])?;
+    Ok((pp, tg))
+}
+
+fn llama_bench_once(
+    a: &Args,
+    dir: &Path,
+    threads: usize,
+    sizes: &[&str],
+) -> anyhow::Result<(f64, f64)> {
     let mut cmd = Command::new(dir.join("llama-bench"));
     if let Some(k) = &a.kv_cache_dtype {
         cmd.args(["-ctk", k, "-ctv", k]);
@@ -475,8 +509,7 @@ fn run_llama_bench(a: &Args, dir: &Path, threads: usize) -> anyhow::Result<(f64,
         .arg("-m")
         .arg(&a.model)
         .args(["-t", &threads.to_string()])
-        .args(["-p", &a.prompt_tokens.to_string()])
-        .args(["-n", &a.gen_tokens.to_string()])
+        .args(sizes)
         .args(["-r", "1", "-o", "json"])
         .output()?;
     if !out.status.success() {
