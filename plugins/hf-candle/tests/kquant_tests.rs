@@ -82,7 +82,7 @@ fn k_quant_and_q5_dot_products_match_the_exact_ones() {
                 let mut rq = vec![BlockQ8K::default(); m.cols / QK_K];
                 kernels::quantize_row_k(&rev, &mut rq);
                 let mut multi = [0f32; 3];
-                kernels::dot_k_multi(m.kind, m.row(r), &[&rq, &xq, &rq], &mut multi, false);
+                kernels::dot_k_multi(m.kind, m.row(r), &[&rq, &xq, &rq], &mut multi);
                 assert_eq!(multi[1], one, "{name} row {r}: batched == alone");
                 assert_eq!(multi[0], multi[2]);
                 one
