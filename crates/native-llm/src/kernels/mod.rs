@@ -43,6 +43,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod format;
+#[cfg(test)]
+mod kq_check;
 pub mod kquants;
 #[cfg(test)]
 mod kv_q8_tests;

@@ -319,15 +319,8 @@ const _: () = assert!(QK_K == 256);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::K_TOKENS;
-    use crate::kernels::kquants::{dot_k_multi_body, quantize_row_k_body};
-
-    fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *seed >> 33
-    }
+    use crate::kernels::kq_check::{k_kernel_matches_portable_and_batch, lcg};
+    use crate::kernels::kquants::quantize_row_k_body;
 
     #[test]
     fn simd_q8k_quantization_equals_the_portable_body_bit_for_bit() {
@@ -352,75 +345,12 @@ mod tests {
         assert_eq!(simd, plain);
     }
 
-    fn uniform(seed: &mut u64) -> f32 {
-        lcg(seed) as f32 / (1u64 << 31) as f32 - 0.5
-    }
-
-    /// An f16 in ±[2^-9, 2^-5): finite and modest, so the float sums stay well-conditioned.
-    fn small_f16(seed: &mut u64) -> [u8; 2] {
-        let v = (1.0 + uniform(seed)) * 2f32.powi(-(5 + (lcg(seed) % 4) as i32));
-        let v = if lcg(seed).is_multiple_of(2) { v } else { -v };
-        half::f16::from_f32(v).to_le_bytes()
-    }
-
     #[test]
     fn simd_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch() {
         if !available() {
             return;
         }
-        let mut seed = 3;
-        for blocks in [1, 3, 35] {
-            for (kind, bb, scales) in [
-                (WeightKind::Q4_K, 144, &[0usize, 2][..]),
-                (WeightKind::Q5_K, 176, &[0, 2][..]),
-                (WeightKind::Q6_K, 210, &[208][..]),
-            ] {
-                let mut row: Vec<u8> = (0..blocks * bb).map(|_| lcg(&mut seed) as u8).collect();
-                for b in row.chunks_exact_mut(bb) {
-                    for &i in scales {
-                        b[i..i + 2].copy_from_slice(&small_f16(&mut seed));
-                    }
-                }
-                let acts: Vec<Vec<BlockQ8K>> = (0..K_TOKENS)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..blocks * QK_K).map(|_| uniform(&mut seed)).collect();
-                        let mut q = vec![BlockQ8K::default(); blocks];
-                        quantize_row_k_body(&x, &mut q);
-                        q
-                    })
-                    .collect();
-                // Each token alone: the reference for the batched calls, bit for bit.
-                let alone: Vec<f32> = acts
-                    .iter()
-                    .map(|a| {
-                        let mut o = [0f32];
-                        dot_k_multi(kind, &row, &[a], &mut o);
-                        o[0]
-                    })
-                    .collect();
-                for n in 1..=K_TOKENS {
-                    let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
-                    let (mut simd, mut plain) = ([0f32; K_TOKENS], [0f32; K_TOKENS]);
-                    dot_k_multi(kind, &row, &a, &mut simd);
-                    dot_k_multi_body(kind, &row, &a, &mut plain);
-                    assert_eq!(simd[..n], alone[..n], "{kind:?} with {n} vectors vs alone");
-                    // The portable body sums super-block by super-block in one float; these
-                    // kernels in 8 float lanes: equal up to rounding (the integer sums are
-                    // exact), which grows with the number of super-blocks and with the
-                    // cancellation between the scaled sums and the minimum terms. A wrong
-                    // scale, minimum or quant moves a result by a whole term.
-                    let scale: f32 = plain[..n].iter().map(|v| v.abs()).fold(0.0, f32::max);
-                    for t in 0..n {
-                        assert!(
-                            (simd[t] - plain[t]).abs() <= 1e-4 * blocks as f32 * (1.0 + scale),
-                            "{kind:?} ({blocks} blocks) token {t} of {n}: {} vs portable {}",
-                            simd[t],
-                            plain[t]
-                        );
-                    }
-                    assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));
-                }
-            }
-        }
+        let kinds = [WeightKind::Q4_K, WeightKind::Q5_K, WeightKind::Q6_K];
+        k_kernel_matches_portable_and_batch(&kinds, 3, dot_k_multi);
     }
 }
