@@ -34,10 +34,12 @@ pub fn available() -> bool {
 pub fn dot_g4(w: &[u8], row_bytes: usize, acts: &[&[[u16; 8]]], out: &mut [f32], stride: usize) {
     debug_assert!(available());
     debug_assert!(acts.iter().all(|a| a.len() * 16 == row_bytes));
-    let groups: Vec<&[u8]> = w.chunks_exact(F_GROUP * row_bytes).collect();
+    let gb = F_GROUP * row_bytes;
+    let group = |g: usize| &w[g * gb..(g + 1) * gb];
+    let n_groups = w.len() / gb;
     let mut g = 0;
-    while g < groups.len() {
-        let left = groups.len() - g;
+    while g < n_groups {
+        let left = n_groups - g;
         let step = match left {
             4.. => 4,
             2 | 3 => 2,
@@ -48,13 +50,13 @@ pub fn dot_g4(w: &[u8], row_bytes: usize, acts: &[&[[u16; 8]]], out: &mut [f32],
             // SAFETY (each arm): reached only after `available()` (AVX-512 F/BW/VL, BF16,
             // AVX2).
             if step == 4 {
-                let r = unsafe { tile::<4>(std::array::from_fn(|i| groups[g + i]), x) };
+                let r = unsafe { tile::<4>(std::array::from_fn(|i| group(g + i)), x) };
                 put(&r.res[..r.n], out, t0, r0, stride);
             } else if step == 2 {
-                let r = unsafe { tile::<2>([groups[g], groups[g + 1]], x) };
+                let r = unsafe { tile::<2>([group(g), group(g + 1)], x) };
                 put(&r.res[..r.n], out, t0, r0, stride);
             } else {
-                let r = unsafe { tile::<1>([groups[g]], x) };
+                let r = unsafe { tile::<1>([group(g)], x) };
                 put(&r.res[..r.n], out, t0, r0, stride);
             }
         }
