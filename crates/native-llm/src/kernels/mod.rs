@@ -37,6 +37,24 @@
 //! The functions below pick one of the last three per call from [`isa()`], chosen once per
 //! process; with [`Isa::Avx512`] everything the AVX-512 module lacks runs on AVX2.
 
+/// `&$f($($arg,)* [a, b, …])` for the 1 to [`K_TOKENS`] activation vectors of the slice
+/// `$acts`: each per-ISA K-quant kernel gets the token count as a const-generic array length.
+macro_rules! with_token_array {
+    ($acts:expr, $f:ident($($arg:expr),*)) => {
+        match *$acts {
+            [a] => &$f($($arg,)* [a]),
+            [a, b] => &$f($($arg,)* [a, b]),
+            [a, b, c] => &$f($($arg,)* [a, b, c]),
+            [a, b, c, d] => &$f($($arg,)* [a, b, c, d]),
+            [a, b, c, d, e] => &$f($($arg,)* [a, b, c, d, e]),
+            [a, b, c, d, e, f] => &$f($($arg,)* [a, b, c, d, e, f]),
+            [a, b, c, d, e, f, g] => &$f($($arg,)* [a, b, c, d, e, f, g]),
+            [a, b, c, d, e, f, g, h] => &$f($($arg,)* [a, b, c, d, e, f, g, h]),
+            _ => unreachable!("1 to {} activation vectors", $crate::kernels::K_TOKENS),
+        }
+    };
+}
+
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;

@@ -35,17 +35,7 @@ pub fn dot_k_multi(kind: WeightKind, row: &[u8], acts: &[&[BlockQ8K]], out: &mut
         }
     }
     let n = acts.len();
-    let res: &[f32] = match *acts {
-        [a] => &run(kind, row, [a]),
-        [a, b] => &run(kind, row, [a, b]),
-        [a, b, c] => &run(kind, row, [a, b, c]),
-        [a, b, c, d] => &run(kind, row, [a, b, c, d]),
-        [a, b, c, d, e] => &run(kind, row, [a, b, c, d, e]),
-        [a, b, c, d, e, f] => &run(kind, row, [a, b, c, d, e, f]),
-        [a, b, c, d, e, f, g] => &run(kind, row, [a, b, c, d, e, f, g]),
-        [a, b, c, d, e, f, g, h] => &run(kind, row, [a, b, c, d, e, f, g, h]),
-        _ => unreachable!("1 to 8 activation vectors"),
-    };
+    let res: &[f32] = with_token_array!(acts, run(kind, row));
     out[..n].copy_from_slice(res);
 }
 
