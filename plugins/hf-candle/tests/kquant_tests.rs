@@ -85,6 +85,26 @@ fn k_quant_and_q5_dot_products_match_the_exact_ones() {
                 kernels::dot_k_multi(m.kind, m.row(r), &[&rq, &xq, &rq], &mut multi);
                 assert_eq!(multi[1], one, "{name} row {r}: batched == alone");
                 assert_eq!(multi[0], multi[2]);
+                if let Some(n) = kernels::group_rows(m.kind, m.cols) {
+                    // The two rows repeated into a group, repacked as the loader repacks a
+                    // matrix for the group kernel (`Q4_K` on AVX-512 CPUs): the same values
+                    // back, and the same dot products within rounding.
+                    let rows: Vec<u8> = (0..n).flat_map(|j| m.row(j % 2).to_vec()).collect();
+                    let g = Matrix::owned(m.kind, n, m.cols, rows).for_kernels();
+                    assert!(g.interleaved, "{name}: repacked");
+                    let mut back = vec![0f32; m.cols];
+                    g.dequantize_row(r + 2, &mut back);
+                    assert_eq!(back, floats(vals), "{name} row {r}: repacked values");
+                    let mut res = [[0f32; kernels::K_GROUP]; 3];
+                    kernels::dot_k_group(g.group(0), &[&rq, &xq, &rq], &mut res);
+                    assert_eq!(res[1][r], res[1][r + 2], "{name} row {r}");
+                    assert_eq!(res[0], res[2], "{name}: batched == alone");
+                    assert!(
+                        (res[1][r] - one).abs() <= 1e-4 * (1.0 + one.abs()),
+                        "{name} row {r}: group kernel {} vs one row {one}",
+                        res[1][r]
+                    );
+                }
                 one
             } else {
                 let mut xq = vec![BlockQ8::default(); m.cols / QK];

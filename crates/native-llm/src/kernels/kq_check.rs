@@ -3,6 +3,7 @@
 //! and batch-independent).
 
 use super::format::{BlockQ8K, K_TOKENS, QK_K, WeightKind};
+use super::kgroup::{self, K_GROUP};
 use super::kquants::{dot_k_multi_body, quantize_row_k_body};
 
 /// A K-quant row kernel: `out[t] = row · acts[t]` for 1 to [`K_TOKENS`] vectors.
@@ -26,6 +27,43 @@ pub(super) fn small_f16(seed: &mut u64) -> [u8; 2] {
     half::f16::from_f32(v).to_le_bytes()
 }
 
+/// `rows` random rows of `blocks` super-blocks of `kind`: random quant bytes, modest f16
+/// scales.
+pub(super) fn random_k_rows(
+    kind: WeightKind,
+    blocks: usize,
+    rows: usize,
+    seed: &mut u64,
+) -> Vec<u8> {
+    let bb = kind.block_bytes();
+    // Where each format keeps its f16 scales (`d`, and `dmin` for Q4_K/Q5_K).
+    let scales: &[usize] = if kind == WeightKind::Q6_K {
+        &[208]
+    } else {
+        &[0, 2]
+    };
+    let mut out: Vec<u8> = (0..rows * blocks * bb).map(|_| lcg(seed) as u8).collect();
+    for b in out.chunks_exact_mut(bb) {
+        for &i in scales {
+            b[i..i + 2].copy_from_slice(&small_f16(seed));
+        }
+    }
+    out
+}
+
+/// [`K_TOKENS`] random activation vectors of `blocks` super-blocks, quantized by the portable
+/// code.
+pub(super) fn random_acts(blocks: usize, seed: &mut u64) -> Vec<Vec<BlockQ8K>> {
+    (0..K_TOKENS)
+        .map(|_| {
+            let x: Vec<f32> = (0..blocks * QK_K).map(|_| uniform(seed)).collect();
+            let mut q = vec![BlockQ8K::default(); blocks];
+            quantize_row_k_body(&x, &mut q);
+            q
+        })
+        .collect()
+}
+
 /// Checks `kernel` on random rows of each of `kinds` (1, 3 and 35 super-blocks; random quant
 /// bytes, modest f16 scales, activations quantized by the portable code): each token's result
 /// in a batch of 1 to [`K_TOKENS`] equals that token alone bit for bit (the engine's batched ==
@@ -37,59 +75,69 @@ pub(super) fn k_kernel_matches_portable_and_batch(
 ) {
     for blocks in [1, 3, 35] {
         for &kind in kinds {
-            let bb = kind.block_bytes();
-            // Where each format keeps its f16 scales (`d`, and `dmin` for Q4_K/Q5_K).
-            let scales: &[usize] = if kind == WeightKind::Q6_K {
-                &[208]
-            } else {
-                &[0, 2]
-            };
-            let mut row: Vec<u8> = (0..blocks * bb).map(|_| lcg(&mut seed) as u8).collect();
-            for b in row.chunks_exact_mut(bb) {
-                for &i in scales {
-                    b[i..i + 2].copy_from_slice(&small_f16(&mut seed));
-                }
+            let row = random_k_rows(kind, blocks, 1, &mut seed);
+            let acts = random_acts(blocks, &mut seed);
+            check(kind, blocks, &row, &acts, |a| {
+                let mut o = [0f32; K_TOKENS];
+                kernel(kind, &row, a, &mut o);
+                o[..a.len()].iter().map(|v| vec![*v]).collect()
+            });
+        }
+    }
+}
+
+/// [`k_kernel_matches_portable_and_batch`] for a `Q4_K` group kernel: 16 random rows
+/// repacked into a group, each row's result against the portable row body.
+pub(super) fn k_group_matches_portable_and_batch(mut seed: u64, kernel: KernelGroup) {
+    for blocks in [1, 3, 35] {
+        let rows = random_k_rows(WeightKind::Q4_K, blocks, K_GROUP, &mut seed);
+        let mut group = vec![0u8; kgroup::group_bytes(blocks * QK_K)];
+        kgroup::interleave_q4k(&rows, blocks * QK_K, &mut group);
+        let acts = random_acts(blocks, &mut seed);
+        check(WeightKind::Q4_K, blocks, &rows, &acts, |a| {
+            let mut o = [[0f32; K_GROUP]; K_TOKENS];
+            kernel(&group, a, &mut o);
+            o[..a.len()].iter().map(|r| r.to_vec()).collect()
+        });
+    }
+}
+
+/// A `Q4_K` group kernel: `out[t][r] = row r · acts[t]`.
+pub(super) type KernelGroup = fn(&[u8], &[&[BlockQ8K]], &mut [[f32; K_GROUP]]);
+
+/// The shared check: `run(acts)` gives `[token][row]` results for the rows of `rows`
+/// (row-major, `blocks` super-blocks each).
+fn check(
+    kind: WeightKind,
+    blocks: usize,
+    rows: &[u8],
+    acts: &[Vec<BlockQ8K>],
+    run: impl Fn(&[&[BlockQ8K]]) -> Vec<Vec<f32>>,
+) {
+    // Each token alone: the reference for the batched calls, bit for bit.
+    let alone: Vec<Vec<f32>> = acts.iter().map(|a| run(&[a]).remove(0)).collect();
+    for n in 1..=K_TOKENS {
+        let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
+        let fast = run(&a);
+        assert_eq!(fast[..n], alone[..n], "{kind:?} with {n} vectors vs alone");
+        for (r, row) in rows.chunks_exact(kind.row_bytes(blocks * QK_K)).enumerate() {
+            let mut plain = [0f32; K_TOKENS];
+            dot_k_multi_body(kind, row, &a, &mut plain);
+            // The portable body sums super-block by super-block in one float; the SIMD
+            // kernels in float lanes: equal up to rounding (the integer sums are exact), which
+            // grows with the number of super-blocks and with the cancellation between the
+            // scaled sums and the minimum terms (each far larger than the result with these
+            // random scales). A wrong scale, minimum or quant moves a result by a whole term.
+            let scale: f32 = plain[..n].iter().map(|v| v.abs()).fold(0.0, f32::max);
+            for t in 0..n {
+                assert!(
+                    (fast[t][r] - plain[t]).abs() <= 1e-4 * blocks as f32 * (1.0 + scale),
+                    "{kind:?} ({blocks} blocks) row {r} token {t} of {n}: {} vs portable {}",
+                    fast[t][r],
+                    plain[t]
+                );
             }
-            let acts: Vec<Vec<BlockQ8K>> = (0..K_TOKENS)
-                .map(|_| {
-                    let x: Vec<f32> = (0..blocks * QK_K).map(|_| uniform(&mut seed)).collect();
-                    let mut q = vec![BlockQ8K::default(); blocks];
-                    quantize_row_k_body(&x, &mut q);
-                    q
-                })
-                .collect();
-            // Each token alone: the reference for the batched calls, bit for bit.
-            let alone: Vec<f32> = acts
-                .iter()
-                .map(|a| {
-                    let mut o = [0f32];
-                    kernel(kind, &row, &[a], &mut o);
-                    o[0]
-                })
-                .collect();
-            for n in 1..=K_TOKENS {
-                let a: Vec<&[BlockQ8K]> = acts[..n].iter().map(Vec::as_slice).collect();
-                let (mut fast, mut plain) = ([0f32; K_TOKENS], [0f32; K_TOKENS]);
-                kernel(kind, &row, &a, &mut fast);
-                dot_k_multi_body(kind, &row, &a, &mut plain);
-                assert_eq!(fast[..n], alone[..n], "{kind:?} with {n} vectors vs alone");
-                // The portable body sums super-block by super-block in one float; the SIMD
-                // kernels in float lanes: equal up to rounding (the integer sums are exact),
-                // which grows with the number of super-blocks and with the cancellation
-                // between the scaled sums and the minimum terms (each far larger than the
-                // result with these random scales). A wrong scale, minimum or quant moves a
-                // result by a whole term.
-                let scale: f32 = plain[..n].iter().map(|v| v.abs()).fold(0.0, f32::max);
-                for t in 0..n {
-                    assert!(
-                        (fast[t] - plain[t]).abs() <= 1e-4 * blocks as f32 * (1.0 + scale),
-                        "{kind:?} ({blocks} blocks) token {t} of {n}: {} vs portable {}",
-                        fast[t],
-                        plain[t]
-                    );
-                }
-                assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));
-            }
+            assert!(plain[..n].iter().all(|v| v.is_finite() && *v != 0.0));
         }
     }
 }

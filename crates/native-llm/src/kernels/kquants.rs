@@ -53,19 +53,20 @@ pub(crate) fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 }
 
 /// One super-block unpacked: the 256 quants as small integers, the sub-block scales, and
-/// the float factors.
-struct Unpacked {
-    q: [i8; QK_K],
+/// the float factors (also what the `Q4_K` group layout is built from and read back into,
+/// see [`kgroup`](super::kgroup)).
+pub(crate) struct Unpacked {
+    pub(crate) q: [i8; QK_K],
     /// Per sub-block scale (8 sub-blocks of 32, or 16 of 16 for `Q6_K`).
-    sc: [i32; 16],
+    pub(crate) sc: [i32; 16],
     /// Per sub-block minimum (`Q4_K`/`Q5_K`; 8 of them).
-    m: [i32; 8],
-    d: f32,
-    dmin: f32,
+    pub(crate) m: [i32; 8],
+    pub(crate) d: f32,
+    pub(crate) dmin: f32,
 }
 
 impl Unpacked {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             q: [0; QK_K],
             sc: [0; 16],
@@ -77,7 +78,7 @@ impl Unpacked {
 
     /// Decodes super-block `b` of `kind`.
     #[inline(always)]
-    fn load(&mut self, kind: WeightKind, b: &[u8]) {
+    pub(crate) fn load(&mut self, kind: WeightKind, b: &[u8]) {
         match kind {
             WeightKind::Q4_K | WeightKind::Q5_K => {
                 self.d = f16_at(b, 0);
@@ -135,7 +136,7 @@ impl Unpacked {
 
     /// This super-block · one activation block.
     #[inline(always)]
-    fn dot(&self, kind: WeightKind, a: &BlockQ8K) -> f32 {
+    pub(crate) fn dot(&self, kind: WeightKind, a: &BlockQ8K) -> f32 {
         let sub = Self::sub(kind);
         let mut isum = 0i32;
         for (s, (q, y)) in self
@@ -160,7 +161,7 @@ impl Unpacked {
         total
     }
 
-    fn dequantize(&self, kind: WeightKind, out: &mut [f32]) {
+    pub(crate) fn dequantize(&self, kind: WeightKind, out: &mut [f32]) {
         let sub = Self::sub(kind);
         for (i, o) in out.iter_mut().enumerate() {
             let s = i / sub;

@@ -26,6 +26,7 @@
 //! - `format.rs`: storage formats, block and group sizes, value readers and writers;
 //! - `layout.rs`: the interleaved group layout ([`interleave`], [`deinterleave_row`]);
 //! - [`kquants`]: the K-quant formats' portable reference;
+//! - [`kgroup`]: the `Q4_K` group layout (16 rows repacked for the AVX-512 group kernel);
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
 //! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
@@ -61,6 +62,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod format;
+pub mod kgroup;
 #[cfg(test)]
 mod kq_check;
 pub mod kquants;
@@ -78,6 +80,7 @@ pub use format::{
     ActFormat, BlockQ8, BlockQ8K, F_GROUP, F_PIECE, GROUP, K_TOKENS, MAX_TOKENS, QK, QK_K,
     WeightKind, push_floats,
 };
+pub use kgroup::K_GROUP;
 pub use layout::{deinterleave_row, group_block_bytes, interleave, interleave_into, quant_at};
 pub use portable::activation;
 
@@ -129,6 +132,60 @@ pub fn isa() -> Isa {
         }
         Isa::Portable
     })
+}
+
+/// Rows per interleaved group of a `kind` matrix with `cols` columns on this CPU, or `None`
+/// for the row layout: the one place that decides which layout the kernels read. `Q4_K` is
+/// grouped ([`K_GROUP`] rows, [`kgroup`]) only where the AVX-512 group kernel runs (on AVX2
+/// its rows kernel is as fast); the other formats as [`WeightKind::group_rows`] says.
+pub fn group_rows(kind: WeightKind, cols: usize) -> Option<usize> {
+    if kind == WeightKind::Q4_K {
+        return (isa() == Isa::Avx512).then_some(K_GROUP);
+    }
+    kind.group_rows(cols)
+}
+
+/// Bytes of one group of [`group_rows`] rows (`Q4_K` groups are larger than their rows).
+pub fn group_bytes(kind: WeightKind, cols: usize) -> usize {
+    match kind {
+        WeightKind::Q4_K => kgroup::group_bytes(cols),
+        _ => kind.row_bytes(cols) * kind.group_rows(cols).unwrap_or(1),
+    }
+}
+
+/// Repacks one group's rows (`src`, row-major) into `out` ([`group_bytes`] long).
+pub fn repack_group(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
+    match kind {
+        WeightKind::Q4_K => kgroup::interleave_q4k(src, cols, out),
+        _ => interleave_into(kind, src, cols, out),
+    }
+}
+
+/// Row `r` of a repacked group as f32 (embedding lookups), equal bit for bit to
+/// [`dequantize_row`] on the row in its file layout.
+pub fn dequantize_group_row(
+    kind: WeightKind,
+    group: &[u8],
+    r: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
+    match kind {
+        WeightKind::Q4_K => kgroup::dequantize_row(group, r, out),
+        _ => dequantize_row(kind, &deinterleave_row(kind, group, r, cols), out),
+    }
+}
+
+/// A `Q4_K` group ([`kgroup`]) against 1 to [`K_TOKENS`] activation vectors:
+/// `out[t][r] = row r · acts[t]`. Each result equals a call with that activation alone, and
+/// the rows kernels' within rounding.
+pub fn dot_k_group(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; K_GROUP]]) {
+    debug_assert!((1..=K_TOKENS).contains(&acts.len()) && out.len() >= acts.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::dot_k_group(group, acts, out),
+        _ => kgroup::dot_group_body(group, acts, out),
+    }
 }
 
 /// Quantizes `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks).

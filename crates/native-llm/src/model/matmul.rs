@@ -76,7 +76,7 @@ fn bf16_acts(w: &Matrix) -> bool {
 const ROW_BLOCK: usize = 16;
 
 /// `out[j] = w[r0 + j] · x[tok]` for a run of rows (`r0` and the run's length are multiples
-/// of 8 for interleaved matrices).
+/// of the group size for interleaved matrices).
 fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
     match w.kind.act_format() {
         ActFormat::Q8 => {
@@ -94,6 +94,15 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
                 for (j, o) in out.iter_mut().enumerate() {
                     *o = kernels::dot_q(w.kind, w.row(r0 + j), act);
                 }
+            }
+        }
+        ActFormat::Q8K if w.interleaved => {
+            let per = w.cols / QK_K;
+            let act = &x.q8k[tok * per..(tok + 1) * per];
+            let mut res = [[0f32; kernels::K_GROUP]];
+            for (k, o) in out.chunks_exact_mut(kernels::K_GROUP).enumerate() {
+                kernels::dot_k_group(w.group(r0 / kernels::K_GROUP + k), &[act], &mut res);
+                o.copy_from_slice(&res[0]);
             }
         }
         ActFormat::Q8K => {
@@ -130,7 +139,7 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
     let chunk = rows
         .div_ceil(threads * 4)
         .max(ROW_BLOCK)
-        .next_multiple_of(kernels::GROUP);
+        .next_multiple_of(kernels::K_GROUP);
     if t == 1 {
         out[..rows]
             .par_chunks_mut(chunk)
@@ -207,6 +216,27 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                             &mut o[t0 * nr..],
                             nr,
                         );
+                    }
+                }
+                // `Q4_K` groups of 16 rows: each group's quants unpacked once per tile of
+                // tokens.
+                ActFormat::Q8K if w.interleaved => {
+                    let per = w.cols / QK_K;
+                    let mut res = [[0f32; kernels::K_GROUP]; kernels::K_TOKENS];
+                    for t0 in (0..t).step_by(kernels::K_TOKENS) {
+                        let n = kernels::K_TOKENS.min(t - t0);
+                        let all: [&[BlockQ8K]; kernels::K_TOKENS] = std::array::from_fn(|j| {
+                            let tok = (t0 + j).min(t - 1);
+                            &x.q8k[tok * per..(tok + 1) * per]
+                        });
+                        for k in 0..nr / kernels::K_GROUP {
+                            let g = w.group(r0 / kernels::K_GROUP + k);
+                            kernels::dot_k_group(g, &all[..n], &mut res);
+                            for (j, r) in res[..n].iter().enumerate() {
+                                let at = (t0 + j) * nr + k * kernels::K_GROUP;
+                                o[at..at + kernels::K_GROUP].copy_from_slice(r);
+                            }
+                        }
                     }
                 }
                 // K-quants: each row's super-blocks unpacked once per tile of tokens.

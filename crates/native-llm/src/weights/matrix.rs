@@ -22,7 +22,7 @@ pub(super) enum Bytes {
 
 /// A 2-D weight matrix: rows in GGUF block layout (mapped from the file), or groups of rows
 /// interleaved for the multi-row kernels ([`kernels::interleave`]: 8 rows of `Q4_0`, `Q4_1`,
-/// `Q8_0`; 4 float rows).
+/// `Q8_0`; 16 rows of `Q4_K` on AVX-512 CPUs; 4 float rows).
 #[derive(Clone)]
 pub struct Matrix {
     /// Storage format.
@@ -33,7 +33,7 @@ pub struct Matrix {
     pub cols: usize,
     pub(super) data: Arc<Bytes>,
     pub(super) row_bytes: usize,
-    /// Stored as interleaved groups of `kind.group_rows(cols)` rows.
+    /// Stored as interleaved groups of `kernels::group_rows(kind, cols)` rows.
     pub interleaved: bool,
 }
 
@@ -66,7 +66,7 @@ impl Matrix {
 
     /// Rows per interleaved group.
     fn group_rows(&self) -> usize {
-        self.kind.group_rows(self.cols).unwrap_or(1)
+        kernels::group_rows(self.kind, self.cols).unwrap_or(1)
     }
 
     /// The bytes of interleaved group `g`.
@@ -80,14 +80,14 @@ impl Matrix {
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if self.interleaved {
             let n = self.group_rows();
-            let row = kernels::deinterleave_row(self.kind, self.group(r / n), r % n, self.cols);
-            kernels::dequantize_row(self.kind, &row, out);
+            kernels::dequantize_group_row(self.kind, self.group(r / n), r % n, self.cols, out);
         } else {
             kernels::dequantize_row(self.kind, self.row(r), out);
         }
     }
 
-    /// Bytes the matrix occupies.
+    /// Bytes the matrix occupies (a `Q4_K` matrix repacked into groups: 2.8% more than in
+    /// the file).
     pub fn bytes(&self) -> usize {
         self.rows * self.row_bytes
     }
@@ -95,29 +95,33 @@ impl Matrix {
     /// This matrix repacked for the multi-row kernels when its format and shape allow;
     /// otherwise itself.
     pub fn for_kernels(self) -> Matrix {
-        let Some(n) = self.kind.group_rows(self.cols) else {
+        let Some(n) = kernels::group_rows(self.kind, self.cols) else {
             return self;
         };
         if !self.rows.is_multiple_of(n) || self.interleaved {
             return self;
         }
-        let gb = self.row_bytes * n;
+        let (gb_in, gb_out) = (
+            self.row_bytes * n,
+            kernels::group_bytes(self.kind, self.cols),
+        );
         let src = self.all();
         // In parallel (loading runs inside the engine's thread pool): repacking is most of
         // the load time.
         let fill = |packed: &mut [u8]| {
             packed
-                .par_chunks_mut(gb)
-                .zip(src.par_chunks_exact(gb))
-                .for_each(|(out, g)| kernels::interleave_into(self.kind, g, self.cols, out));
+                .par_chunks_mut(gb_out)
+                .zip(src.par_chunks_exact(gb_in))
+                .for_each(|(out, g)| kernels::repack_group(self.kind, g, self.cols, out));
         };
-        let data = anon_filled(src.len(), fill);
+        let data = anon_filled(self.rows / n * gb_out, fill);
         if let Bytes::Mapped { map, start } = &*self.data {
             release(map, *start, src.len());
         }
         Matrix {
             data: Arc::new(data),
             interleaved: true,
+            row_bytes: gb_out / n,
             ..self
         }
     }

@@ -1,6 +1,6 @@
 //! x86-64 kernels with AVX-512 (F, BW, VL) and AVX-512 VNNI, used only after run-time
 //! detection, for the quantized dot products: the interleaved `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`
-//! and `Q8_0` groups and the `Q4_K` and `Q6_K` rows; and, where the CPU also has AVX-512 BF16
+//! and `Q8_0` groups, the `Q4_K` groups of 16 rows and the `Q4_K` and `Q6_K` rows; and, where the CPU also has AVX-512 BF16
 //! ([`bf16::available`]), interleaved `BF16` groups against bf16 activations ([`bf16`]).
 //! Everything else (activation quantization, `Q5_K`, other float weights, attention) stays on
 //! the AVX2 kernels, which the dispatch in `super` also uses on these CPUs.
@@ -20,10 +20,12 @@
 //! `super::isa()` chose `Isa::Avx512`, that is after [`available`] said yes.
 
 pub mod bf16;
+mod kgroup;
 mod kquants;
 mod q5;
 mod quant;
 
+pub use kgroup::dot_group as dot_k_group;
 pub use kquants::dot_k_multi;
 
 use crate::kernels::format::{BlockQ8, WeightKind};

@@ -5,7 +5,10 @@
 
 use super::available;
 use crate::kernels::format::{BlockQ8, GROUP, QK, WeightKind};
-use crate::kernels::kq_check::{k_kernel_matches_portable_and_batch, lcg, small_f16, uniform};
+use crate::kernels::kq_check::{
+    k_group_matches_portable_and_batch, k_kernel_matches_portable_and_batch, lcg, small_f16,
+    uniform,
+};
 use crate::kernels::{avx2, interleave, portable};
 
 #[test]
@@ -76,6 +79,14 @@ fn avx512_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch
     }
     let kinds = [WeightKind::Q4_K, WeightKind::Q6_K];
     k_kernel_matches_portable_and_batch(&kinds, 5, super::dot_k_multi);
+}
+
+#[test]
+fn avx512_q4_k_group_kernel_matches_the_portable_rows_and_does_not_depend_on_the_batch() {
+    if !available() {
+        return;
+    }
+    k_group_matches_portable_and_batch(11, super::dot_k_group);
 }
 
 #[test]

@@ -1,0 +1,117 @@
+//! `Q4_K` groups of 16 rows (layout in [`kernels::kgroup`](crate::kernels::kgroup)) against
+//! up to 8 [`BlockQ8K`] activation vectors with AVX-512 VNNI.
+//!
+//! Per super-block and sub-block of 32 values, the group's 4 quant vectors are loaded once
+//! and split into their low and high nibbles (8 vectors of 16 rows × 4 quants); per token,
+//! 8 `vpdpbusd` with broadcast activation quads form the 16 rows' sub-block sums in their
+//! own 32-bit lanes, which are multiplied by the rows' scales (`vpmulld`) and summed over the
+//! super-block. The minimum terms are 4 `vpdpwssd` of the rows' minimum pairs with the
+//! activation's 32-value sums. Both integer sums are exact (below 2^25); they are scaled
+//! by `d · d_y` and `dmin · d_y` into 16 float lanes, one per row, so a result equals the
+//! portable body within rounding and never depends on the other tokens of the call.
+
+use std::arch::x86_64::*;
+
+use super::available;
+use super::quant::load_64;
+use crate::kernels::format::BlockQ8K;
+use crate::kernels::kgroup::{K_GROUP, K_GROUP_BLOCK, at};
+
+/// `out[t][r] = row r · acts[t]` for a `Q4_K` group and 1 to 8 activation vectors.
+pub fn dot_group(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; K_GROUP]]) {
+    debug_assert!(available());
+    fn run<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GROUP]; N] {
+        // SAFETY: reached only when `kernels::isa()` is `Isa::Avx512`, chosen after
+        // `available()` confirmed AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
+        unsafe { q4k_g16::<N>(group, acts) }
+    }
+    let n = acts.len();
+    let res: &[[f32; K_GROUP]] = with_token_array!(acts, run(group));
+    out[..n].copy_from_slice(res);
+}
+
+/// The 4 activation bytes `i..i + 4` of `a` in every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn quad(a: &BlockQ8K, i: usize) -> __m512i {
+    let q: &[i8; 4] = a.qs[i..i + 4].try_into().expect("4 quants");
+    _mm512_set1_epi32(i32::from_le_bytes(q.map(|v| v as u8)))
+}
+
+/// The activation's 32-value sums as 16-bit pairs (sub-blocks `2p`, `2p + 1`) in a 32-bit
+/// value, for `p` in `0..4` (each sum of 32 bytes fits 16 bits).
+#[inline]
+fn sum_pairs(a: &BlockQ8K) -> [i32; 4] {
+    let s = |j: usize| (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32) as u16 as u32;
+    std::array::from_fn(|p| (s(2 * p) | (s(2 * p + 1) << 16)) as i32)
+}
+
+/// 16 bytes at `b[i..]`, widened to 32-bit lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn bytes_u32(b: &[u8], i: usize) -> __m512i {
+    let v: &[u8; 16] = b[i..i + 16].try_into().expect("16 bytes");
+    // SAFETY: reads exactly the 16 bytes of `v`; `loadu` has no alignment requirement.
+    _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
+}
+
+/// The 32 bytes at `b[i..]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn load_32(b: &[u8], i: usize) -> __m256i {
+    let v: &[u8; 32] = b[i..i + 32].try_into().expect("32 bytes");
+    // SAFETY: reads exactly the 32 bytes of `v`; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GROUP]; N] {
+    let nib = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (i, b) in group.chunks_exact(K_GROUP_BLOCK).enumerate() {
+        let mut isum = [_mm512_setzero_si512(); N];
+        for j in 0..8 {
+            let q = &b[at::QS + 256 * j..at::QS + 256 * j + 256];
+            let lo: [__m512i; 4] =
+                std::array::from_fn(|k| _mm512_and_si512(load_64(&q[64 * k..64 * k + 64]), nib));
+            let hi: [__m512i; 4] = std::array::from_fn(|k| {
+                _mm512_and_si512(
+                    _mm512_srli_epi16::<4>(load_64(&q[64 * k..64 * k + 64])),
+                    nib,
+                )
+            });
+            let scale = bytes_u32(b, at::SC + K_GROUP * j);
+            for t in 0..N {
+                let a = &acts[t][i];
+                let (mut s_lo, mut s_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                for k in 0..4 {
+                    s_lo = _mm512_dpbusd_epi32(s_lo, lo[k], quad(a, 32 * j + 4 * k));
+                    s_hi = _mm512_dpbusd_epi32(s_hi, hi[k], quad(a, 32 * j + 16 + 4 * k));
+                }
+                let s = _mm512_mullo_epi32(_mm512_add_epi32(s_lo, s_hi), scale);
+                isum[t] = _mm512_add_epi32(isum[t], s);
+            }
+        }
+        let d = _mm512_cvtph_ps(load_32(b, at::D));
+        let dmin = _mm512_cvtph_ps(load_32(b, at::DMIN));
+        let mins: [__m512i; 4] =
+            std::array::from_fn(|p| _mm512_cvtepu8_epi16(load_32(b, at::MINS + 32 * p)));
+        for t in 0..N {
+            let a = &acts[t][i];
+            let pairs = sum_pairs(a);
+            let mut msum = _mm512_setzero_si512();
+            for p in 0..4 {
+                msum = _mm512_dpwssd_epi32(msum, mins[p], _mm512_set1_epi32(pairs[p]));
+            }
+            let dy = _mm512_set1_ps(a.d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, dy), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmin, dy), acc[t]);
+        }
+    }
+    std::array::from_fn(|t| {
+        let mut o = [0f32; K_GROUP];
+        // SAFETY: writes exactly the 16 floats of `o`; `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc[t]) };
+        o
+    })
+}
