@@ -87,7 +87,7 @@ fn k_quant_and_q5_dot_products_match_the_exact_ones() {
                 assert_eq!(multi[0], multi[2]);
                 if let Some(n) = kernels::group_rows(m.kind, m.cols) {
                     // The two rows repeated into a group, repacked as the loader repacks a
-                    // matrix for the group kernel (`Q4_K` on AVX-512 CPUs): the same values
+                    // matrix for the group kernel (`Q4_K`, `Q6_K` on AVX-512 CPUs): the same values
                     // back, and the same dot products within rounding.
                     let rows: Vec<u8> = (0..n).flat_map(|j| m.row(j % 2).to_vec()).collect();
                     let g = Matrix::owned(m.kind, n, m.cols, rows).for_kernels();
@@ -96,7 +96,7 @@ fn k_quant_and_q5_dot_products_match_the_exact_ones() {
                     g.dequantize_row(r + 2, &mut back);
                     assert_eq!(back, floats(vals), "{name} row {r}: repacked values");
                     let mut res = [[0f32; kernels::K_GROUP]; 3];
-                    kernels::dot_k_group(g.group(0), &[&rq, &xq, &rq], &mut res);
+                    kernels::dot_k_group(m.kind, g.group(0), &[&rq, &xq, &rq], &mut res);
                     assert_eq!(res[1][r], res[1][r + 2], "{name} row {r}");
                     assert_eq!(res[0], res[2], "{name}: batched == alone");
                     assert!(

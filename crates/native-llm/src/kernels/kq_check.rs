@@ -86,24 +86,28 @@ pub(super) fn k_kernel_matches_portable_and_batch(
     }
 }
 
-/// [`k_kernel_matches_portable_and_batch`] for a `Q4_K` group kernel: 16 random rows
-/// repacked into a group, each row's result against the portable row body.
+/// [`k_kernel_matches_portable_and_batch`] for a K-quant group kernel: 16 random rows of
+/// each of `Q4_K` and `Q6_K` repacked into a group, each row's result against the portable
+/// row body.
 pub(super) fn k_group_matches_portable_and_batch(mut seed: u64, kernel: KernelGroup) {
     for blocks in [1, 3, 35] {
-        let rows = random_k_rows(WeightKind::Q4_K, blocks, K_GROUP, &mut seed);
-        let mut group = vec![0u8; kgroup::group_bytes(blocks * QK_K)];
-        kgroup::interleave_q4k(&rows, blocks * QK_K, &mut group);
-        let acts = random_acts(blocks, &mut seed);
-        check(WeightKind::Q4_K, blocks, &rows, &acts, |a| {
-            let mut o = [[0f32; K_GROUP]; K_TOKENS];
-            kernel(&group, a, &mut o);
-            o[..a.len()].iter().map(|r| r.to_vec()).collect()
-        });
+        for kind in [WeightKind::Q4_K, WeightKind::Q6_K] {
+            let cols = blocks * QK_K;
+            let rows = random_k_rows(kind, blocks, K_GROUP, &mut seed);
+            let mut group = vec![0u8; kgroup::group_bytes(kind, cols)];
+            kgroup::interleave(kind, &rows, cols, &mut group);
+            let acts = random_acts(blocks, &mut seed);
+            check(kind, blocks, &rows, &acts, |a| {
+                let mut o = [[0f32; K_GROUP]; K_TOKENS];
+                kernel(kind, &group, a, &mut o);
+                o[..a.len()].iter().map(|r| r.to_vec()).collect()
+            });
+        }
     }
 }
 
-/// A `Q4_K` group kernel: `out[t][r] = row r · acts[t]`.
-pub(super) type KernelGroup = fn(&[u8], &[&[BlockQ8K]], &mut [[f32; K_GROUP]]);
+/// A K-quant group kernel: `out[t][r] = row r · acts[t]`.
+pub(super) type KernelGroup = fn(WeightKind, &[u8], &[&[BlockQ8K]], &mut [[f32; K_GROUP]]);
 
 /// The shared check: `run(acts)` gives `[token][row]` results for the rows of `rows`
 /// (row-major, `blocks` super-blocks each).

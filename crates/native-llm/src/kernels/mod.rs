@@ -135,29 +135,35 @@ pub fn isa() -> Isa {
 }
 
 /// Rows per interleaved group of a `kind` matrix with `cols` columns on this CPU, or `None`
-/// for the row layout: the one place that decides which layout the kernels read. `Q4_K` is
-/// grouped ([`K_GROUP`] rows, [`kgroup`]) only where the AVX-512 group kernel runs (on AVX2
-/// its rows kernel is as fast); the other formats as [`WeightKind::group_rows`] says.
+/// for the row layout: the one place that decides which layout the kernels read. `Q4_K` and
+/// `Q6_K` are grouped ([`K_GROUP`] rows, [`kgroup`]) only where the AVX-512 group kernels
+/// run; the other formats as [`WeightKind::group_rows`] says.
 pub fn group_rows(kind: WeightKind, cols: usize) -> Option<usize> {
-    if kind == WeightKind::Q4_K {
+    if k_grouped(kind) {
         return (isa() == Isa::Avx512).then_some(K_GROUP);
     }
     kind.group_rows(cols)
 }
 
+/// Whether `kind` has a K-quant group layout ([`kgroup`]).
+fn k_grouped(kind: WeightKind) -> bool {
+    matches!(kind, WeightKind::Q4_K | WeightKind::Q6_K)
+}
+
 /// Bytes of one group of [`group_rows`] rows (`Q4_K` groups are larger than their rows).
 pub fn group_bytes(kind: WeightKind, cols: usize) -> usize {
-    match kind {
-        WeightKind::Q4_K => kgroup::group_bytes(cols),
-        _ => kind.row_bytes(cols) * kind.group_rows(cols).unwrap_or(1),
+    if k_grouped(kind) {
+        return kgroup::group_bytes(kind, cols);
     }
+    kind.row_bytes(cols) * kind.group_rows(cols).unwrap_or(1)
 }
 
 /// Repacks one group's rows (`src`, row-major) into `out` ([`group_bytes`] long).
 pub fn repack_group(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
-    match kind {
-        WeightKind::Q4_K => kgroup::interleave_q4k(src, cols, out),
-        _ => interleave_into(kind, src, cols, out),
+    if k_grouped(kind) {
+        kgroup::interleave(kind, src, cols, out);
+    } else {
+        interleave_into(kind, src, cols, out);
     }
 }
 
@@ -170,21 +176,27 @@ pub fn dequantize_group_row(
     cols: usize,
     out: &mut [f32],
 ) {
-    match kind {
-        WeightKind::Q4_K => kgroup::dequantize_row(group, r, out),
-        _ => dequantize_row(kind, &deinterleave_row(kind, group, r, cols), out),
+    if k_grouped(kind) {
+        kgroup::dequantize_row(kind, group, r, out);
+    } else {
+        dequantize_row(kind, &deinterleave_row(kind, group, r, cols), out);
     }
 }
 
-/// A `Q4_K` group ([`kgroup`]) against 1 to [`K_TOKENS`] activation vectors:
+/// A `Q4_K` or `Q6_K` group ([`kgroup`]) against 1 to [`K_TOKENS`] activation vectors:
 /// `out[t][r] = row r · acts[t]`. Each result equals a call with that activation alone, and
 /// the rows kernels' within rounding.
-pub fn dot_k_group(group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; K_GROUP]]) {
+pub fn dot_k_group(
+    kind: WeightKind,
+    group: &[u8],
+    acts: &[&[BlockQ8K]],
+    out: &mut [[f32; K_GROUP]],
+) {
     debug_assert!((1..=K_TOKENS).contains(&acts.len()) && out.len() >= acts.len());
     match isa() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::dot_k_group(group, acts, out),
-        _ => kgroup::dot_group_body(group, acts, out),
+        Isa::Avx512 => avx512::dot_k_group(kind, group, acts, out),
+        _ => kgroup::dot_group_body(kind, group, acts, out),
     }
 }
 

@@ -195,32 +195,34 @@ fn interleaved_groups_give_back_every_row() {
 }
 
 #[test]
-fn q4_k_groups_give_back_every_row_and_its_products_bit_for_bit() {
+fn k_quant_groups_give_back_every_row_and_its_products_bit_for_bit() {
     use super::kq_check::{random_acts, random_k_rows};
     let mut seed = 23;
-    let (blocks, kind) = (3, WeightKind::Q4_K);
-    let cols = blocks * QK_K;
-    let rows = random_k_rows(kind, blocks, K_GROUP, &mut seed);
-    let mut group = vec![0u8; group_bytes(kind, cols)];
-    kgroup::interleave_q4k(&rows, cols, &mut group);
-    assert_eq!(group.len(), blocks * kgroup::K_GROUP_BLOCK);
-    let acts = random_acts(blocks, &mut seed);
-    let a: Vec<&[BlockQ8K]> = acts.iter().map(Vec::as_slice).collect();
-    let mut grouped = [[0f32; K_GROUP]; K_TOKENS];
-    kgroup::dot_group_body(&group, &a, &mut grouped);
-    for (r, row) in rows.chunks_exact(kind.row_bytes(cols)).enumerate() {
-        let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
-        kquants::dequantize_row_k(kind, row, &mut want);
-        kgroup::dequantize_row(&group, r, &mut got);
-        assert_eq!(got, want, "row {r} dequantized");
-        let mut plain = [0f32; K_TOKENS];
-        kquants::dot_k_multi_body(kind, row, &a, &mut plain);
-        for t in 0..K_TOKENS {
-            assert_eq!(
-                grouped[t][r].to_bits(),
-                plain[t].to_bits(),
-                "row {r} token {t}"
-            );
+    for kind in [WeightKind::Q4_K, WeightKind::Q6_K] {
+        let blocks = 3;
+        let cols = blocks * QK_K;
+        let rows = random_k_rows(kind, blocks, K_GROUP, &mut seed);
+        let mut group = vec![0u8; group_bytes(kind, cols)];
+        kgroup::interleave(kind, &rows, cols, &mut group);
+        assert_eq!(group.len(), blocks * kgroup::block_bytes(kind));
+        let acts = random_acts(blocks, &mut seed);
+        let a: Vec<&[BlockQ8K]> = acts.iter().map(Vec::as_slice).collect();
+        let mut grouped = [[0f32; K_GROUP]; K_TOKENS];
+        kgroup::dot_group_body(kind, &group, &a, &mut grouped);
+        for (r, row) in rows.chunks_exact(kind.row_bytes(cols)).enumerate() {
+            let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
+            kquants::dequantize_row_k(kind, row, &mut want);
+            kgroup::dequantize_row(kind, &group, r, &mut got);
+            assert_eq!(got, want, "{kind:?} row {r} dequantized");
+            let mut plain = [0f32; K_TOKENS];
+            kquants::dot_k_multi_body(kind, row, &a, &mut plain);
+            for t in 0..K_TOKENS {
+                assert_eq!(
+                    grouped[t][r].to_bits(),
+                    plain[t].to_bits(),
+                    "{kind:?} row {r} token {t}"
+                );
+            }
         }
     }
 }

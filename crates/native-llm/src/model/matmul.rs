@@ -101,7 +101,7 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
             let act = &x.q8k[tok * per..(tok + 1) * per];
             let mut res = [[0f32; kernels::K_GROUP]];
             for (k, o) in out.chunks_exact_mut(kernels::K_GROUP).enumerate() {
-                kernels::dot_k_group(w.group(r0 / kernels::K_GROUP + k), &[act], &mut res);
+                kernels::dot_k_group(w.kind, w.group(r0 / kernels::K_GROUP + k), &[act], &mut res);
                 o.copy_from_slice(&res[0]);
             }
         }
@@ -218,7 +218,7 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                         );
                     }
                 }
-                // `Q4_K` groups of 16 rows: each group's quants unpacked once per tile of
+                // K-quant groups of 16 rows: each group's quants unpacked once per tile of
                 // tokens.
                 ActFormat::Q8K if w.interleaved => {
                     let per = w.cols / QK_K;
@@ -231,7 +231,7 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                         });
                         for k in 0..nr / kernels::K_GROUP {
                             let g = w.group(r0 / kernels::K_GROUP + k);
-                            kernels::dot_k_group(g, &all[..n], &mut res);
+                            kernels::dot_k_group(w.kind, g, &all[..n], &mut res);
                             for (j, r) in res[..n].iter().enumerate() {
                                 let at = (t0 + j) * nr + k * kernels::K_GROUP;
                                 o[at..at + kernels::K_GROUP].copy_from_slice(r);

@@ -82,7 +82,7 @@ fn avx512_k_quant_kernels_match_the_portable_body_and_do_not_depend_on_the_batch
 }
 
 #[test]
-fn avx512_q4_k_group_kernel_matches_the_portable_rows_and_does_not_depend_on_the_batch() {
+fn avx512_k_quant_group_kernels_match_the_portable_rows_and_do_not_depend_on_the_batch() {
     if !available() {
         return;
     }
