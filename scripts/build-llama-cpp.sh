@@ -26,6 +26,9 @@ BUILD="$ROOT/build-$LLAMA_CPP_PYTHON_VERSION"
 BIN="$BUILD/bin"
 VENV="$ROOT/venv"
 TARGETS=(llama-server llama-bench llama-cli llama-simple llama-tokenize)
+# More targets on demand (e.g. llama-quantize for scripts/make-qwen-coder-1.5b-q6_k.sh).
+read -r -a EXTRA <<< "${SWITCHYARD_LLAMA_EXTRA_TARGETS:-}"
+TARGETS+=("${EXTRA[@]}")
 JOBS="${SWITCHYARD_BUILD_JOBS:-2}"
 
 log() { echo "[build-llama-cpp] $*" >&2; }

@@ -99,10 +99,12 @@ pub fn interleave(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
             .chunks_exact(kind.block_bytes())
             .zip(out.chunks_exact_mut(block_bytes(kind)))
         {
-            u.load(kind, b);
             match kind {
-                WeightKind::Q4_K => pack_q4k(b, &u, r, o),
-                _ => pack_q6k(b, &u, r, o),
+                WeightKind::Q4_K => pack_q4k(b, r, o),
+                _ => {
+                    u.load(kind, b);
+                    pack_q6k(b, &u, r, o)
+                }
             }
         }
     }
@@ -150,19 +152,29 @@ fn unpack_q6k(b: &[u8], r: usize, u: &mut Unpacked) {
 }
 
 /// Row `r`'s `Q4_K` super-block `b` (unpacked in `u`) into group super-block `o`.
-fn pack_q4k(b: &[u8], u: &Unpacked, r: usize, o: &mut [u8]) {
+fn pack_q4k(b: &[u8], r: usize, o: &mut [u8]) {
     o[D + 2 * r..D + 2 * r + 2].copy_from_slice(&b[0..2]);
     o[DMIN + 2 * r..DMIN + 2 * r + 2].copy_from_slice(&b[2..4]);
     let (sc, m) = scales_mins(&b[4..16]);
+    // In the file, bytes `32c..32c + 32` of `qs` hold quants `64c + l` (low nibble) and
+    // `64c + 32 + l` (high nibble): sub-block `j` is the low (even `j`) or high (odd `j`)
+    // nibbles of chunk `j / 2`. Moved 4 bytes at a time (this runs over every weight at load).
+    let qs = &b[16..144];
+    let word = |i: usize| u32::from_le_bytes(qs[i..i + 4].try_into().expect("4 bytes"));
+    const LOW: u32 = 0x0F0F_0F0F;
     for j in 0..8 {
         o[SC + K_GROUP * j + r] = sc[j];
         o[MINS + 2 * K_GROUP * (j / 2) + 2 * r + j % 2] = m[j];
+        let c = 32 * (j / 2);
         for k in 0..4 {
-            for e in 0..4 {
-                let lo = u.q[32 * j + 4 * k + e] as u8;
-                let hi = u.q[32 * j + 16 + 4 * k + e] as u8;
-                o[quant_at(j, k, r, e)] = lo | (hi << 4);
-            }
+            let (a, h) = (word(c + 4 * k), word(c + 16 + 4 * k));
+            let v = if j % 2 == 0 {
+                (a & LOW) | ((h & LOW) << 4)
+            } else {
+                ((a >> 4) & LOW) | (h & !LOW)
+            };
+            let at = quant_at(j, k, r, 0);
+            o[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
     }
 }
