@@ -92,43 +92,57 @@ pub fn group_bytes(kind: WeightKind, cols: usize) -> usize {
 /// group (`out`, [`group_bytes`] long).
 pub fn interleave(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
     let rb = kind.row_bytes(cols);
-    let mut u = Unpacked::new();
+    let pack = match kind {
+        WeightKind::Q4_K => pack_q4k,
+        _ => pack_q6k,
+    };
     for r in 0..K_GROUP {
         let row = &src[r * rb..(r + 1) * rb];
         for (b, o) in row
             .chunks_exact(kind.block_bytes())
             .zip(out.chunks_exact_mut(block_bytes(kind)))
         {
-            match kind {
-                WeightKind::Q4_K => pack_q4k(b, r, o),
-                _ => {
-                    u.load(kind, b);
-                    pack_q6k(b, &u, r, o)
-                }
-            }
+            pack(b, r, o);
         }
     }
 }
 
-/// Row `r`'s `Q6_K` super-block `b` (unpacked in `u`) into group super-block `o`.
-fn pack_q6k(b: &[u8], u: &Unpacked, r: usize, o: &mut [u8]) {
+/// Row `r`'s `Q6_K` super-block `b` into group super-block `o`. In the file, quant `i`
+/// (`n = i / 128`, chunk `c = i % 128 / 32`, `l = i % 32`) has its low 4 bits in the low
+/// (`c < 2`) or high nibble of `ql[64n + 32 (c % 2) + l]` and its high 2 bits at bit `2c` of
+/// `qh[32n + l]`; moved 4 bytes at a time (this runs over every weight at load).
+fn pack_q6k(b: &[u8], r: usize, o: &mut [u8]) {
     o[at6::D + 2 * r..at6::D + 2 * r + 2].copy_from_slice(&b[208..210]);
-    // The unpacked quants are `q - 32`.
-    let q = |i: usize| (u.q[i] + 32) as u8;
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let word = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
     for s in 0..16 {
-        o[at6::SC + 2 * K_GROUP * (s / 2) + 2 * r + s % 2] = u.sc[s] as i8 as u8;
-        for e in 0..4 {
-            o[at6::qh(s) + 4 * r + e] =
-                (0..4).fold(0, |h, f| h | ((q(16 * s + 4 * f + e) >> 4) << (2 * f)));
-        }
+        o[at6::SC + 2 * K_GROUP * (s / 2) + 2 * r + s % 2] = b[192 + s];
+        let (n, c, l) = (s / 8, s % 8 / 2, 16 * (s % 2));
+        let v = (0..4).fold(0u32, |v, f| {
+            v | ((word(qh, 32 * n + l + 4 * f) >> (2 * c)) & 0x0303_0303) << (2 * f)
+        });
+        let at = at6::qh(s) + 4 * r;
+        o[at..at + 4].copy_from_slice(&v.to_le_bytes());
     }
     for p in 0..8 {
+        let (n, c) = (p / 4, p % 4);
+        let base = 64 * n + 32 * (c % 2);
         for k in 0..4 {
-            for e in 0..4 {
-                let (lo, hi) = (q(32 * p + 4 * k + e), q(32 * p + 16 + 4 * k + e));
-                o[at6::ql(p, k) + 4 * r + e] = (lo & 0x0F) | (hi << 4);
-            }
+            let v = nibble_pair(word(ql, base + 4 * k), word(ql, base + 16 + 4 * k), c >= 2);
+            let at = at6::ql(p, k) + 4 * r;
+            o[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
+    }
+}
+
+/// The low (or, `high`, the high) nibbles of the 4 bytes of `a` in the low nibbles and
+/// those of `b` in the high nibbles.
+fn nibble_pair(a: u32, b: u32, high: bool) -> u32 {
+    const LOW: u32 = 0x0F0F_0F0F;
+    if high {
+        ((a >> 4) & LOW) | (b & !LOW)
+    } else {
+        (a & LOW) | ((b & LOW) << 4)
     }
 }
 
@@ -161,18 +175,12 @@ fn pack_q4k(b: &[u8], r: usize, o: &mut [u8]) {
     // nibbles of chunk `j / 2`. Moved 4 bytes at a time (this runs over every weight at load).
     let qs = &b[16..144];
     let word = |i: usize| u32::from_le_bytes(qs[i..i + 4].try_into().expect("4 bytes"));
-    const LOW: u32 = 0x0F0F_0F0F;
     for j in 0..8 {
         o[SC + K_GROUP * j + r] = sc[j];
         o[MINS + 2 * K_GROUP * (j / 2) + 2 * r + j % 2] = m[j];
         let c = 32 * (j / 2);
         for k in 0..4 {
-            let (a, h) = (word(c + 4 * k), word(c + 16 + 4 * k));
-            let v = if j % 2 == 0 {
-                (a & LOW) | ((h & LOW) << 4)
-            } else {
-                ((a >> 4) & LOW) | (h & !LOW)
-            };
+            let v = nibble_pair(word(c + 4 * k), word(c + 16 + 4 * k), j % 2 == 1);
             let at = quant_at(j, k, r, 0);
             o[at..at + 4].copy_from_slice(&v.to_le_bytes());
         }
