@@ -177,12 +177,11 @@ fn q6k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
                 });
                 for t in 0..N {
                     let a = &acts[t][i];
-                    let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], quad(a, 16 * s));
-                    let mut s1 =
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], quad(a, 16 * s + 4));
-                    s0 = _mm512_dpbusd_epi32(s0, q[2], quad(a, 16 * s + 8));
-                    s1 = _mm512_dpbusd_epi32(s1, q[3], quad(a, 16 * s + 12));
-                    let v = _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), scale);
+                    let mut sum = _mm512_setzero_si512();
+                    for (k, q) in q.iter().enumerate() {
+                        sum = _mm512_dpbusd_epi32(sum, *q, quad(a, 16 * s + 4 * k));
+                    }
+                    let v = _mm512_mullo_epi32(sum, scale);
                     isum[t] = _mm512_add_epi32(isum[t], v);
                 }
             }
