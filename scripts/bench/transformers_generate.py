@@ -39,7 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--gen-tokens", type=int, default=128)
@@ -62,7 +62,7 @@ def run(a: argparse.Namespace) -> dict:
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(a.threads)
     torch.set_num_interop_threads(1)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[a.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
 
     tok = AutoTokenizer.from_pretrained(a.model)
     # `dtype` is the transformers 5 name of the former `torch_dtype` argument.

@@ -1,5 +1,5 @@
 //! The safetensors tables (`--tables safetensors`, with `--hf-model` and
-//! `--transformers-python`): a Hugging Face folder in f32 and bf16 vs Transformers
+//! `--transformers-python`): a Hugging Face folder in f32, bf16 and f16 vs Transformers
 //! `generate()` (`scripts/bench/transformers_generate.py`) on the same threads, and the decode
 //! bound of each dtype.
 
@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::{Args, f, median, read_bandwidth, run_child};
 
-/// The safetensors tables (with `--hf-model` and `--transformers-python`): the folder in f32
-/// and bf16 vs Transformers `generate()`, and the decode bound.
+/// The safetensors tables (with `--hf-model` and `--transformers-python`): the folder in f32,
+/// bf16 and f16 vs Transformers `generate()`, and the decode bound.
 pub fn tables(a: &Args) -> anyhow::Result<()> {
     if let (Some(hf), Some(py)) = (&a.hf_model, &a.transformers_python) {
         println!(
@@ -30,7 +30,11 @@ pub fn tables(a: &Args) -> anyhow::Result<()> {
             // The machine's read bandwidth drifts over a run (other tenants of the VM host):
             // sampled before every rep, the best sample is the bound.
             let mut gbs = 0f64;
-            for (dtype, tdtype, width) in [("f32", "float32", 4.0), ("bf16", "bfloat16", 2.0)] {
+            for (dtype, tdtype, width) in [
+                ("f32", "float32", 4.0),
+                ("bf16", "bfloat16", 2.0),
+                ("f16", "float16", 2.0),
+            ] {
                 let (mut hpp, mut htg, mut spp, mut stg, mut rss) =
                     (vec![], vec![], vec![], vec![], vec![]);
                 for _ in 0..a.reps {
