@@ -173,26 +173,13 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             match w.kind.act_format() {
                 // Interleaved groups: each group's weights unpacked once per tile of tokens.
                 ActFormat::Q8 if w.interleaved => {
-                    let b = x.q8;
-                    let per = w.cols / QK;
-                    let mut res = [[0f32; kernels::GROUP]; kernels::MAX_TOKENS];
-                    for t0 in (0..t).step_by(kernels::MAX_TOKENS) {
-                        let n = kernels::MAX_TOKENS.min(t - t0);
-                        // On the stack: this runs once per tile of every block.
-                        let all: [&[BlockQ8]; kernels::MAX_TOKENS] = std::array::from_fn(|j| {
-                            let tok = (t0 + j).min(t - 1);
-                            &b[tok * per..(tok + 1) * per]
-                        });
-                        let acts = &all[..n];
-                        for k in 0..nr / kernels::GROUP {
-                            let g = w.group(r0 / kernels::GROUP + k);
-                            kernels::dot_x8_multi(w.kind, g, acts, &mut res, stream);
-                            for (j, r) in res[..n].iter().enumerate() {
-                                let at = (t0 + j) * nr + k * kernels::GROUP;
-                                o[at..at + kernels::GROUP].copy_from_slice(r);
-                            }
-                        }
-                    }
+                    group_tiles::<_, { kernels::GROUP }, { kernels::MAX_TOKENS }>(
+                        w,
+                        (x.q8, w.cols / QK),
+                        (t, r0),
+                        &mut o,
+                        |g, acts, res| kernels::dot_x8_multi(w.kind, g, acts, res, stream),
+                    );
                 }
                 // bf16 weights and activations (AVX-512 BF16): tiles of 8 rows × 6 tokens.
                 ActFormat::F32 if bf16_acts(w) => {
@@ -221,34 +208,20 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
                 // K-quant groups of 16 rows: each group's quants unpacked once per tile of
                 // tokens.
                 ActFormat::Q8K if w.interleaved => {
-                    let per = w.cols / QK_K;
-                    let mut res = [[0f32; kernels::K_GROUP]; kernels::K_TOKENS];
-                    for t0 in (0..t).step_by(kernels::K_TOKENS) {
-                        let n = kernels::K_TOKENS.min(t - t0);
-                        let all: [&[BlockQ8K]; kernels::K_TOKENS] = std::array::from_fn(|j| {
-                            let tok = (t0 + j).min(t - 1);
-                            &x.q8k[tok * per..(tok + 1) * per]
-                        });
-                        for k in 0..nr / kernels::K_GROUP {
-                            let g = w.group(r0 / kernels::K_GROUP + k);
-                            kernels::dot_k_group(w.kind, g, &all[..n], &mut res);
-                            for (j, r) in res[..n].iter().enumerate() {
-                                let at = (t0 + j) * nr + k * kernels::K_GROUP;
-                                o[at..at + kernels::K_GROUP].copy_from_slice(r);
-                            }
-                        }
-                    }
+                    group_tiles::<_, { kernels::K_GROUP }, { kernels::K_TOKENS }>(
+                        w,
+                        (x.q8k, w.cols / QK_K),
+                        (t, r0),
+                        &mut o,
+                        |g, acts, res| kernels::dot_k_group(w.kind, g, acts, res),
+                    );
                 }
                 // K-quants: each row's super-blocks unpacked once per tile of tokens.
                 ActFormat::Q8K => {
                     let per = w.cols / QK_K;
                     let mut res = [0f32; kernels::K_TOKENS];
                     for t0 in (0..t).step_by(kernels::K_TOKENS) {
-                        let n = kernels::K_TOKENS.min(t - t0);
-                        let all: [&[BlockQ8K]; kernels::K_TOKENS] = std::array::from_fn(|j| {
-                            let tok = (t0 + j).min(t - 1);
-                            &x.q8k[tok * per..(tok + 1) * per]
-                        });
+                        let (all, n) = tile::<_, { kernels::K_TOKENS }>(x.q8k, per, t0, t);
                         let acts = &all[..n];
                         for j in 0..nr {
                             kernels::dot_k_multi(w.kind, w.row(r0 + j), acts, &mut res);
@@ -274,4 +247,39 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             dst[r0..r0 + nr].copy_from_slice(&o[tok * nr..(tok + 1) * nr]);
         }
     });
+}
+
+/// Tokens `t0..` of the step (`t` in all) as an on-stack array of `N` activation vectors of
+/// `per` blocks each (this runs once per tile of every block), and how many of them are real
+/// (past the last token the array repeats it).
+fn tile<B, const N: usize>(acts: &[B], per: usize, t0: usize, t: usize) -> ([&[B]; N], usize) {
+    let all = std::array::from_fn(|j| {
+        let tok = (t0 + j).min(t - 1);
+        &acts[tok * per..(tok + 1) * per]
+    });
+    (all, N.min(t - t0))
+}
+
+/// One block of rows (`r0`, `o.len() / t` rows) of an interleaved matrix with groups of `G`
+/// rows, against the step's `t` tokens in tiles of `N`: `kernel(group, tile, results)` per
+/// group and tile, the results scattered token-major into `o` (`[tok][row of the block]`).
+fn group_tiles<B, const G: usize, const N: usize>(
+    w: &Matrix,
+    (acts, per): (&[B], usize),
+    (t, r0): (usize, usize),
+    o: &mut [f32],
+    kernel: impl Fn(&[u8], &[&[B]], &mut [[f32; G]]),
+) {
+    let nr = o.len() / t;
+    let mut res = [[0f32; G]; N];
+    for t0 in (0..t).step_by(N) {
+        let (all, n) = tile::<B, N>(acts, per, t0, t);
+        for k in 0..nr / G {
+            kernel(w.group(r0 / G + k), &all[..n], &mut res);
+            for (j, r) in res[..n].iter().enumerate() {
+                let at = (t0 + j) * nr + k * G;
+                o[at..at + G].copy_from_slice(r);
+            }
+        }
+    }
 }
