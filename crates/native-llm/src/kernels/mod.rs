@@ -26,12 +26,13 @@
 //! - `format.rs`: storage formats, block and group sizes, value readers and writers;
 //! - `layout.rs`: the interleaved group layout ([`interleave`], [`deinterleave_row`]);
 //! - [`kquants`]: the K-quant formats' portable reference;
-//! - [`kgroup`]: the `Q4_K` group layout (16 rows repacked for the AVX-512 group kernel);
+//! - [`kgroup`]: the `Q4_K`/`Q6_K` group layout (16 rows repacked for the AVX-512 group
+//!   kernels) and its portable body;
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
 //! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
 //! - `avx512/` (x86-64 only): AVX-512 VNNI kernels for the quantized dot products
-//!   (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` groups, `Q4_K` and `Q6_K` rows) and, where the
+//!   (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0` groups, `Q4_K` and `Q6_K` groups and rows) and, where the
 //!   CPU has AVX-512 BF16, interleaved `BF16` groups against bf16 activations; used beside
 //!   the AVX2 ones.
 //!
