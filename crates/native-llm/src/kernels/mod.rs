@@ -26,8 +26,8 @@
 //! - `format.rs`: storage formats, block and group sizes, value readers and writers;
 //! - `layout.rs`: the interleaved group layout ([`interleave`], [`deinterleave_row`]);
 //! - [`kquants`]: the K-quant formats' portable reference;
-//! - [`kgroup`]: the `Q4_K`/`Q6_K` group layout (16 rows repacked for the AVX-512 group
-//!   kernels) and its portable body;
+//! - [`kgroup`]: the `Q4_K`/`Q6_K` group layout (16 rows repacked for the AVX-512 and AVX2
+//!   group kernels) and its portable body;
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
 //! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
@@ -137,11 +137,11 @@ pub fn isa() -> Isa {
 
 /// Rows per interleaved group of a `kind` matrix with `cols` columns on this CPU, or `None`
 /// for the row layout: the one place that decides which layout the kernels read. `Q4_K` and
-/// `Q6_K` are grouped ([`K_GROUP`] rows, [`kgroup`]) only where the AVX-512 group kernels
-/// run; the other formats as [`WeightKind::group_rows`] says.
+/// `Q6_K` are grouped ([`K_GROUP`] rows, [`kgroup`]) where the AVX-512 or AVX2 group kernels
+/// run (the portable code keeps rows); the other formats as [`WeightKind::group_rows`] says.
 pub fn group_rows(kind: WeightKind, cols: usize) -> Option<usize> {
     if k_grouped(kind) {
-        return (isa() == Isa::Avx512).then_some(K_GROUP);
+        return (isa() != Isa::Portable).then_some(K_GROUP);
     }
     kind.group_rows(cols)
 }
@@ -197,6 +197,8 @@ pub fn dot_k_group(
     match isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => avx512::dot_k_group(kind, group, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::dot_k_group(kind, group, acts, out),
         _ => kgroup::dot_group_body(kind, group, acts, out),
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Layering (each module uses only those before it): `simd` (detection, loads, stores,
 //! prefetch) → `quant` (`Q4_0`/`Q4_1`/`Q8_0`), `float` (float weights, dot, axpy),
-//! `activation` (vector `e^x`), `kquants` (`Q4_K`/`Q5_K`/`Q6_K`) → `attention` (uses `float`
+//! `activation` (vector `e^x`), `kquants` (`Q4_K`/`Q5_K`/`Q6_K` rows), `kgroup` (`Q4_K`/`Q6_K`
+//! groups of 16 rows) → `attention` (uses `float`
 //! and `activation`) → `attention_q8` (a `Q8_0` cache; uses `quant`, `activation` and
 //! `attention`'s score reductions). This module only re-exports; the dispatch in `super` calls it.
 
@@ -15,6 +16,7 @@ mod activation;
 mod attention;
 mod attention_q8;
 mod float;
+mod kgroup;
 mod kquants;
 mod q5;
 mod quant;
@@ -24,6 +26,7 @@ pub use activation::{exp_shifted_sum, gated_activation};
 pub use attention::attend_many;
 pub use attention_q8::attend_q8;
 pub use float::{axpy, dot_f, dot_f_block, dot_f32};
+pub use kgroup::dot_group as dot_k_group;
 pub(super) use kquants::scales_mins_bytes;
 pub use kquants::{dot_k_multi, quantize_row_k};
 pub use quant::quantize_row;

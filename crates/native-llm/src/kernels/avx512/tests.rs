@@ -90,6 +90,29 @@ fn avx512_k_quant_group_kernels_match_the_portable_rows_and_do_not_depend_on_the
 }
 
 #[test]
+fn avx512_k_quant_group_kernels_equal_the_avx2_ones_bit_for_bit() {
+    use crate::kernels::format::{K_TOKENS, QK_K};
+    use crate::kernels::kgroup::{self, K_GROUP};
+    use crate::kernels::kq_check::{random_acts, random_k_rows};
+    if !available() {
+        return;
+    }
+    let mut seed = 17;
+    for kind in [WeightKind::Q4_K, WeightKind::Q6_K] {
+        let blocks = 6;
+        let rows = random_k_rows(kind, blocks, K_GROUP, &mut seed);
+        let mut group = vec![0u8; kgroup::group_bytes(kind, blocks * QK_K)];
+        kgroup::interleave(kind, &rows, blocks * QK_K, &mut group);
+        let acts = random_acts(blocks, &mut seed);
+        let a: Vec<&[crate::kernels::BlockQ8K]> = acts.iter().map(Vec::as_slice).collect();
+        let (mut wide, mut narrow) = ([[0f32; K_GROUP]; K_TOKENS], [[0f32; K_GROUP]; K_TOKENS]);
+        super::dot_k_group(kind, &group, &a, &mut wide);
+        crate::kernels::avx2::dot_k_group(kind, &group, &a, &mut narrow);
+        assert_eq!(wide, narrow, "{kind:?}");
+    }
+}
+
+#[test]
 fn avx512_bf16_groups_match_an_f64_reference_and_do_not_depend_on_the_batch() {
     if !super::bf16::available() {
         return;
