@@ -187,6 +187,21 @@ fn pack_q4k(b: &[u8], r: usize, o: &mut [u8]) {
     }
 }
 
+/// The activation's 32-value sums of sub-blocks `2p` and `2p + 1` as the 16-bit halves of a
+/// 32-bit value (each fits 16 bits), for the SIMD kernels' `Q4_K` minimum terms.
+#[inline]
+pub(crate) fn sum32_pair(a: &BlockQ8K, p: usize) -> i32 {
+    let s = |j: usize| (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32) as u16 as u32;
+    (s(2 * p) | (s(2 * p + 1) << 16)) as i32
+}
+
+/// The activation's 16-value sums `2p` and `2p + 1` as the 16-bit halves of a 32-bit value,
+/// for the SIMD kernels' `Q6_K` offset terms.
+#[inline]
+pub(crate) fn sum16_pair(a: &BlockQ8K, p: usize) -> i32 {
+    (a.bsums[2 * p] as u16 as u32 | (a.bsums[2 * p + 1] as u16 as u32) << 16) as i32
+}
+
 /// Where the byte holding quants `32j + 4k + e` and `32j + 16 + 4k + e` of row `r` sits.
 fn quant_at(j: usize, k: usize, r: usize, e: usize) -> usize {
     QS + ((4 * j + k) * K_GROUP + r) * 4 + e

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use super::simd::available;
 use crate::kernels::format::{BlockQ8K, WeightKind};
-use crate::kernels::kgroup::{K_GROUP, K4_BLOCK, K6_BLOCK, at, at6};
+use crate::kernels::kgroup::{K_GROUP, K4_BLOCK, K6_BLOCK, at, at6, sum16_pair, sum32_pair};
 
 /// Rows per half group (one 256-bit register of 32-bit lanes).
 const HALF: usize = K_GROUP / 2;
@@ -144,20 +144,6 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
         }
     }
     finish(acc)
-}
-
-/// The activation's 32-value sums of sub-blocks `2p` and `2p + 1` as the 16-bit halves of a
-/// 32-bit value (each fits 16 bits).
-#[inline]
-fn sum32_pair(a: &BlockQ8K, p: usize) -> i32 {
-    let s = |j: usize| (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32) as u16 as u32;
-    (s(2 * p) | (s(2 * p + 1) << 16)) as i32
-}
-
-/// The activation's 16-value sums `2p` and `2p + 1` as the 16-bit halves of a 32-bit value.
-#[inline]
-fn sum16_pair(a: &BlockQ8K, p: usize) -> i32 {
-    (a.bsums[2 * p] as u16 as u32 | (a.bsums[2 * p + 1] as u16 as u32) << 16) as i32
 }
 
 /// Both halves' float lanes as the 16 results of each token.

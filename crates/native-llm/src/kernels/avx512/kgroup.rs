@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use super::available;
 use super::quant::load_64;
 use crate::kernels::format::{BlockQ8K, WeightKind};
-use crate::kernels::kgroup::{K_GROUP, K4_BLOCK, K6_BLOCK, at, at6};
+use crate::kernels::kgroup::{K_GROUP, K4_BLOCK, K6_BLOCK, at, at6, sum16_pair, sum32_pair};
 
 /// `out[t][r] = row r · acts[t]` for a `Q4_K` or `Q6_K` group and 1 to 8 activation vectors.
 pub fn dot_group(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; K_GROUP]]) {
@@ -48,14 +48,6 @@ pub fn dot_group(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8K]], out: &mut
 fn quad(a: &BlockQ8K, i: usize) -> __m512i {
     let q: &[i8; 4] = a.qs[i..i + 4].try_into().expect("4 quants");
     _mm512_set1_epi32(i32::from_le_bytes(q.map(|v| v as u8)))
-}
-
-/// The activation's 32-value sums as 16-bit pairs (sub-blocks `2p`, `2p + 1`) in a 32-bit
-/// value, for `p` in `0..4` (each sum of 32 bytes fits 16 bits).
-#[inline]
-fn sum_pairs(a: &BlockQ8K) -> [i32; 4] {
-    let s = |j: usize| (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32) as u16 as u32;
-    std::array::from_fn(|p| (s(2 * p) | (s(2 * p + 1) << 16)) as i32)
 }
 
 /// 16 bytes at `b[i..]`, widened to 32-bit lanes.
@@ -110,10 +102,9 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
             std::array::from_fn(|p| _mm512_cvtepu8_epi16(load_32(b, at::MINS + 32 * p)));
         for t in 0..N {
             let a = &acts[t][i];
-            let pairs = sum_pairs(a);
             let mut msum = _mm512_setzero_si512();
-            for p in 0..4 {
-                msum = _mm512_dpwssd_epi32(msum, mins[p], _mm512_set1_epi32(pairs[p]));
+            for (p, m) in mins.iter().enumerate() {
+                msum = _mm512_dpwssd_epi32(msum, *m, _mm512_set1_epi32(sum32_pair(a, p)));
             }
             let dy = _mm512_set1_ps(a.d);
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, dy), acc[t]);
@@ -131,12 +122,6 @@ fn lanes(v: __m512) -> [f32; K_GROUP] {
     // SAFETY: writes exactly the 16 floats of `o`; `storeu` has no alignment requirement.
     unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
     o
-}
-
-/// The activation's 16-value sums `2p` and `2p + 1` as the 16-bit halves of a 32-bit value.
-#[inline]
-fn sum16_pair(a: &BlockQ8K, p: usize) -> i32 {
-    (a.bsums[2 * p] as u16 as u32 | (a.bsums[2 * p + 1] as u16 as u32) << 16) as i32
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
