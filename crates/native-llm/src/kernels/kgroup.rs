@@ -187,6 +187,12 @@ fn pack_q4k(b: &[u8], r: usize, o: &mut [u8]) {
     }
 }
 
+/// The `L` bytes of a group super-block `b` at `i`, for the SIMD kernels' loads.
+#[inline]
+pub(crate) fn bytes_at<const L: usize>(b: &[u8], i: usize) -> &[u8; L] {
+    b[i..i + L].try_into().expect("L bytes")
+}
+
 /// The activation's 32-value sums of sub-blocks `2p` and `2p + 1` as the 16-bit halves of a
 /// 32-bit value (each fits 16 bits), for the SIMD kernels' `Q4_K` minimum terms.
 #[inline]

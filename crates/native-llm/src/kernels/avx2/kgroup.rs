@@ -12,9 +12,11 @@
 
 use std::arch::x86_64::*;
 
-use super::simd::available;
+use super::simd::{available, load_16, load_32};
 use crate::kernels::format::{BlockQ8K, WeightKind};
-use crate::kernels::kgroup::{K_GROUP, K4_BLOCK, K6_BLOCK, at, at6, sum16_pair, sum32_pair};
+use crate::kernels::kgroup::{
+    K_GROUP, K4_BLOCK, K6_BLOCK, at, at6, bytes_at, sum16_pair, sum32_pair,
+};
 
 /// Rows per half group (one 256-bit register of 32-bit lanes).
 const HALF: usize = K_GROUP / 2;
@@ -42,20 +44,13 @@ pub fn dot_group(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8K]], out: &mut
     out[..n].copy_from_slice(res);
 }
 
-/// The `L` bytes at `b[i..]` (`L` = 8, 16 or 32) in the low bits of a 256-bit register.
+/// The 8 bytes at `b[i..]` in the low bits of a 128-bit register.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load<const L: usize>(b: &[u8], i: usize) -> __m256i {
-    let v: &[u8; L] = b[i..i + L].try_into().expect("L bytes");
-    // SAFETY: each arm reads exactly the `L` bytes of `v`; no alignment requirement.
-    unsafe {
-        match L {
-            8 => _mm256_castsi128_si256(_mm_loadl_epi64(v.as_ptr().cast())),
-            16 => _mm256_castsi128_si256(_mm_loadu_si128(v.as_ptr().cast())),
-            32 => _mm256_loadu_si256(v.as_ptr().cast()),
-            _ => unreachable!("8, 16 or 32 bytes"),
-        }
-    }
+fn load_8(b: &[u8], i: usize) -> __m128i {
+    let v: &[u8; 8] = bytes_at(b, i);
+    // SAFETY: reads exactly the 8 bytes of `v`; no alignment requirement.
+    unsafe { _mm_loadl_epi64(v.as_ptr().cast()) }
 }
 
 /// The 4 activation bytes `i..i + 4` of `a` in every 32-bit lane.
@@ -78,7 +73,7 @@ fn both_halves(x: __m256i) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
 fn halfs(b: &[u8], i: usize) -> __m256 {
-    _mm256_cvtph_ps(_mm256_castsi256_si128(load::<16>(b, i)))
+    _mm256_cvtph_ps(load_16(bytes_at(b, i)))
 }
 
 /// The 8 float lanes of `v` into `out`.
@@ -98,12 +93,13 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
         for (h, acc) in acc.iter_mut().enumerate() {
             let mut isum = [_mm256_setzero_si256(); N];
             for j in 0..8 {
-                let scale = both_halves(_mm256_cvtepu8_epi32(_mm256_castsi256_si128(load::<8>(
+                let scale = both_halves(_mm256_cvtepu8_epi32(load_8(
                     b,
                     at::SC + K_GROUP * j + HALF * h,
-                ))));
-                let q: [__m256i; 4] =
-                    std::array::from_fn(|k| load::<32>(b, at::QS + 256 * j + 64 * k + 32 * h));
+                )));
+                let q: [__m256i; 4] = std::array::from_fn(|k| {
+                    load_32(bytes_at(b, at::QS + 256 * j + 64 * k + 32 * h))
+                });
                 let lo: [__m256i; 4] = std::array::from_fn(|k| _mm256_and_si256(q[k], nib));
                 let hi: [__m256i; 4] =
                     std::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16::<4>(q[k]), nib));
@@ -124,7 +120,7 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
             let d = halfs(b, at::D + 2 * HALF * h);
             let dmin = halfs(b, at::DMIN + 2 * HALF * h);
             let mins: [__m256i; 4] = std::array::from_fn(|p| {
-                _mm256_cvtepu8_epi16(_mm256_castsi256_si128(load::<16>(
+                _mm256_cvtepu8_epi16(load_16(bytes_at(
                     b,
                     at::MINS + 2 * K_GROUP * p + 2 * HALF * h,
                 )))
@@ -167,21 +163,21 @@ fn q6k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
             let mut isum = [_mm256_setzero_si256(); N];
             // Each row's scales `2p` and `2p + 1` as 16-bit halves of its lane.
             let pairs: [__m256i; 8] = std::array::from_fn(|p| {
-                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(load::<16>(
+                _mm256_cvtepi8_epi16(load_16(bytes_at(
                     b,
                     at6::SC + 2 * K_GROUP * p + 2 * HALF * h,
                 )))
             });
             for (p, pair) in pairs.iter().enumerate() {
                 let ql: [__m256i; 4] =
-                    std::array::from_fn(|k| load::<32>(b, at6::ql(p, k) + 32 * h));
+                    std::array::from_fn(|k| load_32(bytes_at(b, at6::ql(p, k) + 32 * h)));
                 let scale = [
                     both_halves(*pair),
                     both_halves(_mm256_srli_epi32::<16>(*pair)),
                 ];
                 for (g, scale) in scale.into_iter().enumerate() {
                     let s = 2 * p + g;
-                    let qh = load::<32>(b, at6::qh(s) + 32 * h);
+                    let qh = load_32(bytes_at(b, at6::qh(s) + 32 * h));
                     let hb = [
                         _mm256_slli_epi16::<4>(qh),
                         _mm256_slli_epi16::<2>(qh),

@@ -16,8 +16,11 @@ use std::arch::x86_64::*;
 
 use super::available;
 use super::quant::load_64;
+use crate::kernels::avx2::simd::{load_16, load_32};
 use crate::kernels::format::{BlockQ8K, WeightKind};
-use crate::kernels::kgroup::{K_GROUP, K4_BLOCK, K6_BLOCK, at, at6, sum16_pair, sum32_pair};
+use crate::kernels::kgroup::{
+    K_GROUP, K4_BLOCK, K6_BLOCK, at, at6, bytes_at, sum16_pair, sum32_pair,
+};
 
 /// `out[t][r] = row r · acts[t]` for a `Q4_K` or `Q6_K` group and 1 to 8 activation vectors.
 pub fn dot_group(kind: WeightKind, group: &[u8], acts: &[&[BlockQ8K]], out: &mut [[f32; K_GROUP]]) {
@@ -50,24 +53,6 @@ fn quad(a: &BlockQ8K, i: usize) -> __m512i {
     _mm512_set1_epi32(i32::from_le_bytes(q.map(|v| v as u8)))
 }
 
-/// 16 bytes at `b[i..]`, widened to 32-bit lanes.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn bytes_u32(b: &[u8], i: usize) -> __m512i {
-    let v: &[u8; 16] = b[i..i + 16].try_into().expect("16 bytes");
-    // SAFETY: reads exactly the 16 bytes of `v`; `loadu` has no alignment requirement.
-    _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
-}
-
-/// The 32 bytes at `b[i..]`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn load_32(b: &[u8], i: usize) -> __m256i {
-    let v: &[u8; 32] = b[i..i + 32].try_into().expect("32 bytes");
-    // SAFETY: reads exactly the 32 bytes of `v`; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GROUP]; N] {
     let nib = _mm512_set1_epi8(0x0F);
@@ -84,7 +69,7 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
                     nib,
                 )
             });
-            let scale = bytes_u32(b, at::SC + K_GROUP * j);
+            let scale = _mm512_cvtepu8_epi32(load_16(bytes_at(b, at::SC + K_GROUP * j)));
             for t in 0..N {
                 let a = &acts[t][i];
                 let (mut s_lo, mut s_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
@@ -96,10 +81,10 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
                 isum[t] = _mm512_add_epi32(isum[t], s);
             }
         }
-        let d = _mm512_cvtph_ps(load_32(b, at::D));
-        let dmin = _mm512_cvtph_ps(load_32(b, at::DMIN));
+        let d = _mm512_cvtph_ps(load_32(bytes_at(b, at::D)));
+        let dmin = _mm512_cvtph_ps(load_32(bytes_at(b, at::DMIN)));
         let mins: [__m512i; 4] =
-            std::array::from_fn(|p| _mm512_cvtepu8_epi16(load_32(b, at::MINS + 32 * p)));
+            std::array::from_fn(|p| _mm512_cvtepu8_epi16(load_32(bytes_at(b, at::MINS + 32 * p))));
         for t in 0..N {
             let a = &acts[t][i];
             let mut msum = _mm512_setzero_si512();
@@ -135,7 +120,7 @@ fn q6k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
             let ql: [__m512i; 4] =
                 std::array::from_fn(|k| load_64(&b[at6::ql(p, k)..at6::ql(p, k) + 64]));
             // Each row's scales `2p` and `2p + 1` as 16-bit halves, then each alone.
-            let pair = _mm512_cvtepi8_epi16(load_32(b, at6::SC + 32 * p));
+            let pair = _mm512_cvtepi8_epi16(load_32(bytes_at(b, at6::SC + 32 * p)));
             let scale = [
                 _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(pair)),
                 _mm512_srai_epi32::<16>(pair),
@@ -171,13 +156,13 @@ fn q6k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
                 }
             }
         }
-        let d = _mm512_cvtph_ps(load_32(b, at6::D));
+        let d = _mm512_cvtph_ps(load_32(bytes_at(b, at6::D)));
         for t in 0..N {
             let a = &acts[t][i];
             // The `- 32`: 32 × Σ scale × the activation's 16-value sum.
             let mut off = _mm512_setzero_si512();
             for p in 0..8 {
-                let pair = _mm512_cvtepi8_epi16(load_32(b, at6::SC + 32 * p));
+                let pair = _mm512_cvtepi8_epi16(load_32(bytes_at(b, at6::SC + 32 * p)));
                 off = _mm512_dpwssd_epi32(off, pair, _mm512_set1_epi32(sum16_pair(a, p)));
             }
             let isum = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<5>(off));
