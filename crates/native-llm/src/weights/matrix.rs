@@ -98,7 +98,8 @@ impl Matrix {
         let Some(n) = kernels::group_rows(self.kind, self.cols) else {
             return self;
         };
-        if !self.rows.is_multiple_of(n) || self.interleaved {
+        // An empty matrix (a zero dimension in a malformed file) has nothing to repack.
+        if !self.rows.is_multiple_of(n) || self.interleaved || self.rows * self.cols == 0 {
             return self;
         }
         let (gb_in, gb_out) = (
@@ -195,5 +196,25 @@ impl std::fmt::Debug for Matrix {
             self.rows,
             self.cols
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_matrix_is_left_as_it_is() {
+        for kind in [
+            WeightKind::Q4_K,
+            WeightKind::Q6_K,
+            WeightKind::Q8_0,
+            WeightKind::F32,
+        ] {
+            for (rows, cols) in [(16, 0), (0, 256)] {
+                let m = Matrix::owned(kind, rows, cols, Vec::new()).for_kernels();
+                assert!(!m.interleaved && m.bytes() == 0, "{kind:?} {rows}x{cols}");
+            }
+        }
     }
 }
