@@ -110,22 +110,28 @@ fn k_quant_and_q5_dot_products_match_the_exact_ones() {
                 let mut xq = vec![BlockQ8::default(); m.cols / QK];
                 kernels::quantize_row(&x, &mut xq);
                 let one = kernels::dot_q(m.kind, m.row(r), &xq);
-                // The two rows four times over, repacked as the loader repacks a matrix for
-                // the 8-row kernels: the same values back, and the same dot products.
-                let rows: Vec<u8> = (0..kernels::GROUP)
-                    .flat_map(|j| m.row(j % 2).to_vec())
-                    .collect();
-                let g = Matrix::owned(m.kind, kernels::GROUP, m.cols, rows).for_kernels();
+                // The two rows repeated into a group, repacked as the loader repacks a matrix
+                // for the multi-row kernels (8 rows; `Q5_0`/`Q5_1` on AVX-512 CPUs 16): the
+                // same values back, and the same dot products.
+                let n = kernels::group_rows(m.kind, m.cols).expect("grouped format");
+                let rows: Vec<u8> = (0..n).flat_map(|j| m.row(j % 2).to_vec()).collect();
+                let g = Matrix::owned(m.kind, n, m.cols, rows).for_kernels();
                 assert!(g.interleaved, "{name}: repacked");
                 let mut back = vec![0f32; m.cols];
                 g.dequantize_row(r + 2, &mut back);
                 assert_eq!(back, floats(vals), "{name} row {r}: repacked values");
-                let eight = kernels::dot_x8(m.kind, g.group(0), &xq);
-                assert_eq!(eight[r], eight[r + 2], "{name} row {r}");
+                let res: Vec<f32> = if n == kernels::Q5_GROUP {
+                    let mut res = [[0f32; kernels::Q5_GROUP]];
+                    kernels::dot_q5_group(m.kind, g.group(0), &[&xq], &mut res, false);
+                    res[0].to_vec()
+                } else {
+                    kernels::dot_x8(m.kind, g.group(0), &xq).to_vec()
+                };
+                assert_eq!(res[r], res[r + 2], "{name} row {r}");
                 assert!(
-                    (eight[r] - one).abs() <= 1e-4 * (1.0 + one.abs()),
-                    "{name} row {r}: 8-row kernel {} vs one row {one}",
-                    eight[r]
+                    (res[r] - one).abs() <= 1e-4 * (1.0 + one.abs()),
+                    "{name} row {r}: {n}-row kernel {} vs one row {one}",
+                    res[r]
                 );
                 one
             };

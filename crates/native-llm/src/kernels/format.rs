@@ -160,8 +160,15 @@ pub const F_GROUP: usize = 4;
 /// Columns per piece of an interleaved float group (one 8-lane vector).
 pub const F_PIECE: usize = 8;
 
-/// Most activation vectors [`dot_x8_multi`](super::dot_x8_multi) takes at once.
-pub const MAX_TOKENS: usize = 4;
+/// Most activation vectors [`dot_x8_multi`](super::dot_x8_multi) takes at once: the
+/// AVX-512 kernels unpack each block once for up to 8 tokens (16 vector sums in flight); the
+/// AVX2 kernels, with half the registers, take them 4 at a time.
+pub const MAX_TOKENS: usize = 8;
+
+/// Most tokens of a step that stream through the weights once, in large runs of rows with
+/// software prefetch (decode steps of a few sequences); more tokens reuse each block of
+/// rows from cache.
+pub const STREAM_TOKENS: usize = 4;
 
 /// Most activation vectors [`dot_k_multi`](super::dot_k_multi) takes at once: a K-quant
 /// super-block costs more to unpack than a 32-value block, so prefill shares each unpacked

@@ -71,6 +71,7 @@ pub mod kquants;
 mod kv_q8_tests;
 mod layout;
 pub mod portable;
+pub mod q5group;
 #[cfg(test)]
 mod tests;
 
@@ -79,11 +80,12 @@ use attention::Head;
 pub use attention::Tile;
 pub use format::{
     ActFormat, BlockQ8, BlockQ8K, F_GROUP, F_PIECE, GROUP, K_TOKENS, MAX_TOKENS, QK, QK_K,
-    WeightKind, push_floats,
+    STREAM_TOKENS, WeightKind, push_floats,
 };
 pub use kgroup::K_GROUP;
 pub use layout::{deinterleave_row, group_block_bytes, interleave, interleave_into, quant_at};
 pub use portable::activation;
+pub use q5group::Q5_GROUP;
 
 use std::sync::OnceLock;
 
@@ -138,10 +140,14 @@ pub fn isa() -> Isa {
 /// Rows per interleaved group of a `kind` matrix with `cols` columns on this CPU, or `None`
 /// for the row layout: the one place that decides which layout the kernels read. `Q4_K` and
 /// `Q6_K` are grouped ([`K_GROUP`] rows, [`kgroup`]) where the AVX-512 or AVX2 group kernels
-/// run (the portable code keeps rows); the other formats as [`WeightKind::group_rows`] says.
+/// run (the portable code keeps rows); `Q5_0`/`Q5_1` into [`Q5_GROUP`] rows ([`q5group`])
+/// where the AVX-512 kernels run; the other formats as [`WeightKind::group_rows`] says.
 pub fn group_rows(kind: WeightKind, cols: usize) -> Option<usize> {
     if k_grouped(kind) {
         return (isa() != Isa::Portable).then_some(K_GROUP);
+    }
+    if q5_grouped(kind) {
+        return Some(Q5_GROUP);
     }
     kind.group_rows(cols)
 }
@@ -151,18 +157,26 @@ fn k_grouped(kind: WeightKind) -> bool {
     matches!(kind, WeightKind::Q4_K | WeightKind::Q6_K)
 }
 
+/// Whether `kind` matrices are repacked into the 16-row `Q5_0`/`Q5_1` groups ([`q5group`]):
+/// where the AVX-512 VNNI kernels run (elsewhere they keep the 8-row groups).
+fn q5_grouped(kind: WeightKind) -> bool {
+    matches!(kind, WeightKind::Q5_0 | WeightKind::Q5_1) && isa() == Isa::Avx512
+}
+
 /// Bytes of one group of [`group_rows`] rows (`Q4_K` groups are larger than their rows).
 pub fn group_bytes(kind: WeightKind, cols: usize) -> usize {
     if k_grouped(kind) {
         return kgroup::group_bytes(kind, cols);
     }
-    kind.row_bytes(cols) * kind.group_rows(cols).unwrap_or(1)
+    kind.row_bytes(cols) * group_rows(kind, cols).unwrap_or(1)
 }
 
 /// Repacks one group's rows (`src`, row-major) into `out` ([`group_bytes`] long).
 pub fn repack_group(kind: WeightKind, src: &[u8], cols: usize, out: &mut [u8]) {
     if k_grouped(kind) {
         kgroup::interleave(kind, src, cols, out);
+    } else if q5_grouped(kind) {
+        q5group::interleave(kind, src, cols, out);
     } else {
         interleave_into(kind, src, cols, out);
     }
@@ -179,6 +193,8 @@ pub fn dequantize_group_row(
 ) {
     if k_grouped(kind) {
         kgroup::dequantize_row(kind, group, r, out);
+    } else if q5_grouped(kind) {
+        dequantize_row(kind, &q5group::deinterleave_row(kind, group, r, cols), out);
     } else {
         dequantize_row(kind, &deinterleave_row(kind, group, r, cols), out);
     }
@@ -255,6 +271,24 @@ pub fn dot_x8_multi(
                 *o = portable::dot_x8(kind, group, a);
             }
         }
+    }
+}
+
+/// A 16-row `Q5_0`/`Q5_1` group ([`q5group`], AVX-512 VNNI CPUs only) against 1 to
+/// [`MAX_TOKENS`] activation vectors: `out[t][r] = row r · acts[t]`, each equal bit for bit
+/// to the 8-row kernels' result for that row and token alone.
+pub fn dot_q5_group(
+    kind: WeightKind,
+    group: &[u8],
+    acts: &[&[BlockQ8]],
+    out: &mut [[f32; Q5_GROUP]],
+    stream: bool,
+) {
+    debug_assert!((1..=MAX_TOKENS).contains(&acts.len()) && out.len() >= acts.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::dot_q5_group(kind, group, acts, out, stream),
+        _ => unreachable!("16-row {kind:?} groups exist only where the AVX-512 kernels run"),
     }
 }
 

@@ -82,7 +82,14 @@ fn dot_rows(w: &Matrix, x: &Input<'_>, tok: usize, r0: usize, out: &mut [f32]) {
         ActFormat::Q8 => {
             let per = w.cols / QK;
             let act = &x.q8[tok * per..(tok + 1) * per];
-            if w.interleaved {
+            if w.interleaved && w.group_rows() == kernels::Q5_GROUP {
+                let mut res = [[0f32; kernels::Q5_GROUP]];
+                for (k, o) in out.chunks_exact_mut(kernels::Q5_GROUP).enumerate() {
+                    let g = w.group(r0 / kernels::Q5_GROUP + k);
+                    kernels::dot_q5_group(w.kind, g, &[act], &mut res, true);
+                    o.copy_from_slice(&res[0]);
+                }
+            } else if w.interleaved {
                 for (k, o) in out.chunks_exact_mut(kernels::GROUP).enumerate() {
                     o.copy_from_slice(&kernels::dot_x8(
                         w.kind,
@@ -149,7 +156,7 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
     }
     // A batch of a few tokens (decode steps of several sequences) streams through the
     // weights once, in large runs; more tokens reuse each block from cache.
-    let stream = t <= kernels::MAX_TOKENS;
+    let stream = t <= kernels::STREAM_TOKENS;
     let block = if stream { chunk } else { ROW_BLOCK };
     // Each token's f32 activations (float weights), listed once for every block.
     let float_acts: Vec<&[f32]> = if w.kind.act_format() == ActFormat::F32 {
@@ -171,6 +178,16 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
             let nr = block.min(rows - r0);
             let mut o = vec![0f32; nr * t];
             match w.kind.act_format() {
+                // 16-row `Q5_0`/`Q5_1` groups (AVX-512): unpacked once per tile of tokens.
+                ActFormat::Q8 if w.interleaved && w.group_rows() == kernels::Q5_GROUP => {
+                    group_tiles::<_, { kernels::Q5_GROUP }, { kernels::MAX_TOKENS }>(
+                        w,
+                        (x.q8, w.cols / QK),
+                        (t, r0),
+                        &mut o,
+                        |g, acts, res| kernels::dot_q5_group(w.kind, g, acts, res, stream),
+                    );
+                }
                 // Interleaved groups: each group's weights unpacked once per tile of tokens.
                 ActFormat::Q8 if w.interleaved => {
                     group_tiles::<_, { kernels::GROUP }, { kernels::MAX_TOKENS }>(

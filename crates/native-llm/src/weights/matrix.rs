@@ -65,7 +65,7 @@ impl Matrix {
     }
 
     /// Rows per interleaved group.
-    fn group_rows(&self) -> usize {
+    pub fn group_rows(&self) -> usize {
         kernels::group_rows(self.kind, self.cols).unwrap_or(1)
     }
 

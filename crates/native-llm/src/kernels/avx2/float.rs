@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::simd::{BF16, F16, F32, available, hsum, load_f32x8, load_w1, load_w8, prefetch_line};
-use crate::kernels::format::{MAX_TOKENS, WeightKind};
+use crate::kernels::format::{STREAM_TOKENS, WeightKind};
 
 /// Float weight row · f32 activations.
 pub fn dot_f(kind: WeightKind, row: &[u8], act: &[f32]) -> f32 {
@@ -142,7 +142,7 @@ fn block_g4<const K: u8>(
     stride: usize,
 ) {
     // A few tokens (decode steps) stream through the weights once: prefetch them.
-    let stream = acts.len() <= MAX_TOKENS;
+    let stream = acts.len() <= STREAM_TOKENS;
     for (g, group) in w.chunks_exact(4 * row_bytes).enumerate() {
         for (c, a) in acts.chunks(3).enumerate() {
             let res: &[[f32; 4]] = match *a {

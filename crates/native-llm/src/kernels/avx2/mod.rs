@@ -43,7 +43,7 @@ pub fn dot_q(kind: WeightKind, row: &[u8], act: &[BlockQ8]) -> f32 {
 }
 
 /// The 8 dot products of an interleaved group (`Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`, `Q8_0`) with
-/// each of up to 4 activation vectors (`out[t]` for `acts[t]`).
+/// each of up to 8 activation vectors (`out[t]` for `acts[t]`).
 pub fn dot_x8_multi(
     kind: WeightKind,
     group: &[u8],
@@ -51,8 +51,11 @@ pub fn dot_x8_multi(
     out: &mut [[f32; 8]],
     stream: bool,
 ) {
-    match kind {
-        WeightKind::Q5_0 | WeightKind::Q5_1 => q5::dot_x8_multi(kind, group, acts, out, stream),
-        _ => quant::dot_x8_multi(kind, group, acts, out, stream),
+    // 4 tokens at a time: 8 would not fit the 16 vector registers.
+    for (acts, out) in acts.chunks(4).zip(out.chunks_mut(4)) {
+        match kind {
+            WeightKind::Q5_0 | WeightKind::Q5_1 => q5::dot_x8_multi(kind, group, acts, out, stream),
+            _ => quant::dot_x8_multi(kind, group, acts, out, stream),
+        }
     }
 }

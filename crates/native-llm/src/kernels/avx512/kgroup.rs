@@ -102,7 +102,7 @@ fn q4k_g16<const N: usize>(group: &[u8], acts: [&[BlockQ8K]; N]) -> [[f32; K_GRO
 /// The 16 float lanes of `v`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn lanes(v: __m512) -> [f32; K_GROUP] {
+pub(super) fn lanes(v: __m512) -> [f32; K_GROUP] {
     let mut o = [0f32; K_GROUP];
     // SAFETY: writes exactly the 16 floats of `o`; `storeu` has no alignment requirement.
     unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };

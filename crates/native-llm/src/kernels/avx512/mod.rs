@@ -1,6 +1,7 @@
 //! x86-64 kernels with AVX-512 (F, BW, VL) and AVX-512 VNNI, used only after run-time
-//! detection, for the quantized dot products: the interleaved `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`
-//! and `Q8_0` groups, the `Q4_K` groups of 16 rows and the `Q4_K` and `Q6_K` rows; and, where the CPU also has AVX-512 BF16
+//! detection, for the quantized dot products: the interleaved 8-row `Q4_0`, `Q4_1` and `Q8_0`
+//! groups, the 16-row `Q5_0`/`Q5_1` groups (`q5group`), the `Q4_K`/`Q6_K` groups of 16 rows
+//! and the `Q4_K` and `Q6_K` rows; and, where the CPU also has AVX-512 BF16
 //! ([`bf16::available`]), interleaved `BF16` groups against bf16 activations ([`bf16`]).
 //! Everything else (activation quantization, `Q5_K`, other float weights, attention) stays on
 //! the AVX2 kernels, which the dispatch in `super` also uses on these CPUs.
@@ -22,11 +23,12 @@
 pub mod bf16;
 mod kgroup;
 mod kquants;
-mod q5;
+mod q5group;
 mod quant;
 
 pub use kgroup::dot_group as dot_k_group;
 pub use kquants::dot_k_multi;
+pub use q5group::dot_group as dot_q5_group;
 
 use crate::kernels::format::{BlockQ8, WeightKind};
 
@@ -40,7 +42,11 @@ pub fn dot_x8_multi(
     stream: bool,
 ) {
     match kind {
-        WeightKind::Q5_0 | WeightKind::Q5_1 => q5::dot_x8_multi(kind, group, acts, out, stream),
+        // Matrices of these formats are 16-row groups here (`q5group`); 8-row groups (tests)
+        // take the AVX2 kernel.
+        WeightKind::Q5_0 | WeightKind::Q5_1 => {
+            super::avx2::dot_x8_multi(kind, group, acts, out, stream)
+        }
         _ => quant::dot_x8_multi(kind, group, acts, out, stream),
     }
 }

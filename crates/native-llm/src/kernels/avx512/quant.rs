@@ -1,6 +1,6 @@
 //! The 8-row kernels over interleaved `Q4_0`, `Q4_1` and `Q8_0` groups (layout in
 //! `kernels::interleave`: per block `[d; 8] [m; 8]? [qs]`, the quants in 4-byte pieces with
-//! piece `k` of the 8 rows side by side) against up to 4 [`BlockQ8`] activation vectors, with
+//! piece `k` of the 8 rows side by side) against up to 8 [`BlockQ8`] activation vectors, with
 //! AVX-512 VNNI.
 //!
 //! One 512-bit register holds two pieces (8 rows × 8 columns); each token's matching
@@ -15,7 +15,7 @@ use super::available;
 use crate::kernels::avx2::simd::{load_16, prefetch_span, store_8};
 use crate::kernels::format::{BlockQ8, WeightKind};
 
-/// The 8 dot products of an interleaved group with each of up to 4 activation vectors
+/// The 8 dot products of an interleaved group with each of up to 8 activation vectors
 /// (`out[t]` for `acts[t]`); `Q4_0`, `Q4_1` and `Q8_0` only.
 pub fn dot_x8_multi(
     kind: WeightKind,
@@ -28,8 +28,8 @@ pub fn dot_x8_multi(
     fn run<const N: usize>(
         kind: WeightKind,
         group: &[u8],
-        acts: [&[BlockQ8]; N],
         stream: bool,
+        acts: [&[BlockQ8]; N],
     ) -> [[f32; 8]; N] {
         // SAFETY: reached only when `kernels::isa()` is `Isa::Avx512`, chosen after
         // `available()` confirmed AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX-512 VNNI.
@@ -42,13 +42,8 @@ pub fn dot_x8_multi(
             }
         }
     }
-    match *acts {
-        [a] => out[..1].copy_from_slice(&run(kind, group, [a], stream)),
-        [a, b] => out[..2].copy_from_slice(&run(kind, group, [a, b], stream)),
-        [a, b, c] => out[..3].copy_from_slice(&run(kind, group, [a, b, c], stream)),
-        [a, b, c, d] => out[..4].copy_from_slice(&run(kind, group, [a, b, c, d], stream)),
-        _ => unreachable!("1 to 4 activation vectors"),
-    }
+    let res: &[[f32; 8]] = with_token_array!(acts, run(kind, group, stream));
+    out[..res.len()].copy_from_slice(res);
 }
 
 /// The 64 bytes of `b`, loaded.
@@ -125,14 +120,15 @@ fn dot_x8_q4<const N: usize, const MIN: bool>(
             let m: &[u8; 16] = g[16..32].try_into().expect("8 minimums");
             _mm256_cvtph_ps(load_16(m))
         } else {
-            dv
+            // `-8 d · s` as the AVX2 kernel's `d · (-8 s)`: scaling by a power of two is
+            // exact, so the product (and the sum `fma` rounds) is the same bit for bit.
+            _mm256_mul_ps(dv, _mm256_set1_ps(-8.0))
         };
         for t in 0..N {
-            let off = if MIN { a[t].s } else { -8.0 * a[t].s };
             acc[t] = _mm256_fmadd_ps(
                 _mm256_mul_ps(dv, _mm256_set1_ps(a[t].d)),
                 _mm256_cvtepi32_ps(fold(sum[t])),
-                _mm256_fmadd_ps(mv, _mm256_set1_ps(off), acc[t]),
+                _mm256_fmadd_ps(mv, _mm256_set1_ps(a[t].s), acc[t]),
             );
         }
     }

@@ -4,11 +4,12 @@
 //! on CPUs without AVX-512 VNNI (the bf16 test: without AVX-512 BF16).
 
 use super::available;
-use crate::kernels::format::{BlockQ8, GROUP, QK, WeightKind};
+use crate::kernels::format::{BlockQ8, GROUP, MAX_TOKENS, QK, WeightKind};
 use crate::kernels::kq_check::{
     k_group_matches_portable_and_batch, k_kernel_matches_portable_and_batch, lcg, small_f16,
     uniform,
 };
+use crate::kernels::q5group::{self, Q5_GROUP};
 use crate::kernels::{avx2, interleave, portable};
 
 #[test]
@@ -42,17 +43,11 @@ fn avx512_group_kernels_equal_avx2_bit_for_bit_and_portable_closely() {
             }
         }
         let group = interleave(kind, &rows, cols);
-        let acts: Vec<Vec<BlockQ8>> = (0..4)
-            .map(|_| {
-                let x: Vec<f32> = (0..cols).map(|_| uniform(&mut seed)).collect();
-                let mut q = vec![BlockQ8::default(); cols / QK];
-                portable::quantize_row(&x, &mut q);
-                q
-            })
-            .collect();
-        for n in 1..=4 {
+        let acts = random_acts(&mut seed, cols);
+        for n in 1..=MAX_TOKENS {
             let a: Vec<&[BlockQ8]> = acts[..n].iter().map(Vec::as_slice).collect();
-            let (mut fast, mut avx2) = ([[0f32; GROUP]; 4], [[0f32; GROUP]; 4]);
+            let mut fast = [[0f32; GROUP]; MAX_TOKENS];
+            let mut avx2 = fast;
             super::dot_x8_multi(kind, &group, &a, &mut fast, n % 2 == 0);
             avx2::dot_x8_multi(kind, &group, &a, &mut avx2, n % 2 == 0);
             assert_eq!(fast[..n], avx2[..n], "{kind:?} with {n} vectors vs AVX2");
@@ -68,6 +63,75 @@ fn avx512_group_kernels_equal_avx2_bit_for_bit_and_portable_closely() {
                 }
                 assert!(slow.iter().all(|v| v.is_finite() && *v != 0.0));
             }
+        }
+    }
+}
+
+/// [`MAX_TOKENS`] random activation vectors of `cols` values, quantized by the portable code.
+fn random_acts(seed: &mut u64, cols: usize) -> Vec<Vec<BlockQ8>> {
+    (0..MAX_TOKENS)
+        .map(|_| {
+            let x: Vec<f32> = (0..cols).map(|_| uniform(seed)).collect();
+            let mut q = vec![BlockQ8::default(); cols / QK];
+            portable::quantize_row(&x, &mut q);
+            q
+        })
+        .collect()
+}
+
+#[test]
+fn q5_groups_of_16_rows_equal_the_8_row_kernels_bit_for_bit() {
+    if !available() {
+        return;
+    }
+    let mut seed = 29;
+    for (kind, blocks) in [
+        (WeightKind::Q5_0, 7),
+        (WeightKind::Q5_1, 3),
+        (WeightKind::Q5_0, 1),
+    ] {
+        let cols = blocks * QK;
+        let rb = kind.row_bytes(cols);
+        let mut rows = vec![0u8; Q5_GROUP * rb];
+        for b in rows.chunks_exact_mut(kind.block_bytes()) {
+            b.iter_mut().for_each(|v| *v = lcg(&mut seed) as u8);
+            b[..2].copy_from_slice(&small_f16(&mut seed));
+            if kind.has_min() {
+                b[2..4].copy_from_slice(&small_f16(&mut seed));
+            }
+        }
+        let mut group = vec![0u8; rows.len()];
+        q5group::interleave(kind, &rows, cols, &mut group);
+        for r in 0..Q5_GROUP {
+            let back = q5group::deinterleave_row(kind, &group, r, cols);
+            assert_eq!(back, rows[r * rb..(r + 1) * rb], "{kind:?} row {r} back");
+        }
+        // The same rows as two 8-row groups, through the AVX2 8-row kernel.
+        let halves = [0, 1].map(|h| interleave(kind, &rows[h * 8 * rb..(h + 1) * 8 * rb], cols));
+        let acts = random_acts(&mut seed, cols);
+        for n in 1..=MAX_TOKENS {
+            let a: Vec<&[BlockQ8]> = acts[..n].iter().map(Vec::as_slice).collect();
+            let mut wide = [[0f32; Q5_GROUP]; MAX_TOKENS];
+            super::dot_q5_group(kind, &group, &a, &mut wide, n % 2 == 0);
+            for (h, half) in halves.iter().enumerate() {
+                let mut eight = [[0f32; GROUP]; MAX_TOKENS];
+                avx2::dot_x8_multi(kind, half, &a, &mut eight, false);
+                for t in 0..n {
+                    assert_eq!(
+                        wide[t][8 * h..8 * h + 8],
+                        eight[t],
+                        "{kind:?}, {blocks} blocks, token {t} of {n}, rows {}..",
+                        8 * h
+                    );
+                }
+            }
+            let mut alone = [[0f32; Q5_GROUP]; 1];
+            super::dot_q5_group(kind, &group, &a[n - 1..], &mut alone, false);
+            assert_eq!(
+                alone[0],
+                wide[n - 1],
+                "{kind:?}: a token alone == in a batch of {n}"
+            );
         }
     }
 }
