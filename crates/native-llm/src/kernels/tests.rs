@@ -336,12 +336,27 @@ fn a_tile_of_queries_equals_each_query_alone() {
             let fv: Vec<f32> = (0..n * stride).map(|_| lcg(&mut seed)).collect();
             push_floats(kind, &fk, &mut keys);
             push_floats(kind, &fv, &mut values);
-            let qs: Vec<Vec<f32>> = (0..6)
+            let qs: Vec<Vec<f32>> = (0..13)
                 .map(|_| (0..hd).map(|_| lcg(&mut seed)).collect())
                 .collect();
             let qs: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
-            // Causal spans of consecutive tokens, one with a sliding window.
-            let spans = [(0, 61), (0, 61), (0, 62), (0, 62), (40, 23), (0, 1)];
+            // Causal spans of consecutive tokens (runs of 2 to 5 heads, so the kernels form
+            // groups of every size they use), one with a sliding window.
+            let spans = [
+                (0, 61),
+                (0, 61),
+                (0, 62),
+                (0, 62),
+                (0, 62),
+                (40, 23),
+                (0, 1),
+                (0, 69),
+                (0, 69),
+                (0, 69),
+                (0, 69),
+                (0, 69),
+                (0, 70),
+            ];
             let tile = |qs: &'_ [&'_ [f32]], spans: &'_ [(usize, usize)]| {
                 let mut out = vec![0f32; qs.len() * hd];
                 let t = Tile {
