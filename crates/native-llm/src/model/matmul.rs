@@ -261,7 +261,15 @@ pub(super) fn matmul(w: &Matrix, x: &Input<'_>, t: usize, out: &mut [f32]) {
         for (bi, o) in blocks.iter().enumerate() {
             let r0 = bi * block;
             let nr = o.len() / t;
-            dst[r0..r0 + nr].copy_from_slice(&o[tok * nr..(tok + 1) * nr]);
+            let src = &o[tok * nr..(tok + 1) * nr];
+            if nr == ROW_BLOCK {
+                // Prefill blocks as fixed-size moves (a `memmove` call per 16 floats was
+                // ~5% of a 512-token prefill).
+                let d: &mut [f32; ROW_BLOCK] = (&mut dst[r0..r0 + nr]).try_into().expect("a block");
+                *d = src.try_into().expect("a block");
+            } else {
+                dst[r0..r0 + nr].copy_from_slice(src);
+            }
         }
     });
 }
