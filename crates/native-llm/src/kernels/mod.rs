@@ -28,6 +28,8 @@
 //! - [`kquants`]: the K-quant formats' portable reference;
 //! - [`kgroup`]: the `Q4_K`/`Q6_K` group layout (16 rows repacked for the AVX-512 and AVX2
 //!   group kernels) and its portable body;
+//! - [`q5group`]: the `Q5_0`/`Q5_1` group layout of 16 rows (fifth bits as byte masks) the
+//!   AVX-512 kernel reads, and the way back;
 //! - [`portable`]: the portable kernels, the reference the SIMD ones are tested against;
 //! - `attention.rs`: the attention work unit ([`Tile`]) and the per-query loop;
 //! - `avx2/` (x86-64 only): the AVX2 + FMA + F16C kernels;
